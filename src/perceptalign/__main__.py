@@ -1,0 +1,3 @@
+from perceptalign.cli import main
+
+main()

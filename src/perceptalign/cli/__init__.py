@@ -1,0 +1,29 @@
+"""Command-line interface: the only layer that prints. One sub-application per wing."""
+
+from __future__ import annotations
+
+import typer
+
+from perceptalign.cli.ntps import ntps_app
+from perceptalign.cli.rtify import rtify_app
+
+app = typer.Typer(
+    name="perceptalign",
+    help="Measure and train the alignment between deep networks and perception.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(ntps_app, name="ntps")
+app.add_typer(rtify_app, name="rtify")
+
+
+@app.command("fetch")
+def fetch() -> None:
+    """Prepare everything the offline defaults need: convert the embedded model, fetch and verify datasets."""
+    from perceptalign.cli.fetch import fetch_all
+
+    fetch_all()
+
+
+def main() -> None:
+    app()
