@@ -1,3 +1,6 @@
-"""perceptalign: alignment between deep networks and perception (NTPS for causal LMs, RTify for reaction times)."""
+"""perceptalign: alignment between deep networks and perception.
+
+NTPS for causal LMs, RTify for reaction times.
+"""
 
 __version__ = "0.1.0"

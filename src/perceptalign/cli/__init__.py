@@ -14,6 +14,17 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(ntps_app, name="ntps")
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Our own progress bars replace the per-file ones that transformers would print."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 app.add_typer(rtify_app, name="rtify")
 
 

@@ -2,6 +2,204 @@
 
 from __future__ import annotations
 
-import typer
+import time
+from pathlib import Path
+from typing import Annotated
 
-ntps_app = typer.Typer(help="NTPS: how much of the perception subspace lies in the next-token subspace.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from perceptalign.cli.progress import RateProgress
+from perceptalign.io import PerceptAlignError
+
+ntps_app = typer.Typer(
+    help="NTPS: how much of the perception subspace lies in the next-token subspace.", no_args_is_help=True
+)
+console = Console()
+
+
+def parse_int_list(value: str | None, what: str) -> list[int] | None:
+    if value is None or value.strip().lower() in {"", "all"}:
+        return None
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{what} must be comma-separated integers, e.g. 0,6,12,-1 (got {value!r})"
+        ) from exc
+
+
+def parse_float_list(value: str | None, what: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{what} must be comma-separated numbers (got {value!r})") from exc
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise typer.BadParameter(f"{what} must lie in (0, 1] (got {value!r})")
+    return values
+
+
+@ntps_app.command("score")
+def score(
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Registry name (see `ntps datasets`), hub dataset, or a local "
+            ".csv/.tsv/.jsonl/.parquet file.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (ntps.json, statistics cache, heat map).")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Hugging Face causal-LM id, local model directory, or an embedded alias (smollm2-135m).",
+        ),
+    ] = "smollm2-135m",
+    split: Annotated[
+        str, typer.Option(help="Dataset split. A local file is used whole unless it has a `split` column.")
+    ] = "train",
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated hidden-state indices (0 = embeddings, -1 = last); default all."),
+    ] = None,
+    max_samples: Annotated[
+        int | None, typer.Option(help="Use at most this many texts (seeded subset).")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 512,
+    token_budget: Annotated[
+        int, typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.")
+    ] = 4096,
+    dtype: Annotated[
+        str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")
+    ] = "float32",
+    fractions: Annotated[
+        str | None, typer.Option(help="Comma-separated fractions f of rank(V) (default 0.05,0.10,…,0.95).")
+    ] = None,
+    k: Annotated[
+        str | None,
+        typer.Option("--k", help="Absolute numbers of V directions instead of fractions, e.g. 8,32,128."),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="Text column of a local file (default `text`).")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Label column of a local file (default `label`).")
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (commit, tag or branch) of the model.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Allow the model repository's own Python code (off by default; only for models you trust).",
+        ),
+    ] = False,
+    ridge: Annotated[float, typer.Option(help="Relative ridge added to M_xx and C0 before whitening.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the --max-samples subset.")] = 0,
+) -> None:
+    """Compute NTPS for every layer and k from one pass of the data through the model.
+
+    Writes OUT/ntps.json (ntps, ntps_orthonormal and ntps_reference as layer × fraction tables),
+    OUT/statistics.safetensors + .json (reused when rerun with the same settings; refused when made
+    with another model, dataset or tokenisation) and OUT/ntps_heatmap.png. An interrupted run resumes
+    from its checkpoint. The `ntps_reference` variant reproduces the published selection (bottom of
+    both spectra): it is numerically ill-posed and only meant for comparison with published numbers.
+    """
+    from perceptalign.ntps.score import ScoreConfig, best_configuration, run_score
+
+    ks = parse_int_list(k, "--k")
+    config = ScoreConfig(
+        model=model,
+        dataset=dataset,
+        out=out,
+        split=split,
+        layers=parse_int_list(layers, "--layers"),
+        max_samples=max_samples,
+        max_length=max_length,
+        token_budget=token_budget,
+        dtype=dtype,
+        fractions=None if ks else (parse_float_list(fractions, "--fractions") or None),
+        ks=ks,
+        text_column=text_column,
+        label_column=label_column,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        ridge=ridge,
+        seed=seed,
+    )
+    if config.fractions is None and ks is None:
+        from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
+
+        config.fractions = list(DEFAULT_FRACTIONS)
+    started = time.perf_counter()
+    try:
+        with RateProgress(console, "statistics") as progress:
+            result = run_score(
+                config,
+                on_status=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+                on_start=lambda n_texts, _n: progress.start(n_texts),
+                on_batch=progress.advance,
+            )
+    except PerceptAlignError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    results = result.results
+    print_summary(results)
+    console.print(
+        f"wrote {out / 'ntps.json'}, {out / 'statistics.safetensors'}, {out / 'ntps_heatmap.png'} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    layer, column, value = best_configuration(results)
+    console.print(
+        f"best NTPS {value:.4f} at layer {layer}, {'f' if results.get('fractions') else 'k'} = {column}"
+    )
+
+
+def print_summary(results: dict) -> None:
+    columns = results.get("fractions") or results["ks"]
+    table = Table(
+        title=f"NTPS — {results['model']} on {results['dataset']} ({results['n_texts']} texts, "
+        f"{results['n_tokens']} tokens, {results['n_classes']} classes)"
+    )
+    table.add_column("layer", justify="right")
+    table.add_column("best ntps", justify="right")
+    table.add_column("at", justify="right")
+    table.add_column("ntps @ mid", justify="right")
+    table.add_column("orthonormal best", justify="right")
+    table.add_column("reference @ mid", justify="right")
+    mid = len(columns) // 2
+    for i, layer in enumerate(results["layers"]):
+        row = results["ntps"][i]
+        best = max(range(len(row)), key=lambda j: row[j])
+        table.add_row(
+            str(layer),
+            f"{row[best]:.4f}",
+            f"{columns[best]:g}",
+            f"{row[mid]:.4f}",
+            f"{max(results['ntps_orthonormal'][i]):.4f}",
+            f"{results['ntps_reference'][i][mid]:.4f}",
+        )
+    console.print(table)
+
+
+@ntps_app.command("datasets")
+def datasets() -> None:
+    """List the registered datasets (offline package datasets and hub datasets)."""
+    from perceptalign.ntps.datasets import list_datasets
+
+    table = Table(title="perceptalign text datasets")
+    for column in ("name", "kind", "classes", "description"):
+        table.add_column(column)
+    for info in list_datasets():
+        table.add_row(info.name, info.kind, str(info.n_classes or "?"), info.description)
+    console.print(table)

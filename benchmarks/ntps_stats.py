@@ -1,0 +1,253 @@
+"""Benchmark of the NTPS statistics engine (perceptalign.ntps.statistics).
+
+Sections (each a function; every number is a ratio against a baseline measured in the same run):
+  1. accumulation speed and peak memory of the streaming engine vs the published dense per-text formula
+     (triangular + shift matrices in a Python loop) at L = 64, 256, 1024, d = 576;
+  2. overhead of accumulating all 31 hidden states of smollm2-135m over the bare forward pass.
+
+Timing: best of several repetitions, methods interleaved, so that load from other processes on a shared
+machine hits all methods alike (the minimum is the least-disturbed run).
+Peak memory: each method runs in a fresh child process; after the inputs are built the child resets its
+peak-RSS counter (``echo 5 > /proc/self/clear_refs``, Linux) and reports VmHWM − VmRSS-before, i.e. the
+largest extra resident memory the method needed. Fresh processes keep one method's freed-but-cached
+memory from hiding another's peak; RSS (not tracemalloc) is used because torch allocates outside
+Python's allocator.
+
+Usage: .venv/bin/python benchmarks/ntps_stats.py [--quick] [--skip-model] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from perceptalign.ntps.statistics import StatisticsAccumulator, dense_reference_statistics  # noqa: E402
+
+D = 576
+N_CLASSES = 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _inputs(L: int, n_texts: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n_texts texts of exactly L tokens (B×L×d) with LM-like non-zero mean, and labels."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n_texts, L, D, generator=g) + torch.randn(D, generator=g)
+    labels = torch.randint(0, N_CLASSES, (n_texts,), generator=g)
+    return hidden.to(dtype), labels
+
+
+def _engine_runner(hidden: torch.Tensor, labels: torch.Tensor, batch: int) -> Callable[[], None]:
+    mask = torch.ones(hidden.shape[:2], dtype=torch.int64)
+    acc = StatisticsAccumulator([0], D, N_CLASSES)
+
+    def run() -> None:
+        for start in range(0, hidden.shape[0], batch):
+            sl = slice(start, start + batch)
+            acc.update([hidden[sl]], mask[sl], labels[sl])
+        acc.finalize()
+
+    return run
+
+
+def _dense_runner(hidden: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+    rows = list(hidden.unbind(0))
+
+    def run() -> None:
+        dense_reference_statistics(rows, labels, N_CLASSES, dtype=dtype)
+
+    return run
+
+
+def _time_interleaved(runners: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    best = {name: float("inf") for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def _methods(L: int, n_texts: int) -> dict[str, Callable[[], Callable[[], None]]]:
+    """Each method: a factory that builds its inputs and returns the timed callable."""
+    batch = max(1, 8192 // L)  # a pipeline batch of ~8k tokens
+
+    def engine(dtype: torch.dtype) -> Callable[[], None]:
+        hidden, labels = _inputs(L, n_texts, dtype)
+        return _engine_runner(hidden, labels, batch)
+
+    def dense(dtype: torch.dtype) -> Callable[[], None]:
+        hidden, labels = _inputs(L, n_texts, dtype)
+        return _dense_runner(hidden, labels, dtype)
+
+    return {
+        "engine fp32 input": lambda: engine(torch.float32),
+        "engine fp64 input": lambda: engine(torch.float64),
+        "dense fp64 (reference)": lambda: dense(torch.float64),
+        "dense fp32 (as published)": lambda: dense(torch.float32),
+    }
+
+
+def _memory_child(method: str, L: int, n_texts: int) -> None:
+    """Runs in a fresh process: build inputs, reset the peak-RSS counter, run once, print the peak delta."""
+    run = _methods(L, n_texts)[method]()
+
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])  # kB
+        raise RuntimeError(f"{field} not in /proc/self/status")
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    run()
+    print(json.dumps({"peak_extra_mb": (status("VmHWM") - before) / 1024}))
+
+
+def _measure_memory(method: str, L: int, n_texts: int, threads: int) -> float | None:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        method,
+        str(L),
+        str(n_texts),
+        "--threads",
+        str(threads),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_mb"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# section 1
+
+
+def section_accumulation(quick: bool, threads: int) -> list[dict[str, object]]:
+    """Engine vs the dense per-text formula: seconds, speed-ups and peak memory at d = 576."""
+    tokens = 4096 if quick else 16384
+    repeats = 2 if quick else 3
+    rows: list[dict[str, object]] = []
+    print(f"\n[1] accumulation of one layer, d = {D}, {tokens} tokens per L, best of {repeats} (interleaved)")
+    header = (
+        f"{'L':>5} {'method':<26} {'seconds':>8} {'tok/s':>9} {'× vs dense fp64':>16} {'× vs dense fp32':>16}"
+    )
+    print(header + f" {'peak extra MB':>14}")
+    for L in (64, 256, 1024):
+        n_texts = tokens // L
+        factories = _methods(L, n_texts)
+        runners = {name: make() for name, make in factories.items()}
+        times = _time_interleaved(runners, repeats)
+        del runners
+        for name, seconds in times.items():
+            mem = _measure_memory(name, L, n_texts, threads)
+            row = {
+                "L": L,
+                "method": name,
+                "seconds": seconds,
+                "speedup_vs_dense_fp64": times["dense fp64 (reference)"] / seconds,
+                "speedup_vs_dense_fp32": times["dense fp32 (as published)"] / seconds,
+                "peak_extra_mb": mem,
+            }
+            rows.append(row)
+            mem_text = "n/a" if mem is None else f"{mem:.1f}"
+            print(
+                f"{L:>5} {name:<26} {seconds:>8.3f} {tokens / seconds:>9.0f} "
+                f"{row['speedup_vs_dense_fp64']:>16.2f} {row['speedup_vs_dense_fp32']:>16.2f} {mem_text:>14}"
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# section 2
+
+
+def section_model_overhead(quick: bool) -> dict[str, float]:
+    """Statistics of all hidden states vs the bare forward pass of smollm2-135m on the same batches."""
+    from perceptalign.ntps.models import (
+        forward_hidden_states,
+        load_causal_lm,
+        pad_batch,
+        token_budget_batches,
+    )
+
+    loaded = load_causal_lm("smollm2-135m")
+    layers = loaded.layers
+    n_texts = 64 if quick else 192
+    g = torch.Generator().manual_seed(1)
+    vocab = int(loaded.model.config.vocab_size)
+    lengths = torch.randint(16, 65, (n_texts,), generator=g).tolist()  # short-text classification sizes
+    ids = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+    batches = token_budget_batches(lengths, token_budget=2048)
+    pad_id = int(loaded.tokenizer.pad_token_id)
+    side = loaded.padding_side
+    prepared = [pad_batch([ids[i] for i in b], pad_id, side) for b in batches]
+    labels = [torch.tensor([i % N_CLASSES for i in b]) for b in batches]
+    acc = StatisticsAccumulator(layers, loaded.hidden_size, N_CLASSES)
+    repeats = 1 if quick else 2
+    fwd = [float("inf")] * len(batches)
+    upd = [float("inf")] * len(batches)
+    forward_hidden_states(loaded, *prepared[0], layers)  # warm-up (lazy initialisation, allocator)
+    for _ in range(repeats):
+        for i, (input_ids, mask) in enumerate(prepared):
+            start = time.perf_counter()
+            hidden = forward_hidden_states(loaded, input_ids, mask, layers)
+            mid = time.perf_counter()
+            acc.update(hidden, mask, labels[i])
+            end = time.perf_counter()
+            fwd[i] = min(fwd[i], mid - start)
+            upd[i] = min(upd[i], end - mid)
+    tokens = sum(lengths)
+    forward_s, stats_s = sum(fwd), sum(upd)
+    print(
+        f"\n[2] smollm2-135m, {len(layers)} hidden states, {n_texts} texts / {tokens} tokens in "
+        f"{len(batches)} batches ({side} padding), best of {repeats} per batch"
+    )
+    print(f"    bare forward      {forward_s:8.3f} s  ({tokens / forward_s:7.0f} tok/s)")
+    print(f"    statistics        {stats_s:8.3f} s  ({tokens / stats_s:7.0f} tok/s)")
+    print(f"    overhead          {100 * stats_s / forward_s:7.1f} %   (target ≤ 15 %)")
+    return {"forward_s": forward_s, "statistics_s": stats_s, "overhead_pct": 100 * stats_s / forward_s}
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repetitions")
+    parser.add_argument("--skip-model", action="store_true", help="skip section 2 (needs smollm2-135m)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--memory-child", nargs=3, metavar=("METHOD", "L", "N_TEXTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        method, L, n_texts = args.memory_child
+        _memory_child(method, int(L), int(n_texts))
+        return
+    print(f"torch {torch.__version__}, {args.threads} threads, {'quick' if args.quick else 'full'} run")
+    section_accumulation(args.quick, args.threads)
+    if not args.skip_model:
+        section_model_overhead(args.quick)
+
+
+if __name__ == "__main__":
+    main()

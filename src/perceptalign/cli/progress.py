@@ -1,0 +1,62 @@
+"""A rich progress bar that shows items/s and tokens/s for long streaming jobs."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RateProgress:
+    """Context manager: ``start(total)`` once the size is known, then ``advance(items, tokens)`` per batch."""
+
+    def __init__(self, console: Console, description: str, unit: str = "texts") -> None:
+        self.unit = unit
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rates]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._description = description
+        self._task: int | None = None
+        self._tokens = 0
+        self._items = 0
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> RateProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.__exit__(exc_type, exc, tb)
+
+    def start(self, total: int) -> None:
+        self._t0 = time.perf_counter()
+        self._task = self._progress.add_task(self._description, total=total, rates="")
+
+    def advance(self, items: int, tokens: int = 0) -> None:
+        if self._task is None:
+            self.start(0)
+        self._items += items
+        self._tokens += tokens
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        rates = f"{self._items / elapsed:.1f} {self.unit}/s"
+        if self._tokens:
+            rates += f" {self._tokens / elapsed:.0f} tokens/s"
+        self._progress.update(self._task, advance=items, rates=rates)

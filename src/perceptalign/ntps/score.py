@@ -1,0 +1,255 @@
+"""The `ntps score` job: model + dataset → per-layer statistics (resumable) → NTPS table, cache and heat map.
+
+The statistics are the only expensive part (one forward pass over the data); they are cached beside the
+results with metadata that identifies model, data and tokenisation, and checkpointed while they are
+accumulated so that an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perceptalign.io import PerceptAlignError, write_json_atomic
+from perceptalign.ntps.datasets import TextDataset, load_text_dataset
+from perceptalign.ntps.models import (
+    LoadedModel,
+    iter_hidden_states,
+    load_causal_lm,
+    token_budget_batches,
+    tokenize,
+)
+from perceptalign.ntps.statistics import (
+    LayerStatistics,
+    StatisticsAccumulator,
+    load_statistics,
+    save_statistics,
+)
+from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
+
+STATISTICS_FILE = "statistics.safetensors"
+CHECKPOINT_FILE = ".statistics.checkpoint.safetensors"
+RESULTS_FILE = "ntps.json"
+HEATMAP_FILE = "ntps_heatmap.png"
+
+BatchCallback = Callable[[int, int], None]
+"""Called after each batch with (texts in the batch, real tokens in the batch)."""
+
+
+@dataclass
+class ScoreConfig:
+    """Everything that defines one `ntps score` run (the CLI fills it from its options)."""
+
+    model: str
+    dataset: str
+    out: Path
+    split: str = "train"
+    layers: list[int] | None = None
+    max_samples: int | None = None
+    max_length: int = 512
+    token_budget: int = 4096
+    dtype: str = "float32"
+    fractions: list[float] | None = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    ks: list[int] | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+    checkpoint_seconds: float = 60.0
+    ridge: float = 0.0
+
+
+def resolve_layers(requested: Sequence[int] | None, n_hidden_states: int) -> list[int]:
+    """Validate requested layer indices (negative counts from the end); default all, 0 = embeddings."""
+    if not requested:
+        return list(range(n_hidden_states))
+    layers = []
+    for layer in requested:
+        index = layer + n_hidden_states if layer < 0 else layer
+        if not 0 <= index < n_hidden_states:
+            raise PerceptAlignError(
+                f"layer {layer} does not exist: the model has hidden states 0..{n_hidden_states - 1} "
+                "(0 = embedding output)."
+            )
+        layers.append(index)
+    return sorted(set(layers))
+
+
+def statistics_metadata(
+    loaded: LoadedModel, dataset: TextDataset, layers: Sequence[int], max_length: int, max_samples: int | None
+) -> dict[str, Any]:
+    """What identifies a statistics cache: model, data subset and tokenisation settings."""
+    text_digest = hashlib.sha256()
+    for text, label in zip(dataset.texts, dataset.labels.tolist(), strict=True):
+        text_digest.update(f"{label}\t{text}\n".encode())
+    return {
+        "model": loaded.model_id,
+        "model_fingerprint": loaded.fingerprint,
+        "tokenizer": type(loaded.tokenizer).__name__,
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "max_samples": max_samples,
+        "data_sha256": text_digest.hexdigest(),
+        "n_texts": len(dataset),
+        "n_classes": dataset.n_classes,
+        "class_names": list(dataset.class_names),
+        "max_length": max_length,
+        "padding_side": loaded.padding_side,
+        "dtype": loaded.dtype,
+        "layers": list(layers),
+    }
+
+
+def compute_statistics(
+    loaded: LoadedModel,
+    dataset: TextDataset,
+    layers: Sequence[int],
+    *,
+    max_length: int,
+    token_budget: int,
+    checkpoint_path: Path | None = None,
+    checkpoint_seconds: float = 60.0,
+    identity: dict[str, Any] | None = None,
+    on_batch: BatchCallback | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
+) -> StatisticsAccumulator:
+    """Stream the dataset through the model once and accumulate per-layer moments.
+
+    With a checkpoint path, partial sums are saved atomically at most every ``checkpoint_seconds`` and
+    a rerun with the same identity resumes after the last saved batch; batches are deterministic
+    (length-sorted), so the resumed result equals an uninterrupted run.
+    """
+    token_ids = tokenize(loaded, dataset.texts, max_length)
+    batches = token_budget_batches([len(x) for x in token_ids], token_budget)
+    labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+    plan = {**(identity or {}), "token_budget": token_budget, "n_batches": len(batches)}
+    accumulator = StatisticsAccumulator(layers, loaded.hidden_size, dataset.n_classes)
+    start = 0
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        saved, extra = StatisticsAccumulator.load_checkpoint(checkpoint_path)
+        if extra.get("plan") == json.loads(json.dumps(plan)):
+            accumulator, start = saved, int(extra["next_batch"])
+            if on_resume:
+                on_resume(start, len(batches))
+    last_save = time.monotonic()
+    for number, batch in iter_hidden_states(loaded, token_ids, batches, layers, start_batch=start):
+        accumulator.update(batch.hidden_states, batch.attention_mask, labels[batch.indices])
+        if on_batch:
+            on_batch(len(batch.indices), batch.n_tokens)
+        due = time.monotonic() - last_save >= checkpoint_seconds
+        if checkpoint_path is not None and due and number + 1 < len(batches):
+            accumulator.save_checkpoint(checkpoint_path, {"plan": plan, "next_batch": number + 1})
+            last_save = time.monotonic()
+    return accumulator
+
+
+@dataclass
+class ScoreResult:
+    results: dict[str, Any]
+    statistics: dict[int, LayerStatistics]
+    out: Path
+    reused_cache: bool
+
+
+def run_score(
+    config: ScoreConfig,
+    *,
+    on_status: Callable[[str], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: BatchCallback | None = None,
+) -> ScoreResult:
+    """Run the whole `ntps score` job and write ``ntps.json``, the statistics cache and the heat map."""
+    status = on_status or (lambda _msg: None)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    status(f"loading dataset {config.dataset} ({config.split})")
+    dataset = load_text_dataset(
+        config.dataset,
+        config.split,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        max_samples=config.max_samples,
+        seed=config.seed,
+    )
+    status(f"loading model {config.model}")
+    loaded = load_causal_lm(
+        config.model,
+        dtype=config.dtype,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        progress=status,
+    )
+    layers = resolve_layers(config.layers, loaded.n_hidden_states)
+    metadata = statistics_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
+    cache = out / STATISTICS_FILE
+    statistics: dict[int, LayerStatistics] | None = None
+    if cache.is_file():
+        cached, cached_meta = load_statistics(cache, expected=metadata)
+        statistics = {layer: cached[layer] for layer in layers}
+        metadata["n_tokens"] = cached_meta["n_tokens"]
+        status(f"reusing statistics cache {cache}")
+    reused = statistics is not None
+    if statistics is None:
+        if on_start:
+            on_start(len(dataset), 0)
+        accumulator = compute_statistics(
+            loaded,
+            dataset,
+            layers,
+            max_length=config.max_length,
+            token_budget=config.token_budget,
+            checkpoint_path=out / CHECKPOINT_FILE,
+            checkpoint_seconds=config.checkpoint_seconds,
+            identity=metadata,
+            on_batch=on_batch,
+            on_resume=lambda done, total: status(f"resuming from checkpoint: batch {done}/{total}"),
+        )
+        statistics = accumulator.finalize()
+        metadata["n_tokens"] = accumulator.n_tokens
+        save_statistics(cache, statistics, metadata)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    status("solving subspaces")
+    scores = ntps_all_layers(statistics, fractions=config.fractions, ks=config.ks, ridge=config.ridge)
+    results: dict[str, Any] = {
+        "model": loaded.model_id,
+        "model_fingerprint": loaded.fingerprint,
+        "dataset": dataset.name,
+        "dataset_source": dataset.source,
+        "split": dataset.split,
+        "n_texts": len(dataset),
+        "n_tokens": int(metadata["n_tokens"]),
+        "n_classes": dataset.n_classes,
+        "class_names": list(dataset.class_names),
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+        **scores,
+        "definitions": {
+            "ntps": "‖P_Vk U‖²/‖U‖², U = top rank(M_xy) generalized eigenvectors of (M_xy M_xyᵀ, M_xx) "
+            "(M_xx-orthonormal), V_k = top k generalized eigenvectors of (C1 C1ᵀ, C0)",
+            "ntps_orthonormal": "mean cos² of the principal angles between span(U) and span(V_k)",
+            "ntps_reference": "published selection (bottom fractions of both spectra); numerically "
+            "ill-posed, for comparison with published numbers only",
+        },
+    }
+    write_json_atomic(out / RESULTS_FILE, results)
+    from perceptalign.ntps.figures import ntps_heatmap, save_figure
+
+    save_figure(ntps_heatmap(results), out / HEATMAP_FILE)
+    return ScoreResult(results=results, statistics=statistics, out=out, reused_cache=reused)
+
+
+def best_configuration(results: dict[str, Any], key: str = "ntps") -> tuple[int, float | int, float]:
+    """(layer, fraction or k, value) of the largest score in a results dict."""
+    table = np.asarray(results[key], dtype=float)
+    row, col = np.unravel_index(np.nanargmax(table), table.shape)
+    columns = results.get("fractions") or results["ks"]
+    return int(results["layers"][row]), columns[col], float(table[row, col])

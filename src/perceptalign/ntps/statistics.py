@@ -1,0 +1,828 @@
+"""Streaming per-layer second moments for NTPS (ntps.md §2): M_xx, M_xy, C0, C1.
+
+Why this module exists: the published code builds, per text, an L×(L−1) triangular matrix and a shift
+matrix and multiplies them with the hidden states, which costs O(L²) memory and time per text. Here the
+prefix sums S_t are a masked, chunked scan over the padded batch (O(L·d)), only real rows are gathered,
+and the moments are dense matrix products over all (prefix, next token) pairs of the batch at once.
+
+Precision policy: the products run in the input dtype when it is float32 or float64 (float16 / bfloat16
+are upcast to float32, whose products are both faster and exact enough on CPU), and every batch result
+is added into float64 sums with integer counts. The sums are additive over batches, shards and processes,
+so merging is addition and the division by N happens once, in :meth:`StatisticsAccumulator.finalize`.
+
+Pairs: for each text, the prefix sum at each real token is paired with the NEXT REAL token, whatever the
+padding side; a mask with holes is read as "these positions are not part of the text", i.e. the real rows
+are compacted first, exactly as the per-text definition with L_n real rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from perceptalign.io import (
+    PerceptAlignError,
+    load_tensors,
+    read_json,
+    save_tensors_atomic,
+    write_json_atomic,
+)
+
+STAT_KEYS = ("M_xx", "M_xy", "C0", "C1")
+COUNT_KEYS = ("n_texts", "n_tokens")
+
+#: Metadata keys that identify how a statistics cache was made; a cache made with other values is refused.
+IDENTITY_KEYS = (
+    "model",
+    "model_fingerprint",
+    "dataset",
+    "split",
+    "max_length",
+    "padding_side",
+    "dtype",
+    "n_classes",
+    "class_names",
+    "max_samples",
+)
+#: Keys starting with one of these (tokenizer settings) or ending in "fingerprint" are identity keys too.
+IDENTITY_PREFIXES = ("tokenizer",)
+
+_FORMAT_VERSION = 1
+_CHECKPOINT_META_KEY = "perceptalign_statistics_checkpoint"
+_WRITE_ID_KEY = "perceptalign_write_id"
+# Chunk lengths of the blocked prefix scan (32 measured fastest of 16/32/64/128 at d = 576; shorter
+# chunks are used when they pad the batch less).
+_SCAN_CHUNKS = (32, 16, 8)
+# Use the copy-free shifted-row products when at least this fraction of the padded rows are pairs;
+# below it, the flops spent on zero rows cost more than gathering the pairs.
+_FLAT_MIN_FILL = 0.9
+
+
+@dataclass
+class LayerStatistics:
+    """Moments of one layer, already divided by the number of texts N (float64)."""
+
+    M_xx: Tensor  # d×d, Σ x̄ x̄ᵀ / N
+    M_xy: Tensor  # d×C, Σ x̄ yᵀ / N
+    C0: Tensor  # d×d symmetric, Σ_n Σ_t S_t S_tᵀ / N
+    C1: Tensor  # d×d, Σ_n Σ_t S_t h_{t+1}ᵀ / N
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {key: getattr(self, key) for key in STAT_KEYS}
+
+
+# --------------------------------------------------------------------------------------------------
+# the accumulator
+
+
+class StatisticsAccumulator:
+    """Running float64 sums of the NTPS moments for a fixed set of layers.
+
+    ``compute_dtype`` forces the dtype of the batch products (e.g. ``torch.float64`` for maximal precision
+    on float32 models at about twice the cost); by default the input dtype is used (float16/bfloat16 →
+    float32). Sums live on ``device`` (CPU by default); products run on the device of the hidden states.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        hidden_size: int,
+        n_classes: int,
+        *,
+        compute_dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.layers = _validate_layers(layers)
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            raise PerceptAlignError(f"hidden_size must be a positive integer, got {hidden_size!r}.")
+        if not isinstance(n_classes, int) or n_classes < 1:
+            raise PerceptAlignError(
+                f"n_classes must be a positive integer, got {n_classes!r}; "
+                "take it from the dataset's label set."
+            )
+        if compute_dtype not in (None, torch.float32, torch.float64):
+            raise PerceptAlignError(
+                f"compute_dtype must be None, torch.float32 or torch.float64, got {compute_dtype}."
+            )
+        self.hidden_size = hidden_size
+        self.n_classes = n_classes
+        self.compute_dtype = compute_dtype
+        self.device = torch.device(device)
+        self.n_texts = 0
+        self.n_tokens = 0
+        self._broken: str | None = None
+        self._workspace = _Workspace()
+        d, f64 = hidden_size, torch.float64
+        # C0 keeps only its upper triangle valid (the batch product fills upper blocks); see _symmetric().
+        self._sums: dict[int, dict[str, Tensor]] = {
+            layer: {
+                "M_xx": torch.zeros(d, d, dtype=f64, device=self.device),
+                "M_xy": torch.zeros(d, n_classes, dtype=f64, device=self.device),
+                "C0": torch.zeros(d, d, dtype=f64, device=self.device),
+                "C1": torch.zeros(d, d, dtype=f64, device=self.device),
+            }
+            for layer in self.layers
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"StatisticsAccumulator(layers={self.layers}, hidden_size={self.hidden_size}, "
+            f"n_classes={self.n_classes}, n_texts={self.n_texts}, n_tokens={self.n_tokens})"
+        )
+
+    # ---- streaming ------------------------------------------------------------------------------
+
+    def update(self, hidden_states: Sequence[Tensor], attention_mask: Tensor, labels: Tensor) -> None:
+        """Add one padded batch.
+
+        ``hidden_states``: one B×T×d tensor per entry of ``self.layers`` (same order), any float dtype.
+        ``attention_mask``: B×T of 0/1 (which positions are real; either padding side). ``labels``: B
+        integers in [0, n_classes). Input errors are raised before anything is added; a non-finite layer
+        found after earlier layers were added leaves the accumulator refusing further use (reload the last
+        checkpoint), because holding every layer's batch result to add them atomically would cost
+        4·d²·8 bytes per layer.
+        """
+        self._check_usable()
+        if len(hidden_states) != len(self.layers):
+            raise PerceptAlignError(
+                f"got {len(hidden_states)} hidden-state tensors for {len(self.layers)} layers {self.layers}; "
+                "pass exactly one B×T×d tensor per accumulated layer, in the same order."
+            )
+        mask, labels = self._check_batch(hidden_states, attention_mask, labels)
+        plans: dict[torch.device, _BatchPlan] = {}  # one per device (layers may sit on several devices)
+        for position, (layer, hidden) in enumerate(zip(self.layers, hidden_states, strict=True)):
+            if hidden.device not in plans:
+                plans[hidden.device] = _BatchPlan(
+                    mask.to(hidden.device), labels.to(hidden.device), self.n_classes
+                )
+            try:
+                self._add_layer(layer, hidden, plans[hidden.device])
+            except PerceptAlignError as exc:
+                if position > 0:
+                    self._broken = (
+                        f"a previous update() failed at layer {layer} after layers {self.layers[:position]} "
+                        f"had been added ({exc})"
+                    )
+                raise
+        self.n_texts += int(mask.shape[0])
+        self.n_tokens += int(mask.sum())
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise PerceptAlignError(
+                f"this accumulator is inconsistent: {self._broken}. Fix the cause and resume from the last "
+                "checkpoint (or start again)."
+            )
+
+    def release_workspace(self) -> None:
+        """Free the scratch buffers kept between updates (they are re-created on the next update)."""
+        self._workspace.clear()
+
+    def _check_batch(
+        self, hidden_states: Sequence[Tensor], attention_mask: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2:
+            raise PerceptAlignError(
+                "attention_mask must be a B×T tensor of 0/1, got "
+                f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}."
+            )
+        B, T = attention_mask.shape
+        if attention_mask.dtype == torch.bool:
+            mask = attention_mask
+        else:
+            if attention_mask.is_floating_point() or attention_mask.is_complex():
+                bad = ~((attention_mask == 0) | (attention_mask == 1))
+            else:
+                bad = (attention_mask < 0) | (attention_mask > 1)
+            if bool(bad.any()):
+                raise PerceptAlignError(
+                    "attention_mask must contain only 0 and 1 (1 = real token); pass the tokenizer's mask, "
+                    "not an additive attention bias."
+                )
+            mask = attention_mask != 0
+        lengths = mask.sum(dim=1)
+        if B == 0:
+            raise PerceptAlignError("empty batch (B = 0): skip it instead of calling update().")
+        empty = torch.nonzero(lengths == 0).flatten()
+        if empty.numel():
+            raise PerceptAlignError(
+                f"text(s) at batch position(s) {empty.tolist()[:10]} have no real tokens (all-zero attention "
+                "mask row); drop empty texts before accumulating (the mean of zero tokens is undefined)."
+            )
+        if not isinstance(labels, Tensor) or labels.shape != (B,):
+            raise PerceptAlignError(
+                f"labels must be a 1-D tensor of length B = {B}, got "
+                f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}."
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise PerceptAlignError(f"labels must be integer class indices, got dtype {labels.dtype}.")
+        labels = labels.to(torch.int64)
+        if bool(((labels < 0) | (labels >= self.n_classes)).any()):
+            bad_values = sorted({int(v) for v in labels[(labels < 0) | (labels >= self.n_classes)].tolist()})
+            raise PerceptAlignError(
+                f"labels {bad_values[:10]} are outside [0, {self.n_classes}); map labels to 0..n_classes−1 "
+                "and take n_classes from the label set of all splits."
+            )
+        for layer, hidden in zip(self.layers, hidden_states, strict=True):
+            if not isinstance(hidden, Tensor) or hidden.dim() != 3:
+                raise PerceptAlignError(
+                    f"hidden states of layer {layer} must be a B×T×d tensor, got "
+                    f"{getattr(hidden, 'shape', type(hidden).__name__)}."
+                )
+            if tuple(hidden.shape) != (B, T, self.hidden_size):
+                raise PerceptAlignError(
+                    f"hidden states of layer {layer} have shape {tuple(hidden.shape)}, expected "
+                    f"{(B, T, self.hidden_size)} (attention_mask is {B}×{T}, hidden_size {self.hidden_size})."
+                )
+            if not hidden.is_floating_point():
+                raise PerceptAlignError(
+                    f"hidden states of layer {layer} must be floating point, got {hidden.dtype}."
+                )
+        return mask, labels
+
+    def _add_layer(self, layer: int, hidden: Tensor, plan: _BatchPlan) -> None:
+        """Compute one layer's batch moments and add them into the float64 sums."""
+        dtype = self.compute_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        ws, device, d = self._workspace, hidden.device, self.hidden_size
+        S, X, totals = _prefix_sums(hidden, plan, dtype, ws)
+        if not bool(torch.isfinite(totals).all()):
+            raise _non_finite_error(layer, hidden.dtype, "hidden states")
+        if plan.n_pairs:
+            S_rows, X_rows = S.view(-1, d), X.view(-1, d)
+            if plan.flat:
+                # Contiguous texts, little padding: zero every row of S that is not a prefix with a next
+                # token; then row r of S pairs with row r+1 of X (zero rows add nothing), and no
+                # gathered copies are needed.
+                S_rows.index_fill_(0, plan.nonpair_index, 0.0)
+                prefix, nxt = S_rows, X_rows[1:]
+                c1 = torch.mm(S_rows[:-1].T, nxt, out=ws.get("C1", (d, d), dtype, device))
+            else:
+                # General masks (holes, heavy padding): gather the pairs. X is dead once the next-token
+                # rows are copied out, so the prefix rows reuse its buffer (3 buffers, not 4).
+                nxt = torch.index_select(
+                    X_rows, 0, plan.next_index, out=ws.get("N", (plan.n_pairs, d), dtype, device)
+                )
+                prefix = torch.index_select(S_rows, 0, plan.pair_index, out=X_rows[: plan.n_pairs])
+                c1 = torch.mm(prefix.T, nxt, out=ws.get("C1", (d, d), dtype, device))
+            c0 = _upper_gram(prefix, ws.get("C0", (d, d), dtype, device))
+            if not (bool(torch.isfinite(c0).all()) and bool(torch.isfinite(c1).all())):
+                raise _non_finite_error(layer, hidden.dtype, f"{dtype} products (overflow)")
+        # Text means in float64 (the totals come from the float64 carry of the scan).
+        means = totals / plan.lengths.to(totals)[:, None]
+        acc = self._sums[layer]
+        target = self.device
+        acc["M_xx"].addmm_(means.T.to(target), means.to(target))
+        acc["M_xy"].addmm_(means.T.to(target), plan.one_hot.to(target))
+        if plan.n_pairs:
+            acc["C0"] += c0.to(target)
+            acc["C1"] += c1.to(target)
+
+    # ---- merging ------------------------------------------------------------------------------------
+
+    def merge(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
+        """Add ``other``'s sums into this accumulator (in place) and return ``self``."""
+        if not isinstance(other, StatisticsAccumulator):
+            raise TypeError(f"cannot merge a StatisticsAccumulator with {type(other).__name__}")
+        self._check_usable()
+        other._check_usable()
+        mismatch = [
+            f"{name}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
+            for name in ("layers", "hidden_size", "n_classes")
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if mismatch:
+            raise PerceptAlignError(
+                "cannot merge statistics accumulated with different settings (" + "; ".join(mismatch) + "); "
+                "merge only shards of the same model, layers and label set."
+            )
+        for layer in self.layers:
+            for key in STAT_KEYS:
+                self._sums[layer][key] += other._sums[layer][key].to(self.device)
+        self.n_texts += other.n_texts
+        self.n_tokens += other.n_tokens
+        return self
+
+    def __iadd__(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
+        return self.merge(other)
+
+    def __add__(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
+        return self.copy().merge(other)
+
+    def copy(self) -> StatisticsAccumulator:
+        return type(self).from_sums(
+            self.sums(), layers=self.layers, compute_dtype=self.compute_dtype, device=self.device
+        )
+
+    # ---- raw sums (all-reduce, checkpoints) --------------------------------------------------------
+
+    def sums(self) -> dict[str, Tensor]:
+        """Raw float64 sums ``layer{l}.{key}`` (C0 symmetric) plus int64 counts ``n_texts``, ``n_tokens``.
+
+        All entries are additive: a data-parallel run all-reduces each tensor with SUM, then calls
+        :meth:`from_sums`.
+        """
+        self._check_usable()
+        out: dict[str, Tensor] = {}
+        for layer in self.layers:
+            for key in STAT_KEYS:
+                value = self._sums[layer][key]
+                out[f"layer{layer}.{key}"] = _symmetric(value) if key == "C0" else value.clone()
+        out["n_texts"] = torch.tensor(self.n_texts, dtype=torch.int64, device=self.device)
+        out["n_tokens"] = torch.tensor(self.n_tokens, dtype=torch.int64, device=self.device)
+        return out
+
+    @classmethod
+    def from_sums(
+        cls,
+        sums: Mapping[str, Tensor],
+        *,
+        layers: Sequence[int] | None = None,
+        compute_dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ) -> StatisticsAccumulator:
+        """Rebuild an accumulator from :meth:`sums` output (d and C are read from the tensors).
+
+        ``layers`` fixes the layer order expected by :meth:`update` (default: order of the keys).
+        """
+        missing_counts = [key for key in COUNT_KEYS if key not in sums]
+        if missing_counts:
+            raise PerceptAlignError(
+                f"statistics sums lack the count(s) {missing_counts}; pass the output of sums()."
+            )
+        found = _layers_in_keys(sums.keys(), allow_extra=set(COUNT_KEYS))
+        if layers is None:
+            layers = found
+        elif sorted(int(layer) for layer in layers) != sorted(found):
+            raise PerceptAlignError(
+                f"sums hold layers {sorted(found)}, but layers {list(layers)} were requested."
+            )
+        first = sums[f"layer{layers[0]}.M_xy"]
+        if first.dim() != 2:
+            raise PerceptAlignError(
+                f"layer{layers[0]}.M_xy must be 2-D (d×C), got shape {tuple(first.shape)}."
+            )
+        d, C = first.shape
+        acc = cls(layers, int(d), int(C), compute_dtype=compute_dtype, device=device)
+        for layer in layers:
+            for key in STAT_KEYS:
+                value = sums[f"layer{layer}.{key}"]
+                expected = (d, C) if key == "M_xy" else (d, d)
+                if tuple(value.shape) != expected:
+                    raise PerceptAlignError(
+                        f"layer{layer}.{key} has shape {tuple(value.shape)}, expected {expected}."
+                    )
+                acc._sums[layer][key] = value.detach().to(device=acc.device, dtype=torch.float64).clone()
+        acc.n_texts = int(sums["n_texts"])
+        acc.n_tokens = int(sums["n_tokens"])
+        return acc
+
+    def finalize(self) -> dict[int, LayerStatistics]:
+        """Moments divided by N = number of texts (ntps.md §2 divides C0/C1 by N too)."""
+        self._check_usable()
+        if self.n_texts == 0:
+            raise PerceptAlignError("no texts were accumulated; call update() with at least one batch first.")
+        n = float(self.n_texts)
+        out = {}
+        for layer in self.layers:
+            s = self._sums[layer]
+            out[layer] = LayerStatistics(
+                M_xx=s["M_xx"] / n, M_xy=s["M_xy"] / n, C0=_symmetric(s["C0"]) / n, C1=s["C1"] / n
+            )
+        return out
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> None:
+        """Write the raw sums plus JSON-able ``extra`` (e.g. next batch index, fingerprint) atomically."""
+        header = {
+            "format_version": _FORMAT_VERSION,
+            "layers": self.layers,
+            "hidden_size": self.hidden_size,
+            "n_classes": self.n_classes,
+            "extra": dict(extra or {}),
+        }
+        try:
+            text = json.dumps(header)
+        except TypeError as exc:
+            raise PerceptAlignError(f"checkpoint extra must be JSON-serialisable: {exc}") from exc
+        tensors = {k: v.cpu() for k, v in self.sums().items()}
+        save_tensors_atomic(path, tensors, metadata={_CHECKPOINT_META_KEY: text})
+
+    @classmethod
+    def load_checkpoint(
+        cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
+    ) -> tuple[StatisticsAccumulator, dict[str, Any]]:
+        """Inverse of :meth:`save_checkpoint`: returns the accumulator and the ``extra`` dict."""
+        path = Path(path)
+        if not path.is_file():
+            raise PerceptAlignError(f"no statistics checkpoint at {path}; start without resuming.")
+        metadata = _safetensors_metadata(path)
+        if _CHECKPOINT_META_KEY not in metadata:
+            raise PerceptAlignError(
+                f"{path} is not a statistics checkpoint (no {_CHECKPOINT_META_KEY} header); delete it or "
+                "point the run at another checkpoint path."
+            )
+        header = json.loads(metadata[_CHECKPOINT_META_KEY])
+        if header.get("format_version") != _FORMAT_VERSION:
+            raise PerceptAlignError(
+                f"checkpoint {path} has format {header.get('format_version')}, this version reads "
+                f"{_FORMAT_VERSION}; delete it and restart the accumulation."
+            )
+        acc = cls.from_sums(load_tensors(path), layers=header["layers"], device=device)
+        if (
+            acc.layers != header["layers"]
+            or acc.hidden_size != header["hidden_size"]
+            or (acc.n_classes != header["n_classes"])
+        ):
+            raise PerceptAlignError(
+                f"checkpoint {path} is inconsistent with its header; delete it and restart."
+            )
+        return acc, header["extra"]
+
+
+# --------------------------------------------------------------------------------------------------
+# batch kernels
+
+
+class _BatchPlan:
+    """Indices shared by all layers of one batch (computed once, not per layer)."""
+
+    def __init__(self, mask: Tensor, labels: Tensor, n_classes: int) -> None:
+        B, T = mask.shape
+        device = mask.device
+        self.mask = mask
+        self.lengths = mask.sum(dim=1)
+        # Scan chunk: the largest of 32/16/8 that pads T least (padding rows cost product flops).
+        self.chunk = min(_SCAN_CHUNKS, key=lambda c: (-(-T // c) * c, -c))
+        self.padded_T = Tp = -(-T // self.chunk) * self.chunk
+        pos = torch.arange(T, device=device)
+        first = torch.where(mask, pos, T).amin(dim=1)
+        last = torch.where(mask, pos, -1).amax(dim=1)
+        pair_mask = mask & (pos[None, :] < last[:, None])  # has a next real token
+        next_mask = mask & (pos[None, :] > first[:, None])  # has a previous real token
+        self.n_pairs = int(pair_mask.sum())
+        contiguous = bool((last - first + 1 == self.lengths).all())
+        self.flat = contiguous and self.n_pairs >= _FLAT_MIN_FILL * B * Tp
+        if self.flat:
+            padded_pairs = torch.zeros(B, Tp, dtype=torch.bool, device=device)
+            padded_pairs[:, :T] = pair_mask
+            self.nonpair_index = torch.nonzero(~padded_pairs.flatten()).flatten()
+        else:
+            # Row numbers in the B×Tp scan buffer; both lists are text-major and position-ascending,
+            # so the j-th prefix row pairs with the j-th next-token row (the NEXT REAL token).
+            self.pair_index = _flat_rows(pair_mask, Tp)
+            self.next_index = _flat_rows(next_mask, Tp)
+        self.one_hot = torch.zeros(B, n_classes, dtype=torch.float64, device=device)
+        self.one_hot[torch.arange(B, device=device), labels] = 1.0
+        self._tril: dict[torch.dtype, Tensor] = {}
+
+    def tril(self, dtype: torch.dtype) -> Tensor:
+        if dtype not in self._tril:
+            ones = torch.ones(self.chunk, self.chunk, dtype=dtype, device=self.mask.device)
+            self._tril[dtype] = torch.tril(ones)
+        return self._tril[dtype]
+
+
+def _flat_rows(mask: Tensor, row_length: int) -> Tensor:
+    """Row numbers b·row_length + t of the True entries of a B×T mask (T ≤ row_length), row-major."""
+    b, t = torch.nonzero(mask, as_tuple=True)
+    return b * row_length + t
+
+
+class _Workspace:
+    """Scratch buffers reused across batches: fresh multi-MB allocations page-fault on first touch,
+    which measured as costly as the masking pass itself on the 2-core test machine."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | None = None
+    ) -> Tensor:
+        device = torch.device(device or "cpu")
+        key = (name, dtype, device)
+        numel = math.prod(shape)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf[:numel].view(shape)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+def _prefix_sums(
+    hidden: Tensor, plan: _BatchPlan, dtype: torch.dtype, ws: _Workspace
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Masked per-text prefix sums by a chunked scan.
+
+    Returns S and the masked input X (both B×T_pad×d in ``dtype``, workspace views valid until the next
+    call) and the per-text totals (B×d, float64). Within a chunk of 32 positions the prefix is a small
+    triangular matmul (fast, ≤ 32 terms per sum); the chunk carries are summed in float64, so float32
+    prefix sums keep a relative error of a few ulps even for long texts, unlike a float32 ``cumsum``
+    (which is also 3-10× slower on CPU).
+    """
+    B, T, d = hidden.shape
+    Tp, c = plan.padded_T, plan.chunk
+    device = hidden.device
+    X = ws.get("X", (B, Tp, d), dtype, device)
+    if Tp > T:
+        X[:, T:].zero_()
+    # Select rather than multiply by the mask: padding rows may hold NaN (e.g. fully masked attention
+    # rows under left padding) and NaN·0 is NaN.
+    keep = plan.mask[:, :, None]
+    if hidden.dtype == dtype:
+        torch.where(keep, hidden, torch.zeros((), dtype=dtype, device=device), out=X[:, :T])
+    else:
+        X[:, :T].copy_(hidden)
+        X[:, :T].masked_fill_(~keep, 0.0)
+    S = ws.get("S", (B, Tp // c, c, d), dtype, device)
+    torch.matmul(plan.tril(dtype), X.view(B, Tp // c, c, d), out=S)  # within-chunk prefix sums
+    carry = S[:, :, -1].to(torch.float64).cumsum(dim=1)  # running totals at chunk ends, float64
+    if Tp > c:
+        S[:, 1:] += carry[:, :-1, None].to(dtype)
+    return S.view(B, Tp, d), X, carry[:, -1]
+
+
+def _gram_blocks(d: int) -> int:
+    # Block-upper-triangular Gram: nb blocks cost (nb+1)/(2nb) of a full product; small blocks lose BLAS
+    # efficiency. Measured at d = 576: 1 block 17 ms, 4 blocks 12 ms (K = 8192, 2 threads).
+    return max(1, min(8, d // 144))
+
+
+def _upper_gram(A: Tensor, out: Tensor) -> Tensor:
+    """AᵀA into ``out`` with only the upper block triangle computed (lower blocks set to zero)."""
+    d = A.shape[1]
+    nb = _gram_blocks(d)
+    if nb == 1:
+        return torch.mm(A.T, A, out=out)
+    edges = [round(i * d / nb) for i in range(nb + 1)]
+    for lo, hi in itertools.pairwise(edges):
+        out[hi:, lo:hi].zero_()
+        torch.mm(A[:, lo:hi].T, A[:, lo:], out=out[lo:hi, lo:])
+    return out
+
+
+def _symmetric(upper: Tensor) -> Tensor:
+    """Full symmetric matrix from a matrix whose upper triangle (with diagonal) is valid."""
+    return torch.triu(upper) + torch.triu(upper, diagonal=1).T
+
+
+def _non_finite_error(layer: int, dtype: torch.dtype, what: str) -> PerceptAlignError:
+    hint = (
+        " The model ran in float16, whose range (±65504) hidden states often exceed: rerun with "
+        "--dtype float32 or --dtype bfloat16."
+        if dtype == torch.float16
+        else " Check the model weights and inputs, or rerun with --dtype float32 if a reduced precision "
+        "was used."
+    )
+    return PerceptAlignError(
+        f"non-finite values (NaN/inf) in the {what} of layer {layer} (input dtype {dtype}).{hint}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# the published dense formula (tests and benchmark baseline)
+
+
+def dense_reference_statistics(
+    hidden_per_text: Sequence[Tensor],
+    labels: Sequence[int] | Tensor,
+    n_classes: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> LayerStatistics:
+    """The published O(L²) per-text formula for ONE layer: triangular and shift matrices times H.
+
+    ``hidden_per_text``: one L_n×d tensor of REAL rows per text. Kept deliberately literal (a Python loop
+    that materialises the L×(L−1) matrices) so it is an independent check of the fast path and an honest
+    benchmark baseline. ``dtype`` float64 by default; float32 reproduces the published precision.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if len(hidden_per_text) == 0 or labels.shape != (len(hidden_per_text),):
+        raise PerceptAlignError("need one label per text and at least one text.")
+    d = hidden_per_text[0].shape[1]
+    M_xx = torch.zeros(d, d, dtype=dtype)
+    M_xy = torch.zeros(d, n_classes, dtype=dtype)
+    C0 = torch.zeros(d, d, dtype=dtype)
+    C1 = torch.zeros(d, d, dtype=dtype)
+    for H, y in zip(hidden_per_text, labels.tolist(), strict=True):
+        H = H.to(dtype)
+        L = H.shape[0]
+        if L == 0:
+            raise PerceptAlignError("a text with zero tokens has no mean; drop it.")
+        x = H.mean(dim=0)
+        M_xx += torch.outer(x, x)
+        M_xy[:, y] += x
+        if L > 1:
+            prefix = torch.triu(torch.ones(L, L - 1, dtype=dtype))  # prefix[i, t] = 1 iff i ≤ t
+            shift = torch.eye(L, dtype=dtype)[:, 1:]  # shift[i, t] = 1 iff i = t + 1
+            S = prefix.T @ H
+            H_next = shift.T @ H
+            C0 += S.T @ S
+            C1 += S.T @ H_next
+    n = float(len(hidden_per_text))
+    f64 = torch.float64
+    return LayerStatistics(
+        M_xx=(M_xx / n).to(f64), M_xy=(M_xy / n).to(f64), C0=(C0 / n).to(f64), C1=(C1 / n).to(f64)
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# finished statistics on disk
+
+
+def _resolve_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    return path / "statistics.safetensors", path / "statistics.json"
+
+
+def save_statistics(
+    path_dir_or_file: str | os.PathLike[str],
+    stats: Mapping[int, LayerStatistics],
+    metadata: Mapping[str, Any],
+) -> None:
+    """Write ``layer{l}.{key}`` float64 tensors (safetensors) and the metadata (JSON) beside them.
+
+    A directory gets ``statistics.safetensors`` + ``statistics.json``; a ``*.safetensors`` path gets a
+    ``.json`` of the same stem. Each file is written atomically and both carry the same random write id,
+    so a crash between the two writes is detected on load instead of pairing new tensors with old metadata.
+    ``metadata["layers"]`` is set from ``stats``.
+    """
+    if not stats:
+        raise PerceptAlignError("no layer statistics to save.")
+    tensor_path, json_path = _resolve_paths(path_dir_or_file)
+    tensors: dict[str, Tensor] = {}
+    shape = None
+    for layer in sorted(stats):
+        layer_stats = stats[layer]
+        for key in STAT_KEYS:
+            value = getattr(layer_stats, key)
+            tensors[f"layer{int(layer)}.{key}"] = value.detach().to("cpu", torch.float64)
+        current = (tuple(layer_stats.M_xx.shape), tuple(layer_stats.M_xy.shape))
+        if shape is not None and current != shape:
+            raise PerceptAlignError(f"layer {layer} statistics have shapes {current}, other layers {shape}.")
+        shape = current
+    meta = _jsonable(dict(metadata))
+    meta["layers"] = sorted(int(layer) for layer in stats)
+    write_id = uuid.uuid4().hex
+    meta[_WRITE_ID_KEY] = write_id
+    meta["statistics_format"] = _FORMAT_VERSION
+    save_tensors_atomic(tensor_path, tensors, metadata={_WRITE_ID_KEY: write_id})
+    write_json_atomic(json_path, meta)
+
+
+def load_statistics(
+    path: str | os.PathLike[str], expected: Mapping[str, Any] | None = None
+) -> tuple[dict[int, LayerStatistics], dict[str, Any]]:
+    """Read statistics written by :func:`save_statistics`, refusing a cache made with other settings.
+
+    ``expected``: the identity keys (model, fingerprint, dataset, split, max_length, padding side, dtype,
+    n_classes, max_samples, tokenizer settings, …) are compared with the cached metadata;
+    ``expected["layers"]`` may be a subset of the cached layers (only those are returned).
+    """
+    tensor_path, json_path = _resolve_paths(path)
+    if not tensor_path.is_file() or not json_path.is_file():
+        raise PerceptAlignError(
+            f"no complete statistics cache at {path} (need {tensor_path.name} and {json_path.name}); "
+            "compute the statistics first."
+        )
+    meta = read_json(json_path)
+    write_id = _safetensors_metadata(tensor_path).get(_WRITE_ID_KEY)
+    if write_id is None or write_id != meta.get(_WRITE_ID_KEY):
+        raise PerceptAlignError(
+            f"{tensor_path} and {json_path} were not written together (an interrupted save?); "
+            "delete both files and recompute."
+        )
+    layers = [int(layer) for layer in meta["layers"]]
+    if expected is not None:
+        _check_identity(meta, expected, path)
+        if expected.get("layers") is not None:
+            requested = [int(layer) for layer in expected["layers"]]
+            missing = sorted(set(requested) - set(layers))
+            if missing:
+                raise PerceptAlignError(
+                    f"the statistics cache at {path} holds layers {layers} but layers {missing} were "
+                    "requested; recompute with those layers (use another --out, or delete the cache)."
+                )
+            layers = requested
+    tensors = load_tensors(tensor_path)
+    out = {}
+    for layer in layers:
+        try:
+            out[layer] = LayerStatistics(**{key: tensors[f"layer{layer}.{key}"] for key in STAT_KEYS})
+        except KeyError as exc:
+            raise PerceptAlignError(
+                f"statistics cache {tensor_path} lacks {exc}; delete it and recompute."
+            ) from exc
+    return out, meta
+
+
+def _is_identity_key(key: str) -> bool:
+    return key in IDENTITY_KEYS or key.startswith(IDENTITY_PREFIXES) or key.endswith("fingerprint")
+
+
+def _check_identity(
+    meta: Mapping[str, Any], expected: Mapping[str, Any], path: str | os.PathLike[str]
+) -> None:
+    expected_json = _jsonable(dict(expected))
+    differing = []
+    for key, want in expected_json.items():
+        if not _is_identity_key(key):
+            continue
+        have = meta.get(key)
+        if have != want:
+            differing.append(f"{key}: cached {have!r}, requested {want!r}")
+    if differing:
+        raise PerceptAlignError(
+            f"the statistics cache at {path} was made with other settings (" + "; ".join(differing) + "). "
+            "Use another --out directory for these settings, or delete the cache to recompute it."
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Normalise metadata the way it will read back from JSON (tuples → lists, dtypes → 'float32')."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, torch.dtype):
+            return str(value).removeprefix("torch.")
+        if isinstance(value, Path):
+            return str(value)
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"metadata value of type {type(value).__name__} is not JSON-serialisable")
+
+    try:
+        return json.loads(json.dumps(obj, default=default))
+    except (TypeError, ValueError) as exc:
+        raise PerceptAlignError(f"statistics metadata must be JSON-serialisable: {exc}") from exc
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise PerceptAlignError(f"{path} is not a readable safetensors file ({exc}); delete it.") from exc
+
+
+def _validate_layers(layers: Sequence[int]) -> list[int]:
+    try:
+        out = [int(layer) for layer in layers]
+    except (TypeError, ValueError) as exc:
+        raise PerceptAlignError(f"layers must be integers, got {layers!r}.") from exc
+    if not out:
+        raise PerceptAlignError("at least one layer is needed.")
+    if any(layer < 0 for layer in out):
+        raise PerceptAlignError(
+            f"layers must be non-negative hidden-state indices (0 = embeddings), got {out}; resolve negative "
+            "indices against the model's number of hidden states first."
+        )
+    if len(set(out)) != len(out):
+        raise PerceptAlignError(f"duplicate layers in {out}; list each layer once.")
+    return out
+
+
+def _layers_in_keys(keys: Any, allow_extra: set[str]) -> list[int]:
+    layers: dict[int, set[str]] = {}
+    for key in keys:
+        if key in allow_extra:
+            continue
+        head, _, stat = key.partition(".")
+        if not head.startswith("layer") or stat not in STAT_KEYS or not head[5:].isdigit():
+            raise PerceptAlignError(
+                f"unexpected statistics key {key!r}; expected 'layer<l>.<M_xx|M_xy|C0|C1>'."
+            )
+        layers.setdefault(int(head[5:]), set()).add(stat)
+    incomplete = {layer: sorted(set(STAT_KEYS) - s) for layer, s in layers.items() if set(STAT_KEYS) - s}
+    if not layers or incomplete:
+        raise PerceptAlignError(f"statistics sums are incomplete: missing {incomplete or 'all layers'}.")
+    return list(layers)  # order of first appearance
+
+
+__all__ = [
+    "COUNT_KEYS",
+    "IDENTITY_KEYS",
+    "STAT_KEYS",
+    "LayerStatistics",
+    "StatisticsAccumulator",
+    "dense_reference_statistics",
+    "load_statistics",
+    "save_statistics",
+]

@@ -1,0 +1,405 @@
+"""Trial tables: the one format in which human data, RTify heads and baselines exchange reaction times.
+
+A trials table is a pandas DataFrame with one row per trial and columns
+
+- ``condition`` (float or str): the experimental condition, e.g. motion coherence in percent;
+- ``rt_s`` (float > 0): the reaction time in seconds;
+- ``correct`` (bool): whether the response was correct;
+- optionally ``subject``, ``item``, ``split`` and, for model tables, ``decided`` (bool: False for trials
+  whose accumulator never crossed its threshold; their ``rt_s`` is the censoring time).
+
+Everything downstream (metrics, losses, figures) assumes a table that went through
+:func:`validate_trials`, so the checks live in one place and every bad input gets a message that names
+the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from perceptalign.io import PerceptAlignError, sha256_file
+
+TRIAL_COLUMNS = ("condition", "rt_s", "correct")
+OPTIONAL_COLUMNS = ("subject", "item", "split", "decided")
+
+_COLUMN_MEANING = {
+    "condition": "experimental condition (e.g. coherence in %), float or str",
+    "rt_s": "reaction time in seconds, > 0",
+    "correct": "True for a correct response, False for an error",
+}
+_TRUE_STRINGS = {"true", "t", "1", "yes", "y", "1.0"}
+_FALSE_STRINGS = {"false", "f", "0", "no", "n", "0.0"}
+
+
+def _show_rows(df: pd.DataFrame, mask: pd.Series | np.ndarray, limit: int = 5) -> str:
+    """Render the first offending rows (with their index) so a user can find them in their file."""
+    bad = df[np.asarray(mask, dtype=bool)]
+    shown = bad.head(limit).to_string()
+    more = f"\n... and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{shown}{more}"
+
+
+def _to_bool(series: pd.Series, *, column: str, name: str) -> pd.Series:
+    """Coerce a boolean-like column (bool, 0/1, 'true'/'false', ...) to bool; reject anything else."""
+    if series.dtype == bool:
+        return series.astype(bool)
+    if series.isna().any():
+        raise PerceptAlignError(
+            f"{name}: column {column!r} has missing values in rows:\n"
+            f"{_show_rows(series.to_frame(), series.isna())}\n"
+            f"Fill them with True/False (or drop those trials)."
+        )
+    values = series.to_numpy(dtype=object)
+    out = np.empty(len(values), dtype=bool)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)) or (
+            isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)
+        ):
+            out[i] = bool(v)
+        elif isinstance(v, str) and v.strip().lower() in _TRUE_STRINGS:
+            out[i] = True
+        elif isinstance(v, str) and v.strip().lower() in _FALSE_STRINGS:
+            out[i] = False
+        else:
+            bad[i] = True
+    if bad.any():
+        raise PerceptAlignError(
+            f"{name}: column {column!r} must be boolean-like (True/False, 1/0, 'true'/'false'); "
+            f"offending rows:\n{_show_rows(series.to_frame(), bad)}\nConvert it to booleans before loading."
+        )
+    return pd.Series(out, index=series.index, name=column)
+
+
+def _normalise_condition(series: pd.Series, name: str) -> pd.Series:
+    """Numeric conditions become float (so 6.4 and '6.4' in two tables compare equal), others str."""
+    if series.isna().any():
+        raise PerceptAlignError(
+            f"{name}: column 'condition' has missing values in rows:\n"
+            f"{_show_rows(series.to_frame(), series.isna())}\nEvery trial needs a condition."
+        )
+    numeric = pd.to_numeric(series, errors="coerce")
+    if not numeric.isna().any():
+        return numeric.astype(float)
+    return series.astype(str)
+
+
+def validate_trials(
+    df: pd.DataFrame, *, required_conditions: Sequence[Any] | None = None, name: str = "trials"
+) -> pd.DataFrame:
+    """Check a trials table and return a clean copy (fresh index, float ``rt_s``, bool ``correct``).
+
+    Raises :class:`PerceptAlignError` naming the problem and the fix for: a non-DataFrame, an empty table,
+    missing columns, non-numeric / NaN / non-finite / non-positive reaction times, a ``correct`` (or
+    ``decided``) column that is not boolean-like, missing conditions, and absent ``required_conditions``.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise PerceptAlignError(f"{name}: expected a pandas DataFrame of trials, got {type(df).__name__}.")
+    missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
+    if missing:
+        meaning = "; ".join(f"{c!r}: {_COLUMN_MEANING[c]}" for c in missing)
+        raise PerceptAlignError(
+            f"{name}: missing column(s) {missing} (have {list(df.columns)}). Required: {meaning}. "
+            "Rename your columns, or load the file with load_trials_csv(..., condition_column=..., "
+            "rt_column=..., correct_column=...)."
+        )
+    if len(df) == 0:
+        raise PerceptAlignError(f"{name}: the table is empty; it needs at least one trial.")
+    out = df.copy().reset_index(drop=True)
+    raw_rt = out["rt_s"]
+    rt = pd.to_numeric(raw_rt, errors="coerce")
+    non_numeric = rt.isna() & raw_rt.notna()
+    if non_numeric.any():
+        raise PerceptAlignError(
+            f"{name}: column 'rt_s' must be numeric (seconds); non-numeric values in rows:\n"
+            f"{_show_rows(out, non_numeric)}\nFix or drop these rows."
+        )
+    if rt.isna().any():
+        raise PerceptAlignError(
+            f"{name}: column 'rt_s' has missing (NaN) reaction times in rows:\n{_show_rows(out, rt.isna())}\n"
+            "Drop trials without a response, or mark model trials that never decided with decided=False "
+            "and their censoring time as rt_s."
+        )
+    rt = rt.astype(float)
+    not_finite = ~np.isfinite(rt.to_numpy())
+    if not_finite.any():
+        raise PerceptAlignError(
+            f"{name}: column 'rt_s' has infinite reaction times in rows:\n{_show_rows(out, not_finite)}\n"
+            "Use the censoring time with decided=False for trials that never decided."
+        )
+    non_positive = rt <= 0
+    if non_positive.any():
+        raise PerceptAlignError(
+            f"{name}: reaction times must be > 0 seconds; zero or negative values in rows:\n"
+            f"{_show_rows(out, non_positive)}\nIf these are signed RTs (negative = error), load them with "
+            "trials_from_signed_rt()."
+        )
+    out["rt_s"] = rt
+    out["correct"] = _to_bool(out["correct"], column="correct", name=name)
+    if "decided" in out.columns:
+        out["decided"] = _to_bool(out["decided"], column="decided", name=name)
+    out["condition"] = _normalise_condition(out["condition"], name)
+    if required_conditions is not None:
+        present = set(out["condition"].unique().tolist())
+        wanted = _normalise_condition(
+            pd.Series(list(required_conditions), dtype=object), "required_conditions"
+        )
+        absent = [c for c in wanted.tolist() if c not in present]
+        if absent:
+            raise PerceptAlignError(
+                f"{name}: required condition(s) {absent} have no trials "
+                f"(present: {sorted(present, key=str)}). "
+                "Simulate or collect trials for every condition you compare, or restrict required_conditions."
+            )
+    return out
+
+
+def trials_from_signed_rt(
+    df: pd.DataFrame,
+    *,
+    condition_column: str = "coherence_pct",
+    signed_rt_column: str = "signed_rt_s",
+    split_column: str | None = "split",
+) -> pd.DataFrame:
+    """Convert a signed-RT table (+RT correct, −RT error, the published RTify format) into a trials table.
+
+    A signed RT of exactly zero carries no choice and no time, so it is rejected rather than guessed.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise PerceptAlignError(f"expected a pandas DataFrame, got {type(df).__name__}.")
+    missing = [c for c in (condition_column, signed_rt_column) if c not in df.columns]
+    if missing:
+        raise PerceptAlignError(
+            f"signed-RT table: missing column(s) {missing} (have {list(df.columns)}). Pass condition_column= "
+            "and signed_rt_column= naming your condition and signed reaction time (+correct, −error) columns."
+        )
+    signed = pd.to_numeric(df[signed_rt_column], errors="coerce")
+    bad = signed.isna().to_numpy()
+    if bad.any():
+        raise PerceptAlignError(
+            f"signed-RT table: column {signed_rt_column!r} has non-numeric or missing values in rows:\n"
+            f"{_show_rows(df, bad)}\nFix or drop these rows."
+        )
+    zero = (signed == 0).to_numpy()
+    if zero.any():
+        raise PerceptAlignError(
+            f"signed-RT table: a signed RT of 0 has no sign (correct/error) and no duration; rows:\n"
+            f"{_show_rows(df, zero)}\nDrop these trials or recover their true RT and outcome."
+        )
+    out = pd.DataFrame(
+        {
+            "condition": df[condition_column].to_numpy(),
+            "rt_s": np.abs(signed.to_numpy(dtype=float)),
+            "correct": signed.to_numpy() > 0,
+        }
+    )
+    if split_column is not None and split_column in df.columns:
+        out["split"] = df[split_column].astype(str).to_numpy()
+    return validate_trials(out, name="signed-RT table")
+
+
+def load_trials_csv(
+    path: str | os.PathLike[str],
+    *,
+    condition_column: str,
+    rt_column: str | None = None,
+    correct_column: str | None = None,
+    signed_rt_column: str | None = None,
+    rt_unit: Literal["s", "ms"] = "s",
+    split_column: str | None = None,
+    subject_column: str | None = None,
+    item_column: str | None = None,
+) -> pd.DataFrame:
+    """Read any CSV of trials: either ``rt_column`` + ``correct_column`` or one ``signed_rt_column``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PerceptAlignError(f"trials file {str(path)!r} does not exist; check the path.")
+    if rt_unit not in ("s", "ms"):
+        raise PerceptAlignError(f"rt_unit must be 's' or 'ms', got {rt_unit!r}.")
+    if (signed_rt_column is None) == (rt_column is None):
+        raise PerceptAlignError(
+            "give either signed_rt_column= (one column, + correct / − error) or rt_column= together with "
+            "correct_column=, not both and not neither."
+        )
+    if rt_column is not None and correct_column is None:
+        raise PerceptAlignError(
+            "rt_column= needs correct_column= (which column says whether a trial was correct)."
+        )
+    raw = pd.read_csv(path)
+    optional = {"split": split_column, "subject": subject_column, "item": item_column}
+    wanted = [condition_column, rt_column, correct_column, signed_rt_column, *optional.values()]
+    missing = [c for c in wanted if c is not None and c not in raw.columns]
+    if missing:
+        raise PerceptAlignError(
+            f"{path.name}: column(s) {missing} not found (have {list(raw.columns)}). Fix the column names."
+        )
+    scale = 1e-3 if rt_unit == "ms" else 1.0
+    if signed_rt_column is not None:
+        tmp = pd.DataFrame(
+            {
+                "condition": raw[condition_column],
+                "signed": pd.to_numeric(raw[signed_rt_column], errors="coerce") * scale,
+            }
+        )
+        out = trials_from_signed_rt(
+            tmp, condition_column="condition", signed_rt_column="signed", split_column=None
+        )
+    else:
+        numeric = pd.to_numeric(raw[rt_column], errors="coerce")
+        # Keep the raw column when it has non-numeric entries so that validation can show them.
+        rt = raw[rt_column] if (numeric.isna() & raw[rt_column].notna()).any() else numeric * scale
+        out = pd.DataFrame({"condition": raw[condition_column], "rt_s": rt, "correct": raw[correct_column]})
+    for target, source in optional.items():
+        if source is not None:
+            out[target] = raw[source].to_numpy()
+    return validate_trials(out, name=path.name)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A registered reaction-time dataset: where it was published and how to verify a local copy."""
+
+    name: str
+    description: str
+    source_url: str
+    sha256: str
+    citation: str
+    default_path: str  # looked up under every ancestor of the working directory and of this package
+    env_var: str = ""  # environment variable that may point at the file
+    file_format: Literal["signed-rt", "trials"] = "signed-rt"
+
+
+RT_DATASETS: dict[str, DatasetRecord] = {
+    "rdm-human": DatasetRecord(
+        name="rdm-human",
+        description=(
+            "Human reaction times in a random-dot-motion direction task: 46,644 train and 11,794 test "
+            "trials, "
+            "7 coherences 0.8-51.2%, CSV columns split, coherence_pct, signed_rt_s (+correct, -error)."
+        ),
+        # The published copy is a pickle in the RTify authors' repository. This toolkit never loads pickles:
+        # it reads a CSV holding the same numbers, verified by the checksum below.
+        source_url="https://github.com/serre-lab/RTify/blob/main/dataset/human_rt_dataset.pkl",
+        sha256="b7c3cbc2a1ec86dea0a6654e3e1cfbbb4f64e33c99558c55b4358621981151c0",
+        citation=(
+            "Cheng, Rodriguez, Chen, Kar, Watanabe, Serre. RTify: Aligning Deep Neural Networks with Human "
+            "Behavioral Decisions. NeurIPS 2024 (arXiv:2411.03630)."
+        ),
+        default_path="shared/data/rdm_human_rt.csv",
+        env_var="PERCEPTALIGN_RDM_HUMAN",
+    )
+}
+
+
+def _candidate_paths(record: DatasetRecord) -> list[Path]:
+    """Where a registered dataset is looked for when no explicit path or environment variable is given."""
+    bases: list[Path] = []
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for base in (start, *start.parents):
+            if base not in bases:
+                bases.append(base)
+    candidates = [base / record.default_path for base in bases]
+    candidates.append(
+        Path(os.environ.get("PERCEPTALIGN_CACHE", Path.home() / ".cache" / "perceptalign"))
+        / "data"
+        / Path(record.default_path).name
+    )
+    return candidates
+
+
+def _resolve_registered(record: DatasetRecord, path: str | os.PathLike[str] | None) -> Path:
+    if path is not None:
+        resolved = Path(path)
+        if not resolved.is_file():
+            raise PerceptAlignError(f"{record.name}: file {str(resolved)!r} given as path= does not exist.")
+        return resolved
+    if record.env_var and os.environ.get(record.env_var):
+        resolved = Path(os.environ[record.env_var])
+        if not resolved.is_file():
+            raise PerceptAlignError(
+                f"{record.name}: ${record.env_var} points at {str(resolved)!r}, which does not exist. "
+                "Fix the variable or unset it."
+            )
+        return resolved
+    candidates = _candidate_paths(record)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise PerceptAlignError(
+        f"{record.name}: data file not found. Get it from {record.source_url} (converted to CSV with columns "
+        f"split, coherence_pct, signed_rt_s; sha256 {record.sha256}) and either pass path=, set "
+        f"${record.env_var}, or put it at {candidates[-1]}. Searched: "
+        + ", ".join(str(c) for c in candidates[:3])
+        + ", ..."
+    )
+
+
+def load_rt_dataset(
+    name_or_path: str = "rdm-human", *, split: str | None = None, path: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
+    """Load a registered dataset (checksum-verified) or a CSV file as a validated trials table.
+
+    A registered name is resolved from ``path=``, else its environment variable (``$PERCEPTALIGN_RDM_HUMAN``
+    for ``rdm-human``), else ``shared/data/<file>`` under any ancestor of the working directory or of the
+    installed package (the repository layout), else ``<cache>/data/<file>``. A plain CSV path is read as a
+    signed-RT table if it has ``coherence_pct`` and ``signed_rt_s`` columns, otherwise as a trials table.
+    """
+    if name_or_path in RT_DATASETS:
+        record = RT_DATASETS[name_or_path]
+        file = _resolve_registered(record, path)
+        actual = sha256_file(file)
+        if actual != record.sha256:
+            raise PerceptAlignError(
+                f"{record.name}: checksum mismatch for {file}: expected {record.sha256}, got {actual}. "
+                "The file is not the registered data (modified or a different version); restore it from "
+                f"{record.source_url}."
+            )
+        table = trials_from_signed_rt(pd.read_csv(file))
+    else:
+        file = Path(name_or_path)
+        if not file.is_file():
+            raise PerceptAlignError(
+                f"{name_or_path!r} is neither a registered dataset ({sorted(RT_DATASETS)}) nor an existing "
+                "CSV file."
+            )
+        raw = pd.read_csv(file)
+        if {"coherence_pct", "signed_rt_s"} <= set(raw.columns):
+            table = trials_from_signed_rt(raw)
+        else:
+            table = validate_trials(raw, name=file.name)
+    return split_trials(table, split) if split is not None else table
+
+
+def split_trials(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of one split (e.g. 'train' / 'test'), re-indexed; errors name the available splits."""
+    if "split" not in df.columns:
+        raise PerceptAlignError(f"cannot select split {split!r}: the table has no 'split' column.")
+    available = sorted(df["split"].astype(str).unique().tolist())
+    if split not in available:
+        raise PerceptAlignError(f"split {split!r} not in the table; available splits: {available}.")
+    return df[df["split"].astype(str) == split].reset_index(drop=True)
+
+
+def normalise_conditions(values: Sequence[Any]) -> list[Any]:
+    """Condition values as they appear in validated tables: all floats if all numeric, else strings."""
+    return _normalise_condition(pd.Series(list(values), dtype=object), "conditions").tolist()
+
+
+def conditions(df: pd.DataFrame) -> list[Any]:
+    """Sorted distinct conditions (numeric order for numbers, lexical for strings)."""
+    if "condition" not in df.columns:
+        raise PerceptAlignError(
+            "the table has no 'condition' column; validate it with validate_trials() first."
+        )
+    values = df["condition"].unique().tolist()
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)

@@ -1,0 +1,1014 @@
+"""Wong–Wang (2006) reduced decision model as a fast, differentiable torch module.
+
+Each population i carries an NMDA gating variable S_i and an Ornstein–Uhlenbeck noise current.
+With x = J·S + I₀ + I_ext + σ·z the input current and H(x) = (a x − b)/(1 − exp(−d(a x − b))) Hz,
+
+    S_{k+1} = S_k + dt·(−S_k/τ_S + (1 − S_k)·γ·H(x_k)/1000)            (explicit Euler, dt in ms)
+    z_k     = z_{k−1}·e^{−dt/τ_A} + √((1 − e^{−2dt/τ_A})/2)·ξ_k         (exact OU update, z_{−1} = 0)
+
+so the unit noise z has stationary variance 1/2 whatever dt is, and the noise current σz has σ²/2.
+Within step k the noise is updated first and then drives the step, and the input is the one at the
+START of the step (t_k = k·dt): stimulus on while t_k < ``stim_duration_s``, 0 after.
+
+Time-index convention (shared by every output): trajectory index t holds S after t + 1 integration
+steps, i.e. at time (t + 1)·dt. The decision step τ is the first index where a population's S
+exceeds θ (``perceptalign.rtify.decision.first_crossing_multiclass``), so the reaction time is
+RT = (τ + 1)·dt + motor delay. Trials that never cross within ``max_time_s`` are reported as
+undecided (``decided`` False, ``no_decision_rate``), never dropped; their RT is the censoring time.
+
+Why it is fast: the time loop (the hot path) runs in place in preallocated (n, B) buffers (B is the
+contiguous axis, so every op is one vectorised sweep), draws noise in blocks of steps, and stops as
+soon as every trial has decided. Gradients do not go through autograd's per-step graph: a hand-written
+adjoint (reverse-mode sweep of the Euler recursion) recomputes H and H' from the stored S and z, so
+training memory is two (T, n, B) tensors instead of ~15 saved tensors per step, and the backward sweep
+starts at the latest step that actually receives a gradient (the latest decision).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.decision import Decision, first_crossing_multiclass
+
+__all__ = [
+    "WW_DEFAULTS",
+    "WWOutput",
+    "WWTrajectories",
+    "WongWang2",
+    "WongWangN",
+    "wong_wang_rate",
+]
+
+# Wong & Wang (2006) reduced model, as listed in rtify.md §3.
+WW_DEFAULTS: dict[str, float] = {
+    "a": 270.0,  # Hz/nA
+    "b": 108.0,  # Hz
+    "d": 0.154,  # s
+    "gamma": 0.641,
+    "tau_s_ms": 100.0,
+    "tau_a_ms": 2.0,
+    "j_self": 0.2609,  # nA
+    "j_cross": 0.0497,  # nA (inhibitory: enters x with a minus sign)
+    "j_ext": 0.0156,  # nA per unit drive (drive = 1 ± c/100 in the two-population model)
+    "i0": 0.3255,  # nA
+    "sigma": 0.02,  # nA
+    "threshold": 0.5,
+    "motor_delay_s": 0.1,
+    "s0": 0.1,
+}
+
+# |v| below this uses the Taylor series of g(v) = v/(1 − e^{−v}); the first omitted term (v⁸/1209600)
+# is < 1e-14 relative there, and outside it the closed forms lose at most eps/0.1 to cancellation.
+_SERIES_CUTOFF = 0.1
+_SLOPE_CUTOFF = 0.02
+# Steps per noise draw / early-stopping check: large enough to amortise the call, small enough that
+# stopping overshoots by little.
+_BLOCK = 64
+_MAX_DT_MS = 50.0
+
+
+def _g_series(v: Tensor) -> Tensor:
+    v2 = v * v
+    return 1.0 + v / 2.0 + v2 / 12.0 - v2 * v2 / 720.0 + v2 * v2 * v2 / 30240.0
+
+
+def _g_slope_series(v: Tensor) -> Tensor:
+    v2 = v * v
+    return 0.5 + v / 6.0 - v * v2 / 180.0 + v * v2 * v2 / 5040.0
+
+
+def _g_stable(v: Tensor) -> Tensor:
+    """g(v) = v/(1 − e^{−v}) for any finite v, with finite gradients everywhere (autograd path).
+
+    Both closed forms use e^{−|v|} ≤ 1 so nothing overflows: v > 0 gives v/(1 − e^{−v}) and v < 0 gives
+    |v|e^{−|v|}/(1 − e^{−|v|}); |v| < cutoff uses the series. The discarded branches see a safe
+    argument, so torch.where never routes a NaN/inf gradient.
+    """
+    small = v.abs() < _SERIES_CUTOFF
+    v_big = torch.where(small, torch.ones_like(v), v)
+    mag = v_big.abs()
+    e = torch.exp(-mag)
+    closed = torch.where(v_big > 0, mag, mag * e) / (-torch.expm1(-mag))
+    v_small = torch.where(small, v, torch.zeros_like(v))
+    return torch.where(small, _g_series(v_small), closed)
+
+
+def wong_wang_rate(
+    x: Tensor, a: float = WW_DEFAULTS["a"], b: float = WW_DEFAULTS["b"], d: float = WW_DEFAULTS["d"]
+) -> Tensor:
+    """Population rate H(x) = (a x − b)/(1 − exp(−d(a x − b))) in Hz, exact at and near a x = b.
+
+    The formula is 0/0 at a x = b (limit 1/d) and its naive gradient overflows for very negative
+    a x − b; this version is finite in value and gradient for every finite x.
+    """
+    return _g_stable(d * (a * x - b)) / d
+
+
+def _slope_from_gain_(u: Tensor, g: Tensor, out: Tensor, small: Tensor, us: Tensor, p: Tensor) -> Tensor:
+    """dg/dv at v = −u into ``out``, given g = g(v) (adjoint path; ``small``/``us``/``p`` are scratch).
+
+    Closed form g' = g(g + u − 1)/u (from g(v) − g(−v) = v) cancels near u = 0, so |u| < 0.02 uses the
+    series 1/2 + v/6 − v³/180 (first omitted term v⁵/5040 < 1e-12 there; the closed form loses at most
+    eps/0.02 outside). Blended arithmetically with a 0/1 mask: on CPU a boolean select costs ~20
+    elementwise ops, and this runs once per step of the backward sweep; the series is evaluated at
+    u·mask so the unused branch stays finite.
+    """
+    torch.abs(u, out=us)
+    torch.lt(us, _SLOPE_CUTOFF, out=small)
+    torch.add(u, small, out=us)  # safe denominator where the series takes over
+    torch.add(g, u, out=out).sub_(1.0).mul_(g).div_(us)
+    torch.mul(u, small, out=us)
+    torch.mul(us, us, out=p).mul_(-1.0 / 180.0).add_(1.0 / 6.0).mul_(us).neg_().add_(0.5)
+    p.sub_(out).mul_(small)
+    return out.add_(p)
+
+
+@dataclass
+class _Grid:
+    """Integration grid: number of steps and which input frame drives each step (−1: stimulus off)."""
+
+    dt_ms: float
+    n_steps: int
+    frame_of_step: list[int]
+
+
+@dataclass
+class _Consts:
+    """Scalars of the update, folded so the hot loop does the fewest ops (see ``_integrate``)."""
+
+    ad: float  # a·d: x → v = d(a x − b)
+    bd: float
+    c1: float  # dt·γ/(1000 d): H·γ/1000·dt = c1·g
+    decay: float  # 1 − dt/τ_S
+    rho: float  # e^{−dt/τ_A}
+    cn: float  # √((1 − ρ²)/2)
+
+
+@dataclass
+class _RunSpec:
+    grid: _Grid
+    consts: _Consts
+    s0: float
+    generator: torch.Generator | None
+    crossings: _Crossings
+    early_stop: bool  # stop at the end of the first block after which every trial has crossed
+
+
+class _Crossings:
+    """First step at which any population's S exceeds θ, tracked block by block during integration.
+
+    Same rule as ``first_crossing_multiclass`` (strict >, first index); it lets the run stop early
+    and lets the decision be taken on a 2-step window instead of the whole (B, T, n) trajectory.
+    """
+
+    def __init__(self, threshold: float, batch: int, device: torch.device) -> None:
+        self.threshold = threshold
+        self.tau = torch.zeros(batch, dtype=torch.long, device=device)
+        self.decided = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def update(self, block: Tensor, offset: int) -> bool:
+        """Scan ``block`` (K, n, B) holding trajectory indices offset..offset+K−1; True if all decided."""
+        crossed = block.amax(dim=1) > self.threshold  # (K, B)
+        hit = crossed.any(dim=0)
+        first = crossed.to(torch.uint8).argmax(dim=0) + offset  # argmax returns the first maximum
+        new = hit & ~self.decided
+        self.tau = torch.where(new, first, self.tau)
+        self.decided |= hit
+        return bool(self.decided.all())
+
+
+@dataclass
+class WWTrajectories:
+    """Full-length trajectories of one batch: S (B, T, n); optionally the noise current σz and H (Hz).
+
+    ``time_s[t]`` = (t + 1)·dt is the time at which ``S[:, t]`` holds; ``H[:, t]`` is the rate that
+    drove the step ending there.
+    """
+
+    S: Tensor
+    time_s: Tensor
+    dt_ms: float
+    noise: Tensor | None = None
+    H: Tensor | None = None
+
+
+@dataclass
+class WWOutput:
+    """Decisions of one batch. ``rt_s`` includes the motor delay and is differentiable (implicit rule)."""
+
+    rt_s: Tensor
+    choice: Tensor
+    decided: Tensor
+    decision: Decision
+    dt_ms: float
+    n_steps: int
+    trajectories: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def no_decision_rate(self) -> float:
+        """Fraction of trials that never crossed θ within the simulated time (their RT is censored)."""
+        return self.decision.no_decision_rate
+
+
+def _integrate(
+    s_buf: Tensor,
+    z_store: Tensor | None,
+    bias_u: Tensor,
+    bias_u_off: Tensor,
+    j_u: Tensor,
+    sig_u: float,
+    spec: _RunSpec,
+) -> int:
+    """Run the Euler recursion in place into ``s_buf`` (T + 1, n, B); return the number of steps done.
+
+    Everything is expressed in u = −d(a x − b) so that g = u/expm1(u) needs no negations:
+    ``bias_u`` (F, n, B) / ``bias_u_off`` hold −(a d (I₀ + J_ext·drive) − b d), ``j_u`` = −a d J and
+    ``sig_u`` = −a d σ. ``z_store`` (T, n, B), when given, receives the unit OU noise of every step
+    (the adjoint needs it); otherwise a rolling block buffer is used.
+    """
+    c = spec.consts
+    frames = spec.grid.frame_of_step
+    n_steps = spec.grid.n_steps
+    _, n, batch = s_buf.shape
+    like = {"dtype": s_buf.dtype, "device": s_buf.device}
+    block = torch.empty((_BLOCK, n, batch), **like) if z_store is None else None
+    z_prev = torch.zeros((n, batch), **like)
+    u = torch.empty((n, batch), **like)
+    e = torch.empty_like(u)
+    g = torch.empty_like(u)
+    m = torch.empty_like(u)
+    for k0 in range(0, n_steps, _BLOCK):
+        k1 = min(k0 + _BLOCK, n_steps)
+        zb = z_store[k0:k1] if z_store is not None else block[: k1 - k0]
+        torch.randn(zb.shape, generator=spec.generator, out=zb, **like)
+        for k in range(k0, k1):
+            z = zb[k - k0]
+            z.mul_(c.cn).add_(z_prev, alpha=c.rho)
+            z_prev = z
+            f = frames[k]
+            s = s_buf[k]
+            torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)
+            u.add_(z, alpha=sig_u)
+            torch.expm1(u, out=e)
+            torch.div(u, e, out=g)
+            g.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1 (inputs are checked finite upstream)
+            g.mul_(c.c1)
+            torch.neg(g, out=m)
+            m.add_(c.decay)
+            torch.addcmul(g, s, m, out=s_buf[k + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
+        if z_store is None:
+            z_prev = z_prev.clone()  # the rolling buffer is overwritten by the next draw
+        if spec.crossings.update(s_buf[k0 + 1 : k1 + 1], k0) and spec.early_stop:
+            return k1
+    return n_steps
+
+
+def _bias_u(drive_frames: Tensor, j_ext: Tensor, i0: Tensor, c: _Consts) -> tuple[Tensor, Tensor]:
+    """Per-frame folded bias −(a d (I₀ + J_ext·drive) − b d) and the stimulus-off bias."""
+    bias = (drive_frames * j_ext + i0) * (-c.ad) + c.bd
+    off = (i0 * (-c.ad) + c.bd).reshape(1, 1).expand(drive_frames.shape[1], 1)
+    return bias.contiguous(), off.to(drive_frames.dtype)
+
+
+class _WWAdjoint(torch.autograd.Function):
+    """S trajectory (T_eff, n, B) from (drive frames, J, J_ext, I₀, σ) with a hand-written adjoint."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, drive_frames: Tensor, J: Tensor, j_ext: Tensor, i0: Tensor, sigma: Tensor, spec: _RunSpec
+    ) -> Tensor:
+        c = spec.consts
+        _, n, batch = drive_frames.shape
+        s_buf = torch.empty(
+            (spec.grid.n_steps + 1, n, batch), dtype=drive_frames.dtype, device=drive_frames.device
+        )
+        s_buf[0].fill_(spec.s0)
+        z_store = torch.empty_like(s_buf[1:])
+        bias_u, bias_u_off = _bias_u(drive_frames, j_ext, i0, c)
+        j_u = J * (-c.ad)
+        steps = _integrate(s_buf, z_store, bias_u, bias_u_off, j_u, -c.ad * float(sigma), spec)
+        ctx.spec = spec
+        ctx.steps = steps
+        ctx.s_buf = s_buf
+        ctx.z_store = z_store
+        ctx.save_for_backward(drive_frames, J, j_ext, i0, sigma)
+        z_out = z_store[:steps]
+        ctx.mark_non_differentiable(z_out)
+        return s_buf[1 : steps + 1], z_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_s: Tensor | None, _grad_z: Tensor | None) -> tuple[Tensor | None, ...]:
+        drive_frames, J, j_ext, i0, sigma = ctx.saved_tensors
+        spec: _RunSpec = ctx.spec
+        c = spec.consts
+        s_buf: Tensor = ctx.s_buf
+        z_store: Tensor = ctx.z_store
+        frames = spec.grid.frame_of_step
+        n_frames, n, batch = drive_frames.shape
+        if grad_s is None:
+            return (None,) * 6
+        last = _last_nonzero_step(grad_s)
+        q_frames = torch.zeros((n_frames, n, batch), dtype=s_buf.dtype, device=s_buf.device)
+        q_off = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
+        d_jv = torch.zeros((n, n), dtype=s_buf.dtype, device=s_buf.device)
+        qz = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
+        if last >= 0:
+            bias_u, bias_u_off = _bias_u(drive_frames, j_ext, i0, c)
+            j_u = J * (-c.ad)
+            jv_t = (J * c.ad).t().contiguous()
+            sig_u = -c.ad * float(sigma)
+            lam = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
+            u, g, gp, q, w1, w2, w3 = (torch.empty_like(lam) for _ in range(7))
+            for k in range(last, -1, -1):
+                lam.add_(grad_s[k])  # lam = dL/dS_{k+1}
+                s = s_buf[k]
+                z = z_store[k]
+                f = frames[k]
+                torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)
+                u.add_(z, alpha=sig_u)
+                torch.expm1(u, out=g)
+                torch.div(u, g, out=g)
+                g.nan_to_num_(nan=1.0)
+                _slope_from_gain_(u, g, gp, w1, w2, w3)
+                torch.mul(s, -c.c1, out=q).add_(c.c1).mul_(gp).mul_(lam)  # dL/dv_k = λ c1 (1 − S) g'
+                lam.mul_(g.mul_(-c.c1).add_(c.decay))  # through S_k directly: 1 − dt/τ_S − c1 g
+                lam.addmm_(jv_t, q)  # through v_k = a d (J S_k + …)
+                d_jv.addmm_(q, s.t())
+                (q_frames[f] if f >= 0 else q_off).add_(q)
+                qz.addcmul_(q, z)
+        ad = c.ad
+        grads: list[Tensor | None] = [None] * 6
+        needs = ctx.needs_input_grad
+        if needs[0]:
+            grads[0] = q_frames * (ad * j_ext)
+        if needs[1]:
+            grads[1] = d_jv * ad
+        if needs[2]:
+            grads[2] = ((q_frames * drive_frames).sum() * ad).reshape(j_ext.shape)
+        if needs[3]:
+            grads[3] = ((q_frames.sum() + q_off.sum()) * ad).reshape(i0.shape)
+        if needs[4]:
+            grads[4] = (qz.sum() * ad).reshape(sigma.shape)
+        return tuple(grads)
+
+
+def _last_nonzero_step(grad: Tensor) -> int:
+    """Index of the last time step (dim 0) with a non-zero entry, −1 if none; scans back in blocks.
+
+    The decision gradient is non-zero only at each trial's crossing, so the adjoint sweep can start at
+    the latest decision instead of T − 1; scanning from the end usually touches one block.
+    """
+    for k1 in range(grad.shape[0], 0, -_BLOCK):
+        k0 = max(0, k1 - _BLOCK)
+        flat = grad[k0:k1].flatten(1)
+        active = (flat.amax(dim=1) > 0) | (flat.amin(dim=1) < 0)
+        hits = torch.nonzero(active).flatten()
+        if hits.numel() > 0:
+            return k0 + int(hits[-1])
+    return -1
+
+
+def _reference_trajectory(
+    drive_frames: Tensor,
+    J: Tensor,
+    j_ext: Tensor,
+    i0: Tensor,
+    sigma: Tensor,
+    spec: _RunSpec,
+    a: float,
+    b: float,
+    d: float,
+) -> tuple[Tensor, Tensor]:
+    """Plain autograd version of the same recursion (readable; used for ``backward='autograd'`` and tests).
+
+    Same noise stream as ``_integrate`` (same block draws), states kept in a Python list and stacked at
+    the end so that backward is linear in T. Returns S (T, n, B) and the unit noise z (T, n, B).
+    """
+    c = spec.consts
+    n_steps = spec.grid.n_steps
+    _, n, batch = drive_frames.shape
+    with torch.no_grad():
+        z_all = torch.empty((n_steps, n, batch), dtype=drive_frames.dtype, device=drive_frames.device)
+        z_prev = torch.zeros((n, batch), dtype=drive_frames.dtype, device=drive_frames.device)
+        for k0 in range(0, n_steps, _BLOCK):
+            zb = z_all[k0 : min(k0 + _BLOCK, n_steps)]
+            torch.randn(zb.shape, generator=spec.generator, out=zb, dtype=zb.dtype, device=zb.device)
+            for z in zb:
+                z.mul_(c.cn).add_(z_prev, alpha=c.rho)
+                z_prev = z
+    dt = spec.grid.dt_ms
+    gamma, tau_s = WW_DEFAULTS["gamma"], WW_DEFAULTS["tau_s_ms"]
+    s = torch.full((n, batch), spec.s0, dtype=drive_frames.dtype, device=drive_frames.device)
+    states = []
+    for k in range(n_steps):
+        f = spec.grid.frame_of_step[k]
+        external = drive_frames[f] * j_ext if f >= 0 else 0.0
+        x = J @ s + i0 + external + sigma * z_all[k]
+        rate = wong_wang_rate(x, a, b, d)
+        s = s + dt * (-s / tau_s + (1.0 - s) * gamma * rate / 1000.0)
+        states.append(s)
+    return torch.stack(states), z_all
+
+
+def _as_param(value: float | Tensor, learn: bool) -> nn.Parameter | Tensor:
+    t = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
+    return nn.Parameter(t) if learn else t
+
+
+class _WongWangBase(nn.Module):
+    """Shared machinery: grid, parameter checks, integration, decision and RT."""
+
+    n_pop: int
+
+    def __init__(
+        self,
+        *,
+        dt_ms: float,
+        max_time_s: float,
+        stim_duration_s: float,
+        j_ext: float,
+        i0: float,
+        sigma: float,
+        threshold: float,
+        motor_delay_s: float,
+        learn_motor_delay: bool,
+        backward: Literal["adjoint", "autograd"],
+        min_slope: float,
+    ) -> None:
+        super().__init__()
+        _check_grid_args(dt_ms, max_time_s, stim_duration_s)
+        if backward not in ("adjoint", "autograd"):
+            raise PerceptAlignError(f"backward must be 'adjoint' or 'autograd', got {backward!r}.")
+        self.dt_ms = float(dt_ms)
+        self.max_time_s = float(max_time_s)
+        self.stim_duration_s = float(stim_duration_s)
+        self.backward_mode = backward
+        self.min_slope = float(min_slope)
+        self.a, self.b, self.d = WW_DEFAULTS["a"], WW_DEFAULTS["b"], WW_DEFAULTS["d"]
+        self.gamma, self.tau_s_ms, self.tau_a_ms = (
+            WW_DEFAULTS["gamma"],
+            WW_DEFAULTS["tau_s_ms"],
+            WW_DEFAULTS["tau_a_ms"],
+        )
+        self.s0 = WW_DEFAULTS["s0"]
+        self.J_ext = nn.Parameter(torch.tensor(float(j_ext)))
+        self.I0 = nn.Parameter(torch.tensor(float(i0)))
+        self.sigma = nn.Parameter(torch.tensor(float(sigma)))
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        if learn_motor_delay:
+            self.motor_delay_s = nn.Parameter(torch.tensor(float(motor_delay_s)))
+        else:
+            self.register_buffer("motor_delay_s", torch.tensor(float(motor_delay_s)))
+
+    # -- to be provided by subclasses ------------------------------------------------------------
+    def coupling(self) -> Tensor:
+        """Recurrent coupling J (n, n): x_i = Σ_j J_ij S_j + …"""
+        raise NotImplementedError
+
+    # -- grid and constants -----------------------------------------------------------------------
+    def _grid(self, dt_ms: float, max_time_s: float, n_frames: int, frame_s: float | None) -> _Grid:
+        _check_grid_args(dt_ms, max_time_s, self.stim_duration_s)
+        n_steps = max(1, round(max_time_s * 1000.0 / dt_ms))
+        stim_ms = self.stim_duration_s * 1000.0
+        frame_ms = stim_ms / n_frames if frame_s is None else frame_s * 1000.0
+        if frame_ms <= 0:
+            raise PerceptAlignError(f"input frame duration must be positive, got {frame_ms} ms.")
+        frames = []
+        eps = 1e-9 * dt_ms
+        for k in range(n_steps):
+            t = k * dt_ms
+            if t + eps >= stim_ms:
+                frames.append(-1)
+            else:
+                frames.append(min(n_frames - 1, int((t + eps) // frame_ms)))
+        return _Grid(dt_ms=float(dt_ms), n_steps=n_steps, frame_of_step=frames)
+
+    def _consts(self, dt_ms: float) -> _Consts:
+        rho = math.exp(-dt_ms / self.tau_a_ms)
+        return _Consts(
+            ad=self.a * self.d,
+            bd=self.b * self.d,
+            c1=dt_ms * self.gamma / (1000.0 * self.d),
+            decay=1.0 - dt_ms / self.tau_s_ms,
+            rho=rho,
+            cn=math.sqrt((1.0 - rho * rho) / 2.0),
+        )
+
+    def _check_params(self) -> None:
+        for name, p in (
+            ("J", self.coupling()),
+            ("J_ext", self.J_ext),
+            ("I0", self.I0),
+            ("sigma", self.sigma),
+            ("threshold", self.threshold),
+            ("motor_delay_s", self.motor_delay_s),
+        ):
+            if not torch.isfinite(p.detach()).all():
+                raise PerceptAlignError(
+                    f"Wong–Wang parameter {name} is not finite ({p.detach().tolist()}); training diverged: "
+                    "lower the learning rate or clip gradients, and reload a good checkpoint."
+                )
+
+    # -- core -------------------------------------------------------------------------------------
+    def _trajectory(
+        self,
+        drive_frames: Tensor,
+        *,
+        dt_ms: float | None,
+        max_time_s: float | None,
+        frame_s: float | None,
+        generator: torch.Generator | None,
+        early_stop: bool,
+        keep_noise: bool = False,
+    ) -> tuple[Tensor, _Grid, _Crossings, Tensor | None]:
+        """S trajectory (T_eff, n, B) for drive frames (F, n, B), its θ crossings, and z if ``keep_noise``."""
+        self._check_params()
+        dt = self.dt_ms if dt_ms is None else float(dt_ms)
+        tmax = self.max_time_s if max_time_s is None else float(max_time_s)
+        grid = self._grid(dt, tmax, drive_frames.shape[0], frame_s)
+        if generator is not None and generator.device != drive_frames.device:
+            raise PerceptAlignError(
+                f"the random generator lives on {generator.device} but the inputs on {drive_frames.device}; "
+                "create it with torch.Generator(device=inputs.device)."
+            )
+        crossings = _Crossings(float(self.threshold.detach()), drive_frames.shape[2], drive_frames.device)
+        spec = _RunSpec(
+            grid=grid,
+            consts=self._consts(dt),
+            s0=self.s0,
+            generator=generator,
+            crossings=crossings,
+            early_stop=early_stop,
+        )
+        J = self.coupling().to(drive_frames.dtype)
+        params = (
+            J,
+            self.J_ext.to(drive_frames.dtype),
+            self.I0.to(drive_frames.dtype),
+            self.sigma.to(drive_frames.dtype),
+        )
+        needs_grad = torch.is_grad_enabled() and (
+            drive_frames.requires_grad or any(p.requires_grad for p in params)
+        )
+        if needs_grad and self.backward_mode == "autograd":
+            traj, z = _reference_trajectory(drive_frames, *params, spec, self.a, self.b, self.d)
+            for k0 in range(0, traj.shape[0], _BLOCK):
+                crossings.update(traj[k0 : k0 + _BLOCK].detach(), k0)
+            return traj, grid, crossings, z if keep_noise else None
+        if needs_grad:
+            traj, z = _WWAdjoint.apply(drive_frames, *params, spec)
+            return traj, grid, crossings, z if keep_noise else None
+        with torch.no_grad():
+            c = spec.consts
+            _, n, batch = drive_frames.shape
+            s_buf = torch.empty(
+                (grid.n_steps + 1, n, batch), dtype=drive_frames.dtype, device=drive_frames.device
+            )
+            s_buf[0].fill_(self.s0)
+            bias_u, bias_u_off = _bias_u(drive_frames, params[1], params[2], c)
+            z_store = torch.empty_like(s_buf[1:]) if keep_noise else None
+            steps = _integrate(
+                s_buf, z_store, bias_u, bias_u_off, J * (-c.ad), -c.ad * float(params[3]), spec
+            )
+            return s_buf[1 : steps + 1], grid, crossings, None if z_store is None else z_store[:steps]
+
+    def _decide(self, traj: Tensor, grid: _Grid, crossings: _Crossings, keep: bool) -> WWOutput:
+        """Decision on the 2-step window [τ − 1, τ] around each trial's first crossing.
+
+        ``first_crossing_multiclass`` only reads Φ at τ and τ − 1 (slope, overshoot for ties) and, for
+        undecided trials, the last step; the window holds exactly those, so the result — value and
+        implicit gradient — equals the full-trajectory call at a fraction of its cost and memory
+        (the full call sweeps B·T·n elements several times; tests check the equality).
+        """
+        steps = traj.shape[0]
+        threshold = self.threshold.to(traj.dtype)
+        if steps < 2:
+            decision = first_crossing_multiclass(traj.permute(2, 0, 1), threshold, min_slope=self.min_slope)
+        else:
+            tau = torch.where(crossings.decided, crossings.tau, steps - 1)
+            start = (tau - 1).clamp(0, steps - 2)  # τ = 0 keeps its own slope convention (Φ_{−1} := 0)
+            index = (start.view(1, 1, -1) + torch.arange(2, device=traj.device).view(2, 1, 1)).expand(
+                2, traj.shape[1], -1
+            )
+            window = traj.gather(0, index).permute(2, 0, 1)  # (B, 2, n)
+            local = first_crossing_multiclass(window, threshold, min_slope=self.min_slope)
+            decision = Decision(
+                tau=local.tau + start.to(traj.dtype),
+                choice=local.choice,
+                decided=local.decided,
+                n_clamped=local.n_clamped,
+                n_ties=local.n_ties,
+            )
+        rt = (decision.tau + 1.0) * (grid.dt_ms / 1000.0) + self.motor_delay_s.to(traj.dtype)
+        return WWOutput(
+            rt_s=rt,
+            choice=decision.choice,
+            decided=decision.decided,
+            decision=decision,
+            dt_ms=grid.dt_ms,
+            n_steps=grid.n_steps,
+            trajectories=traj.permute(2, 0, 1) if keep else None,
+        )
+
+    def _run(
+        self,
+        drive_frames: Tensor,
+        *,
+        generator: torch.Generator | None,
+        return_trajectories: bool,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+        frame_s: float | None = None,
+    ) -> WWOutput:
+        traj, grid, crossings, _ = self._trajectory(
+            drive_frames,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            frame_s=frame_s,
+            generator=generator,
+            early_stop=not return_trajectories,
+        )
+        return self._decide(traj, grid, crossings, return_trajectories)
+
+    def _inference(
+        self,
+        drive_frames: Tensor,
+        *,
+        generator: torch.Generator | None,
+        dt_ms: float | None,
+        max_time_s: float | None,
+        frame_s: float | None,
+        return_noise: bool,
+        return_rate: bool,
+    ) -> WWTrajectories:
+        keep = return_noise or return_rate
+        traj, grid, _, z = self._trajectory(
+            drive_frames,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            frame_s=frame_s,
+            generator=generator,
+            early_stop=False,
+            keep_noise=keep,
+        )
+        dtype = traj.dtype
+        noise = rate = None
+        if keep:
+            assert z is not None
+            noise = self.sigma.to(dtype) * z
+        if return_rate:
+            assert noise is not None
+            off = torch.zeros_like(drive_frames[:1])
+            index = torch.tensor(
+                [f if f >= 0 else drive_frames.shape[0] for f in grid.frame_of_step], device=traj.device
+            )
+            external = torch.cat([drive_frames, off])[index] * self.J_ext.to(dtype)
+            s_pre = torch.cat([torch.full_like(traj[:1], self.s0), traj[:-1]])
+            x = (
+                torch.einsum("ij,tjb->tib", self.coupling().to(dtype), s_pre)
+                + self.I0.to(dtype)
+                + external
+                + noise
+            )
+            rate = wong_wang_rate(x, self.a, self.b, self.d).permute(2, 0, 1)
+        time_s = torch.arange(1, grid.n_steps + 1, dtype=dtype, device=traj.device) * (grid.dt_ms / 1000.0)
+        return WWTrajectories(
+            S=traj.permute(2, 0, 1),
+            time_s=time_s,
+            dt_ms=grid.dt_ms,
+            noise=noise.permute(2, 0, 1) if return_noise and noise is not None else None,
+            H=rate,
+        )
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise PerceptAlignError(f"seed must be an integer, got {seed!r}.")
+        return torch.Generator(device=self.I0.device).manual_seed(seed)
+
+    def _check_trials(self, n_trials: int) -> None:
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise PerceptAlignError(f"n_trials must be a positive integer, got {n_trials!r}.")
+
+
+def _check_grid_args(dt_ms: float, max_time_s: float, stim_duration_s: float) -> None:
+    if not (isinstance(dt_ms, (int, float)) and 0 < dt_ms <= _MAX_DT_MS):
+        raise PerceptAlignError(
+            f"dt_ms must be in (0, {_MAX_DT_MS}] ms, got {dt_ms!r}: explicit Euler on τ_S = 100 ms needs "
+            "dt well below τ_S (1 ms is accurate; the published 26.67 ms is coarse)."
+        )
+    if not (isinstance(max_time_s, (int, float)) and max_time_s > 0 and math.isfinite(max_time_s)):
+        raise PerceptAlignError(f"max_time_s must be a positive number of seconds, got {max_time_s!r}.")
+    if not (
+        isinstance(stim_duration_s, (int, float)) and stim_duration_s >= 0 and math.isfinite(stim_duration_s)
+    ):
+        raise PerceptAlignError(
+            f"stim_duration_s must be a non-negative number of seconds, got {stim_duration_s!r}."
+        )
+
+
+def _check_input(value: Any, name: str, shapes: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise PerceptAlignError(
+            f"{name} must be a torch.Tensor of shape {shapes}, got {type(value).__name__}."
+        )
+    if not value.is_floating_point():
+        raise PerceptAlignError(
+            f"{name} must be a floating-point tensor, got {value.dtype}; cast it with .float()."
+        )
+    if value.shape[0] == 0:
+        raise PerceptAlignError(f"{name} has an empty batch; pass at least one trial.")
+    if not torch.isfinite(value.detach()).all():
+        raise PerceptAlignError(
+            f"{name} contains NaN or infinite values; check the stimulus or network output."
+        )
+    return value
+
+
+class WongWangN(_WongWangBase):
+    """n-population Wong–Wang race: population i gets I_i = J_ext·drive_i; the first S_i above θ wins.
+
+    ``drive`` is (B, n) (constant while the stimulus is on) or a time series (B, T_in, n) whose frames
+    last ``frame_s`` seconds (default: ``stim_duration_s`` / T_in) and are held over the integration
+    steps that start inside them (zero-order hold); after ``stim_duration_s`` the drive is 0.
+    Learnable: J (n, n; diagonal self-excitation, negative off-diagonal inhibition), J_ext, I₀, σ, θ
+    (and the motor delay with ``learn_motor_delay``); a, b, d, γ, τ_S, τ_A are fixed.
+    ``backward='adjoint'`` (default) uses the memory-lean hand-written adjoint, ``'autograd'`` the plain
+    per-step autograd graph (slower, kept as a reference).
+    """
+
+    def __init__(
+        self,
+        n_pop: int = 2,
+        *,
+        J: Tensor | None = None,
+        dt_ms: float = 1.0,
+        max_time_s: float = 2.0,
+        stim_duration_s: float = 2.0,
+        j_ext: float = WW_DEFAULTS["j_ext"],
+        i0: float = WW_DEFAULTS["i0"],
+        sigma: float = WW_DEFAULTS["sigma"],
+        threshold: float = WW_DEFAULTS["threshold"],
+        motor_delay_s: float = WW_DEFAULTS["motor_delay_s"],
+        learn_motor_delay: bool = False,
+        backward: Literal["adjoint", "autograd"] = "adjoint",
+        min_slope: float = 1e-3,
+    ) -> None:
+        super().__init__(
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            stim_duration_s=stim_duration_s,
+            j_ext=j_ext,
+            i0=i0,
+            sigma=sigma,
+            threshold=threshold,
+            motor_delay_s=motor_delay_s,
+            learn_motor_delay=learn_motor_delay,
+            backward=backward,
+            min_slope=min_slope,
+        )
+        if isinstance(n_pop, bool) or not isinstance(n_pop, int) or n_pop < 1:
+            raise PerceptAlignError(f"n_pop must be a positive integer, got {n_pop!r}.")
+        self.n_pop = n_pop
+        if J is None:
+            J = torch.full((n_pop, n_pop), -WW_DEFAULTS["j_cross"])
+            J.fill_diagonal_(WW_DEFAULTS["j_self"])
+        J = torch.as_tensor(J, dtype=torch.get_default_dtype())
+        if J.shape != (n_pop, n_pop) or not torch.isfinite(J).all():
+            raise PerceptAlignError(
+                f"J must be a finite ({n_pop}, {n_pop}) matrix, got shape {tuple(J.shape)}."
+            )
+        self.J = nn.Parameter(J.clone())
+
+    def coupling(self) -> Tensor:
+        return self.J
+
+    def _frames(self, drive: Tensor) -> Tensor:
+        drive = _check_input(drive, "drive", f"(B, {self.n_pop}) or (B, T_in, {self.n_pop})")
+        if drive.dim() not in (2, 3) or drive.shape[-1] != self.n_pop or drive.shape[1] == 0:
+            raise PerceptAlignError(
+                f"drive must have shape (B, {self.n_pop}) or (B, T_in, {self.n_pop}), "
+                f"got {tuple(drive.shape)}."
+            )
+        drive = drive.to(self.I0.dtype)
+        return drive.t().unsqueeze(0) if drive.dim() == 2 else drive.permute(1, 2, 0)
+
+    def forward(
+        self,
+        drive: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        return_trajectories: bool = False,
+        frame_s: float | None = None,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+    ) -> WWOutput:
+        """Decisions and RTs for a batch of drives; differentiable w.r.t. the parameters and ``drive``.
+
+        ``dt_ms`` / ``max_time_s`` override the module's grid for this call (e.g. to evaluate a model
+        trained at a coarse dt on a fine one). With ``return_trajectories`` the run is not stopped early.
+        """
+        return self._run(
+            self._frames(drive),
+            generator=generator,
+            return_trajectories=return_trajectories,
+            frame_s=frame_s,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+        )
+
+    def inference(
+        self,
+        drive: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+        frame_s: float | None = None,
+        return_noise: bool = False,
+        return_rate: bool = False,
+    ) -> WWTrajectories:
+        """Full-length trajectories (no early stop, no decision), e.g. for figures or custom readouts."""
+        return self._inference(
+            self._frames(drive),
+            generator=generator,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            frame_s=frame_s,
+            return_noise=return_noise,
+            return_rate=return_rate,
+        )
+
+    @torch.no_grad()
+    def simulate(
+        self,
+        drive: Tensor,
+        n_trials: int,
+        *,
+        dt_ms: float | None = None,
+        seed: int | None = 0,
+        max_time_s: float | None = None,
+        return_trajectories: bool = False,
+    ) -> WWOutput:
+        """``n_trials`` trials of one condition (drive (n,)), reproducible from ``seed``."""
+        self._check_trials(n_trials)
+        drive = _check_input(drive, "drive", f"({self.n_pop},)")
+        if drive.shape != (self.n_pop,):
+            raise PerceptAlignError(
+                f"simulate takes one condition: drive of shape ({self.n_pop},), got "
+                f"{tuple(drive.shape)}; call forward() for a batch of conditions."
+            )
+        frames = self._frames(drive.to(self.I0.device).expand(n_trials, self.n_pop))
+        return self._run(
+            frames,
+            generator=self._generator(seed),
+            return_trajectories=return_trajectories,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+        )
+
+
+class WongWang2(_WongWangBase):
+    """Two-population Wong–Wang model driven by motion coherence c (%): I₁,₂ = J_ext(1 ± c/100).
+
+    Population 1 (choice 0) receives the evidence for positive c, so choice 0 is correct when c > 0.
+    x₁ = J₁₁S₁ − J₁₂S₂ + I₀ + I₁ + σz₁ (and symmetrically): ``J12`` is the (positive) inhibition.
+    ``coherence_pct`` is (B,) (constant while the stimulus is on) or a time series (B, T_in) — a
+    network's output can take the place of c (its scale absorbs the 1/100). See :class:`WongWangN`
+    for the learnable parameters and the input time grid.
+    """
+
+    n_pop = 2
+
+    def __init__(
+        self,
+        *,
+        j11: float = WW_DEFAULTS["j_self"],
+        j12: float = WW_DEFAULTS["j_cross"],
+        dt_ms: float = 1.0,
+        max_time_s: float = 2.0,
+        stim_duration_s: float = 2.0,
+        j_ext: float = WW_DEFAULTS["j_ext"],
+        i0: float = WW_DEFAULTS["i0"],
+        sigma: float = WW_DEFAULTS["sigma"],
+        threshold: float = WW_DEFAULTS["threshold"],
+        motor_delay_s: float = WW_DEFAULTS["motor_delay_s"],
+        learn_motor_delay: bool = False,
+        backward: Literal["adjoint", "autograd"] = "adjoint",
+        min_slope: float = 1e-3,
+    ) -> None:
+        super().__init__(
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            stim_duration_s=stim_duration_s,
+            j_ext=j_ext,
+            i0=i0,
+            sigma=sigma,
+            threshold=threshold,
+            motor_delay_s=motor_delay_s,
+            learn_motor_delay=learn_motor_delay,
+            backward=backward,
+            min_slope=min_slope,
+        )
+        self.J11 = nn.Parameter(torch.tensor(float(j11)))
+        self.J12 = nn.Parameter(torch.tensor(float(j12)))
+
+    def coupling(self) -> Tensor:
+        row1 = torch.stack([self.J11, -self.J12])
+        row2 = torch.stack([-self.J12, self.J11])
+        return torch.stack([row1, row2])
+
+    def _frames(self, coherence_pct: Tensor) -> Tensor:
+        c = _check_input(coherence_pct, "coherence_pct", "(B,) or (B, T_in)")
+        if c.dim() not in (1, 2) or (c.dim() == 2 and c.shape[1] == 0):
+            raise PerceptAlignError(
+                f"coherence_pct must have shape (B,) or (B, T_in), got {tuple(c.shape)}; for several "
+                "populations use WongWangN."
+            )
+        c = c.to(self.I0.dtype) / 100.0
+        c = c.unsqueeze(0) if c.dim() == 1 else c.t()  # (F, B)
+        return torch.stack([1.0 + c, 1.0 - c], dim=1)
+
+    def forward(
+        self,
+        coherence_pct: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        return_trajectories: bool = False,
+        frame_s: float | None = None,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+    ) -> WWOutput:
+        """Decisions and RTs for a batch of coherences; differentiable w.r.t. parameters and input.
+
+        ``dt_ms`` / ``max_time_s`` override the module's grid for this call. With
+        ``return_trajectories`` the run is not stopped early.
+        """
+        return self._run(
+            self._frames(coherence_pct),
+            generator=generator,
+            return_trajectories=return_trajectories,
+            frame_s=frame_s,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+        )
+
+    def inference(
+        self,
+        coherence_pct: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+        frame_s: float | None = None,
+        return_noise: bool = False,
+        return_rate: bool = False,
+    ) -> WWTrajectories:
+        """Full-length trajectories (no early stop, no decision), e.g. for figures or custom readouts."""
+        return self._inference(
+            self._frames(coherence_pct),
+            generator=generator,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            frame_s=frame_s,
+            return_noise=return_noise,
+            return_rate=return_rate,
+        )
+
+    @torch.no_grad()
+    def simulate(
+        self,
+        coherence_pct: float,
+        n_trials: int,
+        *,
+        dt_ms: float | None = None,
+        seed: int | None = 0,
+        max_time_s: float | None = None,
+        return_trajectories: bool = False,
+    ) -> WWOutput:
+        """``n_trials`` trials at one coherence (%), reproducible from ``seed``."""
+        self._check_trials(n_trials)
+        if (
+            isinstance(coherence_pct, bool)
+            or not isinstance(coherence_pct, (int, float))
+            or not math.isfinite(coherence_pct)
+        ):
+            raise PerceptAlignError(
+                f"coherence_pct must be a finite number (percent), got {coherence_pct!r}."
+            )
+        c = torch.full((n_trials,), float(coherence_pct), dtype=self.I0.dtype, device=self.I0.device)
+        return self._run(
+            self._frames(c),
+            generator=self._generator(seed),
+            return_trajectories=return_trajectories,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+        )

@@ -1,0 +1,245 @@
+"""Trial tables: validation errors, signed-RT conversion, CSV loading and the registered human dataset."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.trials import (
+    RT_DATASETS,
+    conditions,
+    load_rt_dataset,
+    load_trials_csv,
+    normalise_conditions,
+    split_trials,
+    trials_from_signed_rt,
+    validate_trials,
+)
+
+HUMAN_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "rdm_human_rt.csv"
+needs_human = pytest.mark.skipif(not HUMAN_CSV.is_file(), reason="shared human RT data not present")
+
+
+def _table(**overrides: object) -> pd.DataFrame:
+    base = {"condition": [1.0, 1.0, 2.0], "rt_s": [0.5, 0.7, 0.4], "correct": [True, False, True]}
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_validate_returns_normalised_copy() -> None:
+    raw = _table(condition=["1", "1", "2"], rt_s=["0.5", "0.7", "0.4"], correct=[1, 0, "true"])
+    raw.index = [10, 11, 12]
+    clean = validate_trials(raw)
+    assert clean["condition"].dtype == float and clean["rt_s"].dtype == float
+    assert clean["correct"].dtype == bool
+    assert clean["correct"].tolist() == [True, False, True]
+    assert clean.index.tolist() == [0, 1, 2]
+    assert raw["rt_s"].tolist() == ["0.5", "0.7", "0.4"]  # the input is not modified
+
+
+def test_string_conditions_stay_strings() -> None:
+    clean = validate_trials(_table(condition=["easy", "easy", "hard"]))
+    assert conditions(clean) == ["easy", "hard"]
+
+
+def test_missing_columns_are_listed_with_meaning() -> None:
+    with pytest.raises(PerceptAlignError, match=r"missing column\(s\) \['rt_s', 'correct'\].*seconds"):
+        validate_trials(pd.DataFrame({"condition": [1.0]}))
+
+
+def test_not_a_dataframe() -> None:
+    with pytest.raises(PerceptAlignError, match="DataFrame"):
+        validate_trials({"condition": [1.0]})  # type: ignore[arg-type]
+
+
+def test_empty_table() -> None:
+    with pytest.raises(PerceptAlignError, match="empty"):
+        validate_trials(_table().iloc[:0])
+
+
+def test_non_numeric_rt_shows_offending_row() -> None:
+    with pytest.raises(PerceptAlignError, match=r"non-numeric[\s\S]*fast"):
+        validate_trials(_table(rt_s=[0.5, "fast", 0.4]))
+
+
+def test_nan_rt() -> None:
+    with pytest.raises(PerceptAlignError, match="missing \\(NaN\\)"):
+        validate_trials(_table(rt_s=[0.5, np.nan, 0.4]))
+
+
+def test_infinite_rt() -> None:
+    with pytest.raises(PerceptAlignError, match="infinite"):
+        validate_trials(_table(rt_s=[0.5, np.inf, 0.4]))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.3])
+def test_non_positive_rt(bad: float) -> None:
+    with pytest.raises(PerceptAlignError, match="(?s)must be > 0.*trials_from_signed_rt"):
+        validate_trials(_table(rt_s=[0.5, bad, 0.4]))
+
+
+@pytest.mark.parametrize("bad", [2, "maybe", None])
+def test_correct_not_boolean_like(bad: object) -> None:
+    with pytest.raises(PerceptAlignError, match="'correct'"):
+        validate_trials(_table(correct=[True, bad, False]))
+
+
+def test_decided_column_is_validated_and_kept() -> None:
+    clean = validate_trials(_table(decided=[1, 1, 0]))
+    assert clean["decided"].tolist() == [True, True, False]
+    with pytest.raises(PerceptAlignError, match="'decided'"):
+        validate_trials(_table(decided=[1, 5, 0]))
+
+
+def test_missing_condition_value() -> None:
+    with pytest.raises(PerceptAlignError, match="'condition' has missing"):
+        validate_trials(_table(condition=[1.0, None, 2.0]))
+
+
+def test_required_conditions() -> None:
+    validate_trials(_table(), required_conditions=[1, 2.0])  # ints and floats compare equal
+    with pytest.raises(PerceptAlignError, match=r"required condition\(s\) \[3.0\]"):
+        validate_trials(_table(), required_conditions=[1.0, 3.0])
+
+
+def test_signed_rt_conversion() -> None:
+    raw = pd.DataFrame(
+        {
+            "split": ["train", "test", "train"],
+            "coherence_pct": [3.2, 3.2, 51.2],
+            "signed_rt_s": [0.6, -0.9, 0.3],
+        }
+    )
+    trials = trials_from_signed_rt(raw)
+    assert trials["rt_s"].tolist() == [0.6, 0.9, 0.3]
+    assert trials["correct"].tolist() == [True, False, True]
+    assert trials["split"].tolist() == ["train", "test", "train"]
+    # Round trip: sign(correct) * rt gives the input back exactly.
+    back = np.where(trials["correct"], trials["rt_s"], -trials["rt_s"])
+    np.testing.assert_array_equal(back, raw["signed_rt_s"].to_numpy())
+
+
+def test_signed_rt_zero_is_an_error() -> None:
+    raw = pd.DataFrame({"coherence_pct": [3.2, 3.2], "signed_rt_s": [0.6, 0.0]})
+    with pytest.raises(PerceptAlignError, match="signed RT of 0"):
+        trials_from_signed_rt(raw)
+
+
+def test_signed_rt_missing_column() -> None:
+    with pytest.raises(PerceptAlignError, match="signed_rt_s"):
+        trials_from_signed_rt(pd.DataFrame({"coherence_pct": [1.0]}))
+
+
+def test_load_trials_csv_ms_and_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame(
+        {"coh": [5, 5, 10], "RT": [450, 800, 300], "acc": [1, 0, 1], "subj": ["a", "b", "a"]}
+    ).to_csv(path, index=False)
+    trials = load_trials_csv(
+        path,
+        condition_column="coh",
+        rt_column="RT",
+        correct_column="acc",
+        rt_unit="ms",
+        subject_column="subj",
+    )
+    np.testing.assert_allclose(trials["rt_s"], [0.45, 0.8, 0.3])
+    assert trials["subject"].tolist() == ["a", "b", "a"]
+    signed = tmp_path / "s.csv"
+    pd.DataFrame({"coh": [5, 10], "srt": [-450, 300]}).to_csv(signed, index=False)
+    trials = load_trials_csv(signed, condition_column="coh", signed_rt_column="srt", rt_unit="ms")
+    assert trials["correct"].tolist() == [False, True]
+    np.testing.assert_allclose(trials["rt_s"], [0.45, 0.3])
+
+
+def test_load_trials_csv_errors(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"coh": [5], "RT": [0.4], "acc": [1]}).to_csv(path, index=False)
+    with pytest.raises(PerceptAlignError, match="does not exist"):
+        load_trials_csv(tmp_path / "nope.csv", condition_column="coh", rt_column="RT", correct_column="acc")
+    with pytest.raises(PerceptAlignError, match="not both and not neither"):
+        load_trials_csv(path, condition_column="coh")
+    with pytest.raises(PerceptAlignError, match="needs correct_column"):
+        load_trials_csv(path, condition_column="coh", rt_column="RT")
+    with pytest.raises(PerceptAlignError, match=r"\['Rt'\] not found"):
+        load_trials_csv(path, condition_column="coh", rt_column="Rt", correct_column="acc")
+    with pytest.raises(PerceptAlignError, match="rt_unit"):
+        load_trials_csv(path, condition_column="coh", rt_column="RT", correct_column="acc", rt_unit="min")  # type: ignore[arg-type]
+
+
+def test_split_trials_and_conditions() -> None:
+    trials = validate_trials(_table(split=["train", "test", "train"]))
+    assert len(split_trials(trials, "train")) == 2
+    with pytest.raises(PerceptAlignError, match=r"available splits: \['test', 'train'\]"):
+        split_trials(trials, "valid")
+    with pytest.raises(PerceptAlignError, match="no 'split' column"):
+        split_trials(validate_trials(_table()), "train")
+    assert conditions(trials) == [1.0, 2.0]
+    assert normalise_conditions([1, "2.5"]) == [1.0, 2.5]
+
+
+@needs_human
+def test_rdm_human_dataset() -> None:
+    record = RT_DATASETS["rdm-human"]
+    assert "serre-lab/RTify" in record.source_url and len(record.sha256) == 64
+    train = load_rt_dataset("rdm-human", split="train", path=HUMAN_CSV)
+    test = load_rt_dataset("rdm-human", split="test", path=HUMAN_CSV)
+    assert (len(train), len(test)) == (46_644, 11_794)
+    assert conditions(train) == [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2]
+    accuracy = train.groupby("condition")["correct"].mean()
+    assert accuracy.is_monotonic_increasing  # more coherent motion → more correct responses
+    assert 0.5 < accuracy.iloc[0] < 0.56 and accuracy.iloc[-1] > 0.97
+    assert train["rt_s"].between(0.15, 2.5).all()
+    # Errors are slower than correct responses (a classic feature of this task) on the whole training set.
+    assert train.loc[~train["correct"], "rt_s"].mean() > train.loc[train["correct"], "rt_s"].mean()
+
+
+@needs_human
+def test_rdm_human_resolution_via_env_and_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(HUMAN_CSV))
+    assert len(load_rt_dataset("rdm-human")) == 46_644 + 11_794
+    monkeypatch.delenv("PERCEPTALIGN_RDM_HUMAN")
+    monkeypatch.chdir(HUMAN_CSV.parents[2] / "main")  # repository root: ../shared/data is found
+    assert len(load_rt_dataset("rdm-human", split="test")) == 11_794
+    monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(tmp_path / "missing.csv"))
+    with pytest.raises(PerceptAlignError, match="PERCEPTALIGN_RDM_HUMAN.*does not exist"):
+        load_rt_dataset("rdm-human")
+
+
+@needs_human
+def test_rdm_human_checksum_mismatch(tmp_path: Path) -> None:
+    copy = tmp_path / "rdm_human_rt.csv"
+    shutil.copy(HUMAN_CSV, copy)
+    with copy.open("a") as fh:
+        fh.write("test,0.8,0.5\n")
+    with pytest.raises(PerceptAlignError, match="checksum mismatch.*restore it from https://github.com"):
+        load_rt_dataset("rdm-human", path=copy)
+    # The same file read as a plain CSV path is accepted (no registry checksum applies).
+    assert len(load_rt_dataset(str(copy))) == 46_644 + 11_794 + 1
+
+
+def test_rdm_human_not_found_says_where(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import perceptalign.rtify.trials as trials_module
+
+    monkeypatch.delenv("PERCEPTALIGN_RDM_HUMAN", raising=False)
+    monkeypatch.setattr(
+        trials_module, "_candidate_paths", lambda record: [tmp_path / "a.csv", tmp_path / "b.csv"]
+    )
+    with pytest.raises(PerceptAlignError, match=r"not found.*pass path=.*PERCEPTALIGN_RDM_HUMAN.*b\.csv"):
+        load_rt_dataset("rdm-human")
+
+
+def test_unknown_dataset_name() -> None:
+    with pytest.raises(PerceptAlignError, match=r"neither a registered dataset \(\['rdm-human'\]\)"):
+        load_rt_dataset("rdm-monkey")
+
+
+def test_plain_trials_csv_path(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    _table(split=["train", "train", "test"]).to_csv(path, index=False)
+    assert len(load_rt_dataset(str(path), split="train")) == 2
