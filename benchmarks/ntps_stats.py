@@ -6,14 +6,16 @@ Sections (each a function; every number is a ratio against a baseline measured i
   2. overhead of accumulating all 31 hidden states of smollm2-135m over the bare forward pass.
 
 Timing: best of several repetitions, methods interleaved, so that load from other processes on a shared
-machine hits all methods alike (the minimum is the least-disturbed run).
+machine hits all methods alike (the minimum is the least-disturbed run). The default clock is the
+process CPU time at 1 thread, which on a busy shared machine measures the work done far more stably
+than wall time; on a quiet machine use ``--clock wall --threads N``.
 Peak memory: each method runs in a fresh child process; after the inputs are built the child resets its
 peak-RSS counter (``echo 5 > /proc/self/clear_refs``, Linux) and reports VmHWM − VmRSS-before, i.e. the
 largest extra resident memory the method needed. Fresh processes keep one method's freed-but-cached
 memory from hiding another's peak; RSS (not tracemalloc) is used because torch allocates outside
 Python's allocator.
 
-Usage: .venv/bin/python benchmarks/ntps_stats.py [--quick] [--skip-model] [--threads N]
+Usage: .venv/bin/python benchmarks/ntps_stats.py [--quick] [--sections 1,2] [--threads N] [--clock cpu|wall]
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from perceptalign.ntps.statistics import StatisticsAccumulator, dense_reference_statistics  # noqa: E402
+from perceptalign.ntps.statistics import StatisticsAccumulator, dense_reference_statistics
 
 D = 576
 N_CLASSES = 2
+CLOCK: Callable[[], float] = time.process_time  # set from --clock in main()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,9 +80,9 @@ def _time_interleaved(runners: dict[str, Callable[[], None]], repeats: int) -> d
     best = {name: float("inf") for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            start = time.perf_counter()
+            start = CLOCK()
             run()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], CLOCK() - start)
     return best
 
 
@@ -207,11 +210,11 @@ def section_model_overhead(quick: bool) -> dict[str, float]:
     forward_hidden_states(loaded, *prepared[0], layers)  # warm-up (lazy initialisation, allocator)
     for _ in range(repeats):
         for i, (input_ids, mask) in enumerate(prepared):
-            start = time.perf_counter()
+            start = CLOCK()
             hidden = forward_hidden_states(loaded, input_ids, mask, layers)
-            mid = time.perf_counter()
+            mid = CLOCK()
             acc.update(hidden, mask, labels[i])
-            end = time.perf_counter()
+            end = CLOCK()
             fwd[i] = min(fwd[i], mid - start)
             upd[i] = min(upd[i], end - mid)
     tokens = sum(lengths)
@@ -234,18 +237,32 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repetitions")
-    parser.add_argument("--skip-model", action="store_true", help="skip section 2 (needs smollm2-135m)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument(
+        "--sections",
+        default="1,2",
+        help="comma-separated sections to run (2 needs smollm2-135m); default 1,2",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time (default) or wall time"
+    )
     parser.add_argument("--memory-child", nargs=3, metavar=("METHOD", "L", "N_TEXTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.memory_child:
         method, L, n_texts = args.memory_child
         _memory_child(method, int(L), int(n_texts))
         return
-    print(f"torch {torch.__version__}, {args.threads} threads, {'quick' if args.quick else 'full'} run")
-    section_accumulation(args.quick, args.threads)
-    if not args.skip_model:
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
+        f"{'quick' if args.quick else 'full'} run"
+    )
+    sections = {part.strip() for part in args.sections.split(",")}
+    if "1" in sections:
+        section_accumulation(args.quick, args.threads)
+    if "2" in sections:
         section_model_overhead(args.quick)
 
 

@@ -159,7 +159,7 @@ def test_cli_score_end_to_end(tiny_llama, toy_csv, tmp_path):
     data = json.loads((out / "ntps.json").read_text())
     assert data["layers"] == [0, 2] and data["fractions"] == [0.25, 0.5, 1.0]
     assert np.asarray(data["ntps"]).shape == (2, 3)
-    assert "best NTPS" in result.output
+    assert "best layer at f = 0.5: " in result.output
 
 
 def test_cli_reports_bad_input_without_traceback(tiny_llama, tmp_path):

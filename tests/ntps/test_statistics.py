@@ -95,6 +95,22 @@ def test_dense_batches_use_copy_free_path_and_match(side: str, T: int) -> None:
             assert max_rel_err(getattr(acc.finalize()[layer], key), getattr(ref, key)) < 1e-10, (layer, key)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_nan_in_padding_of_a_dense_batch_is_ignored(side: str) -> None:
+    # The copy-free path reads padding rows; NaN there must trigger the masked recomputation, not an error.
+    lengths = [64, 63, 64, 62, 64, 64, 64, 64, 64, 64]
+    hidden, mask, labels = make_batch(lengths, 64, side, n_layers=1)
+    assert _BatchPlan(mask.bool(), labels, C).flat
+    clean = StatisticsAccumulator([0], D, C)
+    clean.update(hidden, mask, labels)
+    dirty = hidden[0].clone()
+    dirty[~mask.bool()] = float("nan")
+    acc = StatisticsAccumulator([0], D, C)
+    acc.update([dirty], mask, labels)
+    for key, value in clean.sums().items():
+        assert torch.equal(acc.sums()[key], value), key
+
+
 def test_padding_side_does_not_matter_and_padding_content_is_ignored() -> None:
     hidden, mask_r, labels = make_batch(LENGTHS, 70, "right", n_layers=1)
     h = hidden[0]

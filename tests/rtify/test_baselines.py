@@ -106,10 +106,11 @@ def test_theta_recovered_from_data_generated_with_it(objective: str) -> None:
     assert 0.300 - 0.005 < fitted.t0_ <= 0.310 + 0.005  # the identifiable interval ± half a bin
     assert fitted.loss_ <= fitted.coarse_loss_  # refinement includes the coarse points: never worse
     assert fitted.objective_value(probs, human, labels) == pytest.approx(fitted.loss_)
-    # Out of sample, the fitted model is as close to the data as the true model is (within 5 ms of W1).
+    # Out of sample, the fitted model is as close to the data as the true model is, up to one 10 ms bin
+    # (the resolution at which binned objectives identify t₀).
     fitted_quality = fit_quality(fitted.predict(probs, labels), human)
     true_quality = fit_quality(truth.predict(probs, labels), human)
-    assert (fitted_quality["wasserstein"] < true_quality["wasserstein"] + 0.005).all()
+    assert (fitted_quality["wasserstein"] < true_quality["wasserstein"] + 0.01).all()
     assert (fitted_quality["no_decision_rate"] < 0.05).all()
 
 
@@ -183,7 +184,13 @@ def test_evidential_rt_recovers_an_affine_map() -> None:
     scale, t0 = 0.12, 0.25
     human = pd.concat(
         [
-            pd.DataFrame({"condition": c, "rt_s": scale * evidential_uncertainty_rt(z) + t0, "correct": True})
+            pd.DataFrame(
+                {
+                    "condition": c,
+                    "rt_s": scale * evidential_uncertainty_rt(z) + t0,
+                    "correct": z[:, -1].argmax(-1) == 0,
+                }
+            )
             for c, z in logits.items()
         ]
     )
@@ -191,14 +198,15 @@ def test_evidential_rt_recovers_an_affine_map() -> None:
     # Human RTs are an exact affine image of the metric, so quantile matching is exact (float rounding).
     assert model.scale_ == pytest.approx(scale, rel=1e-9) and model.t0_ == pytest.approx(t0, abs=1e-9)
     table = model.predict(logits, labels)
-    assert fit_quality(table, human)["ks"].max() == pytest.approx(0.0, abs=1e-12)
+    # Each predicted RT equals its human counterpart up to ~1e-9 s (fitted scale/t₀ rounding).
+    assert fit_quality(table, human)["wasserstein"].max() < 1e-6
     final_choice_correct = np.concatenate([z[:, -1].argmax(-1) == 0 for z in logits.values()])
     assert table["correct"].mean() == pytest.approx(final_choice_correct.mean())
     # A map that would need a negative t₀ is clipped at the bound t₀ = 0.
     shifted = human.assign(rt_s=human["rt_s"] - t0 - 0.05)  # = scale · metric − 0.05 s
     assert shifted["rt_s"].min() > 0
     clipped = EvidentialRT().fit(logits, shifted, labels)
-    assert clipped.t0_ == 0.0 and clipped.scale_ > 0
+    assert clipped.t0_ == pytest.approx(0.0, abs=1e-9) and clipped.scale_ > 0
 
 
 def test_evidential_errors() -> None:
@@ -222,7 +230,7 @@ def _simulate_ddm(k: float, bound: float, t0: float, conds: list[float], n: int,
     tables = []
     for i, c in enumerate(conds):
         model = pyddm.gddm(
-            drift=k * c, bound=bound, nondecision=t0, mixture_coef=0, dt=0.005, dx=0.005, T_dur=2.5
+            drift=k * c, bound=bound, nondecision=t0, mixture_coef=0, dt=0.001, dx=0.001, T_dur=2.5
         )
         sample = model.solve().sample(n, seed=seed + i)
         rt = np.concatenate([sample.choice_upper, sample.choice_lower])
@@ -237,11 +245,11 @@ def test_ddm_recovers_parameters_fast() -> None:
     k, bound, t0 = 0.08, 0.9, 0.3
     data = _simulate_ddm(k, bound, t0, [4.0, 16.0, 40.0], 700, seed=1)
     ddm = DDMBaseline(mixture_coef=0.0, max_iter=20).fit(data)
-    # 2,100 trials: the standard errors are about 3% for k and B and 5 ms for t₀ in this regime
-    # (measured over seeds); the tolerances are ~3 standard errors.
+    # Over 8 simulated data sets of this size the estimates had SDs of 2.4% (k), 1.3% (B) and 3.4 ms (t₀)
+    # and no bias beyond 3 ms in t₀ (half-step rounding of sampled RTs); tolerances are ~4 SDs.
     assert ddm.params_["k"] == pytest.approx(k, rel=0.1)
-    assert ddm.params_["B"] == pytest.approx(bound, rel=0.1)
-    assert ddm.params_["t0"] == pytest.approx(t0, abs=0.02)
+    assert ddm.params_["B"] == pytest.approx(bound, rel=0.06)
+    assert ddm.params_["t0"] == pytest.approx(t0, abs=0.017)
     assert ddm.drift(16.0) == pytest.approx(ddm.params_["k"] * 16.0)
     assert ddm.fit_seconds_ > 0 and ddm.n_trials_ == len(data)
 
@@ -290,10 +298,20 @@ def test_ddm_recovers_parameters_large() -> None:
     conds = [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2]
     data = _simulate_ddm(k, bound, t0, conds, 3000, seed=10)
     ddm = DDMBaseline(mixture_coef=0.0).fit(data)
-    # 21,000 trials: standard errors shrink by ~sqrt(10) relative to the fast test.
-    assert ddm.params_["k"] == pytest.approx(k, rel=0.04)
-    assert ddm.params_["B"] == pytest.approx(bound, rel=0.04)
+    # 10x the trials of the fast test: SDs shrink by ~sqrt(10) (k ~0.8%, B ~0.4%, t₀ ~1 ms + 3 ms rounding).
+    assert ddm.params_["k"] == pytest.approx(k, rel=0.03)
+    assert ddm.params_["B"] == pytest.approx(bound, rel=0.02)
     assert ddm.params_["t0"] == pytest.approx(t0, abs=0.008)
+
+
+def test_plain_likelihood_is_biased_on_data_without_timeouts() -> None:
+    # Trials that would end after T_dur are absent from the data (as in the human set). PyDDM's plain
+    # likelihood then prefers a lower bound (fewer time-outs); the conditional one does not.
+    data = _simulate_ddm(0.05, 1.1, 0.3, [2.0, 8.0], 1500, seed=4)
+    plain = DDMBaseline(mixture_coef=0.0, max_iter=15, condition_on_response=False).fit(data)
+    conditional = DDMBaseline(mixture_coef=0.0, max_iter=15).fit(data)
+    assert abs(conditional.params_["B"] - 1.1) < abs(plain.params_["B"] - 1.1)
+    assert plain.params_["B"] < 1.1
 
 
 @pytest.mark.slow
@@ -308,3 +326,32 @@ def test_ddm_on_human_rdm_train_split() -> None:
     # A DDM with drift ∝ coherence captures the psychometric curve of this task to within a few points.
     assert (np.abs(table["accuracy_model"] - table["accuracy_human"]) < 0.06).all()
     assert 0.15 < ddm.params_["t0"] < 0.45
+
+
+@pytest.mark.slow
+def test_ddm_collapsing_bound_recovery() -> None:
+    import pyddm
+
+    conds, tables = [4.0, 16.0], []
+    for i, c in enumerate(conds):
+        model = pyddm.gddm(
+            drift=0.08 * c,
+            bound=lambda t: 1.3 * np.exp(-1.0 * t),
+            nondecision=0.3,
+            mixture_coef=0,
+            dt=0.005,
+            dx=0.005,
+            T_dur=2.5,
+        )
+        sample = model.solve().sample(1500, seed=20 + i)
+        rt = np.concatenate([sample.choice_upper, sample.choice_lower])
+        correct = np.arange(len(rt)) < len(sample.choice_upper)
+        tables.append(pd.DataFrame({"condition": c, "rt_s": rt, "correct": correct}))
+    data = pd.concat(tables, ignore_index=True)
+    collapsing = DDMBaseline(collapsing=True, mixture_coef=0.0, max_iter=15).fit(data)
+    constant = DDMBaseline(mixture_coef=0.0, max_iter=15).fit(data)
+    # The nested constant-bound model cannot beat the collapsing one on data from a collapsing bound.
+    assert collapsing.neg_log_likelihood_ < constant.neg_log_likelihood_ - 5
+    # 3,000 trials identify the collapse rate only coarsely (B and τ trade off); ±40% around τ = 1/s.
+    assert collapsing.params_["tau"] == pytest.approx(1.0, rel=0.4)
+    assert collapsing.params_["B"] == pytest.approx(1.3, rel=0.2)

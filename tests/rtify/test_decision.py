@@ -17,7 +17,6 @@ from perceptalign.rtify.decision import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """float64 so that finite differences below are accurate to ~1e-9; restored for other test modules."""
@@ -75,16 +74,18 @@ def _smooth_increments(n_trials: int, steps: int, seed: int) -> tuple[torch.Tens
     """Two smooth positive per-step series g_t (scaled by w) and b_t: e_t(w) = w·g_t + b_t."""
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(steps, dtype=torch.float64)
+
     def series() -> torch.Tensor:
         amp = torch.rand(n_trials, 3, 1, generator=gen) * 0.3
         freq = torch.rand(n_trials, 3, 1, generator=gen) * 0.05
         phase = torch.rand(n_trials, 3, 1, generator=gen) * 6.3
         return 1.0 + (amp * torch.sin(freq * t + phase)).sum(1)  # in [0.1, 1.9]: positive, slowly varying
+
     return series() * 0.02, series() * 0.02
 
 
 def _interpolated_crossing(phi: torch.Tensor, theta: float) -> torch.Tensor:
-    """t* = τ − 1 + (θ − Φ_{τ−1})/(Φ_τ − Φ_{τ−1}): the continuous crossing time the implicit rule differentiates."""
+    """t* = τ − 1 + (θ − Φ_{τ−1})/(Φ_τ − Φ_{τ−1}): what the implicit rule differentiates."""
     out = []
     for row in phi:
         tau = int(torch.nonzero(row > theta)[0])
@@ -106,6 +107,7 @@ def test_gradients_agree_with_finite_differences_of_interpolated_crossing() -> N
 
     def t_star(w_val: float, th_val: float) -> torch.Tensor:
         return _interpolated_crossing(torch.cumsum(w_val * g + b, dim=1), th_val)
+
     # ε = 1e-6 never moves the integer crossing here (checked below), so central differences of the smooth
     # t* are accurate to O(ε²·t*''') + rounding ~1e-9 relative.
     for sign in (1, -1):
@@ -258,7 +260,9 @@ def test_two_bound_rejects_negative_threshold() -> None:
 
 
 # ----------------------------------------------------------------------------- reference implementation
-def _reference_multiclass(phi: torch.Tensor, theta: float, min_slope: float) -> tuple[list, list, list, int, int]:
+def _reference_multiclass(
+    phi: torch.Tensor, theta: float, min_slope: float
+) -> tuple[list, list, list, int, int]:
     """Slow per-trial loop written directly from the documented rules."""
     taus, choices, decided, n_clamped, n_ties = [], [], [], 0, 0
     n_steps, n_cls = phi.shape[1], phi.shape[2]
@@ -332,6 +336,10 @@ def test_bad_min_slope_raises(min_slope: float) -> None:
 
 
 def test_decision_dataclass_rate() -> None:
-    d = Decision(tau=torch.zeros(4), choice=torch.zeros(4, dtype=torch.long),
-                 decided=torch.tensor([True, False, False, True]), n_clamped=0)
+    d = Decision(
+        tau=torch.zeros(4),
+        choice=torch.zeros(4, dtype=torch.long),
+        decided=torch.tensor([True, False, False, True]),
+        n_clamped=0,
+    )
     assert d.no_decision_rate == 0.5 and d.n_ties == 0

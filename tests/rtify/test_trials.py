@@ -79,7 +79,7 @@ def test_infinite_rt() -> None:
 
 @pytest.mark.parametrize("bad", [0.0, -0.3])
 def test_non_positive_rt(bad: float) -> None:
-    with pytest.raises(PerceptAlignError, match="(?s)must be > 0.*trials_from_signed_rt"):
+    with pytest.raises(PerceptAlignError, match=r"(?s)must be > 0.*trials_from_signed_rt"):
         validate_trials(_table(rt_s=[0.5, bad, 0.4]))
 
 
@@ -204,10 +204,12 @@ def test_rdm_human_resolution_via_env_and_search(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(HUMAN_CSV))
     assert len(load_rt_dataset("rdm-human")) == 46_644 + 11_794
     monkeypatch.delenv("PERCEPTALIGN_RDM_HUMAN")
-    monkeypatch.chdir(HUMAN_CSV.parents[2] / "main")  # repository root: ../shared/data is found
+    monkeypatch.chdir(tmp_path)  # no data under the working directory: found next to the installed package
+    assert len(load_rt_dataset("rdm-human", split="test")) == 11_794
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # repository root: ../shared/data is found
     assert len(load_rt_dataset("rdm-human", split="test")) == 11_794
     monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(tmp_path / "missing.csv"))
-    with pytest.raises(PerceptAlignError, match="PERCEPTALIGN_RDM_HUMAN.*does not exist"):
+    with pytest.raises(PerceptAlignError, match=r"PERCEPTALIGN_RDM_HUMAN.*does not exist"):
         load_rt_dataset("rdm-human")
 
 
@@ -217,7 +219,7 @@ def test_rdm_human_checksum_mismatch(tmp_path: Path) -> None:
     shutil.copy(HUMAN_CSV, copy)
     with copy.open("a") as fh:
         fh.write("test,0.8,0.5\n")
-    with pytest.raises(PerceptAlignError, match="checksum mismatch.*restore it from https://github.com"):
+    with pytest.raises(PerceptAlignError, match=r"checksum mismatch.*restore it from https://github\.com"):
         load_rt_dataset("rdm-human", path=copy)
     # The same file read as a plain CSV path is accepted (no registry checksum applies).
     assert len(load_rt_dataset(str(copy))) == 46_644 + 11_794 + 1

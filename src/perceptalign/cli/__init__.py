@@ -7,6 +7,9 @@ import typer
 from perceptalign.cli.ntps import ntps_app
 from perceptalign.cli.rtify import rtify_app
 
+# Modules that register further commands on the wing apps.
+import perceptalign.cli.ntps_probe  # noqa: F401  isort: skip
+
 app = typer.Typer(
     name="perceptalign",
     help="Measure and train the alignment between deep networks and perception.",

@@ -115,7 +115,7 @@ def score(
     from its checkpoint. The `ntps_reference` variant reproduces the published selection (bottom of
     both spectra): it is numerically ill-posed and only meant for comparison with published numbers.
     """
-    from perceptalign.ntps.score import ScoreConfig, best_configuration, run_score
+    from perceptalign.ntps.score import ScoreConfig, run_score
 
     ks = parse_int_list(k, "--k")
     config = ScoreConfig(
@@ -159,37 +159,42 @@ def score(
         f"wrote {out / 'ntps.json'}, {out / 'statistics.safetensors'}, {out / 'ntps_heatmap.png'} "
         f"in {time.perf_counter() - started:.1f} s"
     )
-    layer, column, value = best_configuration(results)
-    console.print(
-        f"best NTPS {value:.4f} at layer {layer}, {'f' if results.get('fractions') else 'k'} = {column}"
-    )
 
 
 def print_summary(results: dict) -> None:
+    """Per-layer NTPS at a few k (NTPS grows with k, so "best over k" would always be the largest k)."""
     columns = results.get("fractions") or results["ks"]
+    shown = summary_columns(columns, bool(results.get("fractions")))
+    mid = shown[len(shown) // 2]
+    unit = "f" if results.get("fractions") else "k"
     table = Table(
         title=f"NTPS — {results['model']} on {results['dataset']} ({results['n_texts']} texts, "
         f"{results['n_tokens']} tokens, {results['n_classes']} classes)"
     )
     table.add_column("layer", justify="right")
-    table.add_column("best ntps", justify="right")
-    table.add_column("at", justify="right")
-    table.add_column("ntps @ mid", justify="right")
-    table.add_column("orthonormal best", justify="right")
-    table.add_column("reference @ mid", justify="right")
-    mid = len(columns) // 2
+    for j in shown:
+        table.add_column(f"ntps {unit}={columns[j]:g}", justify="right")
+    table.add_column(f"orthonormal {unit}={columns[mid]:g}", justify="right")
+    table.add_column(f"reference {unit}={columns[mid]:g}", justify="right")
     for i, layer in enumerate(results["layers"]):
-        row = results["ntps"][i]
-        best = max(range(len(row)), key=lambda j: row[j])
-        table.add_row(
-            str(layer),
-            f"{row[best]:.4f}",
-            f"{columns[best]:g}",
-            f"{row[mid]:.4f}",
-            f"{max(results['ntps_orthonormal'][i]):.4f}",
-            f"{results['ntps_reference'][i][mid]:.4f}",
-        )
+        cells = [f"{results['ntps'][i][j]:.4f}" for j in shown]
+        cells.append(f"{results['ntps_orthonormal'][i][mid]:.4f}")
+        reference = results.get("ntps_reference")
+        cells.append("—" if not reference or reference[i][mid] is None else f"{reference[i][mid]:.4f}")
+        table.add_row(str(layer), *cells)
     console.print(table)
+    best = max(range(len(results["layers"])), key=lambda i: results["ntps"][i][mid])
+    console.print(
+        f"best layer at {unit} = {columns[mid]:g}: {results['layers'][best]} "
+        f"(NTPS {results['ntps'][best][mid]:.4f})"
+    )
+
+
+def summary_columns(columns: list, are_fractions: bool) -> list[int]:
+    """Indices of the columns nearest f = 0.1, 0.5, 0.9 (or first, middle, last k)."""
+    if not are_fractions:
+        return sorted({0, len(columns) // 2, len(columns) - 1})
+    return sorted({min(range(len(columns)), key=lambda j: abs(columns[j] - f)) for f in (0.1, 0.5, 0.9)})
 
 
 @ntps_app.command("datasets")

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from perceptalign.io import PerceptAlignError, write_json_atomic
@@ -236,6 +235,8 @@ def run_score(
             "ntps": "‖P_Vk U‖²/‖U‖², U = top rank(M_xy) generalized eigenvectors of (M_xy M_xyᵀ, M_xx) "
             "(M_xx-orthonormal), V_k = top k generalized eigenvectors of (C1 C1ᵀ, C0)",
             "ntps_orthonormal": "mean cos² of the principal angles between span(U) and span(V_k)",
+            "ntps_probe": "‖P_Vk W*‖²/‖W*‖² for the least-squares probe W* = M_xx⁻¹ M_xy (the quantity the "
+            "linear-setting bounds use; U's columns weighted by their eigenvalues)",
             "ntps_reference": "published selection (bottom fractions of both spectra); numerically "
             "ill-posed, for comparison with published numbers only",
         },
@@ -245,11 +246,3 @@ def run_score(
 
     save_figure(ntps_heatmap(results), out / HEATMAP_FILE)
     return ScoreResult(results=results, statistics=statistics, out=out, reused_cache=reused)
-
-
-def best_configuration(results: dict[str, Any], key: str = "ntps") -> tuple[int, float | int, float]:
-    """(layer, fraction or k, value) of the largest score in a results dict."""
-    table = np.asarray(results[key], dtype=float)
-    row, col = np.unravel_index(np.nanargmax(table), table.shape)
-    columns = results.get("fractions") or results["ks"]
-    return int(results["layers"][row]), columns[col], float(table[row, col])

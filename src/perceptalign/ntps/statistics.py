@@ -61,11 +61,13 @@ IDENTITY_PREFIXES = ("tokenizer",)
 _FORMAT_VERSION = 1
 _CHECKPOINT_META_KEY = "perceptalign_statistics_checkpoint"
 _WRITE_ID_KEY = "perceptalign_write_id"
-# Chunk lengths of the blocked prefix scan (32 measured fastest of 16/32/64/128 at d = 576; shorter
-# chunks are used when they pad the batch less).
-_SCAN_CHUNKS = (32, 16, 8)
-# Use the copy-free shifted-row products when at least this fraction of the padded rows are pairs;
-# below it, the flops spent on zero rows cost more than gathering the pairs.
+# Chunk lengths of the blocked prefix scan, in order of preference (CPU ms for the scan of 32×64×576
+# float32, 1 thread: c = 8: 0.45, 16: 0.42, 32: 0.56, 64: 0.89; torch.cumsum 1.27); the chunk that pads
+# the batch least wins, so the scan needs no padded copy whenever T is a multiple of 8.
+_SCAN_CHUNKS = (16, 32, 8)
+# Use the shifted-row products (no gathered copies) when at least this fraction of the padded rows
+# are pairs; below it, the product flops spent on zero rows cost more than gathering the pairs
+# (measured at d = 576, B×T = 32×64: the gathered path wins below a fill of ~0.9).
 _FLAT_MIN_FILL = 0.9
 
 
@@ -254,39 +256,30 @@ class StatisticsAccumulator:
     def _add_layer(self, layer: int, hidden: Tensor, plan: _BatchPlan) -> None:
         """Compute one layer's batch moments and add them into the float64 sums."""
         dtype = self.compute_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-        ws, device, d = self._workspace, hidden.device, self.hidden_size
-        S, X, totals = _prefix_sums(hidden, plan, dtype, ws)
-        if not bool(torch.isfinite(totals).all()):
+        # The copy-free path reads padding rows (weighted by zero); NaN/inf there (some models leave
+        # fully masked rows undefined) would poison it, so a non-finite result is recomputed with the
+        # masked copy, which never reads padding, before anything is reported.
+        copy_free = hidden.dtype == dtype and hidden.is_contiguous() and plan.padded_T == plan.T
+        totals, c0, c1, problem = _batch_moments(hidden, plan, dtype, self._workspace, copy=not copy_free)
+        if problem and copy_free:
+            totals, c0, c1, problem = _batch_moments(hidden, plan, dtype, self._workspace, copy=True)
+        if problem == "input":
             raise _non_finite_error(layer, hidden.dtype, "hidden states")
-        if plan.n_pairs:
-            S_rows, X_rows = S.view(-1, d), X.view(-1, d)
-            if plan.flat:
-                # Contiguous texts, little padding: zero every row of S that is not a prefix with a next
-                # token; then row r of S pairs with row r+1 of X (zero rows add nothing), and no
-                # gathered copies are needed.
-                S_rows.index_fill_(0, plan.nonpair_index, 0.0)
-                prefix, nxt = S_rows, X_rows[1:]
-                c1 = torch.mm(S_rows[:-1].T, nxt, out=ws.get("C1", (d, d), dtype, device))
-            else:
-                # General masks (holes, heavy padding): gather the pairs. X is dead once the next-token
-                # rows are copied out, so the prefix rows reuse its buffer (3 buffers, not 4).
-                nxt = torch.index_select(
-                    X_rows, 0, plan.next_index, out=ws.get("N", (plan.n_pairs, d), dtype, device)
-                )
-                prefix = torch.index_select(S_rows, 0, plan.pair_index, out=X_rows[: plan.n_pairs])
-                c1 = torch.mm(prefix.T, nxt, out=ws.get("C1", (d, d), dtype, device))
-            c0 = _upper_gram(prefix, ws.get("C0", (d, d), dtype, device))
-            if not (bool(torch.isfinite(c0).all()) and bool(torch.isfinite(c1).all())):
-                raise _non_finite_error(layer, hidden.dtype, f"{dtype} products (overflow)")
+        if problem == "overflow":
+            raise _non_finite_error(layer, hidden.dtype, f"{dtype} products (overflow)")
         # Text means in float64 (the totals come from the float64 carry of the scan).
         means = totals / plan.lengths.to(totals)[:, None]
         acc = self._sums[layer]
         target = self.device
         acc["M_xx"].addmm_(means.T.to(target), means.to(target))
         acc["M_xy"].addmm_(means.T.to(target), plan.one_hot.to(target))
-        if plan.n_pairs:
-            acc["C0"] += c0.to(target)
-            acc["C1"] += c1.to(target)
+        if c0 is not None and c1 is not None:
+            for key, value in (("C0", c0), ("C1", c1)):
+                if value.dtype != torch.float64 or value.device != target:
+                    # Convert through a kept float64 buffer: a fresh 8·d² allocation per add page-faults,
+                    # which measured 4× slower than the addition itself.
+                    value = self._workspace.get("up", value.shape, torch.float64, target).copy_(value)
+                acc[key] += value
 
     # ---- merging ------------------------------------------------------------------------------------
 
@@ -462,9 +455,10 @@ class _BatchPlan:
         B, T = mask.shape
         device = mask.device
         self.mask = mask
+        self.T = T
         self.lengths = mask.sum(dim=1)
         # Scan chunk: the largest of 32/16/8 that pads T least (padding rows cost product flops).
-        self.chunk = min(_SCAN_CHUNKS, key=lambda c: (-(-T // c) * c, -c))
+        self.chunk = min(_SCAN_CHUNKS, key=lambda c: (-(-T // c) * c, _SCAN_CHUNKS.index(c)))
         self.padded_T = Tp = -(-T // self.chunk) * self.chunk
         pos = torch.arange(T, device=device)
         first = torch.where(mask, pos, T).amin(dim=1)
@@ -485,13 +479,23 @@ class _BatchPlan:
             self.next_index = _flat_rows(next_mask, Tp)
         self.one_hot = torch.zeros(B, n_classes, dtype=torch.float64, device=device)
         self.one_hot[torch.arange(B, device=device), labels] = 1.0
-        self._tril: dict[torch.dtype, Tensor] = {}
+        self._tril: dict[object, Tensor] = {}
 
     def tril(self, dtype: torch.dtype) -> Tensor:
+        """c×c lower-triangular ones: within-chunk prefix sums as one small matmul."""
         if dtype not in self._tril:
             ones = torch.ones(self.chunk, self.chunk, dtype=dtype, device=self.mask.device)
             self._tril[dtype] = torch.tril(ones)
         return self._tril[dtype]
+
+    def masked_tril(self, dtype: torch.dtype) -> Tensor:
+        """B×(T/c)×c×c weights tril ⊙ mask of the source position (only when T is a multiple of c)."""
+        key = ("masked", dtype)
+        if key not in self._tril:
+            B, c = self.mask.shape[0], self.chunk
+            cols = self.mask.view(B, self.T // c, 1, c).to(dtype)
+            self._tril[key] = self.tril(dtype) * cols
+        return self._tril[key]
 
 
 def _flat_rows(mask: Tensor, row_length: int) -> Tensor:
@@ -506,71 +510,136 @@ class _Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+        self._shapes: dict[tuple[str, torch.dtype, torch.device], tuple[int, ...]] = {}
 
     def get(
-        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | None = None
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device | None = None,
+        *,
+        zeroed: bool = False,
     ) -> Tensor:
+        """A view of ``shape`` on a kept buffer; ``zeroed`` zero-fills it when it is (re)allocated or its
+        shape changes (callers that never write some entries rely on those staying zero)."""
         device = torch.device(device or "cpu")
         key = (name, dtype, device)
         numel = math.prod(shape)
         buf = self._buffers.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=dtype, device=device)
+        if buf is None or buf.numel() < numel or (zeroed and self._shapes.get(key) != shape):
+            buf = (
+                torch.zeros(numel, dtype=dtype, device=device)
+                if zeroed
+                else torch.empty(numel, dtype=dtype, device=device)
+            )
             self._buffers[key] = buf
+            self._shapes[key] = shape
         return buf[:numel].view(shape)
 
     def clear(self) -> None:
         self._buffers.clear()
+        self._shapes.clear()
+
+
+def _batch_moments(
+    hidden: Tensor, plan: _BatchPlan, dtype: torch.dtype, ws: _Workspace, *, copy: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None, str]:
+    """Per-text totals (B×d, float64) and the batch's C0 (upper triangle valid) and C1 sums in ``dtype``.
+
+    The last item is "" when all is finite, "input" for non-finite totals, "overflow" for non-finite
+    products. ``copy=False`` requires a contiguous input in ``dtype`` and no scan padding.
+    """
+    d, device = hidden.shape[2], hidden.device
+    S, X, totals = _prefix_sums(hidden, plan, dtype, ws, copy=copy)
+    if not bool(torch.isfinite(totals.sum())):  # one reduction: NaN/inf propagate into the sum
+        return totals, None, None, "input"
+    if not plan.n_pairs:
+        return totals, None, None, ""
+    S_rows, X_rows = S.view(-1, d), X.reshape(-1, d)
+    if plan.flat:
+        # Contiguous texts, little padding: zero every row of S that is not a prefix with a next token;
+        # then row r of S pairs with row r+1 of X (zero rows add nothing) and nothing is gathered.
+        S_rows.index_fill_(0, plan.nonpair_index, 0.0)
+        prefix = S_rows
+        c1 = torch.mm(S_rows[:-1].T, X_rows[1:], out=ws.get("C1", (d, d), dtype, device))
+    else:
+        # General masks (holes, heavy padding): gather the pairs. A masked copy X is dead once the
+        # next-token rows are copied out, so the prefix rows reuse its buffer (3 buffers, not 4).
+        nxt = ws.get("N", (plan.n_pairs, d), dtype, device)
+        torch.index_select(X_rows, 0, plan.next_index, out=nxt)
+        prefix_out = X_rows[: plan.n_pairs] if copy else ws.get("P", (plan.n_pairs, d), dtype, device)
+        prefix = torch.index_select(S_rows, 0, plan.pair_index, out=prefix_out)
+        c1 = torch.mm(prefix.T, nxt, out=ws.get("C1", (d, d), dtype, device))
+    c0 = _upper_gram(prefix, ws.get("C0", (d, d), dtype, device, zeroed=True))
+    # A float32 overflow shows up as inf/NaN somewhere in the products, hence in their sums.
+    if not (bool(torch.isfinite(c0.sum())) and bool(torch.isfinite(c1.sum()))):
+        return totals, None, None, "overflow"
+    return totals, c0, c1, ""
 
 
 def _prefix_sums(
-    hidden: Tensor, plan: _BatchPlan, dtype: torch.dtype, ws: _Workspace
+    hidden: Tensor, plan: _BatchPlan, dtype: torch.dtype, ws: _Workspace, *, copy: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Masked per-text prefix sums by a chunked scan.
 
-    Returns S and the masked input X (both B×T_pad×d in ``dtype``, workspace views valid until the next
-    call) and the per-text totals (B×d, float64). Within a chunk of 32 positions the prefix is a small
-    triangular matmul (fast, ≤ 32 terms per sum); the chunk carries are summed in float64, so float32
-    prefix sums keep a relative error of a few ulps even for long texts, unlike a float32 ``cumsum``
-    (which is also 3-10× slower on CPU).
+    Returns S (B×T_pad×d in ``dtype``, a workspace view valid until the next call), the rows it was
+    computed from (the masked copy, or ``hidden`` itself when ``copy=False``) and the per-text totals
+    (B×d, float64). Within a chunk of ≤ 32 positions the prefix is a small triangular matmul; the chunk
+    carries are summed in float64, so float32 prefix sums keep a relative error of a few ulps even for
+    long texts, unlike a float32 ``cumsum`` (which is also 3-10× slower on CPU).
     """
     B, T, d = hidden.shape
     Tp, c = plan.padded_T, plan.chunk
     device = hidden.device
-    X = ws.get("X", (B, Tp, d), dtype, device)
-    if Tp > T:
-        X[:, T:].zero_()
-    # Select rather than multiply by the mask: padding rows may hold NaN (e.g. fully masked attention
-    # rows under left padding) and NaN·0 is NaN.
-    keep = plan.mask[:, :, None]
-    if hidden.dtype == dtype:
-        torch.where(keep, hidden, torch.zeros((), dtype=dtype, device=device), out=X[:, :T])
-    else:
-        X[:, :T].copy_(hidden)
-        X[:, :T].masked_fill_(~keep, 0.0)
     S = ws.get("S", (B, Tp // c, c, d), dtype, device)
-    torch.matmul(plan.tril(dtype), X.view(B, Tp // c, c, d), out=S)  # within-chunk prefix sums
-    carry = S[:, :, -1].to(torch.float64).cumsum(dim=1)  # running totals at chunk ends, float64
+    if copy:
+        X = ws.get("X", (B, Tp, d), dtype, device)
+        if Tp > T:
+            X[:, T:].zero_()
+        # Select rather than multiply by the mask: padding rows may hold NaN and NaN·0 is NaN.
+        keep = plan.mask[:, :, None]
+        if hidden.dtype == dtype:
+            torch.where(keep, hidden, torch.zeros((), dtype=dtype, device=device), out=X[:, :T])
+        else:
+            X[:, :T].copy_(hidden)
+            X[:, :T].masked_fill_(~keep, 0.0)
+        torch.matmul(plan.tril(dtype), X.view(B, Tp // c, c, d), out=S)  # within-chunk prefix sums
+    else:
+        # The mask folded into the triangular weights: padding columns get weight 0, no masked copy.
+        X = hidden
+        torch.matmul(plan.masked_tril(dtype), hidden.view(B, Tp // c, c, d), out=S)
+    carry = _running_sum(S[:, :, -1].to(torch.float64))  # totals at chunk ends, float64
     if Tp > c:
         S[:, 1:] += carry[:, :-1, None].to(dtype)
     return S.view(B, Tp, d), X, carry[:, -1]
 
 
+def _running_sum(x: Tensor) -> Tensor:
+    """Inclusive cumulative sum over dim 1 of a B×n×d tensor; a small triangular matmul when n is small
+    (torch's CPU cumsum measured ~10× slower than the matmul for n ≤ 64)."""
+    n = x.shape[1]
+    if n > 64:
+        return x.cumsum(dim=1)
+    return torch.matmul(torch.tril(torch.ones(n, n, dtype=x.dtype, device=x.device)), x)
+
+
 def _gram_blocks(d: int) -> int:
-    # Block-upper-triangular Gram: nb blocks cost (nb+1)/(2nb) of a full product; small blocks lose BLAS
-    # efficiency. Measured at d = 576: 1 block 17 ms, 4 blocks 12 ms (K = 8192, 2 threads).
-    return max(1, min(8, d // 144))
+    # Block-upper-triangular Gram: nb blocks cost (nb+1)/(2nb) of a full product; blocks much narrower
+    # than ~96 columns lose BLAS efficiency. Measured at d = 576, K = 8192, 1 thread (CPU ms):
+    # nb = 1: 29.7, 2: 24.2, 4: 20.4, 6: 18.7, 8: 19.3, 12: 18.4.
+    return max(1, min(12, round(d / 96)))
 
 
 def _upper_gram(A: Tensor, out: Tensor) -> Tensor:
-    """AᵀA into ``out`` with only the upper block triangle computed (lower blocks set to zero)."""
+    """AᵀA into ``out``, computing only the upper block triangle; the lower blocks of ``out`` are not
+    written, so a buffer zeroed once keeps them at zero."""
     d = A.shape[1]
     nb = _gram_blocks(d)
     if nb == 1:
         return torch.mm(A.T, A, out=out)
     edges = [round(i * d / nb) for i in range(nb + 1)]
     for lo, hi in itertools.pairwise(edges):
-        out[hi:, lo:hi].zero_()
         torch.mm(A[:, lo:hi].T, A[:, lo:], out=out[lo:hi, lo:])
     return out
 

@@ -475,6 +475,34 @@ def _import_pyddm() -> Any:
     return pyddm
 
 
+def _conditional_likelihood_loss(pyddm: Any) -> type:
+    """PyDDM loss: negative log-likelihood of the observed trials *given* a response before T_dur.
+
+    PyDDM's likelihood charges the probability of no decision within T_dur to every data set, which is
+    right when timed-out trials are recorded as undecided, but biases the fit (lower bound, longer
+    non-decision time) when, as in the human RDM data (all RTs < 2.5 s), trials without a response in the
+    window were never recorded. Dividing each density by P(response within T_dur) fixes that.
+    """
+
+    class LossConditionalLikelihood(pyddm.LossRobustLikelihood):
+        name = "Negative log likelihood conditional on responding within T_dur"
+
+        def loss(self, model: Any) -> float:
+            solutions = self.cache_by_conditions(model)
+            floor = self._robustness_param
+            total = 0.0
+            for key, solution in solutions.items():
+                upper, lower, _ = self.hist_indexes[key]
+                responded = max(float(solution.prob("_top") + solution.prob("_bottom")), floor)
+                with np.errstate(divide="ignore"):
+                    total += float(np.sum(np.log(solution.pdf("_top")[upper] + floor)))
+                    total += float(np.sum(np.log(solution.pdf("_bottom")[lower] + floor)))
+                total -= (len(upper) + len(lower)) * math.log(responded)
+            return -total
+
+    return LossConditionalLikelihood
+
+
 @contextlib.contextmanager
 def _quiet_pyddm() -> Iterator[None]:
     """PyDDM logs every fit evaluation and renormalisation at INFO/WARNING; library code stays silent."""
@@ -497,7 +525,10 @@ class DDMBaseline:
     ``mixture_coef`` (PyDDM's default 0.02; 0 disables it) keeps the likelihood finite for stray fast or
     slow human trials. Parameters are fitted with PyDDM's differential evolution on the likelihood
     (``max_iter`` generations, seeded); the constant-bound model is solved analytically (a fit of the
-    46,644 training trials takes seconds), the collapsing one numerically (much slower).
+    46,644 training trials takes seconds), the collapsing one numerically (much slower). With
+    ``condition_on_response=True`` (default) the likelihood is conditional on a response within T_dur,
+    as appropriate for data that only contain responses (human tables); ``False`` uses PyDDM's plain
+    likelihood, which counts the missing mass against the model.
 
     Parameter ranges: k ∈ [0, drift_max / max|condition|], per-condition drifts ∈ [−drift_max/4,
     drift_max], B ∈ [0.2, 3], τ ∈ [0.01, 5] s⁻¹, t₀ ∈ [0, min(0.8, median human RT)].
@@ -515,6 +546,7 @@ class DDMBaseline:
         drift_max: float = 20.0,
         max_iter: int = 100,
         seed: int = 0,
+        condition_on_response: bool = True,
     ):
         if not 0 <= mixture_coef < 1:
             raise PerceptAlignError(f"mixture_coef must be in [0, 1), got {mixture_coef}.")
@@ -528,7 +560,7 @@ class DDMBaseline:
             mixture_coef,
         )
         self.dt, self.dx, self.T_dur, self.drift_max = dt, dx, T_dur, drift_max
-        self.max_iter, self.seed = max_iter, seed
+        self.max_iter, self.seed, self.condition_on_response = max_iter, seed, condition_on_response
 
     def _build(self, pyddm: Any, values: Mapping[str, Any], conds: list[float | str]) -> Any:
         """A PyDDM model whose entries are numbers or ``pyddm.Fittable`` ranges."""
@@ -619,7 +651,11 @@ class DDMBaseline:
                 sample,
                 model,
                 fitting_method="differential_evolution",
-                lossfunction=pyddm.LossRobustLikelihood,
+                lossfunction=(
+                    _conditional_likelihood_loss(pyddm)
+                    if self.condition_on_response
+                    else pyddm.LossRobustLikelihood
+                ),
                 verbose=False,
                 fitparams={"maxiter": self.max_iter, "seed": self.seed, "disp": False},
             )

@@ -91,8 +91,8 @@ def _check_phi(phi: Any, ndim: int, layout: str) -> None:
         )
     if phi.dim() != ndim:
         raise PerceptAlignError(
-            f"phi must have shape {layout}, got {tuple(phi.shape)}; add a batch dimension with phi.unsqueeze(0) "
-            "for a single trial."
+            f"phi must have shape {layout}, got {tuple(phi.shape)}; "
+            "add a batch dimension with phi.unsqueeze(0) for a single trial."
         )
     if phi.shape[0] == 0:
         raise PerceptAlignError("phi has an empty batch (B = 0); pass at least one trial.")

@@ -165,7 +165,8 @@ class RTifyHead(nn.Module):
             raise PerceptAlignError("hidden states have no time steps (T = 0).")
         if hidden.shape[2] != self.hidden_size:
             raise PerceptAlignError(
-                f"hidden size mismatch: the head was built for H = {self.hidden_size}, got H = {hidden.shape[2]}."
+                f"hidden size mismatch: the head was built for H = {self.hidden_size}, "
+                f"got H = {hidden.shape[2]}."
             )
         if not torch.isfinite(hidden.detach()).all():
             raise PerceptAlignError("hidden states contain NaN or infinite values.")
@@ -184,7 +185,8 @@ class RTifyHead(nn.Module):
         raw = self.evidence(hidden)
         if raw.dim() != 3 or raw.shape[-1] != self.n_evidence:
             raise PerceptAlignError(
-                f"the evidence module must map (B, T, H) to (B, T, {self.n_evidence}), got {tuple(raw.shape)}."
+                f"the evidence module must map (B, T, H) to (B, T, {self.n_evidence}), "
+                f"got {tuple(raw.shape)}."
             )
         ev = F.softplus(raw) if self.nonnegative else raw
         phi = torch.cumsum(ev, dim=1)

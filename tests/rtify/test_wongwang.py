@@ -1,0 +1,428 @@
+"""Tests of the Wong–Wang module: rate function, OU noise, adjoint gradients, decisions, behaviour."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.decision import first_crossing_multiclass
+from perceptalign.rtify.wongwang import (
+    WW_DEFAULTS,
+    WongWang2,
+    WongWangN,
+    _g_stable,
+    _slope_from_gain_,
+    wong_wang_rate,
+)
+
+A, B_, D = WW_DEFAULTS["a"], WW_DEFAULTS["b"], WW_DEFAULTS["d"]
+
+
+def _g_reference(v: float) -> float:
+    """g(v) = v/(1 − e^{−v}) with Python's expm1 (accurate to ~1 ulp away from v = 0), limit 1 at 0."""
+    return 1.0 if v == 0 else v / (-math.expm1(-v))
+
+
+def _slope_reference(v: float) -> float:
+    """g'(v) = (1 − e^{−v}(1 + v))/(1 − e^{−v})² via expm1; used only for |v| ≥ 0.5 (no cancellation)."""
+    em = -math.expm1(-v)
+    return (em - v * math.exp(-v)) / (em * em)
+
+
+# ---------------------------------------------------------------------------------------------- H(x)
+V_GRID = [
+    0.0,
+    1e-300,
+    -1e-300,
+    1e-12,
+    -1e-12,
+    1e-6,
+    -1e-6,
+    0.0199,
+    -0.0201,
+    0.05,
+    -0.05,
+    0.0999,
+    0.1,
+    -0.1,
+    0.1001,
+    0.5,
+    -0.5,
+    1.0,
+    -1.0,
+    3.0,
+    -3.0,
+    30.0,
+    -30.0,
+    300.0,
+    -300.0,
+]
+
+
+def test_rate_matches_closed_form_and_limit_in_float64() -> None:
+    v = torch.tensor(V_GRID, dtype=torch.float64)
+    got = _g_stable(v)
+    want = torch.tensor([_g_reference(x) for x in V_GRID], dtype=torch.float64)
+    # float64 closed form is accurate to a few ulp; the series' truncation error is < 1e-14 for |v| < 0.1.
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-300)
+    # H itself: limit 1/d at a x = b, in Hz.
+    x = torch.tensor([B_ / A], dtype=torch.float64)
+    assert wong_wang_rate(x).item() == pytest.approx(1.0 / D, rel=1e-12)
+
+
+def test_rate_gradient_finite_and_matches_derivative() -> None:
+    v = torch.tensor([*V_GRID, 1e4, -1e4, 700.0, -700.0], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(_g_stable(v).sum(), v)
+    assert torch.isfinite(grad).all()
+    for x, gx in zip(v.tolist(), grad.tolist(), strict=True):
+        if abs(x) >= 0.5:
+            want = _slope_reference(x) if x > -700 else 0.0
+            assert gx == pytest.approx(want, rel=1e-12, abs=1e-290)
+        else:  # series 1/2 + v/6 − v³/180 + v⁵/5040, truncation < v⁷/151200 < 1e-12
+            assert gx == pytest.approx(0.5 + x / 6 - x**3 / 180 + x**5 / 5040, rel=1e-10, abs=1e-12)
+    # The naive formula has NaN value at 0 and NaN gradient at very negative v: this one does not.
+    x = torch.tensor([B_ / A, -10.0, 10.0], dtype=torch.float32, requires_grad=True)
+    (gx,) = torch.autograd.grad(wong_wang_rate(x).sum(), x)
+    assert torch.isfinite(gx).all() and torch.isfinite(wong_wang_rate(x)).all()
+
+
+def test_rate_continuous_and_monotone_across_the_singular_point() -> None:
+    x = torch.linspace(B_ / A - 1e-3, B_ / A + 1e-3, 20001, dtype=torch.float64)
+    h = wong_wang_rate(x)
+    diffs = h.diff()
+    assert (diffs > 0).all()  # H is strictly increasing
+    # A jump would show as a step much larger than slope·Δx (slope = a·g'·… ≈ a/2 near the point).
+    assert diffs.max().item() < 1.01 * (A / 2) * (x[1] - x[0]).item() * 1.05
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 3e-5)])
+def test_adjoint_slope_matches_autograd_of_rate(dtype: torch.dtype, rtol: float) -> None:
+    # Tolerances: float64 — series truncation < 1e-12; float32 — the closed form loses eps/0.02 ≈ 6e-6
+    # to cancellation just outside the series region.
+    v = torch.tensor(
+        [*V_GRID[:-4], 0.02, -0.02, 0.0201, -0.0199, 2.5e-3, -7e-3], dtype=torch.float64, requires_grad=True
+    )
+    (want,) = torch.autograd.grad(_g_stable(v).sum(), v)
+    u = (-v.detach()).to(dtype)
+    g = (u / torch.expm1(u)).nan_to_num_(nan=1.0)
+    out, *scratch = (torch.empty_like(u) for _ in range(4))
+    got = _slope_from_gain_(u, g, out, *scratch)
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol)
+
+
+# -------------------------------------------------------------------------------------------- noise
+def test_ou_noise_variance_follows_the_exact_update() -> None:
+    # z_k = ρ z_{k−1} + √((1−ρ²)/2) ξ_k, z_{−1} = 0  ⇒  Var z_k = (1 − ρ^{2(k+1)})/2 → 1/2, so the
+    # noise current σz has stationary variance σ²/2 whatever dt is; lag-1 correlation is ρ.
+    sigma, batch = 0.02, 8000
+    for dt in (1.0, 26.67):
+        m = WongWang2(dt_ms=dt, max_time_s=0.3 if dt == 1.0 else 3.0)
+        traj = m.inference(torch.zeros(batch), generator=torch.Generator().manual_seed(0), return_noise=True)
+        noise = traj.noise.double()  # (B, T, 2)
+        rho = math.exp(-dt / 2.0)
+        var_t = noise.var(dim=0).mean(dim=1)  # per step, over trials and both populations
+        for k in range(3):
+            # 2·8000 samples: relative s.e. of a variance √(2/16000) ≈ 1.1%; 5 % is > 4 s.e.
+            assert var_t[k].item() == pytest.approx(sigma**2 * (1 - rho ** (2 * (k + 1))) / 2, rel=0.05)
+        late = noise[:, 20:]
+        assert late.var().item() == pytest.approx(sigma**2 / 2, rel=0.03)  # many steps pooled: s.e. < 1%
+        lag1 = (late[:, 1:] * late[:, :-1]).mean() / late.var()
+        assert lag1.item() == pytest.approx(rho, abs=0.02)
+
+
+def test_deterministic_with_seed_and_identical_across_paths() -> None:
+    m = WongWang2(dt_ms=5.0, max_time_s=1.0)
+    a = m.simulate(6.4, 300, seed=11)
+    b = m.simulate(6.4, 300, seed=11)
+    c = m.simulate(6.4, 300, seed=12)
+    assert torch.equal(a.rt_s, b.rt_s) and torch.equal(a.choice, b.choice)
+    assert not torch.equal(a.rt_s, c.rt_s)
+    # The training path (adjoint Function), the autograd reference and the no-grad path see the same noise.
+    coh = torch.full((300,), 6.4)
+    for mode in ("adjoint", "autograd"):
+        mg = WongWang2(dt_ms=5.0, max_time_s=1.0, backward=mode)
+        out = mg(coh, generator=torch.Generator().manual_seed(11))
+        ref = mg.simulate(6.4, 300, seed=11)
+        assert out.rt_s.requires_grad
+        if mode == "adjoint":  # the same float ops in the same order: bit-identical
+            assert torch.equal(out.rt_s.detach(), ref.rt_s) and torch.equal(out.choice, ref.choice)
+        else:
+            # The reference evaluates H with a different (equally exact) formula, so float32 round-off
+            # differs; a trial near a tie may flip, but the same noise keeps almost all decisions equal.
+            same = (out.choice == ref.choice) & ((out.rt_s.detach() - ref.rt_s).abs() < 0.0051)
+            assert same.double().mean().item() > 0.97
+
+
+# -------------------------------------------------------------------------------------------- gradients
+def _grads(model: torch.nn.Module, coh: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    coh = coh.clone().requires_grad_(True)
+    out = model(coh, generator=torch.Generator().manual_seed(seed))
+    weights = torch.linspace(0.5, 1.5, coh.shape[0], dtype=coh.dtype)
+    ((out.rt_s * weights) ** 2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out.rt_s.detach(), grads, coh.grad.clone()
+
+
+@pytest.mark.parametrize("series", [False, True])
+def test_adjoint_gradients_equal_autograd_reference(series: bool) -> None:
+    torch.manual_seed(0)
+    coh = torch.tensor([0.0, 3.2, 12.8, 51.2] * 6, dtype=torch.float64)
+    if series:  # a time-series input (B, T_in) with frames shorter than the step, then stimulus off
+        coh = coh[:, None] + torch.randn(coh.shape[0], 7, dtype=torch.float64) * 5
+    kwargs = {"dt_ms": 5.0, "max_time_s": 1.2, "stim_duration_s": 0.8}
+    results = []
+    for mode in ("adjoint", "autograd"):
+        m = WongWang2(backward=mode, **kwargs).double()
+        results.append(_grads(m, coh, seed=3))
+    (rt_a, g_a, c_a), (rt_r, g_r, c_r) = results
+    torch.testing.assert_close(rt_a, rt_r, rtol=0, atol=1e-12)
+    for name in g_a:
+        # Same recursion, different float64 summation order (and series cut-offs of 1e-12 relative).
+        torch.testing.assert_close(g_a[name], g_r[name], rtol=1e-9, atol=1e-12, msg=name)
+    torch.testing.assert_close(c_a, c_r, rtol=1e-9, atol=1e-12)
+    assert g_a["threshold"].abs() > 0 and g_a["J11"].abs() > 0
+
+
+def test_n_population_gradients_equal_autograd_reference() -> None:
+    drive = torch.tensor([[1.2, 1.0, 0.9], [1.0, 1.0, 1.0], [0.8, 1.3, 1.0]] * 5, dtype=torch.float64)
+    res = []
+    for mode in ("adjoint", "autograd"):
+        m = WongWangN(3, dt_ms=5.0, max_time_s=1.5, backward=mode).double()
+        d = drive.clone().requires_grad_(True)
+        out = m(d, generator=torch.Generator().manual_seed(5))
+        out.rt_s.pow(2).sum().backward()
+        res.append((m.J.grad.clone(), m.sigma.grad.clone(), d.grad.clone()))
+    for a, b in zip(*res, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_gradient_matches_finite_differences_with_noise_fixed() -> None:
+    # Smooth functional of the whole trajectory (no threshold): central differences in float64 with the
+    # noise stream fixed by re-seeding. Step 1e-6 relative: truncation O(h²) ≈ 1e-12, round-off ≈ 1e-10.
+    m = WongWang2(dt_ms=2.0, max_time_s=0.6).double()
+    coh = torch.tensor([0.0, 6.4, 25.6, -12.8], dtype=torch.float64, requires_grad=True)
+    w = torch.linspace(0, 1, 300, dtype=torch.float64)[None, :, None]
+
+    def functional() -> torch.Tensor:
+        traj = m.inference(coh, generator=torch.Generator().manual_seed(9))
+        return (traj.S * w).sum() + traj.S[:, :, 0].pow(2).sum()
+
+    functional().backward()
+    params = {"J11": m.J11, "J12": m.J12, "J_ext": m.J_ext, "I0": m.I0, "sigma": m.sigma}
+    with torch.no_grad():
+        for name, p in params.items():
+            h = 1e-6 * max(abs(p.item()), 1e-3)
+            p += h
+            up = functional().item()
+            p -= 2 * h
+            down = functional().item()
+            p += h
+            assert p.grad.item() == pytest.approx((up - down) / (2 * h), rel=1e-5), name
+        i = 2
+        h = 1e-4
+        coh[i] += h
+        up = functional().item()
+        coh[i] -= 2 * h
+        down = functional().item()
+        coh[i] += h
+        assert coh.grad[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- decisions
+def test_window_decision_equals_full_trajectory_decision() -> None:
+    m = WongWang2(dt_ms=10.0, max_time_s=1.0).double()
+    coh = torch.tensor([0.0, 3.2, 12.8, 51.2] * 10, dtype=torch.float64)
+    out = m(coh, generator=torch.Generator().manual_seed(2), return_trajectories=True)
+    full = first_crossing_multiclass(out.trajectories, m.threshold)
+    assert torch.equal(out.decision.tau.detach(), full.tau.detach())
+    assert torch.equal(out.choice, full.choice) and torch.equal(out.decided, full.decided)
+    assert out.decision.n_clamped == full.n_clamped and out.decision.n_ties == full.n_ties
+    (g_win,) = torch.autograd.grad(out.decision.tau.sum(), m.threshold, retain_graph=True)
+    (g_full,) = torch.autograd.grad(full.tau.sum(), m.threshold)
+    torch.testing.assert_close(g_win, g_full, rtol=1e-12, atol=0)
+
+
+def test_early_stop_does_not_change_decisions() -> None:
+    m = WongWang2(dt_ms=2.0, max_time_s=3.0)
+    coh = torch.full((64,), 51.2)
+    stopped = m(coh, generator=torch.Generator().manual_seed(4))
+    full = m(coh, generator=torch.Generator().manual_seed(4), return_trajectories=True)
+    assert stopped.decided.all()
+    assert torch.equal(stopped.rt_s, full.rt_s) and torch.equal(stopped.choice, full.choice)
+    # RT convention: trajectory index τ holds time (τ + 1)·dt, plus the motor delay.
+    tau = full.decision.tau
+    torch.testing.assert_close(full.rt_s, (tau + 1) * 0.002 + 0.1)
+    first = (full.trajectories.amax(dim=2) > 0.5).float().argmax(dim=1)
+    assert torch.equal(tau.long(), first)
+
+
+def test_unreachable_threshold_is_reported_not_dropped() -> None:
+    m = WongWang2(dt_ms=10.0, max_time_s=1.0, threshold=0.99)
+    out = m(torch.tensor([0.0, 12.8, 51.2]), generator=torch.Generator().manual_seed(0))
+    assert out.no_decision_rate == 1.0 and not out.decided.any()
+    assert out.rt_s.shape == (3,)
+    torch.testing.assert_close(out.rt_s, torch.full((3,), 1.0 + 0.1))  # censored at T·dt + delay
+    out.rt_s.sum().backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in m.parameters())
+
+
+def test_n_population_with_two_equals_two_population_model() -> None:
+    j11, j12 = 0.27, 0.06
+    m2 = WongWang2(j11=j11, j12=j12, dt_ms=5.0, max_time_s=1.5).double()
+    J = torch.tensor([[j11, -j12], [-j12, j11]], dtype=torch.float64)
+    mn = WongWangN(2, J=J, dt_ms=5.0, max_time_s=1.5).double()
+    coh = torch.tensor([0.0, 3.2, 12.8, 51.2] * 8, dtype=torch.float64)
+    drive = torch.stack([1 + coh / 100, 1 - coh / 100], dim=1)
+    o2 = m2(coh, generator=torch.Generator().manual_seed(8))
+    on = mn(drive, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(o2.rt_s, on.rt_s, rtol=0, atol=1e-12)
+    assert torch.equal(o2.choice, on.choice)
+    o2.rt_s.sum().backward()
+    on.rt_s.sum().backward()
+    # x₁ = J₁₁S₁ − J₁₂S₂: ∂/∂J₁₁ = ∂/∂J[0,0] + ∂/∂J[1,1], ∂/∂J₁₂ = −(∂/∂J[0,1] + ∂/∂J[1,0]).
+    gj = mn.J.grad
+    torch.testing.assert_close(m2.J11.grad, gj[0, 0] + gj[1, 1], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(m2.J12.grad, -(gj[0, 1] + gj[1, 0]), rtol=1e-10, atol=1e-14)
+
+
+def test_three_populations_favour_the_strongest_drive() -> None:
+    m = WongWangN(3, dt_ms=5.0)
+    out = m.simulate(torch.tensor([1.0, 1.3, 1.0]), 400, seed=1)
+    counts = torch.bincount(out.choice[out.decided], minlength=3)
+    assert counts.argmax().item() == 1 and counts[1] > 0.6 * out.decided.sum()
+
+
+def test_constant_series_equals_constant_input_and_stimulus_switches_off() -> None:
+    m = WongWang2(dt_ms=26.67, max_time_s=2.0)
+    coh = torch.tensor([3.2, 12.8, 51.2] * 10)
+    const = m(coh, generator=torch.Generator().manual_seed(1))
+    series = m(coh[:, None].expand(-1, 150), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(const.rt_s, series.rt_s) and torch.equal(const.choice, series.choice)
+    # 150 frames at 75 Hz over 2 s and dt = 2 frames: step k reads frame 2k.
+    grid = m._grid(26.67, 2.0, 150, None)
+    assert grid.n_steps == 75 and grid.frame_of_step[:4] == [0, 2, 4, 6] and grid.frame_of_step[-1] == 148
+    off = WongWang2(dt_ms=5.0, max_time_s=1.0, stim_duration_s=0.0)
+    a = off(torch.zeros(50), generator=torch.Generator().manual_seed(3))
+    b = off(torch.full((50,), 51.2), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.rt_s, b.rt_s)  # no stimulus ⇒ the coherence cannot matter
+
+
+def test_inference_returns_rates_consistent_with_the_update() -> None:
+    m = WongWang2(dt_ms=1.0, max_time_s=0.2).double()
+    traj = m.inference(
+        torch.tensor([12.8, -3.2], dtype=torch.float64),
+        generator=torch.Generator().manual_seed(0),
+        return_noise=True,
+        return_rate=True,
+    )
+    s = torch.cat([torch.full_like(traj.S[:, :1], 0.1), traj.S], dim=1)
+    # Euler: S_{k+1} − S_k = dt(−S_k/τ_S + (1 − S_k)γH_k/1000) — checks H, the noise and the grid at once.
+    step = s[:, 1:] - s[:, :-1]
+    want = 1.0 * (-s[:, :-1] / 100.0 + (1 - s[:, :-1]) * 0.641 * traj.H / 1000.0)
+    torch.testing.assert_close(step, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(traj.time_s[:3], torch.tensor([0.001, 0.002, 0.003], dtype=torch.float64))
+
+
+# -------------------------------------------------------------------------------------------- behaviour
+def _summary(m: WongWang2, c: float, n: int, seed: int, dt: float) -> tuple[float, float, float]:
+    out = m.simulate(c, n, seed=seed, dt_ms=dt)
+    d = out.decided
+    correct = d & (out.choice == 0)
+    error = d & (out.choice == 1)
+    acc = correct.sum().item() / d.sum().item()
+    return acc, out.rt_s[correct].mean().item(), out.rt_s[error].mean().item() if error.any() else math.nan
+
+
+def test_classic_behaviour_at_fine_dt_fast() -> None:
+    m = WongWang2(dt_ms=1.0)
+    acc32, rt32, err32 = _summary(m, 3.2, 1000, 0, 1.0)
+    acc128, rt128, _ = _summary(m, 12.8, 600, 1, 1.0)
+    acc512, rt512, _ = _summary(m, 51.2, 400, 2, 1.0)
+    # Expected ≈ .72 / .99 / 1.0; binomial s.e. ≤ .015, so these margins are > 5 s.e.
+    assert acc32 < acc128 - 0.15 and acc512 >= 0.99 and acc128 > 0.95
+    # Mean correct RT ≈ .79 / .63 / .40 s, s.e. ≈ .01.
+    assert rt32 > rt128 + 0.08 > rt512 + 0.16
+    # Errors slower than correct (≈ .88 vs .79 s at 3.2 %; s.e. of the difference ≈ .02).
+    assert err32 > rt32 + 0.03
+
+
+def test_coarse_dt_loses_accuracy_at_12_8_percent() -> None:
+    # rtify.md: ≈ .82 at dt = 26.67 ms vs ≈ .99 at 1 ms. The coarse step holds each (nearly white) noise
+    # sample for 26.67 ms instead of τ_A = 2 ms, inflating the integrated noise ~7×. s.e. ≈ .012 here.
+    m = WongWang2()
+    fine, _, _ = _summary(m, 12.8, 800, 0, 1.0)
+    coarse, _, _ = _summary(m, 12.8, 800, 0, 26.67)
+    assert fine - coarse > 0.1
+
+
+@pytest.mark.slow
+def test_classic_behaviour_full_sweep_and_dt_convergence() -> None:
+    m = WongWang2()
+    coh = [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2]
+    rows = [_summary(m, c, 4000, i, 1.0) for i, c in enumerate(coh)]
+    accs = [r[0] for r in rows]
+    rts = [r[1] for r in rows]
+    # Neighbouring coherences differ by ≥ .03 in expectation except at the top (.98 → 1.0); s.e. ≤ .008.
+    assert all(b > a - 0.02 for a, b in itertools.pairwise(accs))
+    assert accs[0] < 0.6 and accs[-1] >= 0.995
+    assert all(b < a + 0.01 for a, b in itertools.pairwise(rts)) and rts[0] > rts[-1] + 0.3
+    assert all(r[2] > r[1] for r in rows[:5])  # errors slower wherever there are enough errors
+    # Halving dt changes accuracy at 12.8 % by < .02 (Euler is converged at 1 ms); s.e. of the diff. ≈ .003.
+    acc_half, _, _ = _summary(m, 12.8, 4000, 4, 0.5)
+    assert abs(acc_half - accs[4]) < 0.02
+
+
+# -------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dt_ms": 0.0}, "dt_ms"),
+        ({"dt_ms": -1.0}, "dt_ms"),
+        ({"dt_ms": 120.0}, "dt_ms"),
+        ({"max_time_s": 0.0}, "max_time_s"),
+        ({"stim_duration_s": -1.0}, "stim_duration_s"),
+        ({"backward": "euler"}, "backward"),
+    ],
+)
+def test_bad_construction_raises(kwargs: dict, match: str) -> None:
+    with pytest.raises(PerceptAlignError, match=match):
+        WongWang2(**kwargs)
+
+
+def test_bad_inputs_raise() -> None:
+    m = WongWang2(dt_ms=10.0, max_time_s=0.5)
+    with pytest.raises(PerceptAlignError, match=r"torch\.Tensor"):
+        m([1.0, 2.0])
+    with pytest.raises(PerceptAlignError, match="floating-point"):
+        m(torch.tensor([1, 2]))
+    with pytest.raises(PerceptAlignError, match="NaN"):
+        m(torch.tensor([1.0, math.nan]))
+    with pytest.raises(PerceptAlignError, match="shape"):
+        m(torch.zeros(2, 3, 4))
+    with pytest.raises(PerceptAlignError, match="empty batch"):
+        m(torch.zeros(0))
+    with pytest.raises(PerceptAlignError, match="n_trials"):
+        m.simulate(3.2, 0)
+    with pytest.raises(PerceptAlignError, match="coherence_pct"):
+        m.simulate(math.inf, 10)
+    with pytest.raises(PerceptAlignError, match="seed"):
+        m.simulate(3.2, 10, seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(PerceptAlignError, match="dt_ms"):
+        m.simulate(3.2, 10, dt_ms=0.0)
+    with torch.no_grad():
+        m.sigma.fill_(math.nan)
+    with pytest.raises(PerceptAlignError, match="sigma"):
+        m(torch.zeros(3))
+    n = WongWangN(3)
+    with pytest.raises(PerceptAlignError, match=r"\(B, 3\)"):
+        n(torch.zeros(4, 2))
+    with pytest.raises(PerceptAlignError, match="one condition"):
+        n.simulate(torch.ones(2, 3), 5)
+    with pytest.raises(PerceptAlignError, match="n_pop"):
+        WongWangN(0)
+    with pytest.raises(PerceptAlignError, match=r"\(3, 3\)"):
+        WongWangN(3, J=torch.zeros(2, 2))
