@@ -39,6 +39,18 @@ from perceptalign.ntps.models import load_causal_lm
 FAST_NTPS = NTPSSettings(layers=[0, -1], fractions=[0.25, 0.5, 1.0])
 
 
+@pytest.fixture(scope="module")
+def toy400_csv(tmp_path_factory):
+    """400 toy sentences: a 120-text held-out set makes "beats chance" a sharp claim."""
+    import pandas as pd
+
+    from tests.conftest import make_sentences
+
+    path = tmp_path_factory.mktemp("toy400") / "toy400.csv"
+    pd.DataFrame(make_sentences(400, seed=3), columns=["text", "label"]).to_csv(path, index=False)
+    return path
+
+
 def test_target_modules_are_detected_per_architecture(tiny_llama, tiny_gpt2_left):
     assert detect_target_modules(load_causal_lm(str(tiny_llama)).model) == ["q_proj", "k_proj", "v_proj"]
     assert detect_target_modules(load_causal_lm(str(tiny_gpt2_left)).model) == ["c_attn"]
@@ -107,7 +119,8 @@ def test_lora_training_leaves_base_weights_untouched_and_merge_equals_adapter_mo
     # peft keeps the base parameter objects; training must not have changed a single value.
     assert all(torch.equal(p, before) for p, before in originals)
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
-    assert lora_b and all(float(b.abs().max()) > 0 for b in lora_b)  # B moved away from its zero init
+    # B moved away from its zero initialisation.
+    assert lora_b and all(float(b.detach().abs().max()) > 0 for b in lora_b)
 
     ids, mask, _ = enc_eval.batch(list(range(len(enc_eval))))
     classifier.eval()
@@ -155,19 +168,23 @@ def test_trained_adapter_changes_ntps_above_the_embeddings_only(tiny_llama, toy_
     assert np.nanmax(np.abs(last_after - last_before)) > 1e-3
 
 
-def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_llama, toy_csv, tmp_path):
+def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_llama, toy400_csv, tmp_path):
     from peft import PeftModel
 
     out = tmp_path / "lora"
     config = LoraJobConfig(
-        model=str(tiny_llama), dataset=str(toy_csv), out=out, max_length=64,
+        model=str(tiny_llama), dataset=str(toy400_csv), out=out, max_length=64,
         train=TrainConfig(steps=150, batch_size=8, lr=1e-2, eval_interval=50),
         lora=LoraSettings(r=8, alpha=16), ntps_settings=FAST_NTPS,
     )
     result = run_lora(config)
     data = json.loads((out / "lora.json").read_text())
-    # 36 balanced held-out texts: P(accuracy ≥ 0.7 by chance) ≈ 0.01.
-    assert data["eval_accuracy_lora"] >= 0.7
+    # 120 balanced held-out texts: P(accuracy ≥ 0.75 by chance) < 1e-7. On a random tiny model the frozen
+    # features carry little of the class words, so adapting attention must help (measured 0.875 vs 0.675).
+    assert data["n_eval"] == 120
+    assert data["eval_accuracy_lora"] >= 0.75
+    assert data["eval_accuracy_linear_head"] >= 0.6
+    assert data["gain"] > 0
     assert data["gain"] == pytest.approx(data["eval_accuracy_lora"] - data["eval_accuracy_linear_head"])
     assert data["eval_accuracy_merged"] == data["eval_accuracy_lora"]  # merge preserves every prediction
     assert data["target_modules"] == ["q_proj", "k_proj", "v_proj"] and data["n_adapted_matrices"] == 6
@@ -186,10 +203,11 @@ def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_
     fresh = load_causal_lm(str(tiny_llama))
     reloaded = PeftModel.from_pretrained(fresh.model, str(out / "adapter"))
     merged = merged_loaded_model(reloaded, fresh, "lora-sha256:reloaded")
-    train, _, _ = load_train_eval(str(toy_csv))
+    train, _, _ = load_train_eval(str(toy400_csv))
     again, _ = measure_ntps(merged, train, FAST_NTPS, max_length=64, max_samples=None)
-    np.testing.assert_allclose(np.asarray(again["ntps"], float), np.asarray(data["ntps_after"]["ntps"], float),
-                               rtol=0, atol=1e-12)  # same float32 weights, same float64 statistics
+    expected = np.asarray(data["ntps_after"]["ntps"], float)
+    # Same float32 weights and the same float64 statistics code: equal up to JSON round-off.
+    np.testing.assert_allclose(np.asarray(again["ntps"], float), expected, rtol=0, atol=1e-12)
 
 
 def test_rerun_reuses_the_before_statistics(tiny_llama, toy_csv, tmp_path):
@@ -207,7 +225,8 @@ def test_rerun_reuses_the_before_statistics(tiny_llama, toy_csv, tmp_path):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [(LoraSettings(r=0), "--r"), (LoraSettings(alpha=0), "--alpha"), (LoraSettings(dropout=1.0), "--lora-dropout")],
+    [(LoraSettings(r=0), "--r"), (LoraSettings(alpha=0), "--alpha"),
+     (LoraSettings(dropout=1.0), "--lora-dropout")],
 )
 def test_bad_lora_settings_are_refused(settings, message):
     with pytest.raises(PerceptAlignError, match=message):
@@ -237,7 +256,8 @@ def test_cli_lora_end_to_end(tiny_llama, toy_csv, tmp_path):
 
 
 def test_cli_reports_bad_target_module_and_steps(tiny_llama, toy_csv, tmp_path):
-    base = ["ntps", "lora", "--model", str(tiny_llama), "--dataset", str(toy_csv), "--out", str(tmp_path / "o")]
+    base = ["ntps", "lora", "--model", str(tiny_llama), "--dataset", str(toy_csv),
+            "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, [*base, "--target-modules", "q_proj,nope", "--steps", "2"])
     assert result.exit_code == 2 and "nope" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, [*base, "--steps", "0"])

@@ -76,6 +76,7 @@ def test_streaming_equals_dense_formula_float64(side: str) -> None:
             # Both sides sum the same float64 terms in different orders: relative error ~ n·eps ≈ 1e-13.
             assert max_rel_err(getattr(stats[layer], key), getattr(ref, key)) < 1e-10, (layer, key)
         assert torch.equal(stats[layer].C0, stats[layer].C0.T)
+        assert torch.equal(stats[layer].M_xx, stats[layer].M_xx.T)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -359,8 +359,8 @@ def test_coarse_dt_loses_accuracy_at_12_8_percent() -> None:
     assert fine - coarse > 0.1
 
 
-@pytest.mark.slow
 def test_classic_behaviour_full_sweep_and_dt_convergence() -> None:
+    # 7 × 4000 trials at dt = 1 ms take ~2 s thanks to early stopping, so this runs by default.
     m = WongWang2()
     coh = [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2]
     rows = [_summary(m, c, 4000, i, 1.0) for i, c in enumerate(coh)]

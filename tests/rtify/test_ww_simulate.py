@@ -53,8 +53,8 @@ def test_each_coherence_is_reproducible_on_its_own() -> None:
     b = simulate_coherences([6.4, 12.8], 200, dt_ms=10.0, seed=1, n_examples=0)
     c = simulate_coherences([6.4, 12.8], 200, dt_ms=10.0, seed=2, n_examples=0)
     assert a.summary == b.summary and a.summary != c.summary
-    alone = simulate_coherences([6.4], 200, dt_ms=10.0, seed=1, n_examples=0)
-    assert alone.summary[0] == a.summary[0]
+    alone = simulate_coherences([12.8], 200, dt_ms=10.0, seed=1, n_examples=0)
+    assert alone.summary[0] == a.summary[1]
 
 
 def test_negative_coherence_counts_the_other_choice_as_correct() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,7 +165,10 @@ def apply_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> Any:
         fan_in_fan_out=bool(conv1d),
     )
     torch.manual_seed(seed)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks transformers a deprecated question; the answer is right, the warning is noise.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def adapter_fingerprint(adapter_dir: Path) -> str:

@@ -2,17 +2,23 @@
 
 Why this module exists: the published code builds, per text, an L×(L−1) triangular matrix and a shift
 matrix and multiplies them with the hidden states, which costs O(L²) memory and time per text. Here the
-prefix sums S_t are a masked, chunked scan over the padded batch (O(L·d)), only real rows are gathered,
-and the moments are dense matrix products over all (prefix, next token) pairs of the batch at once.
+prefix sums S_t come from a chunked scan over the whole padded batch (O(L·d); the attention mask folded
+into small triangular weights), and C0/C1 are two matrix products over all (prefix, next token) pairs of
+the batch: the pairs are gathered when the batch has much padding, otherwise S is used in place with its
+non-pair rows zeroed and the next-token rows taken as a one-row shift. C0 is symmetric, so only its upper
+block triangle is multiplied. Scratch buffers are kept between batches (fresh multi-MB allocations
+page-fault on every batch). Nothing O(L²) is ever built.
 
-Precision policy: the products run in the input dtype when it is float32 or float64 (float16 / bfloat16
-are upcast to float32, whose products are both faster and exact enough on CPU), and every batch result
-is added into float64 sums with integer counts. The sums are additive over batches, shards and processes,
-so merging is addition and the division by N happens once, in :meth:`StatisticsAccumulator.finalize`.
+Precision policy: products run in the input dtype when it is float32 or float64 (float16 / bfloat16 are
+upcast to float32, which is both faster and far more exact on CPU); prefix-sum carries and text totals are
+float64; every batch result is added into float64 sums with integer counts. The sums are additive over
+batches, shards and processes, so merging is addition and the division by N happens once, in
+:meth:`StatisticsAccumulator.finalize`. ``compute_dtype=torch.float64`` forces float64 products.
 
 Pairs: for each text, the prefix sum at each real token is paired with the NEXT REAL token, whatever the
 padding side; a mask with holes is read as "these positions are not part of the text", i.e. the real rows
-are compacted first, exactly as the per-text definition with L_n real rows.
+are compacted first, exactly as the per-text definition with L_n real rows. (For masks without holes this
+is the same as the weight w_t = m_t·m_{t+1} of ntps.md.)
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from perceptalign.io import (
 
 STAT_KEYS = ("M_xx", "M_xy", "C0", "C1")
 COUNT_KEYS = ("n_texts", "n_tokens")
+_SYMMETRIC = ("M_xx", "C0")
 
 #: Metadata keys that identify how a statistics cache was made; a cache made with other values is refused.
 IDENTITY_KEYS = (
@@ -126,7 +133,8 @@ class StatisticsAccumulator:
         self._broken: str | None = None
         self._workspace = _Workspace()
         d, f64 = hidden_size, torch.float64
-        # C0 keeps only its upper triangle valid (the batch product fills upper blocks); see _symmetric().
+        # C0 and M_xx keep only their upper triangle authoritative (the batch product of C0 fills only
+        # upper blocks; a BLAS AᵀA need not be bitwise symmetric); sums()/finalize() mirror it.
         self._sums: dict[int, dict[str, Tensor]] = {
             layer: {
                 "M_xx": torch.zeros(d, d, dtype=f64, device=self.device),
@@ -256,6 +264,7 @@ class StatisticsAccumulator:
     def _add_layer(self, layer: int, hidden: Tensor, plan: _BatchPlan) -> None:
         """Compute one layer's batch moments and add them into the float64 sums."""
         dtype = self.compute_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        device = hidden.device
         # The copy-free path reads padding rows (weighted by zero); NaN/inf there (some models leave
         # fully masked rows undefined) would poison it, so a non-finite result is recomputed with the
         # masked copy, which never reads padding, before anything is reported.
@@ -267,14 +276,19 @@ class StatisticsAccumulator:
             raise _non_finite_error(layer, hidden.dtype, "hidden states")
         if problem == "overflow":
             raise _non_finite_error(layer, hidden.dtype, f"{dtype} products (overflow)")
-        # Text means in float64 (the totals come from the float64 carry of the scan).
+        # Text means from the float64 totals; their outer products follow the same precision policy as
+        # C0/C1 (products in the compute dtype, float64 sums): a float64 B×d×d product per layer cost
+        # ~5 % of the update.
         means = totals / plan.lengths.to(totals)[:, None]
         acc = self._sums[layer]
         target = self.device
-        acc["M_xx"].addmm_(means.T.to(target), means.to(target))
         acc["M_xy"].addmm_(means.T.to(target), plan.one_hot.to(target))
-        if c0 is not None and c1 is not None:
-            for key, value in (("C0", c0), ("C1", c1)):
+        means_c = means.to(dtype)
+        mxx = torch.mm(
+            means_c.T, means_c, out=self._workspace.get("Mxx", (self.hidden_size,) * 2, dtype, device)
+        )
+        for key, value in (("M_xx", mxx), ("C0", c0), ("C1", c1)):
+            if value is not None:
                 if value.dtype != torch.float64 or value.device != target:
                     # Convert through a kept float64 buffer: a fresh 8·d² allocation per add page-faults,
                     # which measured 4× slower than the addition itself.
@@ -330,7 +344,7 @@ class StatisticsAccumulator:
         for layer in self.layers:
             for key in STAT_KEYS:
                 value = self._sums[layer][key]
-                out[f"layer{layer}.{key}"] = _symmetric(value) if key == "C0" else value.clone()
+                out[f"layer{layer}.{key}"] = _symmetric(value) if key in _SYMMETRIC else value.clone()
         out["n_texts"] = torch.tensor(self.n_texts, dtype=torch.int64, device=self.device)
         out["n_tokens"] = torch.tensor(self.n_tokens, dtype=torch.int64, device=self.device)
         return out
@@ -390,7 +404,7 @@ class StatisticsAccumulator:
         for layer in self.layers:
             s = self._sums[layer]
             out[layer] = LayerStatistics(
-                M_xx=s["M_xx"] / n, M_xy=s["M_xy"] / n, C0=_symmetric(s["C0"]) / n, C1=s["C1"] / n
+                M_xx=_symmetric(s["M_xx"]) / n, M_xy=s["M_xy"] / n, C0=_symmetric(s["C0"]) / n, C1=s["C1"] / n
             )
         return out
 

@@ -86,9 +86,9 @@ def simulate_coherences(
 ) -> CoherenceSweep:
     """Simulate ``n_trials`` trials per coherence (%) with the two-population model (default parameters).
 
-    Each coherence gets its own generator seeded from (``seed``, its position in ``coherences``), so a
-    coherence's results do not depend on which other coherences are simulated. ``progress(done, total, coherence)`` is
-    called after each coherence.
+    Each coherence gets its own generator seeded from (``seed``, the coherence value), so its results
+    do not depend on which other coherences are simulated or in what order. ``progress(done, total,
+    coherence)`` is called after each coherence.
     """
     coh = [float(c) for c in coherences]
     if not coh:
@@ -110,7 +110,8 @@ def simulate_coherences(
     time_s = np.zeros(0)
     with torch.no_grad():
         for i, c in enumerate(coh):
-            gen = torch.Generator(device=model.I0.device).manual_seed(seed * 1_000_003 + i)
+            stream = (seed * 1_000_003 + round(c * 1000)) % (2**63)
+            gen = torch.Generator(device=model.I0.device).manual_seed(stream)
             rts, choices, decided = [], [], []
             for start in range(0, n_trials, _CHUNK):
                 batch = min(_CHUNK, n_trials - start)

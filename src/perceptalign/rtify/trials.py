@@ -361,7 +361,11 @@ def load_rt_dataset(
                 "The file is not the registered data (modified or a different version); restore it from "
                 f"{record.source_url}."
             )
-        table = trials_from_signed_rt(pd.read_csv(file))
+        raw = pd.read_csv(file)
+        if record.file_format == "signed-rt":
+            table = trials_from_signed_rt(raw)
+        else:
+            table = validate_trials(raw, name=record.name)
     else:
         file = Path(name_or_path)
         if not file.is_file():
