@@ -137,3 +137,12 @@ def test_embedded_smollm2_completes_a_fact():
     with torch.no_grad():
         logits = loaded.model(**ids).logits
     assert loaded.tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+def test_small_datasets_are_not_batched_into_one_wide_batch():
+    """With few texts the budget alone would put 4–56-token texts in one batch (~45% padding)."""
+    lengths = [(i * 29) % 53 + 4 for i in range(128)]
+    batches = token_budget_batches(lengths, token_budget=4096, max_padding=0.1)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert 1 - sum(lengths) / padded < 0.2
+    assert sorted(i for b in batches for i in b) == list(range(128))

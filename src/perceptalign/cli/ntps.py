@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -115,6 +117,7 @@ def score(
     from its checkpoint. The `ntps_reference` variant reproduces the published selection (bottom of
     both spectra): it is numerically ill-posed and only meant for comparison with published numbers.
     """
+    from perceptalign.ntps.distributed import launch_rank
     from perceptalign.ntps.score import ScoreConfig, run_score
 
     ks = parse_int_list(k, "--k")
@@ -142,17 +145,23 @@ def score(
 
         config.fractions = list(DEFAULT_FRACTIONS)
     started = time.perf_counter()
+    # Under torchrun only rank 0 shows progress and the summary; the others stay silent unless they fail.
+    rank = launch_rank()
+    progress = RateProgress(console, "statistics") if rank == 0 else None
     try:
-        with RateProgress(console, "statistics") as progress:
+        with progress or contextlib.nullcontext():
             result = run_score(
                 config,
                 on_status=lambda msg: console.print(f"[dim]{msg}[/dim]"),
-                on_start=lambda n_texts, _n: progress.start(n_texts),
-                on_batch=progress.advance,
+                on_start=(lambda n_texts, _n: progress.start(n_texts)) if progress else None,
+                on_batch=progress.advance if progress else None,
             )
     except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        where = f"[rank {rank}] " if "WORLD_SIZE" in os.environ else ""
+        console.print(f"[red]{where}error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
+    if not result.written:
+        return
     results = result.results
     print_summary(results)
     console.print(

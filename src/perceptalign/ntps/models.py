@@ -242,25 +242,36 @@ def tokenize(loaded: LoadedModel, texts: Sequence[str], max_length: int) -> list
 
 
 def token_budget_batches(
-    lengths: Sequence[int], token_budget: int, max_batch_size: int = 256
+    lengths: Sequence[int],
+    token_budget: int,
+    max_batch_size: int = 256,
+    max_padding: float = 0.1,
 ) -> list[list[int]]:
     """Group text indices into batches of similar length whose padded size stays within a token budget.
 
     Sorting by length before batching removes most padding (mixed 5–60-token texts waste ~45% of a
-    batch to padding when batched in input order). Longest first, so memory peaks at the start.
+    batch to padding when batched in input order). A batch is also closed early when the next text
+    would push its padding above ``max_padding`` — but only once it holds a quarter of the budget, so
+    sparse length ranges still make reasonably large batches. Longest first, so memory peaks at the
+    start; the result depends only on the lengths (deterministic, which resuming relies on).
     """
     if token_budget < 1:
         raise PerceptAlignError(f"token budget must be ≥ 1 (got {token_budget}).")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for index in order:
         # Sorted descending: the first text of a batch is its longest.
         longest = lengths[current[0]] if current else lengths[index]
-        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch_size):
+        padded = (len(current) + 1) * longest
+        big_enough = len(current) * longest >= token_budget / 4
+        too_padded = big_enough and 1 - (real + lengths[index]) / padded > max_padding
+        if current and (padded > token_budget or len(current) >= max_batch_size or too_padded):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(index)
+        real += lengths[index]
     if current:
         batches.append(current)
     return batches

@@ -19,10 +19,19 @@ import torch
 
 from perceptalign.io import PerceptAlignError, write_json_atomic
 from perceptalign.ntps.datasets import TextDataset, load_text_dataset
+from perceptalign.ntps.distributed import (
+    DistributedContext,
+    init_distributed,
+    main_process_first,
+    rank_checkpoint_path,
+    resume_shard,
+    shard_plan,
+)
 from perceptalign.ntps.models import (
     LoadedModel,
     iter_hidden_states,
     load_causal_lm,
+    resolve_model_path,
     token_budget_batches,
     tokenize,
 )
@@ -120,12 +129,19 @@ def compute_statistics(
     identity: dict[str, Any] | None = None,
     on_batch: BatchCallback | None = None,
     on_resume: Callable[[int, int], None] | None = None,
+    distributed: DistributedContext | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
 ) -> StatisticsAccumulator:
     """Stream the dataset through the model once and accumulate per-layer moments.
 
     With a checkpoint path, partial sums are saved atomically at most every ``checkpoint_seconds`` and
     a rerun with the same identity resumes after the last saved batch; batches are deterministic
     (length-sorted), so the resumed result equals an uninterrupted run.
+
+    With a ``distributed`` context of several processes, this rank streams only its round-robin share of
+    the batches (``on_shard`` gets its number of texts and the total), checkpoints to its own
+    ``.rank{r}`` file (resuming only with the same world size), and every rank returns the all-reduced
+    statistics of the whole dataset.
     """
     token_ids = tokenize(loaded, dataset.texts, max_length)
     batches = token_budget_batches([len(x) for x in token_ids], token_budget)
@@ -133,7 +149,20 @@ def compute_statistics(
     plan = {**(identity or {}), "token_budget": token_budget, "n_batches": len(batches)}
     accumulator = StatisticsAccumulator(layers, loaded.hidden_size, dataset.n_classes)
     start = 0
-    if checkpoint_path is not None and checkpoint_path.is_file():
+    sharded = distributed is not None and distributed.world_size > 1
+    if sharded:
+        assert distributed is not None
+        batches, plan = distributed.shard(batches), shard_plan(plan, distributed)
+        if on_shard:
+            on_shard(sum(len(batch) for batch in batches), len(token_ids))
+        if checkpoint_path is not None:
+            saved_shard, start = resume_shard(distributed, checkpoint_path, plan)
+            checkpoint_path = rank_checkpoint_path(checkpoint_path, distributed.rank)
+            if saved_shard is not None:
+                accumulator = saved_shard
+                if on_resume:
+                    on_resume(start, len(batches))
+    elif checkpoint_path is not None and checkpoint_path.is_file():
         saved, extra = StatisticsAccumulator.load_checkpoint(checkpoint_path)
         if extra.get("plan") == json.loads(json.dumps(plan)):
             accumulator, start = saved, int(extra["next_batch"])
@@ -148,6 +177,9 @@ def compute_statistics(
         if checkpoint_path is not None and due and number + 1 < len(batches):
             accumulator.save_checkpoint(checkpoint_path, {"plan": plan, "next_batch": number + 1})
             last_save = time.monotonic()
+    if sharded:
+        assert distributed is not None
+        distributed.all_reduce_statistics(accumulator)
     return accumulator
 
 
@@ -157,6 +189,7 @@ class ScoreResult:
     statistics: dict[int, LayerStatistics]
     out: Path
     reused_cache: bool
+    written: bool = True  # False on the non-zero ranks of a distributed run (results = {}, nothing written)
 
 
 def run_score(
@@ -166,19 +199,49 @@ def run_score(
     on_start: Callable[[int, int], None] | None = None,
     on_batch: BatchCallback | None = None,
 ) -> ScoreResult:
-    """Run the whole `ntps score` job and write ``ntps.json``, the statistics cache and the heat map."""
+    """Run the whole `ntps score` job and write ``ntps.json``, the statistics cache and the heat map.
+
+    Under torchrun (RANK/WORLD_SIZE/… in the environment, see :mod:`perceptalign.ntps.distributed`) the
+    batches are shared by the processes and their sums all-reduced; only rank 0 reports through the
+    callbacks and writes files, the other ranks return ``written=False`` once rank 0 is done.
+    """
+    context = init_distributed()
+    try:
+        return _run_score(config, context, on_status, on_start, on_batch)
+    finally:
+        if context is not None:
+            context.close()
+
+
+def _run_score(
+    config: ScoreConfig,
+    context: DistributedContext | None,
+    on_status: Callable[[str], None] | None,
+    on_start: Callable[[int, int], None] | None,
+    on_batch: BatchCallback | None,
+) -> ScoreResult:
+    main = context is None or context.is_main
+    if not main:
+        on_status = on_start = on_batch = None
     status = on_status or (lambda _msg: None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    status(f"loading dataset {config.dataset} ({config.split})")
-    dataset = load_text_dataset(
-        config.dataset,
-        config.split,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        max_samples=config.max_samples,
-        seed=config.seed,
-    )
+    if context is not None:
+        status(f"distributed run: {context.world_size} processes ({context.backend}), batches round-robin")
+    # Rank 0 fills the dataset and embedded-model caches before the others read them; the weights are
+    # then loaded by all ranks at once.
+    with main_process_first(context):
+        status(f"loading dataset {config.dataset} ({config.split})")
+        dataset = load_text_dataset(
+            config.dataset,
+            config.split,
+            text_column=config.text_column,
+            label_column=config.label_column,
+            max_samples=config.max_samples,
+            seed=config.seed,
+        )
+        if context is not None:
+            resolve_model_path(config.model, status)
     status(f"loading model {config.model}")
     loaded = load_causal_lm(
         config.model,
@@ -198,7 +261,7 @@ def run_score(
         status(f"reusing statistics cache {cache}")
     reused = statistics is not None
     if statistics is None:
-        if on_start:
+        if on_start and context is None:
             on_start(len(dataset), 0)
         accumulator = compute_statistics(
             loaded,
@@ -211,11 +274,24 @@ def run_score(
             identity=metadata,
             on_batch=on_batch,
             on_resume=lambda done, total: status(f"resuming from checkpoint: batch {done}/{total}"),
+            distributed=context,
+            on_shard=lambda n_shard, n_total: (
+                status(f"rank 0 streams {n_shard} of {n_total} texts; progress shows rank 0's share"),
+                on_start(n_shard, 0) if on_start else None,
+            ),
         )
         statistics = accumulator.finalize()
         metadata["n_tokens"] = accumulator.n_tokens
-        save_statistics(cache, statistics, metadata)
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        if main:
+            save_statistics(cache, statistics, metadata)
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        if context is not None:
+            context.barrier()  # the cache is on disk before any rank drops its partial sums
+            rank_checkpoint_path(out / CHECKPOINT_FILE, context.rank).unlink(missing_ok=True)
+    if not main:
+        assert context is not None
+        context.barrier()  # wait for rank 0's files, so that no rank returns before the job is done
+        return ScoreResult(results={}, statistics=statistics, out=out, reused_cache=reused, written=False)
     status("solving subspaces")
     scores = ntps_all_layers(statistics, fractions=config.fractions, ks=config.ks, ridge=config.ridge)
     results: dict[str, Any] = {
@@ -245,4 +321,6 @@ def run_score(
     from perceptalign.ntps.figures import ntps_heatmap, save_figure
 
     save_figure(ntps_heatmap(results), out / HEATMAP_FILE)
+    if context is not None:
+        context.barrier()
     return ScoreResult(results=results, statistics=statistics, out=out, reused_cache=reused)

@@ -471,7 +471,8 @@ class _BatchPlan:
         self.mask = mask
         self.T = T
         self.lengths = mask.sum(dim=1)
-        # Scan chunk: the largest of 32/16/8 that pads T least (padding rows cost product flops).
+        # Scan chunk: among the chunk lengths that pad T least, the preferred one (padding rows cost
+        # product flops, and T a multiple of the chunk allows the copy-free scan).
         self.chunk = min(_SCAN_CHUNKS, key=lambda c: (-(-T // c) * c, _SCAN_CHUNKS.index(c)))
         self.padded_T = Tp = -(-T // self.chunk) * self.chunk
         pos = torch.arange(T, device=device)
@@ -631,7 +632,7 @@ def _prefix_sums(
 
 def _running_sum(x: Tensor) -> Tensor:
     """Inclusive cumulative sum over dim 1 of a B×n×d tensor; a small triangular matmul when n is small
-    (torch's CPU cumsum measured ~10× slower than the matmul for n ≤ 64)."""
+    (torch's CPU cumsum measured several times slower than the matmul for these sizes)."""
     n = x.shape[1]
     if n > 64:
         return x.cumsum(dim=1)

@@ -1,0 +1,200 @@
+"""`perceptalign rtify fit` and `perceptalign rtify compare`: the RTify experiment on human RDM RTs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from perceptalign.cli.rtify import console, rtify_app
+from perceptalign.io import PerceptAlignError, write_text_atomic
+
+_MODELS = ("gru",)
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _load_splits(data: str, data_path: Path | None):  # -> tuple[DataFrame, DataFrame]
+    from perceptalign.rtify.trials import RT_DATASETS, load_rt_dataset, split_trials
+
+    if data not in RT_DATASETS and not Path(data).is_file():
+        raise PerceptAlignError(
+            f"unknown data {data!r}: use a registered dataset ({', '.join(sorted(RT_DATASETS))}) or the path "
+            "of a CSV file (columns split, coherence_pct, signed_rt_s; or split, condition, rt_s, correct)."
+        )
+    if data_path is not None and data not in RT_DATASETS:
+        raise PerceptAlignError(
+            "--data-path locates a registered dataset; with a CSV path in --data, drop it."
+        )
+    table = load_rt_dataset(data, path=data_path)
+    if "split" not in table.columns:
+        raise PerceptAlignError(
+            f"{data}: the table has no 'split' column; RTify fits on 'train' and evaluates on 'test' trials, "
+            "so add a split column with those values."
+        )
+    return split_trials(table, "train"), split_trials(table, "test")
+
+
+@rtify_app.command("fit")
+def fit(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (fit.json and figures).")],
+    data: Annotated[
+        str,
+        typer.Option("--data", help="Registered dataset name (rdm-human) or a CSV path with a split column."),
+    ] = "rdm-human",
+    model: Annotated[
+        str, typer.Option("--model", help="Backbone: gru (abstract RDM evidence task).")
+    ] = "gru",
+    objective: Annotated[
+        str,
+        typer.Option("--objective", help="human: fit the head to human RTs; self-penalty: no human data."),
+    ] = "human",
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss", help="Human-fit distance: wasserstein (default), mse (published) or quantile."
+        ),
+    ] = "wasserstein",
+    penalty: Annotated[
+        str, typer.Option("--penalty", help="Self-penalty: margin (published), tau or p_correct.")
+    ] = "margin",
+    lam: Annotated[float, typer.Option("--lam", help="Self-penalty weight λ (τ in steps).")] = 0.0035,
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps of the RTify head.", min=1)] = 200,
+    gru_steps: Annotated[int, typer.Option("--gru-steps", help="GRU training steps (cached).", min=1)] = 600,
+    hidden_size: Annotated[int, typer.Option("--hidden-size", help="GRU hidden size.", min=1)] = 32,
+    trials: Annotated[
+        int, typer.Option("--trials", help="Simulated training trials per coherence for the fits.", min=2)
+    ] = 250,
+    eval_trials: Annotated[
+        int, typer.Option("--eval-trials", help="Simulated evaluation trials per coherence.", min=2)
+    ] = 2000,
+    evidence: Annotated[
+        str, typer.Option("--evidence", help="Evidence function: linear (published) or increment.")
+    ] = "linear",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (GRU, trials, fits).")] = 0,
+    baselines: Annotated[
+        bool,
+        typer.Option("--baselines/--no-baselines", help="Also fit entropy, evidential and DDM baselines."),
+    ] = True,
+    data_path: Annotated[
+        Path | None, typer.Option("--data-path", help="Where the registered dataset's CSV lies.")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Folder for trained GRU weights (default: toolkit cache).")
+    ] = None,
+) -> None:
+    """Fit RTify on the abstract RDM task to human RTs (or self-penalised) and compare with baselines."""
+    from perceptalign.rtify.fit import METHOD_LABELS, FitConfig, run_fit, write_fit_outputs
+    from perceptalign.rtify.tasks import GRUTrainConfig
+
+    try:
+        if model not in _MODELS:
+            raise PerceptAlignError(f"unknown model {model!r}: choose one of {list(_MODELS)}.")
+        config = FitConfig(
+            objective=objective,
+            loss=loss,
+            penalty=penalty,
+            lam=lam,
+            evidence=evidence,  # type: ignore[arg-type]
+            head_steps=steps,
+            n_train=trials,
+            n_eval=eval_trials,
+            seed=seed,
+        )
+        gru = GRUTrainConfig(hidden_size=hidden_size, steps=gru_steps, seed=seed)
+        human_train, human_test = _load_splits(data, data_path)
+        progress = Progress(
+            TextColumn("[bold]{task.description:<13}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        bars: dict[str, int] = {}
+
+        def update(phase: str, done: int, total: int, status: str) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(phase, total=total, status="")
+            progress.update(bars[phase], completed=done, total=total, status=status)
+
+        with progress:
+            result = run_fit(
+                human_train, human_test, config, gru=gru, baselines=baselines, cache=cache, progress=update
+            )
+        paths = write_fit_outputs(result, human_test, out)
+    except PerceptAlignError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+
+    report = result.report
+    table = Table(title=f"RTify ({objective}, loss {loss}) vs human test trials")
+    for name in (
+        "method",
+        "mean accuracy",
+        "mean W1 (s)",
+        "mean KS",
+        "hist MSE sum",
+        "test loss",
+        "no decision",
+    ):
+        table.add_column(name, justify="right")
+    entries = [(report["model"], report["rtify"]), *report["baselines"].items()]
+    for name, entry in entries:
+        s = entry["summary"]
+        table.add_row(
+            METHOD_LABELS.get(name, name),
+            _fmt(s.get("mean_accuracy_model")),
+            _fmt(s.get("mean_wasserstein")),
+            _fmt(s.get("mean_ks")),
+            f"{s['hist_mse_sum']:.2e}",
+            _fmt(entry["test_loss"]),
+            _fmt(entry["no_decision_rate"]),
+        )
+    console.print(table)
+    runtime = ", ".join(f"{k} {v:.1f} s" for k, v in report["runtime_s"].items())
+    console.print(f"runtime: {runtime}")
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+@rtify_app.command("compare")
+def compare(
+    dirs: Annotated[list[Path], typer.Argument(help="Fit directories written by `rtify fit`.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write the comparison as Markdown.")
+    ] = None,
+) -> None:
+    """One table per coherence (human vs every method: accuracy, median correct RT, W1) and the best fit."""
+    from perceptalign.rtify.fit import compare_fits, comparison_markdown, verdict_line
+
+    try:
+        tables, summary, best = compare_fits(dirs)
+    except PerceptAlignError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    for cond, frame in tables.items():
+        table = Table(title=f"coherence {cond:g}%")
+        for name in ("method", "accuracy", "median correct RT (s)", "W1 (s)"):
+            table.add_column(name, justify="right")
+        for method, row in frame.iterrows():
+            w1 = "—" if method == "human" else _fmt(row["wasserstein"])
+            table.add_row(str(method), _fmt(row["accuracy"]), _fmt(row["median_rt_correct"]), w1)
+        console.print(table)
+    table = Table(title="summary over coherences")
+    for name in ("method", "mean W1 (s)", "mean |Δ accuracy|"):
+        table.add_column(name, justify="right")
+    for method, row in summary.iterrows():
+        table.add_row(str(method), _fmt(row["mean_wasserstein"]), _fmt(row["mean_abs_accuracy_error"]))
+    console.print(table)
+    console.print(verdict_line(best))
+    if out is not None:
+        write_text_atomic(out, comparison_markdown(tables, summary, best))
+        console.print(f"wrote {out}")

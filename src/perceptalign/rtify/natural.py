@@ -1,0 +1,847 @@
+"""RTify on natural images: a recurrent CNN, decision heads fitted to per-image RTs, self-penalised
+training, a Wong–Wang race driven by the CNN's logits, and saliency of the class vs of the decision time.
+
+Pipeline (rtify.md §3–4): train :class:`~perceptalign.rtify.backbones.RecurrentCNN` with cross-entropy
+on EVERY step's readout (so an early decision reads a usable classifier; training on the last step only
+leaves early readouts near chance and the head could only decide late); freeze it; then
+
+* :func:`fit_item_rts` fits a multi-class RTify head (per-step features → accumulators → τ) or a
+  :class:`LogitWongWang` race (|Linear(logits)| → n populations) to a per-image RT table with
+  −Pearson r (+ a small CE that keeps the choice accurate), and reports r on held-out images against a
+  control refitted on shuffled RTs;
+* :func:`train_self_penalised` trains a head with CE + λ·mean(penalty·τ) and no human data;
+* :func:`saliency` gives ∂(class logit)/∂image and ∂τ/∂image.
+
+No per-image human RTs ship with the project (Kar et al. 2019 is not available), so
+:func:`synthetic_item_rts` makes a table from a KNOWN process: RT = t₀ + a·difficulty + noise, the
+difficulty being the predictive entropy of an independent teacher (logistic regression on pixels).
+Recovering that ranking on held-out images is the end-to-end check; any real table plugs in instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from perceptalign.io import PerceptAlignError, cache_dir, load_tensors, save_tensors_atomic
+from perceptalign.rtify.backbones import RecurrentCNN, RecurrentCNNOutput
+from perceptalign.rtify.heads import RTifyHead, RTifyOutput
+from perceptalign.rtify.images import ImageDataset, ImageSplit
+from perceptalign.rtify.losses import neg_pearson, self_penalty_loss
+from perceptalign.rtify.wongwang import WongWangN, WWOutput
+
+__all__ = [
+    "BackboneConfig",
+    "ItemRTFit",
+    "LogitWongWang",
+    "SaliencyMaps",
+    "SelfPenalisedResult",
+    "extract",
+    "fit_item_rts",
+    "load_or_train_backbone",
+    "make_item_head",
+    "read_rt_table",
+    "rt_scatter_figure",
+    "saliency",
+    "saliency_figure",
+    "step_accuracy",
+    "synthetic_item_rts",
+    "teacher_difficulty",
+    "train_backbone",
+    "train_self_penalised",
+]
+
+Progress = Callable[[str, int, int], None]
+Decider = Literal["rtify", "wong-wang"]
+PenaltyKind = Literal["margin", "tau", "p_correct"]
+
+
+def _report(progress: Progress | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backbone: training, evaluation, cache
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything that determines a trained backbone (and hence its cache key).
+
+    ``max_train`` caps the training images (first N of a fixed shuffle) to bound CPU time.
+    """
+
+    width: int = 16
+    n_steps: int = 6
+    pool: int = 2
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 3e-3
+    max_train: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("width", "n_steps", "pool", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PerceptAlignError(f"BackboneConfig.{name} must be a positive integer, got {value!r}.")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise PerceptAlignError(f"BackboneConfig.lr must be a positive number, got {self.lr!r}.")
+        if self.max_train is not None and (not isinstance(self.max_train, int) or self.max_train < 1):
+            raise PerceptAlignError(
+                f"BackboneConfig.max_train must be a positive integer or None, got {self.max_train!r}."
+            )
+
+    def build(self, n_classes: int) -> RecurrentCNN:
+        return RecurrentCNN(n_classes, width=self.width, n_steps=self.n_steps, pool=self.pool)
+
+    def key(self, dataset_checksum: str) -> str:
+        blob = json.dumps({"config": asdict(self), "data": dataset_checksum, "v": 1}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_split(split: ImageSplit, name: str = "images") -> None:
+    if not isinstance(split, ImageSplit):
+        raise PerceptAlignError(f"{name} must be an ImageSplit (see perceptalign.rtify.images).")
+    if len(split) == 0:
+        raise PerceptAlignError(f"{name} is empty; pass at least one image.")
+
+
+def train_backbone(
+    split: ImageSplit, config: BackboneConfig, *, n_classes: int, progress: Progress | None = None
+) -> RecurrentCNN:
+    """Train a :class:`RecurrentCNN` with Adam on the mean cross-entropy over ALL steps' readouts.
+
+    The learning rate follows a cosine decay to 0 over the run (a few epochs; a fixed rate leaves the
+    last epochs noisy). Deterministic given ``config.seed`` (single-threaded CPU kernels).
+    """
+    _check_split(split, "training split")
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = config.build(n_classes)
+    order = torch.randperm(len(split), generator=gen)
+    if config.max_train is not None:
+        order = order[: config.max_train]
+    n = order.numel()
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * k / total)))
+    model.train()
+    done = 0
+    for _ in range(config.epochs):
+        perm = order[torch.randperm(n, generator=gen)]
+        for start in range(0, n, config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            out = model(split.images[idx])
+            labels = split.labels[idx].repeat_interleave(config.n_steps)
+            loss = F.cross_entropy(out.logits.flatten(0, 1), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done += 1
+            _report(progress, "train backbone", done, total)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def extract(model: RecurrentCNN, images: Tensor, *, batch_size: int = 512) -> RecurrentCNNOutput:
+    """Per-step features and logits of a frozen backbone, computed in batches without autograd."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        raise PerceptAlignError("images must be a non-empty (N, C, H, W) tensor.")
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    for start in range(0, images.shape[0], batch_size):
+        out = model(images[start : start + batch_size])
+        feats.append(out.features)
+        logits.append(out.logits)
+    model.train(was_training)
+    return RecurrentCNNOutput(features=torch.cat(feats), logits=torch.cat(logits))
+
+
+def step_accuracy(model: RecurrentCNN, split: ImageSplit, *, batch_size: int = 512) -> np.ndarray:
+    """Accuracy of the readout after each recurrent step, shape (T,)."""
+    _check_split(split)
+    out = extract(model, split.images, batch_size=batch_size)
+    return (out.logits.argmax(-1) == split.labels.unsqueeze(1)).double().mean(0).numpy()
+
+
+def load_or_train_backbone(
+    dataset: ImageDataset,
+    config: BackboneConfig,
+    *,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> tuple[RecurrentCNN, Path, bool]:
+    """Return (model, cache file, loaded_from_cache): trained weights are cached as safetensors.
+
+    The cache key hashes the config and the dataset checksum, so other data or settings never reuse a
+    stale network.
+    """
+    path = cache_dir("rtify", "images") / f"{dataset.name}-{config.key(dataset.checksum)}.safetensors"
+    if use_cache and path.is_file():
+        model = config.build(dataset.n_classes)
+        tensors = load_tensors(path)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise PerceptAlignError(
+                f"cached backbone {path} does not match this version's network ({exc}); delete the file "
+                "to retrain."
+            ) from exc
+        model.eval()
+        return model, path, True
+    model = train_backbone(dataset.train, config, n_classes=dataset.n_classes, progress=progress)
+    meta = {"config": json.dumps(asdict(config)), "dataset": dataset.name, "checksum": dataset.checksum}
+    save_tensors_atomic(path, model.state_dict(), metadata=meta)
+    return model, path, False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-image RT tables: reading, and generating from a known process
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_rt_table(table: pd.DataFrame | str | os.PathLike[str]) -> pd.Series:
+    """Per-image RT (s) indexed by ``image_id``, from a DataFrame or CSV with columns ``image_id, rt_s``.
+
+    Several rows per image (one per subject or trial) are reduced to the MEDIAN, the per-item statistic
+    RTify fits (rtify.md §2b), which is robust to the long right tail of RTs.
+    """
+    if not isinstance(table, pd.DataFrame):
+        path = Path(table)
+        if not path.is_file():
+            raise PerceptAlignError(f"RT table {path} does not exist; pass a CSV with columns image_id, rt_s.")
+        table = pd.read_csv(path, dtype={"image_id": str})
+    missing = [c for c in ("image_id", "rt_s") if c not in table.columns]
+    if missing:
+        raise PerceptAlignError(
+            f"RT table lacks column(s) {missing} (has {list(table.columns)}); it needs image_id (the "
+            "dataset's image ids, e.g. test-00042) and rt_s (reaction time in seconds)."
+        )
+    if table.empty:
+        raise PerceptAlignError("RT table has no rows.")
+    rt = pd.to_numeric(table["rt_s"], errors="coerce")
+    bad = ~np.isfinite(rt.to_numpy(dtype=float)) | (rt.to_numpy(dtype=float) <= 0)
+    if bad.any():
+        rows = table[bad].head(5).to_string()
+        raise PerceptAlignError(
+            f"RT table: rt_s must be a positive finite number of seconds; {int(bad.sum())} bad row(s):\n"
+            f"{rows}\nFix or drop them."
+        )
+    if table["image_id"].isna().any():
+        raise PerceptAlignError("RT table: image_id has missing values; every row needs an image id.")
+    series = pd.Series(rt.to_numpy(dtype=float), index=table["image_id"].astype(str).to_numpy())
+    return series.groupby(level=0).median().rename("rt_s")
+
+
+def teacher_difficulty(
+    teacher_train: ImageSplit, items: ImageSplit, *, max_train: int = 5000, seed: int = 0
+) -> np.ndarray:
+    """Difficulty of each item = predictive entropy (nats) of an independent teacher.
+
+    The teacher is a multinomial logistic regression on 14×14 average-pooled pixels: a different model
+    class from the CNN, so a head that recovers the teacher's ranking has learnt something about the
+    images, not copied its own backbone's confidence.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    _check_split(teacher_train, "teacher_train")
+    _check_split(items, "items")
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(teacher_train))[:max_train]
+
+    def pixels(x: Tensor) -> np.ndarray:
+        return F.avg_pool2d(x, 2).flatten(1).numpy().astype(np.float64)
+
+    clf = LogisticRegression(C=0.5, max_iter=300)
+    clf.fit(pixels(teacher_train.images[torch.as_tensor(pick)]), teacher_train.labels[pick].numpy())
+    proba = np.clip(clf.predict_proba(pixels(items.images)), 1e-12, 1.0)
+    return -(proba * np.log(proba)).sum(axis=1)
+
+
+def synthetic_item_rts(
+    ids: Sequence[str] | np.ndarray,
+    difficulty: np.ndarray,
+    *,
+    t0_s: float = 0.35,
+    scale_s: float = 0.3,
+    noise_s: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Ground-truth table ``image_id, rt_s, difficulty`` with RT = t₀ + scale·difficulty + N(0, noise²).
+
+    The noise bounds the best achievable correlation below 1, like between-subject noise in real data.
+    RTs are floored at 0.05 s so the table stays valid for any parameters.
+    """
+    ids = np.asarray(ids).astype(str)
+    difficulty = np.asarray(difficulty, dtype=float)
+    if ids.ndim != 1 or difficulty.shape != ids.shape or ids.size < 2:
+        raise PerceptAlignError("ids and difficulty must be 1-D, of equal length ≥ 2.")
+    if not np.isfinite(difficulty).all():
+        raise PerceptAlignError("difficulty contains NaN or infinite values.")
+    if not (t0_s >= 0 and scale_s > 0 and noise_s >= 0):
+        raise PerceptAlignError("synthetic RTs need t0_s ≥ 0, scale_s > 0 and noise_s ≥ 0.")
+    rng = np.random.default_rng(seed)
+    rt = t0_s + scale_s * difficulty + noise_s * rng.standard_normal(ids.size)
+    return pd.DataFrame({"image_id": ids, "rt_s": np.maximum(rt, 0.05), "difficulty": difficulty})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deciders: the multi-class RTify head and a Wong–Wang race driven by logits
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_item_head(backbone: RecurrentCNN, *, dt: float = 0.1, t0_init: float = 0.3) -> RTifyHead:
+    """A multi-class RTify head whose evidence and classifier start as copies of the backbone's readout.
+
+    Starting from the readout makes the untrained race meaningful (confident images accumulate faster),
+    so fitting refines a sensible decision process instead of discovering classes from scratch; the
+    threshold is set from data by :func:`fit_item_rts`.
+    """
+    head = RTifyHead(
+        backbone.feature_size,
+        backbone.n_classes,
+        mode="multiclass",
+        dt=dt,
+        evidence="linear",
+        classifier="linear",
+        t0_init=t0_init,
+    )
+    with torch.no_grad():
+        for layer in (head.evidence, head.classifier):
+            assert isinstance(layer, nn.Linear)
+            layer.weight.copy_(backbone.readout.weight)
+            layer.bias.copy_(backbone.readout.bias)
+    return head
+
+
+def _set_threshold_from_data(head: RTifyHead, features: Tensor, quantile: float = 0.5) -> None:
+    """θ := the ``quantile`` of max_c Φ at the middle step, so about half the items decide by then.
+
+    A threshold far below every Φ makes all items decide at step 0 (no variance, no gradient); far above
+    makes them all undecided (censored, zero gradient). The median puts the race where it can move.
+    """
+    with torch.no_grad():
+        ev = head.evidence(features)
+        phi = torch.cumsum(F.softplus(ev) if head.nonnegative else ev, dim=1)
+        mid = (features.shape[1] - 1) // 2
+        theta = torch.quantile(phi[:, mid].amax(dim=-1), quantile).clamp_min(1e-3)
+        head.raw_threshold.copy_(torch.log(torch.expm1(theta)))
+
+
+class LogitWongWang(nn.Module):
+    """n-population Wong–Wang race whose inputs are |W·logits| (W learnable, initialised ``mix_init``·I).
+
+    rtify.md §3 (CNN integration, multi-class): a frozen classifier's logits replace the coherence.
+    ``logits`` (B, C) drive the populations for the whole stimulus; (B, T, C) per-step logits of a
+    recurrent backbone are presented as a time series, one frame per step. Learnable: W and the
+    Wong–Wang J, J_ext, I₀, σ, θ. ``dt_ms`` is coarse by default (10 ms) to keep fitting cheap; evaluate
+    on a finer grid with ``forward(..., dt_ms=1.0)`` to check the dt-dependence.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        *,
+        mix_init: float = 0.2,
+        dt_ms: float = 10.0,
+        max_time_s: float = 2.0,
+        **ww_kwargs: float,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+            raise PerceptAlignError(f"n_classes must be an integer ≥ 2, got {n_classes!r}.")
+        self.n_classes = n_classes
+        self.mix = nn.Linear(n_classes, n_classes, bias=False)
+        with torch.no_grad():
+            self.mix.weight.copy_(mix_init * torch.eye(n_classes))
+        self.ww = WongWangN(
+            n_classes, dt_ms=dt_ms, max_time_s=max_time_s, stim_duration_s=max_time_s, **ww_kwargs
+        )
+
+    def drive(self, logits: Tensor) -> Tensor:
+        if not isinstance(logits, Tensor) or logits.dim() not in (2, 3) or logits.shape[-1] != self.n_classes:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise PerceptAlignError(
+                f"logits must be (B, {self.n_classes}) or (B, T, {self.n_classes}), got {shape}."
+            )
+        return self.mix(logits).abs()
+
+    def forward(self, logits: Tensor, *, generator: torch.Generator | None = None, **kwargs: float) -> WWOutput:
+        return self.ww(self.drive(logits), generator=generator, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fitting a decider to per-image RTs
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemRTFit:
+    """Outcome of :func:`fit_item_rts`.
+
+    ``table`` has one row per image: image_id, split ("fit" / "heldout"), human_rt_s, model_rt_s,
+    decided, correct. ``r_shuffled_heldout`` is the held-out r of the same procedure fitted to RTs
+    permuted across the fit images (the control: what fitting achieves with no item information).
+    """
+
+    decider: str
+    module: nn.Module
+    table: pd.DataFrame
+    r_fit: float
+    r_heldout: float
+    r_initial_heldout: float
+    r_shuffled_heldout: float | None
+    accuracy_heldout: float
+    no_decision_rate_heldout: float
+    history: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        held = self.table["split"] == "heldout"
+        return {
+            "decider": self.decider,
+            "n_fit": int((~held).sum()),
+            "n_heldout": int(held.sum()),
+            "r_fit": self.r_fit,
+            "r_heldout": self.r_heldout,
+            "r_initial_heldout": self.r_initial_heldout,
+            "r_shuffled_heldout": self.r_shuffled_heldout,
+            "accuracy_heldout": self.accuracy_heldout,
+            "no_decision_rate_heldout": self.no_decision_rate_heldout,
+            "mean_model_rt_heldout_s": float(self.table.loc[held, "model_rt_s"].mean()),
+        }
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = np.asarray(x, dtype=float) - np.mean(x)
+    y = np.asarray(y, dtype=float) - np.mean(y)
+    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+@dataclass
+class _Batch:
+    features: Tensor
+    logits: Tensor
+    labels: Tensor
+    rt: Tensor
+
+
+def _run_decider(
+    module: nn.Module, decider: Decider, batch: _Batch, generator: torch.Generator | None, ww_input: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(rt_s, decided, choice_logits) of either decider on a batch."""
+    if decider == "rtify":
+        assert isinstance(module, RTifyHead)
+        out: RTifyOutput = module(batch.features)
+        return out.rt_s, out.decision.decided, out.choice_logits
+    assert isinstance(module, LogitWongWang)
+    logits = batch.logits[:, -1] if ww_input == "last" else batch.logits
+    ww_out = module(logits, generator=generator)
+    drive = module.drive(batch.logits[:, -1])
+    return ww_out.rt_s, ww_out.decided, drive
+
+
+@torch.no_grad()
+def _predict(
+    module: nn.Module, decider: Decider, batch: _Batch, *, repeats: int, seed: int, ww_input: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model RT (mean over ``repeats`` noise draws for the stochastic WW), decided fraction, choice."""
+    n_rep = repeats if decider == "wong-wang" else 1
+    rts, decided, choices = [], [], []
+    for k in range(n_rep):
+        gen = torch.Generator().manual_seed(seed + 7919 * k)
+        if decider == "wong-wang":
+            assert isinstance(module, LogitWongWang)
+            logits = batch.logits[:, -1] if ww_input == "last" else batch.logits
+            out = module(logits, generator=gen)
+            rt, dec, choice = out.rt_s, out.decided, out.choice
+        else:
+            rt, dec, logits_c = _run_decider(module, decider, batch, gen, ww_input)
+            choice = logits_c.argmax(-1)
+        rts.append(rt.numpy())
+        decided.append(dec.numpy())
+        choices.append(choice.numpy())
+    rt_mean = np.mean(rts, axis=0)
+    decided_frac = np.mean(decided, axis=0)
+    # Choice of the first draw (a real trial); averaging choices has no meaning.
+    return rt_mean, decided_frac, choices[0]
+
+
+def _build_decider(backbone: RecurrentCNN, decider: Decider, fit: _Batch, ww_kwargs: dict) -> nn.Module:
+    if decider == "rtify":
+        head = make_item_head(backbone)
+        _set_threshold_from_data(head, fit.features)
+        return head
+    return LogitWongWang(backbone.n_classes, **ww_kwargs)
+
+
+def _train_decider(
+    module: nn.Module,
+    decider: Decider,
+    fit: _Batch,
+    *,
+    epochs: int,
+    lr: float,
+    ce_weight: float,
+    batch_size: int,
+    seed: int,
+    ww_input: str,
+    progress: Progress | None,
+    stage: str,
+) -> list[float]:
+    """Adam on −r(model RT, human RT) + ce_weight·CE over mini-batches of fit images.
+
+    Batches are large (Pearson r is a batch statistic; a small batch gives a noisy, biased gradient).
+    Gradients are clipped to norm 1: the implicit τ-gradient is 1/slope and can be large near a flat
+    crossing.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = fit.rt.shape[0]
+    history: list[float] = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            if idx.numel() < 3:
+                continue
+            part = _Batch(fit.features[idx], fit.logits[idx], fit.labels[idx], fit.rt[idx])
+            noise = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 9973 + start)
+            rt, _, choice_logits = _run_decider(module, decider, part, noise, ww_input)
+            loss = neg_pearson(rt, part.rt)
+            if ce_weight > 0:
+                loss = loss + ce_weight * F.cross_entropy(choice_logits, part.labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+            count += idx.numel()
+        history.append(total / max(count, 1))
+        _report(progress, stage, epoch + 1, epochs)
+    return history
+
+
+def fit_item_rts(
+    backbone: RecurrentCNN,
+    images: ImageSplit,
+    rt_table: pd.DataFrame | pd.Series | str | os.PathLike[str],
+    *,
+    decider: Decider = "rtify",
+    holdout_fraction: float = 0.5,
+    epochs: int | None = None,
+    lr: float | None = None,
+    ce_weight: float = 0.1,
+    batch_size: int = 1024,
+    shuffled_control: bool = True,
+    eval_repeats: int = 8,
+    ww_input: Literal["last", "steps"] = "last",
+    ww_kwargs: dict | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ItemRTFit:
+    """Fit a decider on a frozen backbone to per-image RTs; report Pearson r on held-out images.
+
+    ``rt_table``: a table/CSV with ``image_id, rt_s`` (see :func:`read_rt_table`) or a Series indexed by
+    image id. Only images of ``images`` that appear in the table are used; a random ``holdout_fraction``
+    of them is never seen by the fit. ``decider="rtify"`` fits a multi-class :class:`RTifyHead` on the
+    per-step features; ``"wong-wang"`` a :class:`LogitWongWang` on the logits (the last step's, or all
+    steps as a time series with ``ww_input="steps"``); its RTs are averaged over ``eval_repeats`` noise
+    draws when evaluated. Defaults: 300 epochs at lr 0.02 (head) or 40 at lr 0.003 (Wong–Wang).
+    """
+    _check_split(images)
+    if decider not in ("rtify", "wong-wang"):
+        raise PerceptAlignError(f"decider must be 'rtify' or 'wong-wang', got {decider!r}.")
+    if ww_input not in ("last", "steps"):
+        raise PerceptAlignError(f"ww_input must be 'last' or 'steps', got {ww_input!r}.")
+    if not 0 < holdout_fraction < 1:
+        raise PerceptAlignError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}.")
+    if not ce_weight >= 0:
+        raise PerceptAlignError(f"ce_weight must be ≥ 0, got {ce_weight!r}.")
+    epochs = (300 if decider == "rtify" else 40) if epochs is None else epochs
+    lr = (0.02 if decider == "rtify" else 0.003) if lr is None else lr
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise PerceptAlignError(f"epochs must be a non-negative integer, got {epochs!r}.")
+    rts = rt_table if isinstance(rt_table, pd.Series) else read_rt_table(rt_table)
+    ids = np.asarray(images.ids).astype(str)
+    known = np.isin(ids, rts.index.to_numpy(dtype=str))
+    if known.sum() < 10:
+        unknown = [i for i in rts.index[:3]]
+        raise PerceptAlignError(
+            f"only {int(known.sum())} of the RT table's images are in this split (need ≥ 10); table ids "
+            f"look like {unknown}, the split's like {list(ids[:3])}. Use the dataset's image ids."
+        )
+    rows = np.flatnonzero(known)
+    rng = np.random.default_rng(seed)
+    rows = rows[rng.permutation(rows.size)]
+    n_held = max(3, int(round(holdout_fraction * rows.size)))
+    if rows.size - n_held < 3:
+        raise PerceptAlignError(f"too few images ({rows.size}) to hold out {holdout_fraction:.0%} and fit.")
+    held_rows, fit_rows = np.sort(rows[:n_held]), np.sort(rows[n_held:])
+    human = torch.tensor(rts.loc[ids].to_numpy() if known.all() else rts.reindex(ids).to_numpy())
+    human = human.float()
+    if torch.all(human[torch.as_tensor(fit_rows)] == human[torch.as_tensor(fit_rows)][0]):
+        raise PerceptAlignError("the RT table's RTs are constant on the fit images; r is undefined.")
+
+    out = extract(backbone, images.images)
+
+    def batch(r: np.ndarray, rt: Tensor | None = None) -> _Batch:
+        t = torch.as_tensor(r)
+        return _Batch(out.features[t], out.logits[t], images.labels[t], human[t] if rt is None else rt)
+
+    fit, held = batch(fit_rows), batch(held_rows)
+    ww_kwargs = dict(ww_kwargs or {})
+    torch.manual_seed(seed)
+    module = _build_decider(backbone, decider, fit, ww_kwargs)
+    init_rt, _, _ = _predict(module, decider, held, repeats=eval_repeats, seed=seed, ww_input=ww_input)
+    r_initial = _pearson(init_rt, held.rt.numpy())
+    common = {
+        "epochs": epochs,
+        "lr": lr,
+        "ce_weight": ce_weight,
+        "batch_size": batch_size,
+        "seed": seed,
+        "ww_input": ww_input,
+        "progress": progress,
+    }
+    history = _train_decider(module, decider, fit, stage=f"fit {decider}", **common)
+
+    r_shuffled = None
+    if shuffled_control:
+        perm = torch.as_tensor(rng.permutation(fit_rows.size))
+        shuffled = batch(fit_rows, fit.rt[perm])
+        torch.manual_seed(seed)
+        control = _build_decider(backbone, decider, shuffled, ww_kwargs)
+        _train_decider(control, decider, shuffled, stage=f"fit {decider} (shuffled control)", **common)
+        ctrl_rt, _, _ = _predict(control, decider, held, repeats=eval_repeats, seed=seed, ww_input=ww_input)
+        r_shuffled = _pearson(ctrl_rt, held.rt.numpy())
+
+    parts = []
+    for name, r, b in (("fit", fit_rows, fit), ("heldout", held_rows, held)):
+        rt, dec, choice = _predict(module, decider, b, repeats=eval_repeats, seed=seed + 1, ww_input=ww_input)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "image_id": ids[r],
+                    "split": name,
+                    "label": b.labels.numpy(),
+                    "human_rt_s": b.rt.numpy(),
+                    "model_rt_s": rt,
+                    "decided": dec,
+                    "correct": choice == b.labels.numpy(),
+                }
+            )
+        )
+    table = pd.concat(parts, ignore_index=True)
+    f_rows, h_rows = table[table.split == "fit"], table[table.split == "heldout"]
+    return ItemRTFit(
+        decider=decider,
+        module=module,
+        table=table,
+        r_fit=_pearson(f_rows.model_rt_s, f_rows.human_rt_s),
+        r_heldout=_pearson(h_rows.model_rt_s, h_rows.human_rt_s),
+        r_initial_heldout=r_initial,
+        r_shuffled_heldout=r_shuffled,
+        accuracy_heldout=float(h_rows.correct.mean()),
+        no_decision_rate_heldout=float(1.0 - h_rows.decided.mean()),
+        history=history,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Self-penalised ("ideal observer") training
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelfPenalisedResult:
+    """A head trained with CE + λ·mean(penalty·τ); statistics on the evaluation images."""
+
+    head: RTifyHead
+    lam: float
+    kind: str
+    mean_tau: float
+    mean_rt_s: float
+    accuracy: float
+    no_decision_rate: float
+
+    def summary(self) -> dict[str, float | str]:
+        return {k: v for k, v in asdict(self).items() if k != "head"}
+
+
+def train_self_penalised(
+    backbone: RecurrentCNN,
+    train: ImageSplit,
+    evaluate: ImageSplit,
+    *,
+    lam: float,
+    kind: PenaltyKind = "margin",
+    epochs: int = 30,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    finetune_backbone: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SelfPenalisedResult:
+    """Train an RTify head (optionally with the backbone) with CE + λ·mean(penalty·τ), no human data.
+
+    τ is in steps (as in the published λ values). With a frozen backbone (default) features are
+    extracted once, which makes a λ sweep cheap; ``finetune_backbone=True`` trains CNN + head jointly on
+    the images (a copy of the backbone is trained; the caller's stays frozen). The head starts from the
+    backbone readout with θ set so that about half the images decide by the middle step.
+    """
+    _check_split(train, "train")
+    _check_split(evaluate, "evaluate")
+    if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
+        raise PerceptAlignError(f"lam must be a finite number ≥ 0, got {lam!r}.")
+    torch.manual_seed(seed)
+    net = backbone
+    if finetune_backbone:
+        net = type(backbone)(
+            backbone.n_classes,
+            in_channels=backbone.in_channels,
+            width=backbone.width,
+            n_steps=backbone.n_steps,
+            pool=backbone.pool,
+        )
+        net.load_state_dict(backbone.state_dict())
+    head = make_item_head(net)
+    train_feats = extract(net, train.images).features
+    _set_threshold_from_data(head, train_feats)
+    params = list(head.parameters()) + (list(net.parameters()) if finetune_backbone else [])
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(train)
+    net.train(finetune_backbone)
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            feats = net(train.images[idx]).features if finetune_backbone else train_feats[idx]
+            out = head(feats)
+            loss = self_penalty_loss(out.choice_logits, train.labels[idx], out.decision.tau, lam=lam, kind=kind)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        _report(progress, f"self-penalised λ={lam:g}", epoch + 1, epochs)
+    net.eval()
+    with torch.no_grad():
+        out = head(extract(net, evaluate.images).features)
+    return SelfPenalisedResult(
+        head=head,
+        lam=float(lam),
+        kind=kind,
+        mean_tau=float(out.decision.tau.mean()),
+        mean_rt_s=float(out.rt_s.mean()),
+        accuracy=float((out.choice == evaluate.labels).double().mean()),
+        no_decision_rate=out.decision.no_decision_rate,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saliency and figures
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SaliencyMaps:
+    """Signed input gradients (N, H, W) of the chosen class's read-out logit and of τ (summed over channels).
+
+    For undecided images the τ-gradient is exactly zero (censored decisions carry no gradient).
+    """
+
+    images: Tensor
+    class_gradient: Tensor
+    tau_gradient: Tensor
+    tau: Tensor
+    decided: Tensor
+    choice: Tensor
+
+
+def saliency(backbone: RecurrentCNN, head: RTifyHead, images: Tensor) -> SaliencyMaps:
+    """∂(choice logit)/∂image and ∂τ/∂image through a frozen backbone and an RTify head.
+
+    Per-image gradients come from one backward pass of a SUM: GroupNorm statistics are per image and the
+    backbone is in eval mode, so no image's output depends on another's pixels.
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        raise PerceptAlignError("images must be a non-empty (N, C, H, W) tensor.")
+    was_training = backbone.training
+    backbone.eval()
+    x = images.detach().clone().requires_grad_(True)
+    out = head(backbone(x).features)
+    choice = out.choice.detach()
+    score = out.choice_logits.gather(1, choice.unsqueeze(1)).sum()
+    (class_grad,) = torch.autograd.grad(score, x, retain_graph=True)
+    (tau_grad,) = torch.autograd.grad(out.decision.tau.sum(), x)
+    backbone.train(was_training)
+    return SaliencyMaps(
+        images=images.detach(),
+        class_gradient=class_grad.sum(1),
+        tau_gradient=tau_grad.sum(1),
+        tau=out.decision.tau.detach(),
+        decided=out.decision.decided.detach(),
+        choice=choice,
+    )
+
+
+def saliency_figure(maps: SaliencyMaps, class_names: Sequence[str] | None = None, *, dt: float = 1.0) -> Figure:
+    """One row per image: the image, |∂class/∂x| and |∂τ/∂x| (each map scaled to its own maximum)."""
+    n = maps.images.shape[0]
+    fig = Figure(figsize=(6.6, 2.2 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i in range(n):
+        label = class_names[int(maps.choice[i])] if class_names else str(int(maps.choice[i]))
+        status = f"τ={float(maps.tau[i]) * dt:g}" if bool(maps.decided[i]) else "undecided"
+        panels = (
+            (maps.images[i].mean(0), "gray", f"choice: {label}"),
+            (maps.class_gradient[i].abs(), "magma", "class saliency"),
+            (maps.tau_gradient[i].abs(), "viridis", f"τ saliency ({status})"),
+        )
+        for ax, (img, cmap, title) in zip(axes[i], panels, strict=True):
+            ax.imshow(img.numpy(), cmap=cmap)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def rt_scatter_figure(fits: Sequence[ItemRTFit]) -> Figure:
+    """Held-out model RT vs human RT per image, one panel per decider, Pearson r in the title."""
+    if not fits:
+        raise PerceptAlignError("rt_scatter_figure needs at least one fit.")
+    fig = Figure(figsize=(4.2 * len(fits), 4.0))
+    axes = fig.subplots(1, len(fits), squeeze=False)[0]
+    for ax, fit in zip(axes, fits, strict=True):
+        held = fit.table[fit.table.split == "heldout"]
+        ax.scatter(held.human_rt_s, held.model_rt_s, s=6, alpha=0.4, c=np.where(held.correct, "C0", "C3"))
+        ax.set_xlabel("human RT (s)")
+        ax.set_ylabel("model RT (s)")
+        shuffled = "" if fit.r_shuffled_heldout is None else f", shuffled {fit.r_shuffled_heldout:.2f}"
+        ax.set_title(f"{fit.decider}: held-out r = {fit.r_heldout:.2f}{shuffled}", fontsize=9)
+    fig.tight_layout()
+    return fig
