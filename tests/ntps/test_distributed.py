@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,8 @@ def test_inconsistent_launch_environment_is_refused_with_the_fix(env, message):
     with pytest.raises(PerceptAlignError, match=message) as info:
         detect_launch(env)
     assert "torchrun --nproc_per_node" in str(info.value)
-    assert launch_rank(env) == 0  # the CLI's printing decision never raises; run_score reports the error
+    # The CLI's printing decision never raises (run_score reports the error): the rank if readable, else 0.
+    assert launch_rank(env) == (int(env["RANK"]) if env.get("RANK", "").isdigit() else 0)
 
 
 def test_cli_reports_a_broken_launch_environment(tmp_path):
@@ -265,6 +267,12 @@ def _spawned_worker(rank: int, world_size: int, port: int, model: str, csv: str,
                 for key in STAT_KEYS
             },
         )
+        # A rerun reuses rank 0's cache (rank 1's directory has none: it computes and all-reduces again).
+        shared_run = work_dir / "cached"
+        first = run_score(replace(config, out=shared_run))
+        again = run_score(replace(config, out=shared_run))
+        report["rerun"] = [first.reused_cache, again.reused_cache, again.written]
+        report["rerun_equal"] = again.statistics[2].C1.equal(first.statistics[2].C1)
 
         loaded = load_causal_lm(model, dtype="float64")
         dataset = load_text_dataset(csv)
@@ -396,6 +404,9 @@ def test_only_rank_zero_writes_and_reports(spawned, single_process_sums):
         "ntps_heatmap.png",
     }
     assert reports[1]["progress"] == []
+    # Rerun in a shared directory: every rank reuses the cache, rank 0 alone writes again.
+    assert [r["rerun"] for r in reports] == [[False, True, True], [False, True, False]]
+    assert all(r["rerun_equal"] for r in reports)
     # Rank 0's progress bar counts its own shard: started with its share, advanced to exactly that share.
     progress = reports[0]["progress"]
     starts = [n for kind, n in progress if kind == "start"]

@@ -284,6 +284,13 @@ def test_interrupted_run_resumes_bit_for_bit(tokenizer, streams, tmp_path) -> No
     # same seed, same batches, same CPU kernels and threads: the runs must agree exactly
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.history == straight.history
+    # a finished model of the same run is kept, not retrained; another recipe is trained anew
+    before = (tmp_path / "resumed" / "model.safetensors").stat().st_mtime_ns
+    again = train_causal_lm(cfg, tokenizer, train, val, tmp_path / "resumed")
+    assert again.reused and again.val_loss == resumed.val_loss and again.history == resumed.history
+    assert (tmp_path / "resumed" / "model.safetensors").stat().st_mtime_ns == before
+    other = train_causal_lm(_tiny_config(steps=3), tokenizer, train, val, tmp_path / "resumed")
+    assert not other.reused and other.steps == 3
 
 
 def test_resume_refuses_a_different_recipe(tokenizer, streams, tmp_path) -> None:
@@ -381,5 +388,18 @@ def test_cli_pretrain_writes_a_loadable_model(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "scratch-lm-tiny" / RECORD_FILE).read_text())
     assert record["steps"] == 2 and record["provenance"]["train_tokens"] > 1_000_000
+
+
+def test_cli_pretrain_rejects_bad_options(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    import perceptalign.cli.ntps_pretrain  # noqa: F401  registers the command
+    from perceptalign.cli.ntps import ntps_app
+
     bad = CliRunner().invoke(ntps_app, ["pretrain", "--size", "huge", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown model size" in bad.output
+    bad = CliRunner().invoke(ntps_app, ["pretrain", "--threads", "0", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--threads" in bad.output
+    bad = CliRunner().invoke(ntps_app, ["pretrain", "--steps", "0", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--steps must be ≥ 1" in bad.output
+    assert not any(tmp_path.iterdir())  # nothing written for invalid settings

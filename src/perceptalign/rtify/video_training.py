@@ -246,7 +246,8 @@ def _loss(model: VideoBackbone, videos: Tensor, label: Tensor, loss_on: str) -> 
 
 
 def train_backbone(
-    config: BackboneTrainingConfig,
+    kind: str,
+    config: BackboneTrainingConfig | None = None,
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = True,
@@ -256,8 +257,13 @@ def train_backbone(
 
     Resuming needs the same settings except ``epochs`` (a finished run can be extended). Stimuli are
     reseeded per epoch and nothing else is random, so a resumed run ends with the same weights as an
-    uninterrupted one.
+    uninterrupted one. ``kind`` ('c3d' or 'cnn-lstm') overrides ``config.kind``; ``config=None`` uses
+    the documented default scale.
     """
+    if config is None:
+        config = BackboneTrainingConfig(kind=kind)
+    elif config.kind != kind:
+        config = dataclasses.replace(config, kind=kind)
     model = _new_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
@@ -651,6 +657,9 @@ def plot_psychometric(tables: Mapping[str, pd.DataFrame]) -> Figure:
         )
     ax.axhline(0.5, color="0.6", linestyle="--", linewidth=1, label="chance")
     ax.set_xscale("log")
+    ticks = sorted({float(c) for table in tables.values() for c in table["coherence_pct"]})
+    ax.set_xticks(ticks, [f"{c:g}" for c in ticks], fontsize=7)
+    ax.minorticks_off()
     ax.set_xlabel("motion coherence (%)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.4, 1.02)

@@ -1,0 +1,328 @@
+"""RTify fitting: the pieces against independent formulas, recovery of a planted head, the accuracy term,
+the self-penalised speed–accuracy trade-off, the fit.json schema and the comparison of fits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from perceptalign.io import PerceptAlignError, read_json
+from perceptalign.rtify.fit import (
+    FitConfig,
+    HumanTargets,
+    build_head,
+    compare_fits,
+    comparison_markdown,
+    expected_signed_histograms,
+    fit_head_to_human,
+    init_threshold,
+    objective_value,
+    p_correct,
+    predict_table,
+    run_fit,
+    simulate,
+    table_loss,
+    train_self_penalised,
+    weighted_quantiles,
+    write_fit_outputs,
+)
+from perceptalign.rtify.heads import inverse_softplus
+from perceptalign.rtify.losses import soft_histogram
+from perceptalign.rtify.metrics import fit_quality
+from perceptalign.rtify.tasks import GRUBackbone, GRUTrainConfig, RDMTaskConfig, load_or_train_gru
+
+TASK = RDMTaskConfig(coherences=(3.2, 12.8, 51.2), dt=0.05, n_steps=40)
+GRU = GRUTrainConfig(hidden_size=16, steps=150, batch_size=64, lr=1e-2, seed=0)
+HUMAN_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "rdm_human_rt.csv"
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> GRUBackbone:
+    torch.set_num_threads(1)
+    model, _ = load_or_train_gru(TASK, GRU, cache=tmp_path_factory.mktemp("gru"))
+    return model
+
+
+def planted_head(backbone: GRUBackbone, t0: float = 0.35, target_step: float = 10.0, sharpness: float = 0.7):
+    """A known RTify head: GRU read-out evidence, a threshold at a chosen median step, t₀, softened choice."""
+    torch.manual_seed(1)
+    head = build_head(backbone, TASK, FitConfig())
+    sim = simulate(backbone, TASK, 100, seed=5)
+    init_threshold(head, sim.hidden, target_step)
+    with torch.no_grad():
+        head.raw_t0.copy_(torch.tensor(inverse_softplus(t0)))
+        head.classifier.weight.mul_(sharpness)
+        head.classifier.bias.mul_(sharpness)
+    return head
+
+
+def human_like(head, backbone: GRUBackbone, n: int, seed: int) -> pd.DataFrame:
+    """Synthetic "human" trials from a head: responses only (undecided trials dropped), like human data."""
+    table = predict_table(head, simulate(backbone, TASK, n, seed=seed), choice_rule="sample", seed=seed)
+    return table[table["decided"]].drop(columns="decided").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def test_weighted_quantiles_match_numpy_hazen_and_ignore_zero_weights() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=57)
+    qs = (0.1, 0.3, 0.5, 0.7, 0.9)
+    got = weighted_quantiles(torch.tensor(values), torch.ones(57, dtype=torch.float64), qs)
+    # Equal weights put the k-th order statistic at (k − ½)/n: numpy's Hazen definition, to rounding.
+    np.testing.assert_allclose(got.numpy(), np.quantile(values, qs, method="hazen"), atol=1e-12)
+    weights = torch.ones(57, dtype=torch.float64)
+    weights[::3] = 0.0
+    kept = np.delete(values, np.arange(0, 57, 3))
+    got = weighted_quantiles(torch.tensor(values), weights, qs)
+    np.testing.assert_allclose(got.numpy(), np.quantile(kept, qs, method="hazen"), atol=1e-12)
+
+
+def test_weighted_quantiles_gradient_reaches_values_and_weights() -> None:
+    values = torch.tensor([0.3, 0.5, 0.9, 1.4], requires_grad=True)
+    weights = torch.tensor([1.0, 2.0, 1.0, 1.0], requires_grad=True)
+    weighted_quantiles(values, weights, (0.5,)).sum().backward()
+    assert values.grad is not None and float(values.grad.abs().sum()) > 0
+    assert weights.grad is not None and float(weights.grad.abs().sum()) > 0
+
+
+def test_expected_histogram_with_hard_choices_is_the_signed_histogram() -> None:
+    rng = np.random.default_rng(1)
+    rt = torch.tensor(rng.uniform(0.3, 1.5, 80), dtype=torch.float32)
+    correct = torch.tensor(rng.random(80) < 0.7)
+    cond = torch.tensor([0] * 40 + [1] * 40)
+    cfg = FitConfig(n_bins=100)
+    got = expected_signed_histograms(rt, correct.float(), torch.ones(80, dtype=torch.bool), cond, 2, cfg)
+    for k in range(2):
+        m = cond == k
+        signed = torch.where(correct[m], rt[m], -rt[m])
+        ref = soft_histogram(signed, n_bins=100)  # p ∈ {0, 1}: the mixture collapses to the hard histogram
+        torch.testing.assert_close(got[k], ref, atol=1e-6, rtol=1e-5)
+    # A condition where half the trials are undecided keeps half its mass (missing mass, not renormalised).
+    decided = torch.ones(80, dtype=torch.bool)
+    decided[40:60] = False
+    partial = expected_signed_histograms(rt, correct.float(), decided, cond, 2, cfg)
+    assert float(partial[1].sum()) == pytest.approx(0.5 * float(got[1][:].sum()) * 20 / 20, rel=0.05)
+
+
+def test_objective_is_zero_only_at_human_statistics() -> None:
+    rng = np.random.default_rng(2)
+    n = 3000
+    human = pd.DataFrame(
+        {"condition": np.repeat([3.2, 51.2], n), "rt_s": rng.uniform(0.3, 1.2, 2 * n),
+         "correct": rng.random(2 * n) < np.repeat([0.6, 0.95], n)}
+    )
+    for loss in ("mse", "wasserstein", "quantile"):
+        cfg = FitConfig(loss=loss)
+        targets = HumanTargets.from_table(human, [3.2, 51.2], cfg)
+        same = table_loss(human.assign(decided=True), targets, cfg)
+        shifted = table_loss(human.assign(rt_s=human["rt_s"] + 0.2, decided=True), targets, cfg)
+        # The human table itself: identical histograms / quantiles and accuracy, so the loss vanishes
+        # (up to float32 rounding of the kernel sums).
+        assert same == pytest.approx(0.0, abs=1e-6)
+        assert shifted > 10 * max(same, 1e-9)
+
+
+def test_fit_config_errors() -> None:
+    for kwargs, match in (
+        ({"objective": "humans"}, "objective"),
+        ({"loss": "kl"}, "loss"),
+        ({"penalty": "speed"}, "penalty"),
+        ({"lam": -1.0}, "lam"),
+        ({"head_steps": 0}, "head_steps"),
+        ({"evidence": "mlp"}, "evidence"),
+    ):
+        with pytest.raises(PerceptAlignError, match=match):
+            FitConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- fitting behaviour
+
+
+def test_fit_recovers_a_planted_head(backbone: GRUBackbone) -> None:
+    truth = planted_head(backbone)
+    human_train = human_like(truth, backbone, 500, seed=11)
+    human_test = human_like(truth, backbone, 1500, seed=12)
+    # Sampling-noise floor: W1 between two independent samples of the planted head itself.
+    floor = fit_quality(human_like(truth, backbone, 1500, seed=13), human_test)
+    cfg = FitConfig(head_steps=150, n_train=200, lr=0.03)
+    targets = HumanTargets.from_table(human_train, list(TASK.coherences), cfg)
+    head = build_head(backbone, TASK, cfg)
+    sim_train = simulate(backbone, TASK, cfg.n_train, seed=21)
+    sim_test = simulate(backbone, TASK, 1500, seed=22)
+    init_threshold(head, sim_train.hidden, (targets.median_rt - cfg.t0_init) / TASK.dt)
+    before = fit_quality(predict_table(head, sim_test, choice_rule="sample", seed=0), human_test)
+    fit_head_to_human(head, sim_train, targets, cfg)
+    after = fit_quality(predict_table(head, sim_test, choice_rule="sample", seed=0), human_test)
+    # Recovered up to the sampling-noise floor plus 0.03 s of optimisation / finite-training-set error
+    # (the RTs live on a 50 ms grid here), and much closer than where the fit started.
+    assert after["wasserstein"].mean() < floor["wasserstein"].mean() + 0.03
+    assert after["wasserstein"].mean() < 0.6 * before["wasserstein"].mean()
+    # Accuracy per condition within 0.06: the SE of a difference of two accuracies over 1500 sampled
+    # choices each is ≤ 0.018, so 0.06 is > 3 SE.
+    np.testing.assert_array_less(np.abs(after["accuracy_model"] - after["accuracy_human"]), 0.06)
+
+
+def test_accuracy_term_moves_accuracy(backbone: GRUBackbone) -> None:
+    """Planted case: human data as fast as the model, but only 55 % correct at 51.2 % coherence."""
+    truth = planted_head(backbone, sharpness=1.0)
+    human = human_like(truth, backbone, 400, seed=31)
+    high = human["condition"] == 51.2
+    assert human.loc[high, "correct"].mean() > 0.7  # what the planted head itself achieves
+    rng = np.random.default_rng(0)
+    human.loc[high, "correct"] = rng.random(int(high.sum())) < 0.55
+    target = float(human.loc[high, "correct"].mean())
+    sim = simulate(backbone, TASK, 200, seed=32)
+    results = {}
+    for weight in (0.0, 1.0):
+        cfg = FitConfig(loss="mse", acc_weight=weight, head_steps=80, lr=0.03)
+        targets = HumanTargets.from_table(human, list(TASK.coherences), cfg)
+        head = build_head(backbone, TASK, cfg)
+        fit_head_to_human(head, sim, targets, cfg)
+        with torch.no_grad():
+            out = head(sim.hidden)
+            p = p_correct(out.choice_logits, sim.labels)
+        results[weight] = float(p[sim.cond_idx == 2].mean())
+    # With the accuracy term the expected accuracy lands on the planted target (within 0.04: optimisation
+    # error; the target itself is computed from the same trials, so it carries no sampling error) ...
+    assert abs(results[1.0] - target) < 0.04
+    # ... and much closer than the published histogram MSE alone brings it.
+    assert abs(results[1.0] - target) < 0.5 * abs(results[0.0] - target)
+
+
+def test_self_penalty_trades_speed_for_accuracy(backbone: GRUBackbone) -> None:
+    sim = simulate(backbone, TASK, 300, seed=41)
+    stats = {}
+    for lam in (0.0, 0.05):
+        cfg = FitConfig(objective="self-penalty", penalty="tau", lam=lam, head_steps=60, lr=0.05,
+                        self_penalty_batch=32)
+        torch.manual_seed(0)
+        head = build_head(backbone, TASK, cfg)
+        train_self_penalised(head, backbone, TASK, cfg)
+        table = predict_table(head, sim, choice_rule="argmax", seed=0)
+        stats[lam] = (float(table["rt_s"].mean()), float(table["correct"].mean()))
+        assert float(head.t0.detach()) == pytest.approx(cfg.t0_fixed, rel=1e-5)  # t₀ fixed, not learned
+    (rt0, acc0), (rt1, acc1) = stats[0.0], stats[0.05]
+    # Speed pressure makes decisions faster by far more than a step ...
+    assert rt1 < rt0 - 2 * TASK.dt
+    # ... and cannot buy accuracy: the same 900 trials are scored (binomial SE ≈ 0.015), so allow 2 SE.
+    assert acc1 <= acc0 + 0.03
+
+
+def test_run_fit_errors_on_bad_conditions(tmp_path: Path) -> None:
+    train = pd.DataFrame({"condition": ["a", "b"], "rt_s": [0.5, 0.6], "correct": [True, False]})
+    with pytest.raises(PerceptAlignError, match="numeric coherence"):
+        run_fit(train, train, FitConfig())
+    train = pd.DataFrame({"condition": [3.2, 12.8], "rt_s": [0.5, 0.6], "correct": [True, False]})
+    test = pd.DataFrame({"condition": [51.2], "rt_s": [0.5], "correct": [True]})
+    with pytest.raises(PerceptAlignError, match="no training trials"):
+        run_fit(train, test, FitConfig())
+
+
+# ---------------------------------------------------------------- report and comparison
+
+
+@pytest.fixture(scope="module")
+def fit_dirs(backbone: GRUBackbone, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny experiments on planted data (human fit with baselines, self-penalty without)."""
+    truth = planted_head(backbone)
+    train, test = human_like(truth, backbone, 300, seed=51), human_like(truth, backbone, 300, seed=52)
+    cache = tmp_path_factory.mktemp("gru-fit")
+    dirs = []
+    for objective, baselines in (("human", True), ("self-penalty", False)):
+        cfg = FitConfig(objective=objective, head_steps=30, n_train=80, n_eval=200)
+        result = run_fit(train, test, cfg, task=TASK, gru=GRU, baselines=baselines, cache=cache)
+        out = tmp_path_factory.mktemp(objective)
+        write_fit_outputs(result, test, out)
+        dirs.append(out)
+    return dirs[0], dirs[1]
+
+
+def test_fit_json_schema(fit_dirs: tuple[Path, Path]) -> None:
+    human_dir, self_dir = fit_dirs
+    report = read_json(human_dir / "fit.json")
+    assert report["objective"] == "human" and report["model"] == "rtify-human"
+    assert set(report["settings"]) == {"fit", "task", "gru"}
+    assert report["settings"]["task"]["coherences"] == list(TASK.coherences)
+    for section in (report["rtify"], *report["baselines"].values()):
+        rows = section["per_condition"]
+        assert [r["condition"] for r in rows] == list(TASK.coherences)
+        for key in ("accuracy_model", "accuracy_human", "median_rt_correct_model", "q10_correct_model",
+                    "q90_error_human", "ks", "wasserstein", "hist_mse"):
+            assert key in rows[0]
+        assert 0 <= section["no_decision_rate"] <= 1
+        assert math.isfinite(section["test_loss"])
+        assert section["summary"]["n_conditions"] == 3
+    assert set(report["baselines"]) == {"entropy", "evidential", "ddm"}
+    assert report["rtify"]["params"]["t0_learned"] is True
+    assert {"gru", "head", "baselines", "total"} <= set(report["runtime_s"])
+    # The fitted non-decision time is a positive time shorter than every predicted RT.
+    assert 0 < report["rtify"]["params"]["t0"] < min(r["q10_correct_model"] for r in report["rtify"]["per_condition"])
+    for name in ("signed_rt_histograms.png", "psychometric_chronometric.png", "quantile_probability.png"):
+        assert (human_dir / name).stat().st_size > 10_000
+    selfpen = read_json(self_dir / "fit.json")
+    assert selfpen["baselines"] == {} and selfpen["rtify"]["params"]["t0_learned"] is False
+    assert selfpen["rtify"]["params"]["t0"] == pytest.approx(FitConfig().t0_fixed, rel=1e-5)
+
+
+def test_compare_fits_picks_lowest_mean_w1(fit_dirs: tuple[Path, Path]) -> None:
+    tables, summary, best = compare_fits(list(fit_dirs))
+    assert list(tables) == list(TASK.coherences)
+    methods = set(tables[3.2].index)
+    assert {"human", "RTify (human fit)", "RTify self-penalised", "entropy threshold", "evidential", "DDM"} == methods
+    # Recompute the mean W1 of every method from the JSON files, independently of compare_fits.
+    means = {}
+    for d in fit_dirs:
+        report = read_json(d / "fit.json")
+        for name, entry in [(report["model"], report["rtify"]), *report["baselines"].items()]:
+            means.setdefault(name, np.mean([r["wasserstein"] for r in entry["per_condition"]]))
+    assert best["mean_wasserstein"] == pytest.approx(min(means.values()))
+    assert best["margin"] == pytest.approx(sorted(means.values())[1] - min(means.values()))
+    text = comparison_markdown(tables, summary, best)
+    assert text.count("## coherence") == 3 and best["method"] in text.splitlines()[-2]
+
+
+def test_compare_errors(tmp_path: Path) -> None:
+    with pytest.raises(PerceptAlignError, match="no fit.json"):
+        compare_fits([tmp_path])
+    (tmp_path / "fit.json").write_text('{"something": 1}')
+    with pytest.raises(PerceptAlignError, match="not a fit.json"):
+        compare_fits([tmp_path])
+    with pytest.raises(PerceptAlignError, match="at least one"):
+        compare_fits([])
+
+
+# ---------------------------------------------------------------- the real human data
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HUMAN_CSV.is_file(), reason="human RDM data not available")
+def test_real_human_fit_beats_initial_head(tmp_path: Path) -> None:
+    from perceptalign.rtify.trials import load_rt_dataset
+
+    train = load_rt_dataset("rdm-human", split="train", path=HUMAN_CSV)
+    test = load_rt_dataset("rdm-human", split="test", path=HUMAN_CSV)
+    cfg = FitConfig(head_steps=150, n_train=200, n_eval=1000)
+    result = run_fit(train, test, cfg, baselines=False, cache=tmp_path)
+    rows = pd.DataFrame(result.report["rtify"]["per_condition"])
+    # The initial head (GRU read-out evidence, θ at the human median) evaluated the same way.
+    task = RDMTaskConfig()
+    backbone, _ = load_or_train_gru(task, GRUTrainConfig(), cache=tmp_path)
+    head = build_head(backbone, task, cfg)
+    sim = simulate(backbone, task, cfg.n_eval, seed=cfg.seed + 202)
+    targets = HumanTargets.from_table(train, list(task.coherences), cfg)
+    init_threshold(head, simulate(backbone, task, cfg.n_train, seed=cfg.seed + 101).hidden,
+                   (targets.median_rt - cfg.t0_init) / task.dt)
+    initial = fit_quality(predict_table(head, sim, choice_rule="sample", seed=0), test)
+    assert rows["wasserstein"].mean() < initial["wasserstein"].mean()
+    # Accuracy ordering: model accuracy rises with coherence like the humans' (Spearman ρ ≥ 0.85 over 7).
+    from scipy.stats import spearmanr
+
+    assert spearmanr(rows["condition"], rows["accuracy_model"]).statistic >= 0.85
+    assert rows["accuracy_model"].iloc[-1] > rows["accuracy_model"].iloc[0] + 0.3
