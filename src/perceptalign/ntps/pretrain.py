@@ -469,7 +469,8 @@ def _save_model(model: nn.Module, tokenizer: Any, result: PretrainResult, identi
         "history": result.history,
     }
     model.config.architectures = ["LlamaForCausalLM"]
-    tokenizer.model_max_length = result.config.max_position_embeddings
+    # Positions beyond the training window were never trained (RoPE extrapolates poorly): say so.
+    tokenizer.model_max_length = result.config.seq_len
     with atomic_directory(result.out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

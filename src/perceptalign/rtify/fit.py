@@ -276,6 +276,11 @@ def p_correct(choice_logits: Tensor, labels: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _hazen(values: np.ndarray) -> np.ndarray:
+    """Human RT quantiles defined exactly like :func:`weighted_quantiles` with equal weights."""
+    return np.quantile(values, QUANTILES, method="hazen")
+
+
 @dataclass
 class HumanTargets:
     """Per-condition human statistics, rows in the order of ``conditions``."""
@@ -300,12 +305,8 @@ class HumanTargets:
                 soft_histogram(signed, lo=config.lo, hi=config.hi, n_bins=config.n_bins, sigma=config.sigma)
             )
             accs.append(float(correct.mean()))
-            qc.append(
-                np.quantile(rt[correct], QUANTILES) if correct.any() else np.full(len(QUANTILES), np.nan)
-            )
-            qe.append(
-                np.quantile(rt[~correct], QUANTILES) if (~correct).any() else np.full(len(QUANTILES), np.nan)
-            )
+            qc.append(_hazen(rt[correct]) if correct.any() else np.full(len(QUANTILES), np.nan))
+            qe.append(_hazen(rt[~correct]) if (~correct).any() else np.full(len(QUANTILES), np.nan))
         return cls(
             conditions=list(conds),
             hist=torch.stack(hists),

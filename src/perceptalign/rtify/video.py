@@ -22,6 +22,9 @@ construction and return one logit per frame:
 Causality is exact in ``eval()`` mode. In ``train()`` mode batch norm normalises with statistics of the
 whole batch (all frames), which is ordinary batch-norm training and irrelevant to cached outputs.
 
+Default widths (C3D 8-16-16 channels, ~11k parameters; CNN 8-16 + LSTM 32, ~8k) are sized so that a
+training step on 32 trials of 24 frames at 32×32 px costs ~0.25 CPU-seconds on one core.
+
 Videos are ``(B, F, H, W)`` with lit pixels 1 (float or uint8), as produced by
 :func:`perceptalign.rtify.stimuli.generate_rdm`. The logit is for "rightward" (label 1).
 """

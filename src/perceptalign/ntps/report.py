@@ -1,0 +1,561 @@
+"""`ntps report`: every number a study supports about NTPS, with honest configuration selection.
+
+Per model, NTPS is correlated over datasets with (a) held-out linear-probe accuracy, (b) −MSE of the
+one-hot least-squares probe and (c) the LoRA gain over a frozen linear head. NTPS depends on a layer and a
+fraction f of rank(V); which (layer, f) to use is chosen in three DECLARED ways (ntps.md §4):
+
+* ``fixed`` — chosen a priori, before any result: the LAST hidden state and f = 0.5. The last layer is
+  where the LoRA/linear-head comparison reads its features (mean pool of the last hidden state) and the
+  layer the probe target is measured on; f = 0.5 is the middle of the published sweep.
+* ``nested`` — leave-one-dataset-out: for each dataset, the (layer, f) with the best correlation on the
+  OTHER datasets is applied to it (needs ≥ 4 datasets).
+* ``best_in_sample`` — the published practice: the (layer, f) that maximises the correlation on all
+  datasets. Optimistic by construction; its selection-aware permutation p (the whole maximisation repeated
+  on permuted targets) is the p-value to read.
+
+The probe target is the held-out probe accuracy (and −MSE) at ``probe_layer`` (default: the last layer,
+declared like the fixed configuration). The declared sign is positive for the probe targets and negative
+for the LoRA gain (the paper's claim: high NTPS → little to gain from adapters). Peer metrics go through
+the same three procedures over their layers, on the same datasets, so their rows are comparable.
+
+Outputs: ``DIR/report.html`` (self-contained: figures embedded as base64 PNG) and ``DIR/report.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
+from perceptalign.ntps.analysis import SelectionResult, select_and_correlate
+from perceptalign.ntps.peers import PEER_METRICS
+from perceptalign.ntps.store import NO_LAYER, ResultsStore
+
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+MODES = ("fixed", "nested", "best_in_sample")
+MODE_LABELS = {
+    "fixed": "fixed a priori",
+    "nested": "leave-one-dataset-out (nested)",
+    "best_in_sample": "best in sample (OPTIMISTIC, published practice)",
+}
+#: target name → (description, declared direction of its correlation with NTPS)
+TARGETS = {
+    "probe_accuracy": ("held-out probe accuracy", "positive"),
+    "neg_mse": ("−MSE of the one-hot least-squares probe (held out)", "positive"),
+    "lora_gain": ("LoRA gain: acc(LoRA + head) − acc(frozen + head)", "negative"),
+}
+NTPS_VARIANTS = ("ntps", "ntps_orthonormal", "ntps_probe")
+NO_CONFIG = "-"
+ALPHA = 0.05
+
+
+@dataclass
+class ReportConfig:
+    """Declared analysis choices of one report (all fixed before the numbers are looked at)."""
+
+    directory: Path
+    fixed_layer: str | int = "last"
+    fixed_fraction: float = 0.5
+    probe_layer: str | int = "last"
+    score_metric: str = "ntps"
+    n_permutations: int = 2000
+    n_bootstrap: int = 2000
+    seed: int = 0
+    words_figure: bool = True
+
+    def validate(self) -> None:
+        for name in ("fixed_layer", "probe_layer"):
+            value = getattr(self, name)
+            if not (value in ("last", "middle") or (isinstance(value, int) and value >= 0)):
+                raise PerceptAlignError(
+                    f"--{name.replace('_', '-')} must be 'last', 'middle' or a layer index ≥ 0 (got {value!r})."
+                )
+        if not 0 < self.fixed_fraction <= 1:
+            raise PerceptAlignError(f"--fixed-fraction must lie in (0, 1] (got {self.fixed_fraction}).")
+        if self.score_metric not in NTPS_VARIANTS:
+            raise PerceptAlignError(f"--score-metric must be one of {NTPS_VARIANTS} (got {self.score_metric!r}).")
+        if self.n_permutations < 1 or self.n_bootstrap < 0:
+            raise PerceptAlignError("--permutations must be ≥ 1 and --bootstrap ≥ 0.")
+
+
+@dataclass
+class ReportResult:
+    report: dict[str, Any]
+    html_path: Path
+    json_path: Path
+
+
+# --------------------------------------------------------------------------------------------------
+# tables out of the store
+
+
+def dataset_label(name: str) -> str:
+    """Short display name: a file path shows as its stem."""
+    path = Path(name)
+    return path.stem if path.suffix in {".csv", ".tsv", ".jsonl", ".parquet", ".json"} else name
+
+
+def resolve_layer(choice: str | int, layers: list[int]) -> int:
+    """'last' → deepest stored layer, 'middle' → the middle one, an int → itself (must be stored)."""
+    layers = sorted(layers)
+    if choice == "last":
+        return layers[-1]
+    if choice == "middle":
+        return layers[len(layers) // 2]
+    if choice not in layers:
+        raise PerceptAlignError(f"layer {choice} is not in the study (layers {layers}); pick a stored layer.")
+    return int(choice)
+
+
+def score_grid(table: pd.DataFrame, model: str, method: str, metric: str) -> pd.DataFrame:
+    """Long (dataset, layer, config, score) rows of one metric; config ``"-"`` when it has none.
+
+    Configurations not scored on every dataset, and NaN values, are dropped (the selection procedures need
+    a complete grid).
+    """
+    rows = table[(table["model"] == model) & (table["method"] == method) & (table["metric"] == metric)]
+    rows = rows[np.isfinite(rows["value"].to_numpy(float))]
+    if rows.empty:
+        return pd.DataFrame(columns=["dataset", "layer", "config", "score"])
+    config = rows["config"].map(lambda c: NO_CONFIG if not np.isfinite(c) else float(c))
+    grid = pd.DataFrame(
+        {"dataset": rows["dataset"].to_numpy(), "layer": rows["layer"].to_numpy(int), "config": config.to_numpy(),
+         "score": rows["value"].to_numpy(float)}
+    )
+    n_datasets = grid["dataset"].nunique()
+    counts = grid.groupby(["layer", "config"])["dataset"].transform("nunique")
+    return grid[counts == n_datasets].reset_index(drop=True)
+
+
+def targets_for_model(table: pd.DataFrame, model: str, probe_layer: str | int) -> dict[str, dict[str, float]]:
+    """target name → {dataset: value} for the targets this study has (probe at ``probe_layer``)."""
+    out: dict[str, dict[str, float]] = {}
+    sub = table[table["model"] == model]
+    probe = sub[sub["method"] == "probe"]
+    if not probe.empty:
+        layer = resolve_layer(probe_layer, sorted(set(probe.loc[probe["layer"] != NO_LAYER, "layer"])))
+        at = probe[probe["layer"] == layer]
+        acc = at[at["metric"] == "accuracy"].set_index("dataset")["value"]
+        mse = at[at["metric"] == "mse"].set_index("dataset")["value"]
+        out["probe_accuracy"] = {d: float(v) for d, v in acc.items()}
+        out["neg_mse"] = {d: -float(v) for d, v in mse.items()}
+    lora = sub[(sub["method"] == "lora") & (sub["metric"] == "gain")]
+    if not lora.empty:
+        out["lora_gain"] = {d: float(v) for d, v in lora.set_index("dataset")["value"].items()}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# selection
+
+
+def _min_datasets(mode: str) -> int:
+    return 4 if mode == "nested" else 3
+
+
+def _summary(result: SelectionResult) -> dict[str, Any]:
+    c = result.correlation
+    return {
+        "mode": result.mode,
+        "optimistic": result.optimistic,
+        "method": result.method,
+        "direction": result.direction,
+        "n": c.n,
+        "spearman": c.spearman,
+        "spearman_ci": list(c.spearman_ci),
+        "spearman_p": c.spearman_p,
+        "spearman_perm_p": c.spearman_perm_p,
+        "pearson": c.pearson,
+        "pearson_ci": list(c.pearson_ci),
+        "pearson_p": c.pearson_p,
+        "pearson_perm_p": c.pearson_perm_p,
+        "selection_perm_p": result.selection_perm_p,
+        "n_configurations": result.n_configurations,
+        "n_permutations": result.n_permutations,
+        "selected": [
+            {"dataset": str(d), "layer": int(r.layer), "config": r.config, "score": float(r.score),
+             "target": float(r.target)}
+            for d, r in result.selected.iterrows()
+        ],
+    }
+
+
+def select_all_modes(
+    grid: pd.DataFrame,
+    target: dict[str, float],
+    direction: str,
+    fixed_config: tuple[int, Any],
+    config: ReportConfig,
+) -> dict[str, dict[str, Any]]:
+    """The three selection procedures on the datasets that have both a score and a target."""
+    common = [d for d in pd.unique(grid["dataset"]) if d in target]
+    grid = grid[grid["dataset"].isin(common)]
+    out: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        if len(common) < _min_datasets(mode):
+            out[mode] = {"skipped": f"needs ≥ {_min_datasets(mode)} datasets with both numbers, has {len(common)}"}
+            continue
+        try:
+            result = select_and_correlate(
+                grid, {d: target[d] for d in common}, mode,
+                fixed_config=fixed_config if mode == "fixed" else None,
+                method="spearman", direction=direction, n_permutations=config.n_permutations,
+                n_bootstrap=config.n_bootstrap, seed=config.seed,
+            )
+        except PerceptAlignError as exc:  # constant scores or targets: the correlation is undefined
+            out[mode] = {"skipped": str(exc)}
+            continue
+        out[mode] = _summary(result)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the report
+
+
+def _fixed_config(grid: pd.DataFrame, config: ReportConfig, fractions: bool) -> tuple[int, Any]:
+    layer = resolve_layer(config.fixed_layer, sorted(set(grid["layer"])))
+    if not fractions:
+        return layer, NO_CONFIG
+    available = sorted({c for c in grid["config"] if c != NO_CONFIG})
+    if not any(np.isclose(c, config.fixed_fraction) for c in available):
+        raise PerceptAlignError(
+            f"the declared fraction {config.fixed_fraction} is not in the study (fractions {available}); pass "
+            "--fixed-fraction with one of them."
+        )
+    return layer, float(config.fixed_fraction)
+
+
+def _peer_direction(metric: str, target_direction: str) -> str:
+    higher = PEER_METRICS[metric].higher_is_better if metric in PEER_METRICS else True
+    if higher:
+        return target_direction
+    return "negative" if target_direction == "positive" else "positive"
+
+
+def analyse_model(table: pd.DataFrame, model: str, config: ReportConfig) -> dict[str, Any]:
+    """All numbers of one model: targets, NTPS correlations per mode, peers, NTPS before/after LoRA."""
+    grid = score_grid(table, model, "ntps", config.score_metric)
+    targets = targets_for_model(table, model, config.probe_layer)
+    out: dict[str, Any] = {"datasets": sorted(pd.unique(grid["dataset"]).tolist()), "targets": targets}
+    if grid.empty:
+        out["skipped"] = "no NTPS rows for this model"
+        return out
+    fixed = _fixed_config(grid, config, fractions=True)
+    out["fixed_config"] = {"layer": fixed[0], "fraction": fixed[1]}
+    probe_rows = table[(table["model"] == model) & (table["method"] == "probe") & (table["layer"] != NO_LAYER)]
+    out["probe_layer"] = (resolve_layer(config.probe_layer, sorted(set(probe_rows["layer"])))
+                          if not probe_rows.empty else None)
+    at_fixed = grid[(grid["layer"] == fixed[0]) & grid["config"].map(lambda c: np.isclose(c, fixed[1]))]
+    out["ntps_at_fixed"] = {str(d): float(s) for d, s in zip(at_fixed["dataset"], at_fixed["score"], strict=True)}
+    out["correlations"] = {
+        name: select_all_modes(grid, values, TARGETS[name][1], fixed, config) for name, values in targets.items()
+    }
+    out["peers"] = _peer_table(table, model, targets, config)
+    out["lora_ntps"] = _lora_change(table, model, fixed)
+    return out
+
+
+def _peer_table(table: pd.DataFrame, model: str, targets: dict[str, dict[str, float]],
+                config: ReportConfig) -> dict[str, Any]:
+    """metric → target → mode → summary; NTPS variants first, then every stored peer metric."""
+    metrics: list[tuple[str, str]] = [("ntps", v) for v in NTPS_VARIANTS]
+    stored = table[(table["model"] == model) & (table["method"] == "peers")]["metric"]
+    metrics += [("peers", m) for m in PEER_METRICS if m in set(stored)]
+    out: dict[str, Any] = {}
+    for method, metric in metrics:
+        grid = score_grid(table, model, method, metric)
+        if grid.empty:
+            continue
+        has_configs = method == "ntps"
+        try:
+            fixed = _fixed_config(grid, config, fractions=has_configs)
+        except PerceptAlignError as exc:
+            out[metric] = {"skipped": str(exc)}
+            continue
+        if not ((grid["layer"] == fixed[0]).any()):
+            fixed = (int(grid["layer"].max()), fixed[1])  # NCE/LEEP: only the last layer's row
+        out[metric] = {
+            name: select_all_modes(grid, values, _peer_direction(metric, TARGETS[name][1]), fixed, config)
+            for name, values in targets.items()
+            if name in ("probe_accuracy", "lora_gain")
+        }
+    return out
+
+
+def _lora_change(table: pd.DataFrame, model: str, fixed: tuple[int, Any]) -> dict[str, Any] | None:
+    sub = table[(table["model"] == model) & (table["method"] == "lora") & (table["layer"] == fixed[0])
+                & np.isclose(table["config"].fillna(-1.0), fixed[1])]
+    before = sub[sub["metric"] == "ntps_before_lora"].set_index("dataset")["value"]
+    after = sub[sub["metric"] == "ntps_after_lora"].set_index("dataset")["value"]
+    common = [d for d in before.index if d in after.index]
+    if not common:
+        return None
+    return {str(d): {"before": float(before[d]), "after": float(after[d])} for d in common}
+
+
+def _costs(table: pd.DataFrame) -> dict[str, Any]:
+    """Median wall seconds of a cell per (model, measure), measured by the study."""
+    cells = table[table["metric"] == "cell_seconds"]
+    out: dict[str, Any] = {}
+    for (model, method), group in cells.groupby(["model", "method"]):
+        out.setdefault(model, {})[method] = {"median_seconds": float(group["value"].median()), "n": len(group)}
+    return out
+
+
+def statements(model: str, analysis: dict[str, Any]) -> list[str]:
+    """Plain sentences, negative results stated as such."""
+    lines = []
+    for name, modes in analysis.get("correlations", {}).items():
+        what = TARGETS[name][0]
+        for mode in MODES:
+            res = modes.get(mode, {})
+            if "skipped" in res or not res:
+                lines.append(f"{model}: NTPS vs {what}, {MODE_LABELS[mode]}: not computed ({res.get('skipped')}).")
+                continue
+            p = res["selection_perm_p"]
+            verdict = "SIGNIFICANT" if p < ALPHA else "NOT significant"
+            sign = "as declared" if (res["spearman"] > 0) == (res["direction"] == "positive") else "OPPOSITE to the declared sign"
+            lines.append(
+                f"{model}: NTPS vs {what}, {MODE_LABELS[mode]}: Spearman ρ = {res['spearman']:+.2f} "
+                f"(95% bootstrap CI [{res['spearman_ci'][0]:+.2f}, {res['spearman_ci'][1]:+.2f}], n = {res['n']}, "
+                f"{sign}); selection-aware permutation p = {p:.3g} → {verdict} at {ALPHA}."
+            )
+        fixed, best = modes.get("fixed", {}), modes.get("best_in_sample", {})
+        if "spearman" in best and best.get("selection_perm_p", 0) >= ALPHA and best.get("spearman_p", 1) < ALPHA:
+            lines.append(
+                f"{model}: the best-in-sample ρ = {best['spearman']:+.2f} looks significant by its naive p = "
+                f"{best['spearman_p']:.3g} but not once the choice among {best['n_configurations']} configurations "
+                f"is accounted for (p = {best['selection_perm_p']:.3g})."
+            )
+        if "spearman" in fixed and "spearman" in best and best["spearman"] - fixed["spearman"] > 0.2:
+            lines.append(
+                f"{model}: selecting the configuration on the outcome raises ρ from {fixed['spearman']:+.2f} "
+                f"(fixed) to {best['spearman']:+.2f} (best in sample): the difference is selection, not evidence."
+            )
+    return lines
+
+
+def build_report(config: ReportConfig, on_status: Callable[[str], None] | None = None) -> ReportResult:
+    """Analyse the study in ``config.directory`` and write report.json and report.html."""
+    status = on_status or (lambda _msg: None)
+    config.validate()
+    directory = Path(config.directory)
+    store = ResultsStore(directory)
+    table = store.table()
+    if table.empty:
+        raise PerceptAlignError(
+            f"{directory} holds no study results (no {store.cells_dir}); run `ntps study --out {directory}` first."
+        )
+    study = read_json(directory / "study.json") if (directory / "study.json").is_file() else {}
+    models = [m for m in study.get("models", []) if m in set(table["model"])]
+    models += [m for m in pd.unique(table["model"]) if m not in models]
+    report: dict[str, Any] = {
+        "directory": str(directory),
+        "declared": {
+            "fixed_layer": config.fixed_layer,
+            "fixed_fraction": config.fixed_fraction,
+            "probe_layer": config.probe_layer,
+            "score_metric": config.score_metric,
+            "selection_method": "spearman",
+            "directions": {k: v[1] for k, v in TARGETS.items()},
+            "n_permutations": config.n_permutations,
+            "n_bootstrap": config.n_bootstrap,
+            "seed": config.seed,
+            "alpha": ALPHA,
+        },
+        "study_settings": study.get("settings"),
+        "measures": sorted(set(table["method"])),
+        "models": {},
+        "costs": _costs(table),
+        "statements": [],
+    }
+    for model in models:
+        status(f"analysing {model}")
+        analysis = analyse_model(table, model, config)
+        report["models"][model] = analysis
+        report["statements"] += statements(model, analysis)
+    status("drawing figures")
+    from perceptalign.ntps import report_figures
+
+    figures = report_figures.all_figures(table, report, config, status)
+    json_path = directory / REPORT_JSON
+    write_json_atomic(json_path, _json_clean(report))
+    html_path = directory / REPORT_HTML
+    write_text_atomic(html_path, render_html(report, figures))
+    return ReportResult(report=report, html_path=html_path, json_path=json_path)
+
+
+def _json_clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+
+
+def figure_to_base64(fig: Any) -> str:
+    """PNG of a matplotlib figure as base64 (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fmt(value: Any, digits: int = 2, signed: bool = True) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}g}"
+
+
+def _correlation_table(modes: dict[str, dict[str, Any]]) -> str:
+    head = ("<tr><th>selection</th><th>n</th><th>Spearman ρ [95% CI]</th><th>p (analytic)</th>"
+            "<th>p (permutation)</th><th>p (selection-aware)</th><th>Pearson r [95% CI]</th><th>p</th>"
+            "<th>configuration(s) used</th></tr>")
+    body = []
+    for mode in MODES:
+        res = modes.get(mode, {})
+        label = html.escape(MODE_LABELS[mode])
+        if not res or "skipped" in res:
+            body.append(f"<tr><td>{label}</td><td colspan=8>not computed: {html.escape(str(res.get('skipped')))}</td></tr>")
+            continue
+        chosen = sorted({(s["layer"], s["config"]) for s in res["selected"]}, key=str)
+        chosen_text = ", ".join(f"layer {lay}, f={cfg}" for lay, cfg in chosen)
+        cls = ' class="optimistic"' if res["optimistic"] else ""
+        body.append(
+            f"<tr{cls}><td>{label}</td><td>{res['n']}</td>"
+            f"<td>{_fmt(res['spearman'])} [{_fmt(res['spearman_ci'][0])}, {_fmt(res['spearman_ci'][1])}]</td>"
+            f"<td>{_fmt(res['spearman_p'], 3, False)}</td><td>{_fmt(res['spearman_perm_p'], 3, False)}</td>"
+            f"<td><b>{_fmt(res['selection_perm_p'], 3, False)}</b></td>"
+            f"<td>{_fmt(res['pearson'])} [{_fmt(res['pearson_ci'][0])}, {_fmt(res['pearson_ci'][1])}]</td>"
+            f"<td>{_fmt(res['pearson_p'], 3, False)}</td><td>{html.escape(chosen_text)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _peer_html(peers: dict[str, Any]) -> str:
+    targets = ("probe_accuracy", "lora_gain")
+    present = [t for t in targets if any(t in v for v in peers.values() if isinstance(v, dict))]
+    if not present:
+        return "<p>No peer comparison: the study has neither probe nor LoRA targets.</p>"
+    head = "<tr><th>metric</th>" + "".join(
+        f"<th>{html.escape(TARGETS[t][0])}<br>{html.escape(MODE_LABELS[m])}</th>" for t in present for m in MODES
+    ) + "</tr>"
+    rows = []
+    for metric, by_target in peers.items():
+        if "skipped" in by_target:
+            rows.append(f"<tr><td>{metric}</td><td colspan={len(present) * 3}>{html.escape(by_target['skipped'])}</td></tr>")
+            continue
+        cells = []
+        for t in present:
+            for m in MODES:
+                res = by_target.get(t, {}).get(m, {})
+                if not res or "skipped" in res:
+                    cells.append("<td>—</td>")
+                else:
+                    mark = "*" if res["selection_perm_p"] < ALPHA else ""
+                    cells.append(f"<td>{_fmt(res['spearman'])}{mark} (p={_fmt(res['selection_perm_p'], 2, False)})</td>")
+        rows.append(f"<tr><td>{html.escape(metric)}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+_CSS = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 6px}
+th{background:#eee}tr.optimistic td{background:#fff4e0}img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
+.note{color:#555;font-size:13px}li{margin:.2em 0}"""
+
+
+def render_html(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
+    """The whole report as one self-contained HTML page."""
+    d = report["declared"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>NTPS study report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>NTPS study report</h1><p class=note>{html.escape(report['directory'])} — measures: "
+        f"{', '.join(report['measures'])}</p>",
+        "<h2>Declared analysis</h2><ul>",
+        f"<li><b>fixed a priori</b>: layer = {html.escape(str(d['fixed_layer']))}, f = {d['fixed_fraction']} "
+        f"(score: {d['score_metric']}); probe target at layer {html.escape(str(d['probe_layer']))}.</li>",
+        "<li><b>nested</b>: leave-one-dataset-out; each dataset's configuration is chosen on the others.</li>",
+        "<li><b>best in sample</b>: the configuration maximising ρ on all datasets — OPTIMISTIC (the published "
+        "practice); read its selection-aware p.</li>",
+        f"<li>Spearman selects; declared signs: {html.escape(str(d['directions']))}. Permutation nulls: "
+        f"{d['n_permutations']} permutations; bootstrap: {d['n_bootstrap']} resamples; α = {d['alpha']}.</li></ul>",
+        "<h2>Findings</h2><ul>",
+        *[f"<li>{html.escape(s)}</li>" for s in report["statements"]],
+        "</ul>",
+    ]
+    for model, analysis in report["models"].items():
+        parts.append(f"<h2>Model: {html.escape(model)}</h2>")
+        if "skipped" in analysis:
+            parts.append(f"<p>{html.escape(analysis['skipped'])}</p>")
+            continue
+        parts.append(f"<p class=note>datasets: {html.escape(', '.join(dataset_label(x) for x in analysis['datasets']))}"
+                     f"; fixed configuration layer {analysis['fixed_config']['layer']}, "
+                     f"f = {analysis['fixed_config']['fraction']}</p>")
+        for name, modes in analysis.get("correlations", {}).items():
+            parts.append(f"<h3>NTPS vs {html.escape(TARGETS[name][0])} (declared sign: {TARGETS[name][1]})</h3>")
+            parts.append(_correlation_table(modes))
+        if not analysis.get("correlations"):
+            parts.append("<p>No probe or LoRA results for this model: nothing to correlate NTPS with.</p>")
+        parts.append("<h3>Peers side by side (same datasets, same three selection procedures; * p &lt; 0.05, "
+                     "selection-aware)</h3>")
+        parts.append(_peer_html(analysis.get("peers", {})))
+        for title, encoded in figures.get(model, {}).items():
+            parts.append(f"<h4>{html.escape(title)}</h4><img alt='{html.escape(title)}' "
+                         f"src='data:image/png;base64,{encoded}'>")
+    for title, encoded in figures.get("", {}).items():
+        parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
+    parts.append("<h2>Measured cost (median wall seconds per cell)</h2><table><tr><th>model</th>"
+                 "<th>measure</th><th>median s</th><th>cells</th></tr>")
+    for model, methods in report["costs"].items():
+        for method, cost in methods.items():
+            parts.append(f"<tr><td>{html.escape(model)}</td><td>{method}</td><td>{cost['median_seconds']:.2f}</td>"
+                         f"<td>{cost['n']}</td></tr>")
+    parts.append("</table><p class=note>Probe cells include the feature extraction; peers reuse the probe's "
+                 "features; LoRA cells include their linear-head baseline and NTPS before/after.</p></body></html>")
+    return "\n".join(parts)
+
+
+def as_hashable(value: Any) -> Hashable:
+    return value if isinstance(value, Hashable) else str(value)
+
+
+__all__ = [
+    "MODES",
+    "REPORT_HTML",
+    "REPORT_JSON",
+    "TARGETS",
+    "ReportConfig",
+    "ReportResult",
+    "analyse_model",
+    "build_report",
+    "dataset_label",
+    "render_html",
+    "score_grid",
+    "select_all_modes",
+    "statements",
+    "targets_for_model",
+]

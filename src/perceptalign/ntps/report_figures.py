@@ -1,0 +1,306 @@
+"""Figures of the study report (ntps.md §7), as base64 PNGs for the self-contained HTML page.
+
+Fig 1 projects single words of two sentiment classes and function words on the top-2 perception (U) and
+top-2 autoregressive (V) directions of a layer; Fig 2/3 plot ranks over datasets (NTPS vs probe accuracy /
+−MSE / LoRA gain) with Spearman in the title; plus NTPS before/after LoRA, layer × fraction heat maps, the
+in-sample correlation per configuration (descriptive: its maximum IS best-in-sample selection) and NTPS
+next to probe accuracy across layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.stats
+from matplotlib.figure import Figure
+
+from perceptalign.io import PerceptAlignError, read_json
+from perceptalign.ntps.store import NO_LAYER
+
+POSITIVE_WORDS = ("good", "great", "excellent", "wonderful", "happy", "love", "best", "beautiful", "brilliant",
+                  "superb", "delightful", "enjoyable", "perfect", "fantastic", "pleasant")
+NEGATIVE_WORDS = ("bad", "terrible", "awful", "horrible", "sad", "hate", "worst", "ugly", "boring", "dull",
+                  "poor", "disappointing", "dreadful", "annoying", "mediocre")
+FUNCTION_WORDS = ("the", "of", "and", "to", "in", "is", "that", "it", "for", "on", "with", "as", "by", "at",
+                  "from")
+
+
+def _label(name: str) -> str:
+    from perceptalign.ntps.report import dataset_label
+
+    return dataset_label(name)
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    return scipy.stats.rankdata(values)
+
+
+def _spearman_text(x: list[float], y: list[float]) -> str:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return f"Spearman undefined (n = {len(x)})"
+    rho, p = scipy.stats.spearmanr(x, y)
+    return f"Spearman ρ = {rho:+.2f} (p = {p:.2g}, n = {len(x)})"
+
+
+def rank_figure(ntps: dict[str, float], targets: dict[str, dict[str, float]], title: str) -> Figure:
+    """rank(NTPS) vs rank(target) over datasets, one panel per target (Fig 2 / Fig 3)."""
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.4), squeeze=False)
+    for ax, (name, values) in zip(axes[0], targets.items(), strict=True):
+        common = [d for d in ntps if d in values]
+        x = [ntps[d] for d in common]
+        y = [values[d] for d in common]
+        if common:
+            rx, ry = _ranks(x), _ranks(y)
+            ax.scatter(rx, ry, color="C0")
+            for d, a, b in zip(common, rx, ry, strict=True):
+                ax.annotate(_label(d), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.plot([1, len(common)], [1, len(common)], color="C7", lw=0.8, ls=":")
+        ax.set_xlabel("rank of NTPS (fixed configuration)")
+        ax.set_ylabel(f"rank of {name}")
+        ax.set_title(f"{name}: {_spearman_text(x, y)}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def before_after_figure(change: dict[str, dict[str, float]], gains: dict[str, float], title: str) -> Figure:
+    """NTPS before vs after LoRA per dataset (colour = LoRA gain)."""
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    names = list(change)
+    before = [change[d]["before"] for d in names]
+    after = [change[d]["after"] for d in names]
+    colours = [gains.get(d, np.nan) for d in names]
+    points = ax.scatter(before, after, c=colours, cmap="coolwarm")
+    for d, a, b in zip(names, before, after, strict=True):
+        ax.annotate(_label(d), (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    lo, hi = min(before + after), max(before + after)
+    ax.plot([lo, hi], [lo, hi], color="C7", lw=0.8, ls=":")
+    fig.colorbar(points, ax=ax, label="LoRA gain")
+    ax.set_xlabel("NTPS before LoRA")
+    ax.set_ylabel("NTPS after LoRA (merged)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def heatmaps_figure(grid: pd.DataFrame, title: str) -> Figure:
+    """Layer × fraction NTPS heat map per dataset."""
+    datasets = list(pd.unique(grid["dataset"]))
+    cols = min(4, len(datasets))
+    rows = int(np.ceil(len(datasets) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel()[len(datasets):]:
+        ax.axis("off")
+    for ax, d in zip(axes.ravel(), datasets, strict=False):
+        wide = grid[grid["dataset"] == d].pivot(index="layer", columns="config", values="score").sort_index()
+        image = ax.imshow(wide.to_numpy(float), aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(_label(d), fontsize=8)
+        ax.set_xticks(range(len(wide.columns)))
+        ax.set_xticklabels([f"{c:g}" for c in wide.columns], rotation=90, fontsize=6)
+        step = max(1, len(wide.index) // 8)
+        ax.set_yticks(range(0, len(wide.index), step))
+        ax.set_yticklabels([str(v) for v in wide.index[::step]], fontsize=6)
+        ax.set_xlabel("f", fontsize=7)
+        ax.set_ylabel("layer", fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def correlation_heatmap(grid: pd.DataFrame, target: dict[str, float], title: str) -> Figure | None:
+    """In-sample Spearman of every (layer, f) with the target: descriptive only."""
+    from perceptalign.ntps.analysis import correlation_by_config
+
+    sub = grid[grid["dataset"].isin(list(target))]
+    if sub["dataset"].nunique() < 3:
+        return None
+    corr = correlation_by_config(sub, {d: target[d] for d in pd.unique(sub["dataset"])}, method="spearman")
+    wide = corr.pivot(index="layer", columns="config", values="spearman").sort_index()
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    image = ax.imshow(wide.to_numpy(float), aspect="auto", origin="lower", vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(wide.columns)))
+    ax.set_xticklabels([f"{c:g}" for c in wide.columns], rotation=90, fontsize=7)
+    step = max(1, len(wide.index) // 10)
+    ax.set_yticks(range(0, len(wide.index), step))
+    ax.set_yticklabels([str(v) for v in wide.index[::step]], fontsize=7)
+    ax.set_xlabel("fraction f of rank(V)")
+    ax.set_ylabel("layer")
+    fig.colorbar(image, ax=ax, label="in-sample Spearman ρ")
+    ax.set_title(title + "\n(descriptive: reading off its maximum is best-in-sample selection)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def layers_figure(grid: pd.DataFrame, probe: pd.DataFrame, fraction: float, title: str) -> Figure:
+    """NTPS at f and held-out probe accuracy across layers, one line per dataset."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    at = grid[np.isclose(grid["config"].astype(float), fraction)]
+    for i, d in enumerate(pd.unique(grid["dataset"])):
+        colour = f"C{i % 10}"
+        rows = at[at["dataset"] == d].sort_values("layer")
+        axes[0].plot(rows["layer"], rows["score"], "o-", ms=3, color=colour, label=_label(d))
+        acc = probe[probe["dataset"] == d].sort_values("layer")
+        if not acc.empty:
+            axes[1].plot(acc["layer"], acc["value"], "s-", ms=3, color=colour, label=_label(d))
+    axes[0].set_ylabel(f"NTPS (f = {fraction:g})")
+    axes[1].set_ylabel("held-out probe accuracy")
+    for ax in axes:
+        ax.set_xlabel("layer (0 = embeddings)")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Fig 1
+
+
+def word_projection(
+    features: np.ndarray, U: np.ndarray, V: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of feature rows in orthonormal bases of the top-2 U and top-2 V directions."""
+    q_u, _ = np.linalg.qr(U[:, :2])
+    q_v, _ = np.linalg.qr(V[:, :2])
+    return features @ q_u, features @ q_v
+
+
+def separation(coords: np.ndarray, labels: np.ndarray) -> float:
+    """Fisher ratio between the positive and negative words in a 2-D projection (function words excluded)."""
+    from perceptalign.ntps.peers import fisher_ratio
+
+    keep = labels < 2
+    return fisher_ratio(coords[keep], labels[keep])
+
+
+def words_figure(model: str, cell: Path, layer: int, status: Callable[[str], None]) -> Figure:
+    """Fig 1 for one model from the statistics of one (sentiment) dataset's NTPS cell."""
+    from perceptalign.ntps.datasets import TextDataset
+    from perceptalign.ntps.features import extract_features
+    from perceptalign.ntps.models import load_causal_lm
+    from perceptalign.ntps.statistics import load_statistics
+    from perceptalign.ntps.subspace import autoregressive_subspace, perception_subspace
+
+    stats, _ = load_statistics(cell / "statistics.safetensors")
+    if layer not in stats:
+        raise PerceptAlignError(f"layer {layer} has no statistics in {cell}.")
+    s = stats[layer]
+    U = perception_subspace(s.M_xx, s.M_xy).vectors
+    V = autoregressive_subspace(s.C0, s.C1).vectors
+    status(f"Fig 1: embedding single words with {model}")
+    loaded = load_causal_lm(model)
+    words = [*NEGATIVE_WORDS, *POSITIVE_WORDS, *FUNCTION_WORDS]
+    labels = np.array([0] * len(NEGATIVE_WORDS) + [1] * len(POSITIVE_WORDS) + [2] * len(FUNCTION_WORDS))
+    ds = TextDataset("words", "all", words, labels, ["negative", "positive", "function"], "report")
+    X = extract_features(loaded, ds, [layer], max_length=16, token_budget=4096)[layer].astype(np.float64)
+    on_u, on_v = word_projection(X, U, V)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6))
+    names = ("negative words", "positive words", "function words")
+    for ax, coords, space in ((axes[0], on_u, "U (perception)"), (axes[1], on_v, "V (next token)")):
+        for c, (name, colour) in enumerate(zip(names, ("C3", "C2", "C7"), strict=True)):
+            ax.scatter(coords[labels == c, 0], coords[labels == c, 1], color=colour, label=name, s=18)
+        for w, (a, b) in zip(words, coords, strict=True):
+            ax.annotate(w, (a, b), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_title(f"top-2 {space} directions — sentiment Fisher ratio {separation(coords, labels):.3g}",
+                     fontsize=9)
+        ax.set_xlabel("direction 1")
+        ax.set_ylabel("direction 2")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Fig 1 — {model}, layer {layer}: single words on U vs V ({cell.name})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _sentiment_cell(directory: Path, model: str, datasets: list[str]) -> Path | None:
+    """The NTPS cell of a two-class dataset, preferring class names that look like sentiment."""
+    from perceptalign.ntps.study import cell_dir
+
+    best: tuple[int, Path] | None = None
+    for d in datasets:
+        cell = cell_dir(directory, model, d)
+        if not (cell / "ntps.json").is_file() or not (cell / "statistics.safetensors").is_file():
+            continue
+        names = [str(c).lower() for c in read_json(cell / "ntps.json").get("class_names", [])]
+        if len(names) != 2:
+            continue
+        rank = 0 if {"negative", "positive"} & set(names) else 1
+        if best is None or rank < best[0]:
+            best = (rank, cell)
+    return best[1] if best else None
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def all_figures(
+    table: pd.DataFrame, report: dict[str, Any], config: Any, status: Callable[[str], None]
+) -> dict[str, dict[str, str]]:
+    """model → {title: base64 PNG}. A figure that cannot be drawn is noted in ``report`` and skipped."""
+    from perceptalign.ntps.report import TARGETS, figure_to_base64, score_grid
+
+    out: dict[str, dict[str, str]] = {}
+    notes: list[str] = report.setdefault("figure_notes", [])
+    for model, analysis in report["models"].items():
+        figs: dict[str, str] = {}
+        out[model] = figs
+        if "skipped" in analysis:
+            continue
+        fixed = analysis["fixed_config"]
+        ntps = analysis["ntps_at_fixed"]
+        targets = analysis["targets"]
+        probe_targets = {TARGETS[k][0]: v for k, v in targets.items() if k in ("probe_accuracy", "neg_mse")}
+        if probe_targets:
+            figs["Fig 2 — rank(NTPS) vs rank(probe accuracy / −MSE)"] = figure_to_base64(
+                rank_figure(ntps, probe_targets, f"{model}: NTPS at layer {fixed['layer']}, f = {fixed['fraction']}"))
+        if "lora_gain" in targets:
+            figs["Fig 3 — rank(NTPS) vs rank(LoRA gain)"] = figure_to_base64(
+                rank_figure(ntps, {"LoRA gain": targets["lora_gain"]}, f"{model}: declared sign negative"))
+        if analysis.get("lora_ntps"):
+            figs["NTPS before / after LoRA"] = figure_to_base64(before_after_figure(
+                analysis["lora_ntps"], targets.get("lora_gain", {}),
+                f"{model}: layer {fixed['layer']}, f = {fixed['fraction']}"))
+        grid = score_grid(table, model, "ntps", config.score_metric)
+        figs["NTPS layer × fraction heat maps"] = figure_to_base64(heatmaps_figure(grid, f"{model}: {config.score_metric}"))
+        if "probe_accuracy" in targets:
+            heat = correlation_heatmap(grid, targets["probe_accuracy"], f"{model}: ρ(NTPS, probe accuracy)")
+            if heat is not None:
+                figs["In-sample correlation per configuration"] = figure_to_base64(heat)
+        probe = table[(table["model"] == model) & (table["method"] == "probe") & (table["metric"] == "accuracy")
+                      & (table["layer"] != NO_LAYER)]
+        figs["NTPS and probe accuracy across layers"] = figure_to_base64(
+            layers_figure(grid, probe, fixed["fraction"], model))
+        if config.words_figure:
+            cell = _sentiment_cell(Path(config.directory), model, analysis["datasets"])
+            if cell is None:
+                notes.append(f"{model}: Fig 1 skipped (no two-class dataset with cached statistics).")
+            else:
+                try:
+                    figs["Fig 1 — words on U vs V"] = figure_to_base64(
+                        words_figure(model, cell, int(fixed["layer"]), status))
+                except (PerceptAlignError, OSError) as exc:
+                    notes.append(f"{model}: Fig 1 skipped ({exc}).")
+    return out
+
+
+__all__ = [
+    "FUNCTION_WORDS",
+    "NEGATIVE_WORDS",
+    "POSITIVE_WORDS",
+    "all_figures",
+    "before_after_figure",
+    "correlation_heatmap",
+    "heatmaps_figure",
+    "layers_figure",
+    "rank_figure",
+    "separation",
+    "word_projection",
+    "words_figure",
+]

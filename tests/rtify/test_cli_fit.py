@@ -1,0 +1,138 @@
+"""`perceptalign rtify fit` / `compare` end to end with tiny settings, and their error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import perceptalign.cli.rtify_fit  # noqa: F401  (registers fit/compare on rtify_app)
+from perceptalign.cli.rtify import rtify_app
+from perceptalign.io import read_json
+
+runner = CliRunner()
+COHERENCES = (6.4, 51.2)
+
+
+@pytest.fixture(scope="module")
+def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A signed-RT CSV with train/test splits: shifted-gamma RTs, accuracy rising with coherence."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 300), ("test", 200)):
+        for coh in COHERENCES:
+            rt = 0.3 + rng.gamma(2.0, 0.15 if coh > 10 else 0.2, n)
+            correct = rng.random(n) < (0.95 if coh > 10 else 0.65)
+            rows.append(
+                pd.DataFrame(
+                    {"split": split, "coherence_pct": coh, "signed_rt_s": np.where(correct, rt, -rt)}
+                )
+            )
+    path = tmp_path_factory.mktemp("data") / "rts.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+TINY = ["--steps", "5", "--gru-steps", "5", "--hidden-size", "8", "--trials", "20", "--eval-trials", "40"]
+
+
+def _fit(csv: Path, out: Path, cache: Path, *extra: str) -> object:
+    args = [
+        "fit",
+        "--data",
+        str(csv),
+        "--model",
+        "gru",
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        *TINY,
+        *extra,
+    ]
+    return runner.invoke(rtify_app, args)
+
+
+@pytest.fixture(scope="module")
+def fits(csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    cache = tmp_path_factory.mktemp("cache")
+    human, selfpen = tmp_path_factory.mktemp("human"), tmp_path_factory.mktemp("selfpen")
+    result = _fit(csv, human, cache, "--no-baselines", "--loss", "quantile")
+    assert result.exit_code == 0, result.output
+    result = _fit(
+        csv,
+        selfpen,
+        cache,
+        "--no-baselines",
+        "--objective",
+        "self-penalty",
+        "--penalty",
+        "tau",
+        "--lam",
+        "0.01",
+    )
+    assert result.exit_code == 0, result.output
+    return human, selfpen
+
+
+def test_fit_writes_report_and_figures(fits: tuple[Path, Path]) -> None:
+    human, selfpen = fits
+    report = read_json(human / "fit.json")
+    assert report["settings"]["fit"]["loss"] == "quantile"
+    assert report["settings"]["fit"]["head_steps"] == 5
+    assert report["settings"]["gru"]["hidden_size"] == 8
+    assert [r["condition"] for r in report["rtify"]["per_condition"]] == list(COHERENCES)
+    assert report["data"]["n_train"] == 600 and report["data"]["n_test"] == 400
+    for name in ("signed_rt_histograms.png", "psychometric_chronometric.png", "quantile_probability.png"):
+        assert (human / name).is_file()
+    other = read_json(selfpen / "fit.json")
+    assert other["objective"] == "self-penalty"
+    assert other["settings"]["fit"]["penalty"] == "tau" and other["settings"]["fit"]["lam"] == 0.01
+    # The second run reused the GRU trained by the first (same task and training settings).
+    assert report["gru"]["cached"] is False and other["gru"]["cached"] is True
+
+
+def test_compare_prints_tables_and_writes_markdown(fits: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cmp.md"
+    result = runner.invoke(rtify_app, ["compare", str(fits[0]), str(fits[1]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "coherence 6.4%" in result.output and "coherence 51.2%" in result.output
+    assert "Best fit" in result.output
+    text = out.read_text()
+    assert text.count("## coherence") == 2
+    assert "RTify (human fit)" in text and "RTify self-penalised" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "no-such-data"], "unknown data"),
+        (["--objective", "humans"], "objective"),
+        (["--loss", "kl"], "loss"),
+        (["--model", "lstm"], "unknown model"),
+    ],
+)
+def test_fit_errors(args: list[str], message: str, csv: Path, tmp_path: Path) -> None:
+    base = {"--data": str(csv), "--model": "gru", "--objective": "human", "--loss": "wasserstein"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    flat = [x for kv in base.items() for x in kv]
+    result = runner.invoke(rtify_app, ["fit", *flat, "--out", str(tmp_path / "o"), *TINY, "--no-baselines"])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "o" / "fit.json").exists()
+
+
+def test_fit_error_without_split(tmp_path: Path) -> None:
+    path = tmp_path / "nosplit.csv"
+    pd.DataFrame({"coherence_pct": [6.4, 51.2], "signed_rt_s": [0.5, -0.7]}).to_csv(path, index=False)
+    result = runner.invoke(rtify_app, ["fit", "--data", str(path), "--out", str(tmp_path / "o"), *TINY])
+    assert result.exit_code == 2 and "split" in " ".join(result.output.split())
+
+
+def test_compare_error_on_missing_fit(tmp_path: Path) -> None:
+    result = runner.invoke(rtify_app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2 and "no fit.json" in " ".join(result.output.split())
