@@ -21,7 +21,7 @@ from perceptalign.rtify.backbones import RecurrentCNN
 from perceptalign.rtify.images import load_digits_28
 from perceptalign.rtify.wongwang import WW_DEFAULTS
 
-CONFIG = nat.BackboneConfig(width=8, n_steps=6, epochs=10, batch_size=128, lr=1e-2, seed=0)
+CONFIG = nat.BackboneConfig(width=8, n_steps=6, epochs=6, batch_size=128, lr=1e-2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,9 @@ def test_wong_wang_driven_by_logits(backbone, digits, rt_table):
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
     with pytest.raises(PerceptAlignError, match=r"\(B, 10\)"):
         ww.drive(torch.zeros(3, 4))
+    steps = nat.extract(backbone, digits.test.images[:8]).logits  # per-step logits as a time series
+    with torch.no_grad():
+        assert ww(steps, generator=torch.Generator().manual_seed(0)).rt_s.shape == (8,)
 
     fit = nat.fit_item_rts(
         backbone, digits.test, rt_table, decider="wong-wang", epochs=8, shuffled_control=False, eval_repeats=4
@@ -194,6 +197,8 @@ def test_fit_item_rts_errors(backbone, digits, rt_table):
         nat.fit_item_rts(backbone, digits.test, rt_table, holdout_fraction=1.0)
     with pytest.raises(PerceptAlignError, match="constant"):
         nat.fit_item_rts(backbone, digits.test, rt_table.assign(rt_s=0.5))
+    with pytest.raises(PerceptAlignError, match="eval_repeats"):
+        nat.fit_item_rts(backbone, digits.test, rt_table, eval_repeats=0)
     with pytest.raises(PerceptAlignError, match="init"):
         nat.make_item_head(backbone, init="zeros")
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 from perceptalign.cli.ntps import ntps_app
 from perceptalign.cli.rtify import rtify_app
-
-# Modules that register further commands on the wing apps.
-import perceptalign.cli.ntps_probe  # noqa: F401  isort: skip
-import perceptalign.cli.ntps_train  # noqa: F401  isort: skip
 
 app = typer.Typer(
     name="perceptalign",
@@ -17,6 +15,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+# Modules that add commands to the wing apps when imported (one module per group of commands).
+COMMAND_MODULES = (
+    "perceptalign.cli.ntps_probe",
+    "perceptalign.cli.ntps_train",
+)
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module)
+
 app.add_typer(ntps_app, name="ntps")
 
 

@@ -664,6 +664,9 @@ def fit_item_rts(
     lr = (0.005 if decider == "rtify" else 0.003) if lr is None else lr
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise PerceptAlignError(f"epochs must be a non-negative integer, got {epochs!r}.")
+    for name, value in (("batch_size", batch_size), ("eval_repeats", eval_repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PerceptAlignError(f"{name} must be a positive integer, got {value!r}.")
     rts = rt_table if isinstance(rt_table, pd.Series) else read_rt_table(rt_table)
     ids = np.asarray(images.ids).astype(str)
     known = np.isin(ids, rts.index.to_numpy(dtype=str))
@@ -680,8 +683,7 @@ def fit_item_rts(
     if rows.size - n_held < 3:
         raise PerceptAlignError(f"too few images ({rows.size}) to hold out {holdout_fraction:.0%} and fit.")
     held_rows, fit_rows = np.sort(rows[:n_held]), np.sort(rows[n_held:])
-    human = torch.tensor(rts.loc[ids].to_numpy() if known.all() else rts.reindex(ids).to_numpy())
-    human = human.float()
+    human = torch.tensor(rts.reindex(ids).to_numpy(), dtype=torch.float32)  # NaN rows are never used
     if torch.all(human[torch.as_tensor(fit_rows)] == human[torch.as_tensor(fit_rows)][0]):
         raise PerceptAlignError("the RT table's RTs are constant on the fit images; r is undefined.")
 
