@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install fetch demo demo-ntps demo-rtify test test-fast lint bench clean
+.PHONY: install system-data fetch demo demo-ntps demo-rtify test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
+# Fashion-MNIST ships as a Debian package (natural-image RTify); installed when we may, else a hint.
+system-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST experiments"; fi
+
 # Converts the embedded GGUF model once and downloads + verifies the offline dataset archives.
-fetch: install
+fetch: install system-data
 	$(VENV)/bin/perceptalign fetch
 
 demo: demo-ntps

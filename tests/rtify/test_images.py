@@ -131,6 +131,7 @@ def test_load_digits_28_preserves_the_digits():
     # bilinear upsampling only smooths, so the correlation is high but not 1.
     original = load_digits().images.astype(np.float32) / 16.0
     back = torch.nn.functional.avg_pool2d(data.test.images[:, :, 2:26, 2:26], 3)[:, 0].numpy()
+
     def standardise(x: np.ndarray) -> np.ndarray:
         flat = x.reshape(len(x), -1)
         flat = flat - flat.mean(1, keepdims=True)

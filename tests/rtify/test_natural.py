@@ -33,12 +33,14 @@ def digits():
 def trained(digits, tmp_path_factory):
     old = os.environ.get("PERCEPTALIGN_CACHE")
     os.environ["PERCEPTALIGN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # deterministic and, on a shared machine, faster
         model, path, cached = nat.load_or_train_backbone(digits, CONFIG)
         assert not cached
         again, path2, cached2 = nat.load_or_train_backbone(digits, CONFIG)
     finally:
+        torch.set_num_threads(threads)
         if old is None:
             os.environ.pop("PERCEPTALIGN_CACHE")
         else:

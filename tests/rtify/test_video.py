@@ -22,6 +22,7 @@ from perceptalign.rtify.video import (
     FrameCNNLSTM,
     build_backbone,
     load_backbone,
+    recalibrate_batchnorm,
     save_backbone,
     weights_sha256,
 )
@@ -71,6 +72,7 @@ def tiny_config(kind: str = "c3d", **overrides: object) -> BackboneTrainingConfi
         "batches_per_epoch": 2,
         "batch_size": 4,
         "lr": 3e-3,
+        "bn_calibration_batches": 2,
         "seed": 3,
     }
     settings.update(overrides)
@@ -198,6 +200,38 @@ def test_backbone_input_errors() -> None:
 
 
 @pytest.mark.parametrize("kind", ["c3d", "cnn-lstm"])
+def test_recalibrated_eval_mode_reproduces_batch_statistics(kind: str) -> None:
+    model = tiny_model(kind)
+    clip = videos(batch=6, frames=8, seed=3)
+    with torch.no_grad():
+        model.train()
+        batch_mode = model(clip).frame_logits
+        assert recalibrate_batchnorm(model.eval(), [clip]) == 1
+        calibrated = model(clip).frame_logits
+    assert not model.training
+    # Calibrated on this one batch, eval mode normalises with exactly its statistics, except that the
+    # stored variance is the unbiased one: a factor n/(n−1) with n ≥ 6·8·4·4 = 768 values per channel,
+    # i.e. a relative change ≤ 0.07 % in the normalised activations.
+    torch.testing.assert_close(calibrated, batch_mode, rtol=2e-3, atol=2e-3)
+
+
+def test_recalibration_averages_batch_means_exactly() -> None:
+    model = tiny_model("c3d")
+    first_bn = model.features[1]
+    first_bn.momentum = 0.3
+    clips = [videos(batch=2, seed=s) for s in (1, 2, 3)]
+    with torch.no_grad():
+        # Independent: the first batch-norm input is the first causal convolution of the raw video.
+        means = [model.features[0](c.unsqueeze(1)).mean(dim=(0, 2, 3, 4)) for c in clips]
+        recalibrate_batchnorm(model, clips)
+    torch.testing.assert_close(first_bn.running_mean, torch.stack(means).mean(dim=0), rtol=1e-5, atol=1e-6)
+    assert first_bn.momentum == 0.3 and int(first_bn.num_batches_tracked) == 3
+    with pytest.raises(PerceptAlignError, match="no batches"):
+        recalibrate_batchnorm(model, [])
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), [torch.zeros(1, 2)]) == 0
+
+
+@pytest.mark.parametrize("kind", ["c3d", "cnn-lstm"])
 def test_save_load_roundtrip_and_hash(kind: str, tmp_path: Path) -> None:
     model = tiny_model(kind)
     digest = save_backbone(tmp_path / "b.safetensors", model)
@@ -260,7 +294,9 @@ def test_training_draws_stimuli_from_the_current_stage(monkeypatch: pytest.Monke
 @pytest.mark.parametrize("kind", ["c3d", "cnn-lstm"])
 def test_tiny_training_learns_the_easy_condition(kind: str) -> None:
     # 40 steps of 16 trials at 99.9 % coherence only (one stage spans all epochs).
-    config = tiny_config(kind, epochs=2, batches_per_epoch=20, batch_size=16, epochs_per_stage=10)
+    config = tiny_config(
+        kind, epochs=2, batches_per_epoch=20, batch_size=16, epochs_per_stage=10, bn_calibration_batches=5
+    )
     result = train_backbone(config.kind, config)
     outputs = compute_backbone_outputs(
         result.model, config.stimulus, coherences=(0.999,), trials_per_condition=100, seed=11
@@ -289,6 +325,23 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(kind: str, tmp_path: Pa
     assert again.weights_sha256 == straight.weights_sha256 and again.resumed_from_epoch == 2
     with pytest.raises(PerceptAlignError, match="already holds 2 epochs"):
         train_backbone(kind, tiny_config(kind, epochs=1), checkpoint=ckpt)
+
+
+def test_calibration_changes_only_batch_norm_statistics_of_the_returned_model(tmp_path: Path) -> None:
+    from perceptalign.io import load_tensors
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    result = train_backbone("c3d", tiny_config(epochs=1, bn_calibration_batches=2), checkpoint=ckpt)
+    saved = {k[len("model/") :]: v for k, v in load_tensors(ckpt).items() if k.startswith("model/")}
+    state = result.model.state_dict()
+    for name, value in saved.items():
+        if "running_" in name:  # re-estimated for the returned model; the checkpoint keeps the EMA
+            assert not torch.equal(state[name], value), name
+        elif "num_batches_tracked" not in name:
+            assert torch.equal(state[name], value), name
+    plain = train_backbone("c3d", tiny_config(epochs=1, bn_calibration_batches=0))
+    for name, value in saved.items():
+        assert torch.equal(plain.model.state_dict()[name], value), name
 
 
 def test_resume_refuses_other_settings_and_foreign_files(tmp_path: Path) -> None:
@@ -327,6 +380,8 @@ def test_config_errors() -> None:
         tiny_config(loss_on="middle")
     with pytest.raises(PerceptAlignError, match="bad arguments"):
         tiny_config(model={"width": 3})
+    with pytest.raises(PerceptAlignError, match="bn_calibration_batches"):
+        tiny_config(bn_calibration_batches=-1)
     with pytest.raises(PerceptAlignError, match="duration_s"):
         training_stimulus(duration_s=0)
     config = tiny_config(model={"channels": [4, 8]})

@@ -19,6 +19,9 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "perceptalign.cli.ntps_probe",
     "perceptalign.cli.ntps_train",
+    "perceptalign.cli.ntps_pretrain",
+    "perceptalign.cli.rtify_fit",
+    "perceptalign.cli.rtify_images",
 )
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)

@@ -117,6 +117,7 @@ def train_backbone_command(
                 kind, config, checkpoint=out / "checkpoint.safetensors", resume=resume, progress=on_batch
             )
             train_s = time.perf_counter() - t_start
+            progress.update(task, completed=total_steps)  # also when a finished checkpoint was resumed
             coherences = (*PAPER_COHERENCES, CURRICULUM_EASY_COHERENCE)
             n_eval = len(coherences) * 2 * trials_per_coherence
             eval_task = progress.add_task("evaluating", total=n_eval, info="fresh test stimuli")
@@ -166,7 +167,9 @@ def train_backbone_command(
     for row in table.itertuples():
         shown.add_row(f"{row.coherence_pct:g}", f"{row.accuracy:.3f}", f"{row.accuracy_se:.3f}")
     console.print(shown)
+    all_s = float(result.history["seconds"].sum())
     console.print(
-        f"trained in {train_s:.0f} s; wrote backbone.safetensors, backbone.json, outputs.safetensors, "
-        f"psychometric.png, training.png to {out}"
+        f"training took {all_s:.0f} s over {len(result.history)} epochs ({train_s:.0f} s in this run, "
+        f"resumed from epoch {result.resumed_from_epoch}); wrote backbone.safetensors, backbone.json, "
+        f"outputs.safetensors, psychometric.png, training.png to {out}"
     )

@@ -82,7 +82,9 @@ def next_token_probs(
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """Top-k renormalised next-token probabilities per text (CSR n × vocab, float32) and the kept mass."""
     if top_k is not None and (isinstance(top_k, bool) or int(top_k) < 1):
-        raise PerceptAlignError(f"top_k must be a positive integer or None (full distribution), got {top_k!r}.")
+        raise PerceptAlignError(
+            f"top_k must be a positive integer or None (full distribution), got {top_k!r}."
+        )
     token_ids = tokenize(loaded, dataset.texts, max_length)
     batches = token_budget_batches([len(x) for x in token_ids], token_budget)
     n = len(token_ids)

@@ -107,7 +107,9 @@ def run_peers(
     need_lm = any(m in LM_METRICS for m in metrics)
     pending = 0
     if cache.exists(dataset.split):
-        cache.load(dataset.split, feature_metadata(loaded, dataset, layers, config.max_length, config.max_samples))
+        cache.load(
+            dataset.split, feature_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
+        )
     else:
         pending += len(dataset)
     lm_cache = NextTokenCache(out)
@@ -157,7 +159,9 @@ def run_peers(
             try:
                 # NCE/LEEP ignore the features; any matrix with n rows satisfies the interface.
                 value = compute_peer_metrics(
-                    X, features.labels, next_token_probs=probs.probs if probs is not None and metric in lm_metrics else None,
+                    X,
+                    features.labels,
+                    next_token_probs=probs.probs if probs is not None and metric in lm_metrics else None,
                     metrics=[metric],
                 )[metric]
             except PerceptAlignError as exc:  # e.g. too few samples per class for a CV metric
@@ -189,12 +193,14 @@ def run_peers(
         "features_reused": features.reused,
         "not_computed": failures,
         "rows": [
-            {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
+            {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in rows
         ],
         "timing": {k: round(v, 4) for k, v in timing.items()},
         "definitions": {
             "features": "mean-pooled hidden states of the split (the probes' feature cache)",
-            "nce/leep": "from the LM's next-token distribution after the last real token (top-k renormalised); "
+            "nce/leep": "from the LM's next-token distribution after the last real token (top-k "
+            "renormalised); "
             "reported on the last requested layer's row only",
         },
     }

@@ -27,7 +27,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,18 +72,22 @@ class ReportConfig:
     n_bootstrap: int = 2000
     seed: int = 0
     words_figure: bool = True
+    figures: bool = True
 
     def validate(self) -> None:
         for name in ("fixed_layer", "probe_layer"):
             value = getattr(self, name)
             if not (value in ("last", "middle") or (isinstance(value, int) and value >= 0)):
                 raise PerceptAlignError(
-                    f"--{name.replace('_', '-')} must be 'last', 'middle' or a layer index ≥ 0 (got {value!r})."
+                    f"--{name.replace('_', '-')} must be 'last', 'middle' or a layer index ≥ 0 "
+                    f"(got {value!r})."
                 )
         if not 0 < self.fixed_fraction <= 1:
             raise PerceptAlignError(f"--fixed-fraction must lie in (0, 1] (got {self.fixed_fraction}).")
         if self.score_metric not in NTPS_VARIANTS:
-            raise PerceptAlignError(f"--score-metric must be one of {NTPS_VARIANTS} (got {self.score_metric!r}).")
+            raise PerceptAlignError(
+                f"--score-metric must be one of {NTPS_VARIANTS} (got {self.score_metric!r})."
+            )
         if self.n_permutations < 1 or self.n_bootstrap < 0:
             raise PerceptAlignError("--permutations must be ≥ 1 and --bootstrap ≥ 0.")
 
@@ -129,8 +133,12 @@ def score_grid(table: pd.DataFrame, model: str, method: str, metric: str) -> pd.
         return pd.DataFrame(columns=["dataset", "layer", "config", "score"])
     config = rows["config"].map(lambda c: NO_CONFIG if not np.isfinite(c) else float(c))
     grid = pd.DataFrame(
-        {"dataset": rows["dataset"].to_numpy(), "layer": rows["layer"].to_numpy(int), "config": config.to_numpy(),
-         "score": rows["value"].to_numpy(float)}
+        {
+            "dataset": rows["dataset"].to_numpy(),
+            "layer": rows["layer"].to_numpy(int),
+            "config": config.to_numpy(),
+            "score": rows["value"].to_numpy(float),
+        }
     )
     n_datasets = grid["dataset"].nunique()
     counts = grid.groupby(["layer", "config"])["dataset"].transform("nunique")
@@ -183,8 +191,13 @@ def _summary(result: SelectionResult) -> dict[str, Any]:
         "n_configurations": result.n_configurations,
         "n_permutations": result.n_permutations,
         "selected": [
-            {"dataset": str(d), "layer": int(r.layer), "config": r.config, "score": float(r.score),
-             "target": float(r.target)}
+            {
+                "dataset": str(d),
+                "layer": int(r.layer),
+                "config": r.config,
+                "score": float(r.score),
+                "target": float(r.target),
+            }
             for d, r in result.selected.iterrows()
         ],
     }
@@ -203,14 +216,21 @@ def select_all_modes(
     out: dict[str, dict[str, Any]] = {}
     for mode in MODES:
         if len(common) < _min_datasets(mode):
-            out[mode] = {"skipped": f"needs ≥ {_min_datasets(mode)} datasets with both numbers, has {len(common)}"}
+            out[mode] = {
+                "skipped": f"needs ≥ {_min_datasets(mode)} datasets with both numbers, has {len(common)}"
+            }
             continue
         try:
             result = select_and_correlate(
-                grid, {d: target[d] for d in common}, mode,
+                grid,
+                {d: target[d] for d in common},
+                mode,
                 fixed_config=fixed_config if mode == "fixed" else None,
-                method="spearman", direction=direction, n_permutations=config.n_permutations,
-                n_bootstrap=config.n_bootstrap, seed=config.seed,
+                method="spearman",
+                direction=direction,
+                n_permutations=config.n_permutations,
+                n_bootstrap=config.n_bootstrap,
+                seed=config.seed,
             )
         except PerceptAlignError as exc:  # constant scores or targets: the correlation is undefined
             out[mode] = {"skipped": str(exc)}
@@ -230,7 +250,8 @@ def _fixed_config(grid: pd.DataFrame, config: ReportConfig, fractions: bool) -> 
     available = sorted({c for c in grid["config"] if c != NO_CONFIG})
     if not any(np.isclose(c, config.fixed_fraction) for c in available):
         raise PerceptAlignError(
-            f"the declared fraction {config.fixed_fraction} is not in the study (fractions {available}); pass "
+            f"the declared fraction {config.fixed_fraction} is not in the study (fractions "
+            f"{available}); pass "
             "--fixed-fraction with one of them."
         )
     return layer, float(config.fixed_fraction)
@@ -253,21 +274,28 @@ def analyse_model(table: pd.DataFrame, model: str, config: ReportConfig) -> dict
         return out
     fixed = _fixed_config(grid, config, fractions=True)
     out["fixed_config"] = {"layer": fixed[0], "fraction": fixed[1]}
-    probe_rows = table[(table["model"] == model) & (table["method"] == "probe") & (table["layer"] != NO_LAYER)]
-    out["probe_layer"] = (resolve_layer(config.probe_layer, sorted(set(probe_rows["layer"])))
-                          if not probe_rows.empty else None)
+    probe_rows = table[
+        (table["model"] == model) & (table["method"] == "probe") & (table["layer"] != NO_LAYER)
+    ]
+    out["probe_layer"] = (
+        resolve_layer(config.probe_layer, sorted(set(probe_rows["layer"]))) if not probe_rows.empty else None
+    )
     at_fixed = grid[(grid["layer"] == fixed[0]) & grid["config"].map(lambda c: np.isclose(c, fixed[1]))]
-    out["ntps_at_fixed"] = {str(d): float(s) for d, s in zip(at_fixed["dataset"], at_fixed["score"], strict=True)}
+    out["ntps_at_fixed"] = {
+        str(d): float(s) for d, s in zip(at_fixed["dataset"], at_fixed["score"], strict=True)
+    }
     out["correlations"] = {
-        name: select_all_modes(grid, values, TARGETS[name][1], fixed, config) for name, values in targets.items()
+        name: select_all_modes(grid, values, TARGETS[name][1], fixed, config)
+        for name, values in targets.items()
     }
     out["peers"] = _peer_table(table, model, targets, config)
     out["lora_ntps"] = _lora_change(table, model, fixed)
     return out
 
 
-def _peer_table(table: pd.DataFrame, model: str, targets: dict[str, dict[str, float]],
-                config: ReportConfig) -> dict[str, Any]:
+def _peer_table(
+    table: pd.DataFrame, model: str, targets: dict[str, dict[str, float]], config: ReportConfig
+) -> dict[str, Any]:
     """metric → target → mode → summary; NTPS variants first, then every stored peer metric."""
     metrics: list[tuple[str, str]] = [("ntps", v) for v in NTPS_VARIANTS]
     stored = table[(table["model"] == model) & (table["method"] == "peers")]["metric"]
@@ -294,8 +322,12 @@ def _peer_table(table: pd.DataFrame, model: str, targets: dict[str, dict[str, fl
 
 
 def _lora_change(table: pd.DataFrame, model: str, fixed: tuple[int, Any]) -> dict[str, Any] | None:
-    sub = table[(table["model"] == model) & (table["method"] == "lora") & (table["layer"] == fixed[0])
-                & np.isclose(table["config"].fillna(-1.0), fixed[1])]
+    sub = table[
+        (table["model"] == model)
+        & (table["method"] == "lora")
+        & (table["layer"] == fixed[0])
+        & np.isclose(table["config"].fillna(-1.0), fixed[1])
+    ]
     before = sub[sub["metric"] == "ntps_before_lora"].set_index("dataset")["value"]
     after = sub[sub["metric"] == "ntps_after_lora"].set_index("dataset")["value"]
     common = [d for d in before.index if d in after.index]
@@ -309,7 +341,10 @@ def _costs(table: pd.DataFrame) -> dict[str, Any]:
     cells = table[table["metric"] == "cell_seconds"]
     out: dict[str, Any] = {}
     for (model, method), group in cells.groupby(["model", "method"]):
-        out.setdefault(model, {})[method] = {"median_seconds": float(group["value"].median()), "n": len(group)}
+        out.setdefault(model, {})[method] = {
+            "median_seconds": float(group["value"].median()),
+            "n": len(group),
+        }
     return out
 
 
@@ -321,27 +356,40 @@ def statements(model: str, analysis: dict[str, Any]) -> list[str]:
         for mode in MODES:
             res = modes.get(mode, {})
             if "skipped" in res or not res:
-                lines.append(f"{model}: NTPS vs {what}, {MODE_LABELS[mode]}: not computed ({res.get('skipped')}).")
+                lines.append(
+                    f"{model}: NTPS vs {what}, {MODE_LABELS[mode]}: not computed ({res.get('skipped')})."
+                )
                 continue
             p = res["selection_perm_p"]
             verdict = "SIGNIFICANT" if p < ALPHA else "NOT significant"
-            sign = "as declared" if (res["spearman"] > 0) == (res["direction"] == "positive") else "OPPOSITE to the declared sign"
+            sign = (
+                "as declared"
+                if (res["spearman"] > 0) == (res["direction"] == "positive")
+                else "OPPOSITE to the declared sign"
+            )
             lines.append(
                 f"{model}: NTPS vs {what}, {MODE_LABELS[mode]}: Spearman ρ = {res['spearman']:+.2f} "
-                f"(95% bootstrap CI [{res['spearman_ci'][0]:+.2f}, {res['spearman_ci'][1]:+.2f}], n = {res['n']}, "
+                f"(95% bootstrap CI [{res['spearman_ci'][0]:+.2f}, {res['spearman_ci'][1]:+.2f}], "
+                f"n = {res['n']}, "
                 f"{sign}); selection-aware permutation p = {p:.3g} → {verdict} at {ALPHA}."
             )
         fixed, best = modes.get("fixed", {}), modes.get("best_in_sample", {})
-        if "spearman" in best and best.get("selection_perm_p", 0) >= ALPHA and best.get("spearman_p", 1) < ALPHA:
+        if (
+            "spearman" in best
+            and best.get("selection_perm_p", 0) >= ALPHA
+            and best.get("spearman_p", 1) < ALPHA
+        ):
             lines.append(
                 f"{model}: the best-in-sample ρ = {best['spearman']:+.2f} looks significant by its naive p = "
-                f"{best['spearman_p']:.3g} but not once the choice among {best['n_configurations']} configurations "
+                f"{best['spearman_p']:.3g} but not once the choice among {best['n_configurations']} "
+                f"configurations "
                 f"is accounted for (p = {best['selection_perm_p']:.3g})."
             )
         if "spearman" in fixed and "spearman" in best and best["spearman"] - fixed["spearman"] > 0.2:
             lines.append(
                 f"{model}: selecting the configuration on the outcome raises ρ from {fixed['spearman']:+.2f} "
-                f"(fixed) to {best['spearman']:+.2f} (best in sample): the difference is selection, not evidence."
+                f"(fixed) to {best['spearman']:+.2f} (best in sample): the difference is selection, not "
+                "evidence."
             )
     return lines
 
@@ -355,7 +403,8 @@ def build_report(config: ReportConfig, on_status: Callable[[str], None] | None =
     table = store.table()
     if table.empty:
         raise PerceptAlignError(
-            f"{directory} holds no study results (no {store.cells_dir}); run `ntps study --out {directory}` first."
+            f"{directory} holds no study results (no {store.cells_dir}); run "
+            f"`ntps study --out {directory}` first."
         )
     study = read_json(directory / "study.json") if (directory / "study.json").is_file() else {}
     models = [m for m in study.get("models", []) if m in set(table["model"])]
@@ -388,7 +437,7 @@ def build_report(config: ReportConfig, on_status: Callable[[str], None] | None =
     status("drawing figures")
     from perceptalign.ntps import report_figures
 
-    figures = report_figures.all_figures(table, report, config, status)
+    figures = report_figures.all_figures(table, report, config, status) if config.figures else {}
     json_path = directory / REPORT_JSON
     write_json_atomic(json_path, _json_clean(report))
     html_path = directory / REPORT_HTML
@@ -419,7 +468,8 @@ def figure_to_base64(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    # No bbox_inches="tight": it draws every figure twice; the figure functions lay themselves out.
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -431,15 +481,20 @@ def _fmt(value: Any, digits: int = 2, signed: bool = True) -> str:
 
 
 def _correlation_table(modes: dict[str, dict[str, Any]]) -> str:
-    head = ("<tr><th>selection</th><th>n</th><th>Spearman ρ [95% CI]</th><th>p (analytic)</th>"
-            "<th>p (permutation)</th><th>p (selection-aware)</th><th>Pearson r [95% CI]</th><th>p</th>"
-            "<th>configuration(s) used</th></tr>")
+    head = (
+        "<tr><th>selection</th><th>n</th><th>Spearman ρ [95% CI]</th><th>p (analytic)</th>"
+        "<th>p (permutation)</th><th>p (selection-aware)</th><th>Pearson r [95% CI]</th><th>p</th>"
+        "<th>configuration(s) used</th></tr>"
+    )
     body = []
     for mode in MODES:
         res = modes.get(mode, {})
         label = html.escape(MODE_LABELS[mode])
         if not res or "skipped" in res:
-            body.append(f"<tr><td>{label}</td><td colspan=8>not computed: {html.escape(str(res.get('skipped')))}</td></tr>")
+            body.append(
+                f"<tr><td>{label}</td><td colspan=8>not computed: "
+                f"{html.escape(str(res.get('skipped')))}</td></tr>"
+            )
             continue
         chosen = sorted({(s["layer"], s["config"]) for s in res["selected"]}, key=str)
         chosen_text = ", ".join(f"layer {lay}, f={cfg}" for lay, cfg in chosen)
@@ -460,13 +515,22 @@ def _peer_html(peers: dict[str, Any]) -> str:
     present = [t for t in targets if any(t in v for v in peers.values() if isinstance(v, dict))]
     if not present:
         return "<p>No peer comparison: the study has neither probe nor LoRA targets.</p>"
-    head = "<tr><th>metric</th>" + "".join(
-        f"<th>{html.escape(TARGETS[t][0])}<br>{html.escape(MODE_LABELS[m])}</th>" for t in present for m in MODES
-    ) + "</tr>"
+    head = (
+        "<tr><th>metric</th>"
+        + "".join(
+            f"<th>{html.escape(TARGETS[t][0])}<br>{html.escape(MODE_LABELS[m])}</th>"
+            for t in present
+            for m in MODES
+        )
+        + "</tr>"
+    )
     rows = []
     for metric, by_target in peers.items():
         if "skipped" in by_target:
-            rows.append(f"<tr><td>{metric}</td><td colspan={len(present) * 3}>{html.escape(by_target['skipped'])}</td></tr>")
+            rows.append(
+                f"<tr><td>{metric}</td><td colspan={len(present) * 3}>"
+                f"{html.escape(by_target['skipped'])}</td></tr>"
+            )
             continue
         cells = []
         for t in present:
@@ -476,7 +540,10 @@ def _peer_html(peers: dict[str, Any]) -> str:
                     cells.append("<td>—</td>")
                 else:
                     mark = "*" if res["selection_perm_p"] < ALPHA else ""
-                    cells.append(f"<td>{_fmt(res['spearman'])}{mark} (p={_fmt(res['selection_perm_p'], 2, False)})</td>")
+                    cells.append(
+                        f"<td>{_fmt(res['spearman'])}{mark} "
+                        f"(p={_fmt(res['selection_perm_p'], 2, False)})</td>"
+                    )
         rows.append(f"<tr><td>{html.escape(metric)}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -498,11 +565,14 @@ def render_html(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> s
         "<h2>Declared analysis</h2><ul>",
         f"<li><b>fixed a priori</b>: layer = {html.escape(str(d['fixed_layer']))}, f = {d['fixed_fraction']} "
         f"(score: {d['score_metric']}); probe target at layer {html.escape(str(d['probe_layer']))}.</li>",
-        "<li><b>nested</b>: leave-one-dataset-out; each dataset's configuration is chosen on the others.</li>",
-        "<li><b>best in sample</b>: the configuration maximising ρ on all datasets — OPTIMISTIC (the published "
+        "<li><b>nested</b>: leave-one-dataset-out; each dataset's configuration is chosen on the "
+        "others.</li>",
+        "<li><b>best in sample</b>: the configuration maximising ρ on all datasets — OPTIMISTIC "
+        "(the published "
         "practice); read its selection-aware p.</li>",
         f"<li>Spearman selects; declared signs: {html.escape(str(d['directions']))}. Permutation nulls: "
-        f"{d['n_permutations']} permutations; bootstrap: {d['n_bootstrap']} resamples; α = {d['alpha']}.</li></ul>",
+        f"{d['n_permutations']} permutations; bootstrap: {d['n_bootstrap']} resamples; "
+        f"α = {d['alpha']}.</li></ul>",
         "<h2>Findings</h2><ul>",
         *[f"<li>{html.escape(s)}</li>" for s in report["statements"]],
         "</ul>",
@@ -512,35 +582,49 @@ def render_html(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> s
         if "skipped" in analysis:
             parts.append(f"<p>{html.escape(analysis['skipped'])}</p>")
             continue
-        parts.append(f"<p class=note>datasets: {html.escape(', '.join(dataset_label(x) for x in analysis['datasets']))}"
-                     f"; fixed configuration layer {analysis['fixed_config']['layer']}, "
-                     f"f = {analysis['fixed_config']['fraction']}</p>")
+        parts.append(
+            "<p class=note>datasets: "
+            f"{html.escape(', '.join(dataset_label(x) for x in analysis['datasets']))}"
+            f"; fixed configuration layer {analysis['fixed_config']['layer']}, "
+            f"f = {analysis['fixed_config']['fraction']}</p>"
+        )
         for name, modes in analysis.get("correlations", {}).items():
-            parts.append(f"<h3>NTPS vs {html.escape(TARGETS[name][0])} (declared sign: {TARGETS[name][1]})</h3>")
+            parts.append(
+                f"<h3>NTPS vs {html.escape(TARGETS[name][0])} (declared sign: {TARGETS[name][1]})</h3>"
+            )
             parts.append(_correlation_table(modes))
         if not analysis.get("correlations"):
             parts.append("<p>No probe or LoRA results for this model: nothing to correlate NTPS with.</p>")
-        parts.append("<h3>Peers side by side (same datasets, same three selection procedures; * p &lt; 0.05, "
-                     "selection-aware)</h3>")
+        parts.append(
+            "<h3>Peers side by side (same datasets, same three selection procedures; * p &lt; 0.05, "
+            "selection-aware)</h3>"
+        )
         parts.append(_peer_html(analysis.get("peers", {})))
         for title, encoded in figures.get(model, {}).items():
-            parts.append(f"<h4>{html.escape(title)}</h4><img alt='{html.escape(title)}' "
-                         f"src='data:image/png;base64,{encoded}'>")
+            parts.append(
+                f"<h4>{html.escape(title)}</h4><img alt='{html.escape(title)}' "
+                f"src='data:image/png;base64,{encoded}'>"
+            )
     for title, encoded in figures.get("", {}).items():
-        parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{encoded}'>")
-    parts.append("<h2>Measured cost (median wall seconds per cell)</h2><table><tr><th>model</th>"
-                 "<th>measure</th><th>median s</th><th>cells</th></tr>")
+        parts.append(
+            f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
+            f"src='data:image/png;base64,{encoded}'>"
+        )
+    parts.append(
+        "<h2>Measured cost (median wall seconds per cell)</h2><table><tr><th>model</th>"
+        "<th>measure</th><th>median s</th><th>cells</th></tr>"
+    )
     for model, methods in report["costs"].items():
         for method, cost in methods.items():
-            parts.append(f"<tr><td>{html.escape(model)}</td><td>{method}</td><td>{cost['median_seconds']:.2f}</td>"
-                         f"<td>{cost['n']}</td></tr>")
-    parts.append("</table><p class=note>Probe cells include the feature extraction; peers reuse the probe's "
-                 "features; LoRA cells include their linear-head baseline and NTPS before/after.</p></body></html>")
+            parts.append(
+                f"<tr><td>{html.escape(model)}</td><td>{method}</td><td>{cost['median_seconds']:.2f}</td>"
+                f"<td>{cost['n']}</td></tr>"
+            )
+    parts.append(
+        "</table><p class=note>Probe cells include the feature extraction; peers reuse the probe's "
+        "features; LoRA cells include their linear-head baseline and NTPS before/after.</p></body></html>"
+    )
     return "\n".join(parts)
-
-
-def as_hashable(value: Any) -> Hashable:
-    return value if isinstance(value, Hashable) else str(value)
 
 
 __all__ = [

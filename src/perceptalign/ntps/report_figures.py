@@ -25,12 +25,57 @@ from matplotlib.figure import Figure
 from perceptalign.io import PerceptAlignError, read_json
 from perceptalign.ntps.store import NO_LAYER
 
-POSITIVE_WORDS = ("good", "great", "excellent", "wonderful", "happy", "love", "best", "beautiful", "brilliant",
-                  "superb", "delightful", "enjoyable", "perfect", "fantastic", "pleasant")
-NEGATIVE_WORDS = ("bad", "terrible", "awful", "horrible", "sad", "hate", "worst", "ugly", "boring", "dull",
-                  "poor", "disappointing", "dreadful", "annoying", "mediocre")
-FUNCTION_WORDS = ("the", "of", "and", "to", "in", "is", "that", "it", "for", "on", "with", "as", "by", "at",
-                  "from")
+POSITIVE_WORDS = (
+    "good",
+    "great",
+    "excellent",
+    "wonderful",
+    "happy",
+    "love",
+    "best",
+    "beautiful",
+    "brilliant",
+    "superb",
+    "delightful",
+    "enjoyable",
+    "perfect",
+    "fantastic",
+    "pleasant",
+)
+NEGATIVE_WORDS = (
+    "bad",
+    "terrible",
+    "awful",
+    "horrible",
+    "sad",
+    "hate",
+    "worst",
+    "ugly",
+    "boring",
+    "dull",
+    "poor",
+    "disappointing",
+    "dreadful",
+    "annoying",
+    "mediocre",
+)
+FUNCTION_WORDS = (
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "it",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+)
 
 
 def _label(name: str) -> str:
@@ -97,7 +142,7 @@ def heatmaps_figure(grid: pd.DataFrame, title: str) -> Figure:
     cols = min(4, len(datasets))
     rows = int(np.ceil(len(datasets) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.ravel()[len(datasets):]:
+    for ax in axes.ravel()[len(datasets) :]:
         ax.axis("off")
     for ax, d in zip(axes.ravel(), datasets, strict=False):
         wide = grid[grid["dataset"] == d].pivot(index="layer", columns="config", values="score").sort_index()
@@ -164,9 +209,7 @@ def layers_figure(grid: pd.DataFrame, probe: pd.DataFrame, fraction: float, titl
 # Fig 1
 
 
-def word_projection(
-    features: np.ndarray, U: np.ndarray, V: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def word_projection(features: np.ndarray, U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates of feature rows in orthonormal bases of the top-2 U and top-2 V directions."""
     q_u, _ = np.linalg.qr(U[:, :2])
     q_v, _ = np.linalg.qr(V[:, :2])
@@ -209,8 +252,9 @@ def words_figure(model: str, cell: Path, layer: int, status: Callable[[str], Non
             ax.scatter(coords[labels == c, 0], coords[labels == c, 1], color=colour, label=name, s=18)
         for w, (a, b) in zip(words, coords, strict=True):
             ax.annotate(w, (a, b), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.set_title(f"top-2 {space} directions — sentiment Fisher ratio {separation(coords, labels):.3g}",
-                     fontsize=9)
+        ax.set_title(
+            f"top-2 {space} directions — sentiment Fisher ratio {separation(coords, labels):.3g}", fontsize=9
+        )
         ax.set_xlabel("direction 1")
         ax.set_ylabel("direction 2")
     axes[0].legend(fontsize=7)
@@ -259,24 +303,39 @@ def all_figures(
         probe_targets = {TARGETS[k][0]: v for k, v in targets.items() if k in ("probe_accuracy", "neg_mse")}
         if probe_targets:
             figs["Fig 2 — rank(NTPS) vs rank(probe accuracy / −MSE)"] = figure_to_base64(
-                rank_figure(ntps, probe_targets, f"{model}: NTPS at layer {fixed['layer']}, f = {fixed['fraction']}"))
+                rank_figure(
+                    ntps, probe_targets, f"{model}: NTPS at layer {fixed['layer']}, f = {fixed['fraction']}"
+                )
+            )
         if "lora_gain" in targets:
             figs["Fig 3 — rank(NTPS) vs rank(LoRA gain)"] = figure_to_base64(
-                rank_figure(ntps, {"LoRA gain": targets["lora_gain"]}, f"{model}: declared sign negative"))
+                rank_figure(ntps, {"LoRA gain": targets["lora_gain"]}, f"{model}: declared sign negative")
+            )
         if analysis.get("lora_ntps"):
-            figs["NTPS before / after LoRA"] = figure_to_base64(before_after_figure(
-                analysis["lora_ntps"], targets.get("lora_gain", {}),
-                f"{model}: layer {fixed['layer']}, f = {fixed['fraction']}"))
+            figs["NTPS before / after LoRA"] = figure_to_base64(
+                before_after_figure(
+                    analysis["lora_ntps"],
+                    targets.get("lora_gain", {}),
+                    f"{model}: layer {fixed['layer']}, f = {fixed['fraction']}",
+                )
+            )
         grid = score_grid(table, model, "ntps", config.score_metric)
-        figs["NTPS layer × fraction heat maps"] = figure_to_base64(heatmaps_figure(grid, f"{model}: {config.score_metric}"))
+        figs["NTPS layer × fraction heat maps"] = figure_to_base64(
+            heatmaps_figure(grid, f"{model}: {config.score_metric}")
+        )
         if "probe_accuracy" in targets:
             heat = correlation_heatmap(grid, targets["probe_accuracy"], f"{model}: ρ(NTPS, probe accuracy)")
             if heat is not None:
                 figs["In-sample correlation per configuration"] = figure_to_base64(heat)
-        probe = table[(table["model"] == model) & (table["method"] == "probe") & (table["metric"] == "accuracy")
-                      & (table["layer"] != NO_LAYER)]
+        probe = table[
+            (table["model"] == model)
+            & (table["method"] == "probe")
+            & (table["metric"] == "accuracy")
+            & (table["layer"] != NO_LAYER)
+        ]
         figs["NTPS and probe accuracy across layers"] = figure_to_base64(
-            layers_figure(grid, probe, fixed["fraction"], model))
+            layers_figure(grid, probe, fixed["fraction"], model)
+        )
         if config.words_figure:
             cell = _sentiment_cell(Path(config.directory), model, analysis["datasets"])
             if cell is None:
@@ -284,7 +343,8 @@ def all_figures(
             else:
                 try:
                     figs["Fig 1 — words on U vs V"] = figure_to_base64(
-                        words_figure(model, cell, int(fixed["layer"]), status))
+                        words_figure(model, cell, int(fixed["layer"]), status)
+                    )
                 except (PerceptAlignError, OSError) as exc:
                     notes.append(f"{model}: Fig 1 skipped ({exc}).")
     return out

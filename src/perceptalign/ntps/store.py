@@ -33,7 +33,15 @@ import pandas as pd
 from perceptalign.io import PerceptAlignError, write_text_atomic
 
 KEY_COLUMNS = ("model", "dataset", "method", "metric", "layer", "config")
-PROVENANCE_COLUMNS = ("model_fingerprint", "data_sha256", "n_texts", "settings", "seconds", "run_at", "source")
+PROVENANCE_COLUMNS = (
+    "model_fingerprint",
+    "data_sha256",
+    "n_texts",
+    "settings",
+    "seconds",
+    "run_at",
+    "source",
+)
 COLUMNS = (*KEY_COLUMNS, "value", *PROVENANCE_COLUMNS)
 CELL_SUFFIX = ".jsonl"
 NO_LAYER = -1
@@ -63,7 +71,9 @@ def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
         value = row.get(column)
         if column in ("model", "dataset", "method", "metric"):
             if not isinstance(value, str) or not value:
-                raise PerceptAlignError(f"results column {column!r} must be a non-empty string, got {value!r}.")
+                raise PerceptAlignError(
+                    f"results column {column!r} must be a non-empty string, got {value!r}."
+                )
         elif column == "layer":
             value = NO_LAYER if value is None else value
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < NO_LAYER:
@@ -122,7 +132,8 @@ class ResultsStore:
                 norm = tuple("nan" if isinstance(k, float) and math.isnan(k) else k for k in key)
                 if norm in seen:
                     raise PerceptAlignError(
-                        f"two rows of cell {(model, dataset, method)} share the key {dict(zip(KEY_COLUMNS, key))}"
+                        f"two rows of cell {(model, dataset, method)} share the key "
+                        f"{dict(zip(KEY_COLUMNS, key, strict=True))}"
                         "; every (metric, layer, config) may appear once per cell."
                     )
                 seen.add(norm)

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,9 @@ class StudyConfig:
                 raise PerceptAlignError(f"{what} lists a name twice ({values}); list each once.")
         unknown = [m for m in self.measures if m not in MEASURES]
         if unknown or not self.measures:
-            raise PerceptAlignError(f"--measure {unknown or '(empty)'} unknown; choose from {','.join(MEASURES)}.")
+            raise PerceptAlignError(
+                f"--measure {unknown or '(empty)'} unknown; choose from {','.join(MEASURES)}."
+            )
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise PerceptAlignError(f"--fractions must lie in (0, 1] (got {self.fractions}).")
         if self.max_samples is not None and self.max_samples < 2:
@@ -147,10 +149,16 @@ def _check_settings(config: StudyConfig) -> None:
                 "resume it, or use another --out directory for the new settings."
             )
         previous = read_json(path)
-        grid = {k: list(dict.fromkeys(previous.get(k, []) + getattr(config, k))) for k in ("models", "datasets")}
+        grid = {
+            k: list(dict.fromkeys(previous.get(k, []) + getattr(config, k))) for k in ("models", "datasets")
+        }
         grid["measures"] = list(dict.fromkeys(previous.get("measures", []) + list(config.measures)))
     else:
-        grid = {"models": list(config.models), "datasets": list(config.datasets), "measures": list(config.measures)}
+        grid = {
+            "models": list(config.models),
+            "datasets": list(config.datasets),
+            "measures": list(config.measures),
+        }
     write_json_atomic(path, {"settings": settings, **grid})
 
 
@@ -204,24 +212,44 @@ def run_study(
             emit(CellEvent(index, len(cells), model, dataset, measure, "failed", error=str(exc)))
             continue
         seconds = time.perf_counter() - started
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         for row in rows:
-            row.update(model=model, dataset=dataset, method=measure, settings=config.digest(measure),
-                       seconds=seconds, run_at=stamp)
-        rows.append({"model": model, "dataset": dataset, "method": measure, "metric": "cell_seconds",
-                     "layer": NO_LAYER, "value": seconds, "settings": config.digest(measure),
-                     "seconds": seconds, "run_at": stamp,
-                     **{k: rows[0].get(k) for k in ("model_fingerprint", "data_sha256", "n_texts", "source")
-                        if rows}})
+            row.update(
+                model=model,
+                dataset=dataset,
+                method=measure,
+                settings=config.digest(measure),
+                seconds=seconds,
+                run_at=stamp,
+            )
+        rows.append(
+            {
+                "model": model,
+                "dataset": dataset,
+                "method": measure,
+                "metric": "cell_seconds",
+                "layer": NO_LAYER,
+                "value": seconds,
+                "settings": config.digest(measure),
+                "seconds": seconds,
+                "run_at": stamp,
+                **{
+                    k: rows[0].get(k)
+                    for k in ("model_fingerprint", "data_sha256", "n_texts", "source")
+                    if rows
+                },
+            }
+        )
         store.add(rows)
         result.ran.append(key)
         emit(CellEvent(index, len(cells), model, dataset, measure, "done", seconds=seconds))
     table = store.table()
     write_text_atomic(out / TABLE_EXPORT, table.to_csv(index=False))
     if result.failed:
-        write_json_atomic(out / "failures.json", [
-            {"model": m, "dataset": d, "measure": s, "error": e} for m, d, s, e in result.failed
-        ])
+        write_json_atomic(
+            out / "failures.json",
+            [{"model": m, "dataset": d, "measure": s, "error": e} for m, d, s, e in result.failed],
+        )
     return result
 
 
@@ -239,7 +267,9 @@ def _provenance(meta_path: Path, model_fingerprint: str | None, source: str) -> 
     }
 
 
-def _grid_rows(block: dict[str, Any], metric_names: tuple[str, ...], rename: str = "") -> list[dict[str, Any]]:
+def _grid_rows(
+    block: dict[str, Any], metric_names: tuple[str, ...], rename: str = ""
+) -> list[dict[str, Any]]:
     """Rows of an ``ntps_all_layers`` dict: one per (metric, layer, fraction or k)."""
     columns = block.get("fractions") or None
     rows = []
@@ -250,41 +280,67 @@ def _grid_rows(block: dict[str, Any], metric_names: tuple[str, ...], rename: str
             if values is None:
                 continue
             for config, value in zip(configs, values[i], strict=True):
-                rows.append({"metric": f"{metric}{rename}", "layer": int(layer), "config": float(config),
-                             "value": math.nan if value is None else float(value)})
+                rows.append(
+                    {
+                        "metric": f"{metric}{rename}",
+                        "layer": int(layer),
+                        "config": float(config),
+                        "value": math.nan if value is None else float(value),
+                    }
+                )
         rows.append({"metric": f"k_u{rename}", "layer": int(layer), "value": float(block["k_u"][i])})
         rows.append({"metric": f"rank_v{rename}", "layer": int(layer), "value": float(block["rank_v"][i])})
     return rows
 
 
-def _run_ntps(config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any) -> list[dict[str, Any]]:
+def _run_ntps(
+    config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
+) -> list[dict[str, Any]]:
     from perceptalign.ntps.score import STATISTICS_FILE, ScoreConfig, run_score
 
     out = cell_dir(config.out, model, dataset)
     result = run_score(
         ScoreConfig(
-            model=model, dataset=dataset, out=out, layers=config.layers, max_samples=config.max_samples,
-            max_length=config.max_length, token_budget=config.token_budget, dtype=config.dtype,
-            fractions=list(config.fractions), seed=config.seed, trust_remote_code=config.trust_remote_code,
+            model=model,
+            dataset=dataset,
+            out=out,
+            layers=config.layers,
+            max_samples=config.max_samples,
+            max_length=config.max_length,
+            token_budget=config.token_budget,
+            dtype=config.dtype,
+            fractions=list(config.fractions),
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
         ),
         on_status=status,
         on_batch=on_batch,
     )
-    prov = _provenance((out / STATISTICS_FILE).with_suffix(".json"), result.results["model_fingerprint"],
-                       "ntps.json")
+    prov = _provenance(
+        (out / STATISTICS_FILE).with_suffix(".json"), result.results["model_fingerprint"], "ntps.json"
+    )
     rows = _grid_rows(result.results, NTPS_METRICS)
     return [{**prov, **row} for row in rows]
 
 
-def _run_probe(config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any) -> list[dict[str, Any]]:
+def _run_probe(
+    config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
+) -> list[dict[str, Any]]:
     from perceptalign.ntps.probes import ProbeConfig, run_probe
 
     out = cell_dir(config.out, model, dataset)
     result = run_probe(
         ProbeConfig(
-            model=model, dataset=dataset, out=out, layers=config.layers, max_samples=config.max_samples,
-            max_length=config.max_length, token_budget=config.token_budget, dtype=config.dtype,
-            seed=config.seed, trust_remote_code=config.trust_remote_code,
+            model=model,
+            dataset=dataset,
+            out=out,
+            layers=config.layers,
+            max_samples=config.max_samples,
+            max_length=config.max_length,
+            token_budget=config.token_budget,
+            dtype=config.dtype,
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
         ),
         on_status=status,
         on_batch=on_batch,
@@ -294,29 +350,54 @@ def _run_probe(config: StudyConfig, model: str, dataset: str, status: Any, on_ba
     for record in result.table.to_dict(orient="records"):
         for metric in PROBE_METRICS:
             rows.append({"metric": metric, "layer": int(record["layer"]), "value": float(record[metric])})
-    rows.append({"metric": "majority_class_accuracy", "layer": NO_LAYER,
-                 "value": float(result.results["majority_class_accuracy"])})
-    rows.append({"metric": "probe_seconds", "layer": NO_LAYER,
-                 "value": float(result.results["timing"]["probe_seconds"])})
+    rows.append(
+        {
+            "metric": "majority_class_accuracy",
+            "layer": NO_LAYER,
+            "value": float(result.results["majority_class_accuracy"]),
+        }
+    )
+    rows.append(
+        {
+            "metric": "probe_seconds",
+            "layer": NO_LAYER,
+            "value": float(result.results["timing"]["probe_seconds"]),
+        }
+    )
     return [{**prov, **row} for row in rows]
 
 
-def _run_peers(config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any) -> list[dict[str, Any]]:
+def _run_peers(
+    config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
+) -> list[dict[str, Any]]:
     from perceptalign.ntps.peers_job import PeersConfig, run_peers
 
     out = cell_dir(config.out, model, dataset)
     result = run_peers(
         PeersConfig(
-            model=model, dataset=dataset, out=out, layers=config.layers, metrics=config.peer_metrics,
-            max_samples=config.max_samples, max_length=config.max_length, token_budget=config.token_budget,
-            dtype=config.dtype, top_k=config.top_k, seed=config.seed, trust_remote_code=config.trust_remote_code,
+            model=model,
+            dataset=dataset,
+            out=out,
+            layers=config.layers,
+            metrics=config.peer_metrics,
+            max_samples=config.max_samples,
+            max_length=config.max_length,
+            token_budget=config.token_budget,
+            dtype=config.dtype,
+            top_k=config.top_k,
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
         ),
         on_status=status,
         on_batch=on_batch,
     )
     res = result.results
-    prov = {"model_fingerprint": res["model_fingerprint"], "data_sha256": res["data_sha256"],
-            "n_texts": res["n_texts"], "source": "peers.json"}
+    prov = {
+        "model_fingerprint": res["model_fingerprint"],
+        "data_sha256": res["data_sha256"],
+        "n_texts": res["n_texts"],
+        "source": "peers.json",
+    }
     rows = []
     for record in result.table.to_dict(orient="records"):
         for metric in res["metrics"]:
@@ -327,20 +408,34 @@ def _run_peers(config: StudyConfig, model: str, dataset: str, status: Any, on_ba
     return rows
 
 
-def _run_lora(config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any) -> list[dict[str, Any]]:
+def _run_lora(
+    config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
+) -> list[dict[str, Any]]:
     from perceptalign.ntps.finetune import NTPSSettings, TrainConfig
     from perceptalign.ntps.lora import LoraJobConfig, LoraSettings, run_lora
 
     out = cell_dir(config.out, model, dataset) / "lora"
     job = LoraJobConfig(
-        model=model, dataset=dataset, out=out, max_samples=config.max_samples,
-        max_eval_samples=config.lora_max_eval_samples, max_length=config.max_length, dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code, device=config.device,
-        train=TrainConfig(steps=config.lora_steps, batch_size=config.lora_batch_size, lr=config.lora_lr,
-                          eval_interval=max(1, config.lora_steps // 5), seed=config.seed),
+        model=model,
+        dataset=dataset,
+        out=out,
+        max_samples=config.max_samples,
+        max_eval_samples=config.lora_max_eval_samples,
+        max_length=config.max_length,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        device=config.device,
+        train=TrainConfig(
+            steps=config.lora_steps,
+            batch_size=config.lora_batch_size,
+            lr=config.lora_lr,
+            eval_interval=max(1, config.lora_steps // 5),
+            seed=config.seed,
+        ),
         lora=LoraSettings(r=config.lora_r, alpha=config.lora_alpha),
-        ntps_settings=NTPSSettings(layers=config.layers, fractions=list(config.fractions),
-                                   token_budget=config.token_budget),
+        ntps_settings=NTPSSettings(
+            layers=config.layers, fractions=list(config.fractions), token_budget=config.token_budget
+        ),
     )
     result = run_lora(job, on_status=status)
     res = result.results

@@ -591,7 +591,12 @@ def run_baselines(
 
     tick(0, "entropy")
     start = time.perf_counter()
-    entropy = EntropyThresholdRT(dt, objective=objective).fit(_probs(sim_train), human_train, labels_train)
+    # Same bound on the non-decision time as the DDM baseline gets (median human RT, at most 0.8 s): the
+    # class default (fastest human RT) would forbid the t₀ that RTify and the DDM are free to fit.
+    t0_max = min(0.8, float(human_train["rt_s"].median()))
+    entropy = EntropyThresholdRT(dt, objective=objective, t0_max=t0_max, n_t0=81).fit(
+        _probs(sim_train), human_train, labels_train
+    )
     out["entropy"] = {
         "table": entropy.predict(_probs(sim_eval), labels_eval),
         "params": {"theta_H": entropy.theta_, "t0": entropy.t0_},

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -53,6 +53,7 @@ __all__ = [
     "VideoOutput",
     "build_backbone",
     "load_backbone",
+    "recalibrate_batchnorm",
     "save_backbone",
     "weights_sha256",
 ]
@@ -252,6 +253,40 @@ class FrameCNNLSTM(VideoBackbone):
         hidden, _ = self.lstm(feats)  # (B, F, H)
         frame_logits = self.readout(hidden).squeeze(-1)
         return VideoOutput(frame_logits=frame_logits, clip_logit=frame_logits[:, -1], hidden=hidden)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Replace every batch-norm layer's running statistics by their exact average over ``batches``.
+
+    "Precise BN" (Wu & Johnson 2021): during training the running statistics are an exponential moving
+    average that lags the moving weights. On these sparse dot videos the lag biased the eval-mode logit
+    of a trained C3D by ≈ +2.7 (every low-coherence trial answered "right") while train-mode outputs were
+    centred; re-estimating the statistics with the final weights removes that. Each batch is run in
+    train mode without gradients, so the statistics of layer ``k`` are those its input really has.
+    Returns the number of batches used.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [bn.momentum for bn in norms]
+    was_training = model.training
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches seen since the reset
+    model.train()
+    count = 0
+    try:
+        for videos in batches:
+            model(videos)
+            count += 1
+    finally:
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+        model.train(was_training)
+    if count == 0:
+        raise PerceptAlignError("recalibrate_batchnorm got no batches; pass at least one batch of videos.")
+    return count
 
 
 _REGISTRY: dict[str, type[VideoBackbone]] = {"c3d": C3DNet, "cnn-lstm": FrameCNNLSTM}

@@ -48,7 +48,13 @@ from perceptalign.rtify.stimuli import (
     easy_to_hard_curriculum,
     generate_rdm,
 )
-from perceptalign.rtify.video import BACKBONE_KINDS, VideoBackbone, build_backbone, weights_sha256
+from perceptalign.rtify.video import (
+    BACKBONE_KINDS,
+    VideoBackbone,
+    build_backbone,
+    recalibrate_batchnorm,
+    weights_sha256,
+)
 
 __all__ = [
     "BackboneOutputs",
@@ -68,6 +74,7 @@ __all__ = [
 _CHECKPOINT_FORMAT = "perceptalign-backbone-checkpoint-v1"
 _OUTPUTS_FORMAT = "perceptalign-backbone-outputs-v1"
 _EVAL_STREAM = 0x5EED_E7A1  # separates evaluation seeds from the (seed, epoch) training seeds
+_CALIBRATION_STREAM = 0xCA1B  # and batch-norm calibration seeds from both
 _EVAL_CHUNK = 32  # trials generated per seed: the evaluation set does not depend on any batch size
 
 
@@ -114,6 +121,8 @@ class BackboneTrainingConfig:
     remaining epochs; ``loss_on=None`` uses the backbone's default ('clip' for C3D: BCE on the clip
     logit; 'frames' for the CNN + LSTM: BCE averaged over every frame's logit, so that its evidence is
     readable at every step). ``grad_clip`` bounds the global gradient norm (None: off).
+    ``bn_calibration_batches`` fresh batches of the final stage re-estimate the batch-norm statistics
+    after training (:func:`~perceptalign.rtify.video.recalibrate_batchnorm`; 0: keep the running averages).
     """
 
     kind: str = "c3d"
@@ -128,6 +137,7 @@ class BackboneTrainingConfig:
     epochs_per_stage: int = 1
     loss_on: Literal["clip", "frames"] | None = None
     grad_clip: float | None = 1.0
+    bn_calibration_batches: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +155,9 @@ class BackboneTrainingConfig:
             raise PerceptAlignError("batch_size must be ≥ 2: batch norm needs more than one trial per batch.")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise PerceptAlignError(f"lr must be a positive number (e.g. 1e-3), got {self.lr!r}.")
+        calib = self.bn_calibration_batches
+        if not isinstance(calib, int) or isinstance(calib, bool) or calib < 0:
+            raise PerceptAlignError(f"bn_calibration_batches must be an integer ≥ 0, got {calib!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise PerceptAlignError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if self.loss_on not in (None, "clip", "frames"):
@@ -258,7 +271,8 @@ def train_backbone(
     Resuming needs the same settings except ``epochs`` (a finished run can be extended). Stimuli are
     reseeded per epoch and nothing else is random, so a resumed run ends with the same weights as an
     uninterrupted one. ``kind`` ('c3d' or 'cnn-lstm') overrides ``config.kind``; ``config=None`` uses
-    the documented default scale.
+    the documented default scale. Batch-norm statistics of the returned model are re-estimated after
+    the last epoch (``config.bn_calibration_batches``).
     """
     if config is None:
         config = BackboneTrainingConfig(kind=kind)
@@ -328,6 +342,9 @@ def train_backbone(
         )
         if ckpt is not None:
             _save_checkpoint(ckpt, config, model, optimizer, epoch + 1, history)
+    # The checkpoint keeps the running averages (so that training can be extended exactly); the
+    # returned model gets statistics re-estimated with its final weights.
+    _calibrate(model, config)
     model.eval()
     return TrainingResult(
         model=model,
@@ -336,6 +353,20 @@ def train_backbone(
         resumed_from_epoch=start,
         weights_sha256=weights_sha256(model),
     )
+
+
+def _calibrate(model: VideoBackbone, config: BackboneTrainingConfig) -> None:
+    if config.bn_calibration_batches == 0:
+        return
+    stream = RDMStream(
+        config.stimulus,
+        config.stages[config.stage_of_epoch(config.epochs - 1)],
+        config.batch_size,
+        config.bn_calibration_batches,
+        seed=config.seed,
+        epoch=_CALIBRATION_STREAM + config.epochs,
+    )
+    recalibrate_batchnorm(model, (batch.videos for batch in stream))
 
 
 _HISTORY_COLUMNS = ["epoch", "stage", "hardest_coherence_pct", "loss", "accuracy", "trials", "seconds"]

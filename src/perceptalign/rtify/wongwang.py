@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.decision import Decision, first_crossing_multiclass
+from perceptalign.rtify.decision import Decision, _implicit_tau, first_crossing_multiclass
 
 __all__ = [
     "WW_DEFAULTS",
@@ -67,9 +67,11 @@ WW_DEFAULTS: dict[str, float] = {
 # is < 1e-14 relative there, and outside it the closed forms lose at most eps/0.1 to cancellation.
 _SERIES_CUTOFF = 0.1
 _SLOPE_CUTOFF = 0.02
-# Steps per noise draw / early-stopping check: large enough to amortise the call, small enough that
-# stopping overshoots by little.
+# Steps per noise draw: fixed, because the noise stream (hence every seeded result) depends on it.
 _BLOCK = 64
+# Steps per crossing check / early-stopping point (divides _BLOCK): finding each new decision's first
+# crossing costs O(_CHECK) per trial, and stopping overshoots by < _CHECK steps.
+_CHECK = 16
 _MAX_DT_MS = 50.0
 
 
@@ -129,6 +131,29 @@ def _slope_from_gain_(u: Tensor, g: Tensor, out: Tensor, small: Tensor, us: Tens
     return out.add_(p)
 
 
+def _slope_patched_(u: Tensor, g: Tensor, out: Tensor, scratch: Tensor, mask: Tensor) -> Tensor:
+    """``_slope_from_gain_``'s values bit for bit: 4 full-size ops, then a patch of the few |u| < 0.02.
+
+    The blended version evaluates both branches on every entry (17 sweeps); here the closed form runs on
+    everything and only the entries in the series region (a tiny fraction: the input current must sit
+    within 0.02/(a d) ≈ 5e-4 nA of b/a) are recomputed, with the blended version's exact op sequence so
+    that the adjoint's gradients are unchanged. ``scratch`` (float) and ``mask`` (bool) are (n, B) work
+    buffers.
+    """
+    torch.add(g, u, out=out).sub_(1.0).mul_(g).div_(u)  # closed form g(g + u − 1)/u (NaN at u = 0: patched)
+    torch.abs(u, out=scratch)
+    torch.lt(scratch, _SLOPE_CUTOFF, out=mask)
+    idx = mask.view(-1).nonzero().squeeze(1)
+    if idx.numel():
+        us = u.view(-1).index_select(0, idx)
+        gs = g.view(-1).index_select(0, idx)
+        # Blended version with mask 1: closed form on the shifted denominator u + 1, then + (series − it).
+        o = (gs + us).sub_(1.0).mul_(gs).div_(us + 1.0)
+        p = (us * us).mul_(-1.0 / 180.0).add_(1.0 / 6.0).mul_(us).neg_().add_(0.5)
+        out.view(-1).index_copy_(0, idx, o.add_(p.sub_(o)))
+    return out
+
+
 @dataclass
 class _Grid:
     """Integration grid: number of steps and which input frame drives each step (−1: stimulus off)."""
@@ -161,31 +186,64 @@ class _RunSpec:
 
 
 class _Crossings:
-    """First step at which any population's S exceeds θ, tracked block by block during integration.
+    """First step at which any population's S exceeds θ, tracked chunk by chunk during integration.
 
     Same rule as ``first_crossing_multiclass`` (strict >, first index); it lets the run stop early
-    and lets the decision be taken on a 2-step window instead of the whole (B, T, n) trajectory.
+    and lets the decision be taken on a 2-step window instead of the whole (B, T, n) trajectory. With
+    ``capture`` it also copies each trial's window [τ − 1, τ] out of the chunk as the trial decides
+    (and the last two steps for trials that never do), so a run that only needs decisions can keep a
+    rolling (chunk + 1)-step buffer instead of the whole (T + 1, n, B) trajectory.
     """
 
-    def __init__(self, threshold: float, batch: int, device: torch.device) -> None:
+    def __init__(self, threshold: float, like: Tensor, capture: bool) -> None:
+        _, n, batch = like.shape
         self.threshold = threshold
-        self.tau = torch.zeros(batch, dtype=torch.long, device=device)
-        self.decided = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.batch = batch
+        self.n_decided = 0
+        self.tau = torch.zeros(batch, dtype=torch.long, device=like.device)
+        self.decided = torch.zeros(batch, dtype=torch.bool, device=like.device)
+        self.window = torch.empty((2, n, batch), dtype=like.dtype, device=like.device) if capture else None
+        self._pop_offset = (torch.arange(n, device=like.device) * batch).view(n, 1)
+        self._weights = torch.arange(_CHECK, 0, -1, dtype=like.dtype, device=like.device).view(-1, 1)
 
-    def update(self, block: Tensor, offset: int) -> bool:
-        """Scan ``block`` (K, n, B) holding trajectory indices offset..offset+K−1; True if all decided."""
-        steps = block.shape[0]
-        crossed = (block.amax(dim=1) > self.threshold).to(block.dtype)  # (K, B) as 0/1
-        # First crossing as a max: weight step j by K − j (exact in floats for K ≤ 2^24); 0 = no crossing.
-        # On CPU this is ~3× faster than argmax over a boolean/uint8 tensor plus any().
-        weights = torch.arange(steps, 0, -1, dtype=block.dtype, device=block.device).view(-1, 1)
-        score = crossed.mul_(weights).amax(dim=0)
-        hit = score > 0
-        first = (steps - score).long() + offset
-        new = hit & ~self.decided
-        self.tau = torch.where(new, first, self.tau)
-        self.decided |= hit
-        return bool(self.decided.all())
+    def update(self, blk: Tensor, offset: int) -> bool:
+        """Scan a chunk; True once every trial has decided.
+
+        ``blk`` (K + 1, n, B), contiguous: row 0 is the state before the chunk (trajectory index
+        offset − 1, or S(0)), rows 1..K hold trajectory indices offset..offset + K − 1.
+        """
+        steps, n, batch = blk.shape[0] - 1, blk.shape[1], blk.shape[2]
+        flat = blk[1:].view(steps, n * batch)
+        # Which trials cross anywhere in the chunk: one max over the outer (time) axis, which CPU
+        # reductions vectorise well (a max over the size-n middle axis would be several times slower).
+        col_max = flat.amax(dim=0).view(n, batch)
+        peak = col_max[0] if n == 1 else col_max.amax(dim=0)
+        new = (peak > self.threshold).logical_and_(self.decided.logical_not())
+        idx = new.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return self.n_decided == self.batch
+        # First crossing of the newly decided trials only, as a max: weight step j by K − j (exact in
+        # floats for K ≤ 2^24); on CPU this is several times faster than argmax over booleans.
+        cols = (self._pop_offset + idx.view(1, -1)).view(-1)  # (n·m) columns: every population of each
+        weights = self._weights if steps == _CHECK else self._weights[-steps:]
+        score = (flat.index_select(1, cols) > self.threshold).to(flat.dtype).mul_(weights).amax(dim=0)
+        local = steps - score.view(n, -1).amax(dim=0).long()  # 0..K − 1
+        self.tau.index_copy_(0, idx, local + offset)
+        self.decided.index_fill_(0, idx, True)
+        self.n_decided += idx.numel()
+        if self.window is not None:
+            # Window rows τ − 1, τ are blk rows local, local + 1; τ = 0 keeps [0, 1] (rows 1, 2).
+            lo = local.clamp_min(1) if offset == 0 else local
+            rows = lo.view(1, 1, -1) + torch.arange(2, device=lo.device).view(2, 1, 1)
+            pos = (rows * (n * batch) + cols.view(1, n, -1)).view(-1)
+            values = blk.view(-1).index_select(0, pos).view(2, n, -1)
+            self.window.index_copy_(2, idx, values)
+        return self.n_decided == self.batch
+
+    def finish(self, blk: Tensor) -> None:
+        """Give the undecided trials their censoring window: the last two rows of the final chunk."""
+        if self.window is not None and self.n_decided < self.batch:
+            self.window = torch.where(self.decided.view(1, 1, -1), self.window, blk[-2:])
 
 
 @dataclass
@@ -224,54 +282,131 @@ class WWOutput:
 def _integrate(
     s_buf: Tensor,
     z_store: Tensor | None,
+    g_store: Tensor | None,
     bias_u: Tensor,
     bias_u_off: Tensor,
     j_u: Tensor,
     sig_u: float,
     spec: _RunSpec,
 ) -> int:
-    """Run the Euler recursion in place into ``s_buf`` (T + 1, n, B); return the number of steps done.
+    """Run the Euler recursion in place; return the number of steps done.
 
-    Everything is expressed in u = −d(a x − b) so that g = u/expm1(u) needs no negations:
-    ``bias_u`` (F, n, B) / ``bias_u_off`` hold −(a d (I₀ + J_ext·drive) − b d), ``j_u`` = −a d J and
-    ``sig_u`` = −a d σ. ``z_store`` (T, n, B), when given, receives the unit OU noise of every step
-    (the adjoint needs it); otherwise a rolling block buffer is used.
+    ``s_buf`` is either the whole trajectory (T + 1, n, B) or, when ``spec.crossings`` captures the
+    decision windows, a rolling (chunk + 1, n, B) buffer whose row 0 carries the state across chunks.
+    Row 0 holds S(0) on entry. Everything is expressed in u = −d(a x − b) so that g = u/expm1(u) needs
+    no negations: ``bias_u`` (F, n, B) / ``bias_u_off`` hold −(a d (I₀ + J_ext·drive) − b d), ``j_u`` =
+    −a d J and ``sig_u`` = −a d σ. ``z_store`` (T, n, B), when given, receives the unit OU noise of every
+    step and ``g_store`` the gain g(u) (both for the adjoint); otherwise rolling scratch is used.
+
+    Noise is drawn ``_BLOCK`` steps per call (the stream every path shares); crossings are checked every
+    ``_CHECK`` steps. Per step: 2 ops for the noise, then u (addmm, + noise), g (expm1, div, 0/0 → 1),
+    c1·g, decay − c1·g and S' = c1 g + S(decay − c1 g): 10 sweeps over (n, B) buffers that stay in cache.
     """
     c = spec.consts
     frames = spec.grid.frame_of_step
     n_steps = spec.grid.n_steps
+    crossings = spec.crossings
+    rolling = crossings.window is not None
     _, n, batch = s_buf.shape
     like = {"dtype": s_buf.dtype, "device": s_buf.device}
-    block = torch.empty((_BLOCK, n, batch), **like) if z_store is None else None
+    noise_block = torch.empty((_BLOCK, n, batch), **like) if z_store is None else None
     z_prev = torch.zeros((n, batch), **like)
-    u = torch.empty((n, batch), **like)
-    e = torch.empty_like(u)
-    g = torch.empty_like(u)
-    m = torch.empty_like(u)
+    u, e, g, m = (torch.empty((n, batch), **like) for _ in range(4))
+    decay = torch.tensor(c.decay, **like)
     for k0 in range(0, n_steps, _BLOCK):
         k1 = min(k0 + _BLOCK, n_steps)
-        zb = z_store[k0:k1] if z_store is not None else block[: k1 - k0]
+        zb = z_store[k0:k1] if z_store is not None else noise_block[: k1 - k0]  # type: ignore[index]
         torch.randn(zb.shape, generator=spec.generator, out=zb, **like)
-        for k in range(k0, k1):
-            z = zb[k - k0]
-            z.mul_(c.cn).add_(z_prev, alpha=c.rho)
-            z_prev = z
-            f = frames[k]
-            s = s_buf[k]
-            torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)
-            u.add_(z, alpha=sig_u)
-            torch.expm1(u, out=e)
-            torch.div(u, e, out=g)
-            g.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1 (inputs are checked finite upstream)
-            g.mul_(c.c1)
-            torch.neg(g, out=m)
-            m.add_(c.decay)
-            torch.addcmul(g, s, m, out=s_buf[k + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
+        z_rows = zb.unbind(0)
+        g_rows = g_store[k0:k1].unbind(0) if g_store is not None else None
+        for c0 in range(k0, k1, _CHECK):
+            c_end = min(c0 + _CHECK, k1)
+            base = 0 if rolling else c0
+            blk = s_buf[base : base + c_end - c0 + 1]
+            s_rows = blk.unbind(0)
+            for j in range(c_end - c0):
+                z = z_rows[c0 - k0 + j]
+                z.mul_(c.cn).add_(z_prev, alpha=c.rho)
+                z_prev = z
+                f = frames[c0 + j]
+                s = s_rows[j]
+                torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)
+                u.add_(z, alpha=sig_u)
+                torch.expm1(u, out=e)
+                gj = g if g_rows is None else g_rows[c0 - k0 + j]
+                torch.div(u, e, out=gj)
+                gj.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1 (inputs are checked finite upstream)
+                torch.mul(gj, c.c1, out=m)
+                torch.sub(decay, m, out=e)  # 1 − dt/τ_S − c1 g
+                torch.addcmul(m, s, e, out=s_rows[j + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
+            if crossings.update(blk, c0) and spec.early_stop:
+                return c_end
+            if c_end == n_steps:
+                crossings.finish(blk)
+            elif rolling:
+                s_buf[0].copy_(blk[-1])
         if z_store is None:
-            z_prev = z_prev.clone()  # the rolling buffer is overwritten by the next draw
-        if spec.crossings.update(s_buf[k0 + 1 : k1 + 1], k0) and spec.early_stop:
-            return k1
+            z_prev = z_prev.clone()  # the rolling noise buffer is overwritten by the next draw
     return n_steps
+
+
+@dataclass
+class _Run:
+    """Outcome of one integration: trajectory (None when only decision windows were kept) and noise."""
+
+    traj: Tensor | None
+    steps: int
+    grid: _Grid
+    crossings: _Crossings
+    z: Tensor | None
+
+
+def _window_decision(
+    window: Tensor, start: Tensor, local_tau: Tensor, decided: Tensor, threshold: Tensor, min_slope: float
+) -> Decision:
+    """``first_crossing_multiclass`` on the (2, n, B) windows [start, start + 1], given the crossings.
+
+    The crossing step is already known from the integration (``local_tau`` ∈ {0, 1} inside the window,
+    1 for undecided trials), so instead of searching the window with reductions over its size-2 axes
+    (each several ms at B = 10⁴ on CPU) this applies the same rules with elementwise ops over (n, B):
+    the populations above θ at τ tie, the largest overshoot wins, then the lowest index; undecided
+    trials report the highest final S. The differentiable τ comes from the decision module's own
+    implicit-gradient helper, so slope clamping and censoring follow its conventions exactly.
+    """
+    values = window.detach()
+    if not torch.isfinite(values).all():
+        raise PerceptAlignError(
+            "the Wong–Wang trajectory contains NaN or infinite values; the parameters are outside the "
+            "model's stable range: lower the learning rate or clip gradients, and reload a good checkpoint."
+        )
+    n, batch = values.shape[1], values.shape[2]
+    thr = threshold.detach()
+    at_tau = torch.where((local_tau == 0).view(1, -1), values[0], values[1])  # (n, B)
+    tied = at_tau > thr  # the populations crossing at τ (none for undecided trials)
+    masked = torch.where(tied, at_tau - thr, -math.inf)
+    winner = _first_argmax(masked)
+    fallback = _first_argmax(values[1])
+    choice = torch.where(decided, winner, fallback)
+    n_ties = int((decided & (tied.sum(dim=0) > 1)).sum()) if n > 1 else 0
+    level = window.gather(1, choice.view(1, 1, -1).expand(2, 1, batch)).squeeze(1)  # (2, B)
+    tau, n_clamped = _implicit_tau(level.t(), threshold.expand(batch), local_tau, decided, min_slope)
+    return Decision(
+        tau=tau + start.to(tau.dtype), choice=choice, decided=decided, n_clamped=n_clamped, n_ties=n_ties
+    )
+
+
+def _first_argmax(values: Tensor) -> Tensor:
+    """Index of the first maximum over dim 0 of (n, B): elementwise for small n, argmax otherwise."""
+    n = values.shape[0]
+    if n > 8:
+        return values.argmax(dim=0)
+    best = values[0]
+    index = torch.zeros(values.shape[1], dtype=torch.long, device=values.device)
+    for c in range(1, n):
+        better = values[c] > best  # strict: equal values keep the lower index, as argmax does
+        best = torch.where(better, values[c], best)
+        index.masked_fill_(better, c)
+    return index
 
 
 def _bias_u(drive_frames: Tensor, j_ext: Tensor, i0: Tensor, c: _Consts) -> tuple[Tensor, Tensor]:
@@ -288,6 +423,7 @@ class _WWAdjoint(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, drive_frames: Tensor, J: Tensor, j_ext: Tensor, i0: Tensor, sigma: Tensor, spec: _RunSpec
     ) -> Tensor:
+        ctx.set_materialize_grads(False)  # z's gradient is never used: don't fill a (T, n, B) zero tensor
         c = spec.consts
         _, n, batch = drive_frames.shape
         s_buf = torch.empty(
@@ -295,13 +431,15 @@ class _WWAdjoint(torch.autograd.Function):
         )
         s_buf[0].fill_(spec.s0)
         z_store = torch.empty_like(s_buf[1:])
+        g_store = torch.empty_like(z_store)
         bias_u, bias_u_off = _bias_u(drive_frames, j_ext, i0, c)
         j_u = J * (-c.ad)
-        steps = _integrate(s_buf, z_store, bias_u, bias_u_off, j_u, -c.ad * float(sigma), spec)
+        steps = _integrate(s_buf, z_store, g_store, bias_u, bias_u_off, j_u, -c.ad * float(sigma), spec)
         ctx.spec = spec
         ctx.steps = steps
         ctx.s_buf = s_buf
         ctx.z_store = z_store
+        ctx.g_store = g_store
         ctx.save_for_backward(drive_frames, J, j_ext, i0, sigma)
         z_out = z_store[:steps]
         ctx.mark_non_differentiable(z_out)
@@ -315,6 +453,7 @@ class _WWAdjoint(torch.autograd.Function):
         c = spec.consts
         s_buf: Tensor = ctx.s_buf
         z_store: Tensor = ctx.z_store
+        g_store: Tensor = ctx.g_store
         frames = spec.grid.frame_of_step
         n_frames, n, batch = drive_frames.shape
         if grad_s is None:
@@ -330,20 +469,22 @@ class _WWAdjoint(torch.autograd.Function):
             jv_t = (J * c.ad).t().contiguous()
             sig_u = -c.ad * float(sigma)
             lam = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
-            u, g, gp, q, w1, w2, w3 = (torch.empty_like(lam) for _ in range(7))
+            u, gp, q, w = (torch.empty_like(lam) for _ in range(4))
+            mask = torch.empty((n, batch), dtype=torch.bool, device=s_buf.device)
+            s_rows = s_buf.unbind(0)
+            z_rows = z_store.unbind(0)
+            g_rows = g_store.unbind(0)
             for k in range(last, -1, -1):
                 lam.add_(grad_s[k])  # lam = dL/dS_{k+1}
-                s = s_buf[k]
-                z = z_store[k]
+                s = s_rows[k]
+                z = z_rows[k]
+                g = g_rows[k]  # stored by the forward sweep: no expm1 here
                 f = frames[k]
-                torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)
+                torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)  # same ops as forward
                 u.add_(z, alpha=sig_u)
-                torch.expm1(u, out=g)
-                torch.div(u, g, out=g)
-                g.nan_to_num_(nan=1.0)
-                _slope_from_gain_(u, g, gp, w1, w2, w3)
+                _slope_patched_(u, g, gp, w, mask)
                 torch.mul(s, -c.c1, out=q).add_(c.c1).mul_(gp).mul_(lam)  # dL/dv_k = λ c1 (1 − S) g'
-                lam.mul_(g.mul_(-c.c1).add_(c.decay))  # through S_k directly: 1 − dt/τ_S − c1 g
+                lam.mul_(torch.mul(g, -c.c1, out=w).add_(c.decay))  # through S_k directly: 1 − dt/τ_S − c1 g
                 lam.addmm_(jv_t, q)  # through v_k = a d (J S_k + …)
                 d_jv.addmm_(q, s.t())
                 (q_frames[f] if f >= 0 else q_off).add_(q)
@@ -535,8 +676,13 @@ class _WongWangBase(nn.Module):
         generator: torch.Generator | None,
         early_stop: bool,
         keep_noise: bool = False,
-    ) -> tuple[Tensor, _Grid, _Crossings, Tensor | None]:
-        """S trajectory (T_eff, n, B) for drive frames (F, n, B), its θ crossings, and z if ``keep_noise``."""
+        keep_trajectory: bool = True,
+    ) -> _Run:
+        """Integrate drive frames (F, n, B): the S trajectory (T_eff, n, B), its θ crossings, z if asked.
+
+        Without ``keep_trajectory`` (and outside autograd) only the decision windows are kept and
+        ``traj`` is None: memory O(block·n·B) instead of O(T·n·B), and no fresh pages to fault in.
+        """
         self._check_params()
         dt = self.dt_ms if dt_ms is None else float(dt_ms)
         tmax = self.max_time_s if max_time_s is None else float(max_time_s)
@@ -546,15 +692,6 @@ class _WongWangBase(nn.Module):
                 f"the random generator lives on {generator.device} but the inputs on {drive_frames.device}; "
                 "create it with torch.Generator(device=inputs.device)."
             )
-        crossings = _Crossings(float(self.threshold.detach()), drive_frames.shape[2], drive_frames.device)
-        spec = _RunSpec(
-            grid=grid,
-            consts=self._consts(dt),
-            s0=self.s0,
-            generator=generator,
-            crossings=crossings,
-            early_stop=early_stop,
-        )
         J = self.coupling().to(drive_frames.dtype)
         params = (
             J,
@@ -565,29 +702,42 @@ class _WongWangBase(nn.Module):
         needs_grad = torch.is_grad_enabled() and (
             drive_frames.requires_grad or any(p.requires_grad for p in params)
         )
+        rolling = not (needs_grad or keep_trajectory or keep_noise) and grid.n_steps >= 2
+        threshold = float(self.threshold.detach())
+        crossings = _Crossings(threshold, drive_frames[:1], capture=rolling)
+        spec = _RunSpec(
+            grid=grid,
+            consts=self._consts(dt),
+            s0=self.s0,
+            generator=generator,
+            crossings=crossings,
+            early_stop=early_stop,
+        )
         if needs_grad and self.backward_mode == "autograd":
             traj, z = _reference_trajectory(drive_frames, *params, spec, self.a, self.b, self.d)
-            for k0 in range(0, traj.shape[0], _BLOCK):
-                crossings.update(traj[k0 : k0 + _BLOCK].detach(), k0)
-            return traj, grid, crossings, z if keep_noise else None
+            with torch.no_grad():
+                full = torch.cat([torch.full_like(traj[:1], self.s0), traj])
+                for k0 in range(0, traj.shape[0], _CHECK):
+                    crossings.update(full[k0 : k0 + _CHECK + 1], k0)
+            return _Run(traj, traj.shape[0], grid, crossings, z if keep_noise else None)
         if needs_grad:
             traj, z = _WWAdjoint.apply(drive_frames, *params, spec)
-            return traj, grid, crossings, z if keep_noise else None
+            return _Run(traj, traj.shape[0], grid, crossings, z if keep_noise else None)
         with torch.no_grad():
             c = spec.consts
             _, n, batch = drive_frames.shape
-            s_buf = torch.empty(
-                (grid.n_steps + 1, n, batch), dtype=drive_frames.dtype, device=drive_frames.device
-            )
+            rows = _CHECK + 1 if rolling else grid.n_steps + 1
+            s_buf = torch.empty((rows, n, batch), dtype=drive_frames.dtype, device=drive_frames.device)
             s_buf[0].fill_(self.s0)
             bias_u, bias_u_off = _bias_u(drive_frames, params[1], params[2], c)
             z_store = torch.empty_like(s_buf[1:]) if keep_noise else None
             steps = _integrate(
-                s_buf, z_store, bias_u, bias_u_off, J * (-c.ad), -c.ad * float(params[3]), spec
+                s_buf, z_store, None, bias_u, bias_u_off, J * (-c.ad), -c.ad * float(params[3]), spec
             )
-            return s_buf[1 : steps + 1], grid, crossings, None if z_store is None else z_store[:steps]
+            traj = None if rolling else s_buf[1 : steps + 1]
+            return _Run(traj, steps, grid, crossings, None if z_store is None else z_store[:steps])
 
-    def _decide(self, traj: Tensor, grid: _Grid, crossings: _Crossings, keep: bool) -> WWOutput:
+    def _decide(self, run: _Run, keep: bool) -> WWOutput:
         """Decision on the 2-step window [τ − 1, τ] around each trial's first crossing.
 
         ``first_crossing_multiclass`` only reads Φ at τ and τ − 1 (slope, overshoot for ties) and, for
@@ -595,34 +745,35 @@ class _WongWangBase(nn.Module):
         implicit gradient — equals the full-trajectory call at a fraction of its cost and memory
         (the full call sweeps B·T·n elements several times; tests check the equality).
         """
-        steps = traj.shape[0]
-        threshold = self.threshold.to(traj.dtype)
+        steps = run.steps
+        crossings = run.crossings
+        threshold = self.threshold.to(self.I0.dtype if run.traj is None else run.traj.dtype)
         if steps < 2:
-            decision = first_crossing_multiclass(traj.permute(2, 0, 1), threshold, min_slope=self.min_slope)
+            assert run.traj is not None
+            decision = first_crossing_multiclass(
+                run.traj.permute(2, 0, 1), threshold, min_slope=self.min_slope
+            )
         else:
             tau = torch.where(crossings.decided, crossings.tau, steps - 1)
             start = (tau - 1).clamp(0, steps - 2)  # τ = 0 keeps its own slope convention (Φ_{−1} := 0)
-            index = (start.view(1, 1, -1) + torch.arange(2, device=traj.device).view(2, 1, 1)).expand(
-                2, traj.shape[1], -1
+            if run.traj is None:
+                assert crossings.window is not None
+                window = crossings.window
+            else:
+                index = start.view(1, 1, -1) + torch.arange(2, device=start.device).view(2, 1, 1)
+                window = run.traj.gather(0, index.expand(2, run.traj.shape[1], -1))
+            decision = _window_decision(
+                window, start, tau - start, crossings.decided, threshold, self.min_slope
             )
-            window = traj.gather(0, index).permute(2, 0, 1)  # (B, 2, n)
-            local = first_crossing_multiclass(window, threshold, min_slope=self.min_slope)
-            decision = Decision(
-                tau=local.tau + start.to(traj.dtype),
-                choice=local.choice,
-                decided=local.decided,
-                n_clamped=local.n_clamped,
-                n_ties=local.n_ties,
-            )
-        rt = (decision.tau + 1.0) * (grid.dt_ms / 1000.0) + self.motor_delay_s.to(traj.dtype)
+        rt = (decision.tau + 1.0) * (run.grid.dt_ms / 1000.0) + self.motor_delay_s.to(decision.tau.dtype)
         return WWOutput(
             rt_s=rt,
             choice=decision.choice,
             decided=decision.decided,
             decision=decision,
-            dt_ms=grid.dt_ms,
-            n_steps=grid.n_steps,
-            trajectories=traj.permute(2, 0, 1) if keep else None,
+            dt_ms=run.grid.dt_ms,
+            n_steps=run.grid.n_steps,
+            trajectories=run.traj.permute(2, 0, 1) if keep and run.traj is not None else None,
         )
 
     def _run(
@@ -635,15 +786,16 @@ class _WongWangBase(nn.Module):
         max_time_s: float | None = None,
         frame_s: float | None = None,
     ) -> WWOutput:
-        traj, grid, crossings, _ = self._trajectory(
+        run = self._trajectory(
             drive_frames,
             dt_ms=dt_ms,
             max_time_s=max_time_s,
             frame_s=frame_s,
             generator=generator,
             early_stop=not return_trajectories,
+            keep_trajectory=return_trajectories,
         )
-        return self._decide(traj, grid, crossings, return_trajectories)
+        return self._decide(run, return_trajectories)
 
     def _inference(
         self,
@@ -657,7 +809,7 @@ class _WongWangBase(nn.Module):
         return_rate: bool,
     ) -> WWTrajectories:
         keep = return_noise or return_rate
-        traj, grid, _, z = self._trajectory(
+        run = self._trajectory(
             drive_frames,
             dt_ms=dt_ms,
             max_time_s=max_time_s,
@@ -666,6 +818,8 @@ class _WongWangBase(nn.Module):
             early_stop=False,
             keep_noise=keep,
         )
+        traj, grid, z = run.traj, run.grid, run.z
+        assert traj is not None
         dtype = traj.dtype
         noise = rate = None
         if keep:

@@ -1,0 +1,364 @@
+"""`ntps prescreen`: for one model, rank candidate datasets (and layers) by NTPS before paying for more.
+
+NTPS costs one forward pass and a small eigen-solve; a probe needs the same pass plus fitting, LoRA
+thousands of training steps. The pre-screen computes NTPS for each candidate dataset (or reads it from a
+stored study) and ranks the datasets by NTPS at a declared configuration (default: last layer, f = 0.5,
+the report's fixed a-priori choice) — higher NTPS, the better a linear read-out is expected to do and the
+less LoRA is expected to add. With a study that measured LoRA, the expected gain is predicted from the
+relation fitted there (least squares of gain on NTPS with a 95% prediction interval, and a decreasing
+isotonic fit as a shape-free check). The cost saved is reported from wall times measured in the study
+when available, otherwise estimated from the ratios of ``benchmarks/ntps_cost.py`` (labelled as such).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
+from perceptalign.ntps.store import ResultsStore, slug
+from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
+
+RESULTS_FILE = "prescreen.json"
+TABLE_FILE = "prescreen.csv"
+
+#: Cost of the alternatives relative to NTPS (statistics + solve = 67.9 s), measured by
+#: ``benchmarks/ntps_cost.py`` on smollm2-135m, vader-movie, 1,000 texts, all 31 layers, process CPU time at
+#: 1 thread: probe incl. feature extraction 60.5 s, LoRA 20 measured steps (10.0 s) extrapolated to 5,000.
+#: NTPS is NOT cheaper than a held-out probe (both are one forward pass); it is ~37× cheaper than LoRA.
+BENCHMARK_RATIOS = {
+    "probe_with_extraction": 0.89,
+    "lora_recipe_extrapolated": 36.9,
+}
+BENCHMARK_SOURCE = "estimated from benchmarks/ntps_cost.py ratios (smollm2-135m, 1,000 texts, CPU)"
+
+
+@dataclass
+class PrescreenConfig:
+    """One `ntps prescreen` run (the CLI fills it from its options)."""
+
+    model: str
+    datasets: list[str]
+    out: Path
+    study: Path | None = None
+    layer: str | int = "last"
+    fraction: float = 0.5
+    score_metric: str = "ntps"
+    layers: list[int] | None = None
+    max_samples: int | None = None
+    max_length: int = 512
+    token_budget: int = 4096
+    dtype: str = "float32"
+    seed: int = 0
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if not self.datasets or len(set(self.datasets)) != len(self.datasets):
+            raise PerceptAlignError(f"--datasets must list each candidate once (got {self.datasets}).")
+        if not 0 < self.fraction <= 1:
+            raise PerceptAlignError(f"--fraction must lie in (0, 1] (got {self.fraction}).")
+        if self.study is not None and not (Path(self.study) / "cells").is_dir():
+            raise PerceptAlignError(
+                f"--study {self.study} holds no study results; pass a directory written by `ntps study`."
+            )
+
+
+@dataclass
+class PrescreenResult:
+    datasets: pd.DataFrame  # one row per candidate, ranked by NTPS (rank 1 = highest)
+    results: dict[str, Any]
+    out: Path
+
+
+# --------------------------------------------------------------------------------------------------
+# the gain model
+
+
+@dataclass
+class GainFit:
+    """Least-squares gain = a + b·NTPS fitted on (NTPS, LoRA gain) pairs, plus a decreasing isotonic fit."""
+
+    intercept: float
+    slope: float
+    residual_sd: float
+    n: int
+    x_mean: float
+    sxx: float
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, source: str) -> GainFit:
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if len(x) < 3 or np.ptp(x) == 0:
+            raise PerceptAlignError(
+                f"a gain model needs ≥ 3 datasets with distinct NTPS and a LoRA gain, got {len(x)}; run the "
+                "study with --measure lora on more datasets."
+            )
+        slope, intercept = np.polyfit(x, y, 1)
+        residuals = y - (intercept + slope * x)
+        sd = float(np.sqrt(np.sum(residuals**2) / (len(x) - 2))) if len(x) > 2 else math.nan
+        return cls(
+            float(intercept),
+            float(slope),
+            sd,
+            len(x),
+            float(x.mean()),
+            float(np.sum((x - x.mean()) ** 2)),
+            x,
+            y,
+            source,
+        )
+
+    def predict(self, x: float) -> tuple[float, float, float]:
+        """Prediction and 95% prediction interval (t distribution with n − 2 degrees of freedom)."""
+        mean = self.intercept + self.slope * x
+        half = (
+            scipy.stats.t.ppf(0.975, self.n - 2)
+            * self.residual_sd
+            * math.sqrt(1 + 1 / self.n + (x - self.x_mean) ** 2 / self.sxx)
+        )
+        return float(mean), float(mean - half), float(mean + half)
+
+    def predict_isotonic(self, x: float) -> float:
+        """Decreasing isotonic regression of gain on NTPS (the declared sign), clipped at the data range."""
+        from sklearn.isotonic import IsotonicRegression
+
+        model = IsotonicRegression(increasing=False, out_of_bounds="clip").fit(self.x, self.y)
+        return float(model.predict([x])[0])
+
+
+def _value_at(rows: pd.DataFrame, layer: int, fraction: float) -> float:
+    hit = rows[(rows["layer"] == layer) & np.isclose(rows["config"].fillna(-1.0), fraction)]
+    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+
+
+def _resolve_layer(choice: str | int, layers: list[int]) -> int:
+    from perceptalign.ntps.report import resolve_layer
+
+    return resolve_layer(choice, layers)
+
+
+def fit_gain_model(
+    table: pd.DataFrame, model: str, layer: str | int, fraction: float, metric: str = "ntps"
+) -> GainFit:
+    """(NTPS at the declared config, LoRA gain) pairs from a study: this model's, else every model's."""
+    gains = table[(table["method"] == "lora") & (table["metric"] == "gain")]
+    if gains.empty:
+        raise PerceptAlignError("the study has no LoRA results; run it with --measure lora to predict gains.")
+    own = gains[gains["model"] == model]
+    use, source = (
+        (own, f"this model's {len(own)} datasets")
+        if len(own) >= 3
+        else (
+            gains,
+            f"all models of the study ({len(gains)} model × dataset pairs; too few for this model alone)",
+        )
+    )
+    xs, ys = [], []
+    for _, row in use.iterrows():
+        ntps = table[
+            (table["model"] == row["model"])
+            & (table["dataset"] == row["dataset"])
+            & (table["method"] == "ntps")
+            & (table["metric"] == metric)
+        ]
+        if ntps.empty:
+            continue
+        value = _value_at(ntps, _resolve_layer(layer, sorted(set(ntps["layer"]))), fraction)
+        if math.isfinite(value):
+            xs.append(value)
+            ys.append(float(row["value"]))
+    return GainFit.fit(np.array(xs), np.array(ys), source)
+
+
+# --------------------------------------------------------------------------------------------------
+# cost
+
+
+def cost_ratios(table: pd.DataFrame | None, model: str) -> tuple[dict[str, float], str]:
+    """Probe and LoRA wall time relative to NTPS: median over a study's cells when it has them."""
+    if table is not None:
+        cells = table[table["metric"] == "cell_seconds"]
+        ratios: dict[str, float] = {}
+        for method, key in (("probe", "probe_with_extraction"), ("lora", "lora_recipe_extrapolated")):
+            per_pair = []
+            for (m, _dataset), group in cells.groupby(["model", "dataset"]):
+                values = dict(zip(group["method"], group["value"], strict=True))
+                if "ntps" in values and method in values and values["ntps"] > 0:
+                    per_pair.append((m == model, values[method] / values["ntps"]))
+            own = [r for is_model, r in per_pair if is_model]
+            chosen = own or [r for _, r in per_pair]
+            if chosen:
+                ratios[key] = float(np.median(chosen))
+        if ratios:
+            return ratios, "measured: median ratio of cell wall times in the study"
+    return dict(BENCHMARK_RATIOS), BENCHMARK_SOURCE
+
+
+# --------------------------------------------------------------------------------------------------
+# the job
+
+
+def run_prescreen(
+    config: PrescreenConfig,
+    *,
+    on_status: Callable[[str], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PrescreenResult:
+    """NTPS per candidate dataset (study rows reused when present), ranking, expected gain and cost."""
+    from perceptalign.ntps.score import ScoreConfig, run_score
+
+    status = on_status or (lambda _msg: None)
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    study = ResultsStore(config.study).table() if config.study is not None else None
+    records = []
+    per_layer: dict[str, dict[int, float]] = {}
+    for dataset in config.datasets:
+        stored = None
+        if study is not None:
+            stored = study[
+                (study["model"] == config.model) & (study["dataset"] == dataset) & (study["method"] == "ntps")
+            ]
+        if stored is not None and not stored.empty:
+            rows = stored[stored["metric"] == config.score_metric]
+            seconds = float(stored.loc[stored["metric"] == "cell_seconds", "value"].iloc[0])
+            origin = "study"
+        else:
+            status(f"NTPS of {config.model} on {dataset}")
+            started = time.perf_counter()
+            result = run_score(
+                ScoreConfig(
+                    model=config.model,
+                    dataset=dataset,
+                    out=out / "runs" / slug(config.model) / slug(dataset),
+                    layers=config.layers,
+                    max_samples=config.max_samples,
+                    max_length=config.max_length,
+                    token_budget=config.token_budget,
+                    dtype=config.dtype,
+                    seed=config.seed,
+                    fractions=sorted({*DEFAULT_FRACTIONS, config.fraction}),
+                    trust_remote_code=config.trust_remote_code,
+                ),
+                on_status=status,
+                on_batch=on_batch,
+            )
+            seconds = time.perf_counter() - started
+            res = result.results
+            column = res["fractions"].index(min(res["fractions"], key=lambda f: abs(f - config.fraction)))
+            rows = pd.DataFrame(
+                [
+                    {
+                        "layer": layer,
+                        "config": res["fractions"][column],
+                        "value": res[config.score_metric][i][column],
+                    }
+                    for i, layer in enumerate(res["layers"])
+                ]
+            )
+            origin = "computed" + (" (reused cache)" if result.reused_cache else "")
+        at_f = rows[np.isclose(rows["config"].astype(float).fillna(-1.0), config.fraction)]
+        if at_f.empty:
+            raise PerceptAlignError(
+                f"no NTPS at f = {config.fraction} for {dataset}; pass a --fraction the study computed."
+            )
+        layer = _resolve_layer(config.layer, sorted(set(at_f["layer"])))
+        curve = {int(r.layer): float(r.value) for r in at_f.itertuples()}
+        per_layer[dataset] = curve
+        best_layer = max(curve, key=lambda k: (curve[k], -k))
+        records.append(
+            {
+                "dataset": dataset,
+                "ntps": curve[layer],
+                "layer": layer,
+                "fraction": config.fraction,
+                "best_layer": best_layer,
+                "best_layer_ntps": curve[best_layer],
+                "ntps_seconds": seconds,
+                "source": origin,
+            }
+        )
+    table = pd.DataFrame(records).sort_values(["ntps", "dataset"], ascending=[False, True], ignore_index=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+
+    gain_info: dict[str, Any] = {"available": False}
+    if study is not None:
+        try:
+            fit = fit_gain_model(study, config.model, config.layer, config.fraction, config.score_metric)
+        except PerceptAlignError as exc:
+            gain_info["reason"] = str(exc)
+        else:
+            predictions = [fit.predict(x) for x in table["ntps"]]
+            table["expected_gain"] = [p[0] for p in predictions]
+            table["gain_low95"] = [p[1] for p in predictions]
+            table["gain_high95"] = [p[2] for p in predictions]
+            table["expected_gain_isotonic"] = [fit.predict_isotonic(x) for x in table["ntps"]]
+            gain_info = {
+                "available": True,
+                "intercept": fit.intercept,
+                "slope": fit.slope,
+                "residual_sd": fit.residual_sd,
+                "n": fit.n,
+                "pairs_from": fit.source,
+                "model": "least squares gain = a + b·NTPS, 95% prediction interval (t, n−2 df); "
+                "isotonic: decreasing fit (the declared sign)",
+            }
+            if fit.n < 8:
+                gain_info["warning"] = f"fitted on only {fit.n} points: the intervals are wide for a reason"
+    else:
+        gain_info["reason"] = "no --study given: nothing to fit the NTPS → LoRA-gain relation on"
+
+    ratios, cost_source = cost_ratios(study, config.model)
+    total = float(table["ntps_seconds"].sum())
+    cost = {
+        "ntps_seconds": total,
+        "source": cost_source,
+        "ratios_to_ntps": ratios,
+        "estimated_seconds": {k: total * v for k, v in ratios.items()},
+    }
+    results: dict[str, Any] = {
+        "model": config.model,
+        "declared": {"layer": config.layer, "fraction": config.fraction, "score_metric": config.score_metric},
+        "ranking": table.to_dict(orient="records"),
+        "ntps_by_layer": per_layer,
+        "gain_model": gain_info,
+        "cost": cost,
+    }
+    write_json_atomic(out / RESULTS_FILE, _clean(results))
+    write_text_atomic(out / TABLE_FILE, table.to_csv(index=False))
+    return PrescreenResult(datasets=table, results=results, out=out)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+__all__ = [
+    "BENCHMARK_RATIOS",
+    "GainFit",
+    "PrescreenConfig",
+    "PrescreenResult",
+    "cost_ratios",
+    "fit_gain_model",
+    "run_prescreen",
+]
