@@ -35,10 +35,13 @@ system-data:
 fetch: install system-data
 	$(VENV)/bin/perceptalign fetch
 
-demo: demo-ntps
+demo: demo-ntps demo-rtify
 
 demo-ntps: fetch
 	$(VENV)/bin/perceptalign ntps score --model smollm2-135m --dataset vader-movie --max-samples 2000 --out runs/demo-ntps
+
+demo-rtify: install
+	$(VENV)/bin/perceptalign rtify fit --data rdm-human --model gru --steps 100 --out runs/demo-rtify
 
 test: fetch
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -52,3 +55,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) runs
+
+# Benchmarks print ratios against baselines measured in the same run (quick variants; drop --quick for full).
+bench: fetch
+	$(PY) benchmarks/ntps_stats.py --quick
+	$(PY) benchmarks/ww_sim.py --quick
+	$(PY) benchmarks/rdm_stimuli.py --quick

@@ -16,8 +16,14 @@ from perceptalign.ntps.peers_job import PeersConfig, run_peers
 
 
 def test_peers_table_equals_metrics_on_the_cached_features(tiny_llama, toy_csv, tmp_path):
-    config = PeersConfig(model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path, max_length=64,
-                         metrics=["logme", "fisher_ratio", "nce", "leep"], top_k=16)
+    config = PeersConfig(
+        model=str(tiny_llama),
+        dataset=str(toy_csv),
+        out=tmp_path,
+        max_length=64,
+        metrics=["logme", "fisher_ratio", "nce", "leep"],
+        top_k=16,
+    )
     result = run_peers(config)
     cached = FeatureCache(tmp_path).load("train")
     probs = NextTokenCache(tmp_path)._load(NextTokenCache(tmp_path).path("train")).probs
@@ -38,8 +44,15 @@ def test_peers_table_equals_metrics_on_the_cached_features(tiny_llama, toy_csv, 
 
 def test_metric_that_cannot_run_is_reported_not_fatal(tiny_llama, toy_csv, tmp_path):
     # 6 texts: 5-fold kNN needs ≥ 5 per class, which a 6-text subset cannot have for both classes
-    config = PeersConfig(model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path, max_length=64,
-                         metrics=["knn_accuracy", "fisher_ratio"], max_samples=6, layers=[0])
+    config = PeersConfig(
+        model=str(tiny_llama),
+        dataset=str(toy_csv),
+        out=tmp_path,
+        max_length=64,
+        metrics=["knn_accuracy", "fisher_ratio"],
+        max_samples=6,
+        layers=[0],
+    )
     result = run_peers(config)
     assert np.isnan(result.table["knn_accuracy"]).all()
     assert "knn_accuracy" in result.results["not_computed"]

@@ -3,6 +3,7 @@ labelled measured or estimated, and bad input names the fix."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -26,8 +27,14 @@ from .test_report import synthetic_study
 
 
 def _ntps_at(table: pd.DataFrame, model: str, dataset: str, layer: int, f: float) -> float:
-    hit = table[(table["model"] == model) & (table["dataset"] == dataset) & (table["method"] == "ntps")
-                & (table["metric"] == "ntps") & (table["layer"] == layer) & np.isclose(table["config"], f)]
+    hit = table[
+        (table["model"] == model)
+        & (table["dataset"] == dataset)
+        & (table["method"] == "ntps")
+        & (table["metric"] == "ntps")
+        & (table["layer"] == layer)
+        & np.isclose(table["config"], f)
+    ]
     return float(hit["value"].item())
 
 
@@ -35,8 +42,9 @@ def test_ranking_from_a_study_equals_sorting_by_ntps(tmp_path):
     store = synthetic_study(tmp_path / "study", n_datasets=6)
     table = store.table()
     datasets = [f"data{i}" for i in range(6)]
-    result = run_prescreen(PrescreenConfig(model="mA", datasets=datasets, out=tmp_path / "p",
-                                           study=tmp_path / "study"))
+    result = run_prescreen(
+        PrescreenConfig(model="mA", datasets=datasets, out=tmp_path / "p", study=tmp_path / "study")
+    )
     expected = sorted(datasets, key=lambda d: -_ntps_at(table, "mA", d, 3, 0.5))
     assert result.datasets["dataset"].tolist() == expected
     assert result.datasets["rank"].tolist() == list(range(1, 7))
@@ -71,7 +79,7 @@ def test_gain_fit_is_least_squares_and_its_interval_covers_95_percent():
     # the isotonic fit is non-increasing in NTPS (the declared sign)
     grid = np.linspace(0, 1, 20)
     iso = [fit.predict_isotonic(v) for v in grid]
-    assert all(a >= b - 1e-12 for a, b in zip(iso, iso[1:], strict=False))
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(iso))
 
 
 def test_gain_model_uses_the_models_own_pairs_and_says_so(tmp_path):
@@ -99,8 +107,9 @@ def test_prescreen_computes_ntps_itself_without_a_study(tiny_llama, toy_csv, tmp
     other = tmp_path / "other.csv"
     pd.DataFrame(make_sentences(80, seed=7), columns=["text", "label"]).to_csv(other, index=False)
     datasets = [str(toy_csv), str(other)]
-    result = run_prescreen(PrescreenConfig(model=str(tiny_llama), datasets=datasets, out=tmp_path / "p",
-                                           max_length=64))
+    result = run_prescreen(
+        PrescreenConfig(model=str(tiny_llama), datasets=datasets, out=tmp_path / "p", max_length=64)
+    )
     values = {}
     for d in datasets:
         run = next((tmp_path / "p" / "runs").glob(f"*/{slug(d)}"))
@@ -128,6 +137,9 @@ def test_bad_prescreen_input_is_refused(tmp_path, kw, message):
 def test_fraction_the_study_lacks_is_refused(tmp_path):
     synthetic_study(tmp_path / "s", n_datasets=3, lora=False)
     with pytest.raises(PerceptAlignError, match="--fraction"):
-        run_prescreen(PrescreenConfig(model="mA", datasets=["data0"], out=tmp_path / "p",
-                                      study=tmp_path / "s", fraction=0.3))
+        run_prescreen(
+            PrescreenConfig(
+                model="mA", datasets=["data0"], out=tmp_path / "p", study=tmp_path / "s", fraction=0.3
+            )
+        )
     assert ResultsStore(tmp_path / "s").has("mA", "data0", "ntps")

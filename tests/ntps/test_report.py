@@ -29,30 +29,96 @@ def synthetic_study(directory, n_datasets=6, models=("mA",), seed=0, signal=0.5,
         for i in range(n_datasets):
             d = f"data{i}"
             acc = rng.uniform(0.5, 1.0)
-            store.add([
-                {"model": model, "dataset": d, "method": "ntps", "metric": metric, "layer": layer, "config": f,
-                 "value": float(np.clip(signal * acc + rng.normal(0, 0.1), 0, 1))}
-                for metric in ("ntps", "ntps_orthonormal") for layer in LAYERS for f in FRACTIONS
-            ] + [{"model": model, "dataset": d, "method": "ntps", "metric": "cell_seconds", "value": 2.0}])
-            store.add([
-                {"model": model, "dataset": d, "method": "probe", "metric": metric, "layer": layer,
-                 "value": value}
-                for layer in LAYERS
-                for metric, value in (("accuracy", acc + rng.normal(0, 0.02)), ("mse", rng.uniform(0, 0.3)))
-            ] + [{"model": model, "dataset": d, "method": "probe", "metric": "cell_seconds", "value": 6.0}])
-            store.add([
-                {"model": model, "dataset": d, "method": "peers", "metric": metric, "layer": layer,
-                 "value": rng.normal()}
-                for layer in LAYERS for metric in ("logme", "alpha_req")
-            ] + [{"model": model, "dataset": d, "method": "peers", "metric": "leep", "layer": 3,
-                  "value": -rng.uniform()}])
+            store.add(
+                [
+                    {
+                        "model": model,
+                        "dataset": d,
+                        "method": "ntps",
+                        "metric": metric,
+                        "layer": layer,
+                        "config": f,
+                        "value": float(np.clip(signal * acc + rng.normal(0, 0.1), 0, 1)),
+                    }
+                    for metric in ("ntps", "ntps_orthonormal")
+                    for layer in LAYERS
+                    for f in FRACTIONS
+                ]
+                + [{"model": model, "dataset": d, "method": "ntps", "metric": "cell_seconds", "value": 2.0}]
+            )
+            store.add(
+                [
+                    {
+                        "model": model,
+                        "dataset": d,
+                        "method": "probe",
+                        "metric": metric,
+                        "layer": layer,
+                        "value": value,
+                    }
+                    for layer in LAYERS
+                    for metric, value in (
+                        ("accuracy", acc + rng.normal(0, 0.02)),
+                        ("mse", rng.uniform(0, 0.3)),
+                    )
+                ]
+                + [{"model": model, "dataset": d, "method": "probe", "metric": "cell_seconds", "value": 6.0}]
+            )
+            store.add(
+                [
+                    {
+                        "model": model,
+                        "dataset": d,
+                        "method": "peers",
+                        "metric": metric,
+                        "layer": layer,
+                        "value": rng.normal(),
+                    }
+                    for layer in LAYERS
+                    for metric in ("logme", "alpha_req")
+                ]
+                + [
+                    {
+                        "model": model,
+                        "dataset": d,
+                        "method": "peers",
+                        "metric": "leep",
+                        "layer": 3,
+                        "value": -rng.uniform(),
+                    }
+                ]
+            )
             if lora:
-                store.add([
-                    {"model": model, "dataset": d, "method": "lora", "metric": "gain", "value": rng.normal(0, 0.05)},
-                    {"model": model, "dataset": d, "method": "lora", "metric": "cell_seconds", "value": 100.0},
-                    *[{"model": model, "dataset": d, "method": "lora", "metric": m, "layer": 3, "config": 0.5,
-                       "value": rng.uniform()} for m in ("ntps_before_lora", "ntps_after_lora")],
-                ])
+                store.add(
+                    [
+                        {
+                            "model": model,
+                            "dataset": d,
+                            "method": "lora",
+                            "metric": "gain",
+                            "value": rng.normal(0, 0.05),
+                        },
+                        {
+                            "model": model,
+                            "dataset": d,
+                            "method": "lora",
+                            "metric": "cell_seconds",
+                            "value": 100.0,
+                        },
+                        *[
+                            {
+                                "model": model,
+                                "dataset": d,
+                                "method": "lora",
+                                "metric": m,
+                                "layer": 3,
+                                "config": 0.5,
+                                "value": rng.uniform(),
+                            }
+                            for m in ("ntps_before_lora", "ntps_after_lora")
+                        ],
+                    ]
+                )
     return store
 
 
@@ -78,8 +144,13 @@ def test_report_numbers_equal_an_independent_recomputation(built):
     model = saved["models"]["mA"]
     datasets = sorted(set(table["dataset"]))
     # fixed a priori: last layer (3), f = 0.5, probe accuracy at the last layer
-    x = [_rows(table, dataset=d, method="ntps", metric="ntps", layer=3, config=0.5)["value"].item() for d in datasets]
-    acc = [_rows(table, dataset=d, method="probe", metric="accuracy", layer=3)["value"].item() for d in datasets]
+    x = [
+        _rows(table, dataset=d, method="ntps", metric="ntps", layer=3, config=0.5)["value"].item()
+        for d in datasets
+    ]
+    acc = [
+        _rows(table, dataset=d, method="probe", metric="accuracy", layer=3)["value"].item() for d in datasets
+    ]
     gain = [_rows(table, dataset=d, method="lora", metric="gain")["value"].item() for d in datasets]
     for target, y in (("probe_accuracy", acc), ("lora_gain", gain)):
         expected = correlate(x, y, n_permutations=0, n_bootstrap=0)
@@ -90,8 +161,17 @@ def test_report_numbers_equal_an_independent_recomputation(built):
     # nested and best-in-sample: the scores of the configurations they report using give their correlation
     for mode in ("nested", "best_in_sample"):
         got = model["correlations"]["probe_accuracy"][mode]
-        used = [_rows(table, dataset=s["dataset"], method="ntps", metric="ntps", layer=s["layer"],
-                      config=float(s["config"]))["value"].item() for s in got["selected"]]
+        used = [
+            _rows(
+                table,
+                dataset=s["dataset"],
+                method="ntps",
+                metric="ntps",
+                layer=s["layer"],
+                config=float(s["config"]),
+            )["value"].item()
+            for s in got["selected"]
+        ]
         targets = [acc[datasets.index(s["dataset"])] for s in got["selected"]]
         expected = correlate(used, targets, n_permutations=0, n_bootstrap=0)
         assert got["spearman"] == pytest.approx(expected.spearman, rel=1e-12, abs=1e-14)
@@ -108,7 +188,9 @@ def test_lora_gain_is_tested_with_the_declared_negative_sign_and_peers_side_by_s
     assert model["correlations"]["lora_gain"]["fixed"]["direction"] == "negative"
     peers = model["peers"]
     assert list(peers)[:3] == ["ntps", "ntps_orthonormal", "ntps_probe"] or list(peers)[:2] == [
-        "ntps", "ntps_orthonormal"]
+        "ntps",
+        "ntps_orthonormal",
+    ]
     assert {"logme", "alpha_req", "leep"} <= set(peers)
     # α-ReQ is registered lower-is-better: its declared sign flips
     assert peers["alpha_req"]["probe_accuracy"]["fixed"]["direction"] == "negative"
@@ -120,15 +202,26 @@ def test_lora_gain_is_tested_with_the_declared_negative_sign_and_peers_side_by_s
 def test_html_is_self_contained_with_the_three_modes_and_the_peer_table(built):
     _, result = built
     page = result.html_path.read_text()
-    for text in ("fixed a priori", "leave-one-dataset-out (nested)", "best in sample (OPTIMISTIC",
-                 "Peers side by side", "logme", "alpha_req", "Fig 2", "Fig 3", "NTPS before / after LoRA",
-                 "heat maps", "across layers", "Measured cost"):
+    for text in (
+        "fixed a priori",
+        "leave-one-dataset-out (nested)",
+        "best in sample (OPTIMISTIC",
+        "Peers side by side",
+        "logme",
+        "alpha_req",
+        "Fig 2",
+        "Fig 3",
+        "NTPS before / after LoRA",
+        "heat maps",
+        "across layers",
+        "Measured cost",
+    ):
         assert text in page, text
     assert page.count("data:image/png;base64,") >= 6 and "src='http" not in page
 
 
 def test_nested_choice_for_a_dataset_ignores_that_datasets_own_numbers(tmp_path):
-    """Plant a leak: make configuration (0, 0.25) perfect on dataset data0 only; its nested choice must not move."""
+    """Plant a leak: make configuration (0, 0.25) extreme on data0 alone; data0's nested choice must not move."""
     store = synthetic_study(tmp_path / "a", lora=False)
     config = ReportConfig(tmp_path / "a", **FAST)
     before = build_report(config).report["models"]["mA"]["correlations"]["probe_accuracy"]["nested"]
@@ -184,17 +277,29 @@ def test_real_miniature_study_then_report_end_to_end(tiny_llama, tiny_gpt2_left,
         path = tmp_path / f"toy{i}.csv"
         pd.DataFrame(flipped, columns=["text", "label"]).to_csv(path, index=False)
         datasets.append(str(path))
-    config = StudyConfig(models=[str(tiny_llama), str(tiny_gpt2_left)], datasets=datasets, out=tmp_path / "s",
-                         fractions=[0.25, 0.5, 1.0], max_length=64, peer_metrics=["logme", "leep", "h_score"])
+    config = StudyConfig(
+        models=[str(tiny_llama), str(tiny_gpt2_left)],
+        datasets=datasets,
+        out=tmp_path / "s",
+        fractions=[0.25, 0.5, 1.0],
+        max_length=64,
+        peer_metrics=["logme", "leep", "h_score"],
+    )
     assert not run_study(config).failed
     result = build_report(ReportConfig(tmp_path / "s", n_permutations=200, n_bootstrap=200))
     table = ResultsStore(tmp_path / "s").table()
     for model in config.models:
         got = result.report["models"][model]["correlations"]["probe_accuracy"]["fixed"]
-        x = [_rows(table, model=model, dataset=d, method="ntps", metric="ntps", layer=2, config=0.5)["value"].item()
-             for d in datasets]
-        y = [_rows(table, model=model, dataset=d, method="probe", metric="accuracy", layer=2)["value"].item()
-             for d in datasets]
+        x = [
+            _rows(table, model=model, dataset=d, method="ntps", metric="ntps", layer=2, config=0.5)[
+                "value"
+            ].item()
+            for d in datasets
+        ]
+        y = [
+            _rows(table, model=model, dataset=d, method="probe", metric="accuracy", layer=2)["value"].item()
+            for d in datasets
+        ]
         assert got["spearman"] == pytest.approx(correlate(x, y, n_permutations=0, n_bootstrap=0).spearman)
     page = result.html_path.read_text()
     assert "Fig 1" in page and "nested" in page and "logme" in page

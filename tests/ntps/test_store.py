@@ -11,13 +11,31 @@ from perceptalign.ntps.store import NO_LAYER, ResultsStore, slug
 
 def _cell(model: str, dataset: str, method: str = "ntps", offset: float = 0.0) -> list[dict]:
     rows = [
-        {"model": model, "dataset": dataset, "method": method, "metric": "ntps", "layer": layer, "config": f,
-         "value": offset + 0.1 * layer + f, "settings": "s1", "model_fingerprint": "fp", "n_texts": 10}
+        {
+            "model": model,
+            "dataset": dataset,
+            "method": method,
+            "metric": "ntps",
+            "layer": layer,
+            "config": f,
+            "value": offset + 0.1 * layer + f,
+            "settings": "s1",
+            "model_fingerprint": "fp",
+            "n_texts": 10,
+        }
         for layer in range(3)
         for f in (0.25, 0.5)
     ]
-    rows.append({"model": model, "dataset": dataset, "method": method, "metric": "cell_seconds",
-                 "value": 1.5, "settings": "s1"})
+    rows.append(
+        {
+            "model": model,
+            "dataset": dataset,
+            "method": method,
+            "metric": "cell_seconds",
+            "value": 1.5,
+            "settings": "s1",
+        }
+    )
     return rows
 
 
@@ -28,8 +46,11 @@ def test_round_trip_is_exact_and_keeps_missing_config_as_nan(tmp_path):
     table = store.table()
     assert len(table) == len(rows)
     for row in rows:
-        hit = table[(table["dataset"] == row["dataset"]) & (table["metric"] == row["metric"])
-                    & (table["layer"] == row.get("layer", NO_LAYER))]
+        hit = table[
+            (table["dataset"] == row["dataset"])
+            & (table["metric"] == row["metric"])
+            & (table["layer"] == row.get("layer", NO_LAYER))
+        ]
         if "config" in row:
             hit = hit[np.isclose(hit["config"], row["config"])]
         else:
@@ -81,7 +102,10 @@ def test_damaged_cell_is_reported_with_the_fix(tmp_path):
     ("row", "message"),
     [
         ({"model": "m", "dataset": "d", "method": "ntps", "value": 1.0}, "lacks"),
-        ({"model": "m", "dataset": "d", "method": "ntps", "metric": "x", "value": 1.0, "colour": 1}, "unknown"),
+        (
+            {"model": "m", "dataset": "d", "method": "ntps", "metric": "x", "value": 1.0, "colour": 1},
+            "unknown",
+        ),
         ({"model": "m", "dataset": "d", "method": "ntps", "metric": "x", "value": 1.0, "layer": -3}, "layer"),
         ({"model": "", "dataset": "d", "method": "ntps", "metric": "x", "value": 1.0}, "non-empty"),
     ],
@@ -108,5 +132,12 @@ def test_slugs_of_same_named_paths_differ():
 
 def test_empty_store_gives_empty_typed_table(tmp_path):
     table = ResultsStore(tmp_path).table()
-    assert table.empty and list(table.columns)[:7] == ["model", "dataset", "method", "metric", "layer", "config",
-                                                        "value"]
+    assert table.empty and list(table.columns)[:7] == [
+        "model",
+        "dataset",
+        "method",
+        "metric",
+        "layer",
+        "config",
+        "value",
+    ]

@@ -33,7 +33,10 @@ class FakeRunners:
             if (model, dataset, measure) in self.fail:
                 raise PerceptAlignError("dataset too small")
             seed = abs(hash((model, dataset, measure))) % 1000
-            return [{"metric": "score", "layer": layer, "config": 0.5, "value": seed + layer} for layer in range(2)]
+            return [
+                {"metric": "score", "layer": layer, "config": 0.5, "value": seed + layer}
+                for layer in range(2)
+            ]
 
         return run
 
@@ -42,8 +45,12 @@ class FakeRunners:
 
 
 def _config(tmp_path, **kw) -> StudyConfig:
-    return StudyConfig(models=kw.pop("models", ["m1", "m2"]), datasets=kw.pop("datasets", ["a", "b"]),
-                       out=tmp_path / "study", **kw)
+    return StudyConfig(
+        models=kw.pop("models", ["m1", "m2"]),
+        datasets=kw.pop("datasets", ["a", "b"]),
+        out=tmp_path / "study",
+        **kw,
+    )
 
 
 def test_grid_runs_every_cell_once_in_declared_order(tmp_path, monkeypatch):
@@ -88,10 +95,11 @@ def test_killed_study_leaves_a_consistent_store_and_resumes_where_it_stopped(tmp
 
     def numbers(table: pd.DataFrame) -> pd.DataFrame:  # wall times differ between runs, numbers must not
         table = table[table["metric"] != "cell_seconds"]
-        return table.sort_values(keys)[keys + ["value"]].reset_index(drop=True)
+        return table.sort_values(keys)[[*keys, "value"]].reset_index(drop=True)
 
-    pd.testing.assert_frame_equal(numbers(store.table()),
-                                  numbers(ResultsStore(tmp_path / "uninterrupted" / "study").table()))
+    pd.testing.assert_frame_equal(
+        numbers(store.table()), numbers(ResultsStore(tmp_path / "uninterrupted" / "study").table())
+    )
 
 
 def test_grid_may_grow_but_settings_may_not_change(tmp_path, monkeypatch):
@@ -156,11 +164,17 @@ def two_datasets(tmp_path_factory):
     return paths
 
 
-def test_miniature_study_end_to_end_stores_exactly_the_job_outputs(tiny_llama, tiny_gpt2_left, two_datasets,
-                                                                  tmp_path):
-    config = StudyConfig(models=[str(tiny_llama), str(tiny_gpt2_left)], datasets=two_datasets, out=tmp_path,
-                         fractions=[0.5, 1.0], max_length=64,
-                         peer_metrics=["logme", "h_score", "nce", "leep", "fisher_ratio"])
+def test_miniature_study_end_to_end_stores_exactly_the_job_outputs(
+    tiny_llama, tiny_gpt2_left, two_datasets, tmp_path
+):
+    config = StudyConfig(
+        models=[str(tiny_llama), str(tiny_gpt2_left)],
+        datasets=two_datasets,
+        out=tmp_path,
+        fractions=[0.5, 1.0],
+        max_length=64,
+        peer_metrics=["logme", "h_score", "nce", "leep", "fisher_ratio"],
+    )
     result = run_study(config)
     assert not result.failed and len(result.ran) == 12
     table = ResultsStore(tmp_path).table()
@@ -171,8 +185,12 @@ def test_miniature_study_end_to_end_stores_exactly_the_job_outputs(tiny_llama, t
             ntps = json.loads((cell / "ntps.json").read_text())
             for i, layer in enumerate(ntps["layers"]):
                 for j, f in enumerate(ntps["fractions"]):
-                    hit = rows[(rows["method"] == "ntps") & (rows["metric"] == "ntps") & (rows["layer"] == layer)
-                               & np.isclose(rows["config"], f)]
+                    hit = rows[
+                        (rows["method"] == "ntps")
+                        & (rows["metric"] == "ntps")
+                        & (rows["layer"] == layer)
+                        & np.isclose(rows["config"], f)
+                    ]
                     assert hit["value"].tolist() == [ntps["ntps"][i][j]]
             probe = pd.read_csv(cell / "probe.csv")
             stored = rows[(rows["method"] == "probe") & (rows["metric"] == "accuracy")].sort_values("layer")
@@ -180,8 +198,11 @@ def test_miniature_study_end_to_end_stores_exactly_the_job_outputs(tiny_llama, t
             peers = json.loads((cell / "peers.json").read_text())
             last = peers["rows"][-1]
             for metric in ("logme", "leep", "nce"):
-                hit = rows[(rows["method"] == "peers") & (rows["metric"] == metric)
-                           & (rows["layer"] == last["layer"])]
+                hit = rows[
+                    (rows["method"] == "peers")
+                    & (rows["metric"] == metric)
+                    & (rows["layer"] == last["layer"])
+                ]
                 assert hit["value"].tolist() == [last[metric]]
             # one data hash for every measure of the cell: they saw the same texts
             assert rows.loc[rows["metric"] != "cell_seconds", "data_sha256"].nunique() == 1

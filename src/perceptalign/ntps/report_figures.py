@@ -110,7 +110,7 @@ def rank_figure(ntps: dict[str, float], targets: dict[str, dict[str, float]], ti
             ax.plot([1, len(common)], [1, len(common)], color="C7", lw=0.8, ls=":")
         ax.set_xlabel("rank of NTPS (fixed configuration)")
         ax.set_ylabel(f"rank of {name}")
-        ax.set_title(f"{name}: {_spearman_text(x, y)}", fontsize=9)
+        ax.set_title(f"{name}\n{_spearman_text(x, y)}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -141,7 +141,8 @@ def heatmaps_figure(grid: pd.DataFrame, title: str) -> Figure:
     datasets = list(pd.unique(grid["dataset"]))
     cols = min(4, len(datasets))
     rows = int(np.ceil(len(datasets) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.6, wspace=0.35)
     for ax in axes.ravel()[len(datasets) :]:
         ax.axis("off")
     for ax, d in zip(axes.ravel(), datasets, strict=False):
@@ -288,7 +289,7 @@ def all_figures(
     table: pd.DataFrame, report: dict[str, Any], config: Any, status: Callable[[str], None]
 ) -> dict[str, dict[str, str]]:
     """model → {title: base64 PNG}. A figure that cannot be drawn is noted in ``report`` and skipped."""
-    from perceptalign.ntps.report import TARGETS, figure_to_base64, score_grid
+    from perceptalign.ntps.report import figure_to_base64, score_grid
 
     out: dict[str, dict[str, str]] = {}
     notes: list[str] = report.setdefault("figure_notes", [])
@@ -300,7 +301,8 @@ def all_figures(
         fixed = analysis["fixed_config"]
         ntps = analysis["ntps_at_fixed"]
         targets = analysis["targets"]
-        probe_targets = {TARGETS[k][0]: v for k, v in targets.items() if k in ("probe_accuracy", "neg_mse")}
+        short = {"probe_accuracy": "held-out probe accuracy", "neg_mse": "−MSE (held out)"}
+        probe_targets = {short[k]: v for k, v in targets.items() if k in short}
         if probe_targets:
             figs["Fig 2 — rank(NTPS) vs rank(probe accuracy / −MSE)"] = figure_to_base64(
                 rank_figure(

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic
@@ -720,6 +721,7 @@ def plot_training_history(history: pd.DataFrame) -> Figure:
                 color="0.4",
             )
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel("BCE loss")
     ax_acc.set_ylabel("training accuracy")
     ax_acc.axhline(0.5, color="0.6", linestyle="--", linewidth=1)
