@@ -268,14 +268,14 @@ def section_end_to_end(quick: bool) -> dict[str, float]:
     """`ntps score` statistics pass vs the published pipeline shape on the same real texts."""
     from perceptalign.ntps.datasets import load_text_dataset
     from perceptalign.ntps.models import load_causal_lm, token_budget_batches, tokenize
-    from perceptalign.ntps.score import compute_statistics
+    from perceptalign.ntps.score import ScoreConfig, compute_statistics
 
     loaded = load_causal_lm("smollm2-135m")
     dataset = load_text_dataset("vader-movie", "train", max_samples=128 if quick else 384, seed=0)
     layers = loaded.layers
     lengths = [len(x) for x in tokenize(loaded, dataset.texts, 512)]
     input_order = [list(range(i, min(i + 32, len(lengths)))) for i in range(0, len(lengths), 32)]
-    sorted_batches = token_budget_batches(lengths, token_budget=4096)
+    sorted_batches = token_budget_batches(lengths, token_budget=ScoreConfig.token_budget)
 
     def padding(batches: list[list[int]]) -> float:
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
@@ -283,7 +283,7 @@ def section_end_to_end(quick: bool) -> dict[str, float]:
 
     labels = torch.as_tensor(dataset.labels)
     start = CLOCK()
-    compute_statistics(loaded, dataset, layers, max_length=512, token_budget=4096)
+    compute_statistics(loaded, dataset, layers, max_length=512, token_budget=ScoreConfig.token_budget)
     ours = CLOCK() - start
     start = CLOCK()
     _published_pipeline(loaded, dataset.texts, labels, layers, 512)

@@ -176,6 +176,10 @@ def test_report_numbers_equal_an_independent_recomputation(built):
         expected = correlate(used, targets, n_permutations=0, n_bootstrap=0)
         assert got["spearman"] == pytest.approx(expected.spearman, rel=1e-12, abs=1e-14)
         assert got["pearson"] == pytest.approx(expected.pearson, rel=1e-12, abs=1e-14)
+    for d in datasets:  # NTPS before/after LoRA at the fixed configuration, straight from the rows
+        for when in ("before", "after"):
+            row = _rows(table, dataset=d, method="lora", metric=f"ntps_{when}_lora", layer=3, config=0.5)
+            assert model["lora_ntps"][d][when] == row["value"].item()
     best = model["correlations"]["probe_accuracy"]["best_in_sample"]
     assert len({(s["layer"], s["config"]) for s in best["selected"]}) == 1 and best["optimistic"]
     # the optimistic maximum is at least the a-priori value (it searched over that configuration too)
@@ -221,21 +225,29 @@ def test_html_is_self_contained_with_the_three_modes_and_the_peer_table(built):
 
 
 def test_nested_choice_for_a_dataset_ignores_that_datasets_own_numbers(tmp_path):
-    """Plant a leak: make configuration (0, 0.25) extreme on data0 alone; data0's nested choice must not move."""
+    """Plant a leak on data0 alone: its target and its scores make (0, 0.25) the only configuration that
+    fits data0. Every procedure that sees data0 moves to (0, 0.25); data0's own nested choice must not."""
     store = synthetic_study(tmp_path / "a", lora=False)
     config = ReportConfig(tmp_path / "a", **FAST)
-    before = build_report(config).report["models"]["mA"]["correlations"]["probe_accuracy"]["nested"]
+    before = build_report(config).report["models"]["mA"]["correlations"]["probe_accuracy"]
     table = store.table()
     planted = table[(table["dataset"] == "data0") & (table["method"].isin(["ntps", "probe"]))].copy()
-    is_cfg = (planted["metric"] == "ntps") & (planted["layer"] == 0) & np.isclose(planted["config"], 0.25)
-    planted.loc[is_cfg, "value"] = 1.0  # the held-out dataset's score at one configuration: extreme…
-    planted.loc[(planted["metric"] == "accuracy"), "value"] = 0.999  # …and its target too
+    is_ntps = planted["metric"] == "ntps"
+    is_cfg = is_ntps & (planted["layer"] == 0) & np.isclose(planted["config"], 0.25)
+    planted.loc[is_ntps, "value"] = 1.0  # discordant with data0's target everywhere…
+    planted.loc[is_cfg, "value"] = 0.0  # …except at (0, 0.25)
+    planted.loc[planted["metric"] == "accuracy", "value"] = 0.0
     for method in ("ntps", "probe"):
-        store.add(planted[planted["method"] == method].drop(columns=[]).to_dict(orient="records"))
-    after = build_report(config).report["models"]["mA"]["correlations"]["probe_accuracy"]["nested"]
-    pick = {s["dataset"]: (s["layer"], s["config"]) for s in before["selected"]}
-    pick_after = {s["dataset"]: (s["layer"], s["config"]) for s in after["selected"]}
-    assert pick_after["data0"] == pick["data0"]
+        store.add(planted[planted["method"] == method].to_dict(orient="records"))
+    after = build_report(config).report["models"]["mA"]["correlations"]["probe_accuracy"]
+
+    def picks(res):
+        return {s["dataset"]: (s["layer"], float(s["config"])) for s in res["selected"]}
+
+    assert set(picks(after["best_in_sample"]).values()) == {(0, 0.25)}  # the plant is strong enough
+    moved = [d for d, c in picks(after["nested"]).items() if d != "data0" and c == (0, 0.25)]
+    assert len(moved) >= 3  # folds that contain data0 follow it
+    assert picks(after["nested"])["data0"] == picks(before["nested"])["data0"]
 
 
 def test_noise_gives_plainly_negative_statements_and_too_few_datasets_are_not_computed(tmp_path):

@@ -69,7 +69,7 @@ def probe(
     max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 512,
     token_budget: Annotated[
         int, typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.")
-    ] = 4096,
+    ] = 2048,
     dtype: Annotated[
         str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")
     ] = "float32",

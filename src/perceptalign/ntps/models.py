@@ -249,7 +249,7 @@ def token_budget_batches(
     lengths: Sequence[int],
     token_budget: int,
     max_batch_size: int = 256,
-    max_padding: float = 0.1,
+    max_padding: float = 0.05,
 ) -> list[list[int]]:
     """Group text indices into batches of similar length whose padded size stays within a token budget.
 

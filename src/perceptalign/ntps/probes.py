@@ -317,7 +317,7 @@ class ProbeConfig:
     layers: list[int] | None = None
     max_samples: int | None = None
     max_length: int = 512
-    token_budget: int = 4096
+    token_budget: int = 2048
     dtype: str = "float32"
     cv: int | None = None
     C: float = 1.0

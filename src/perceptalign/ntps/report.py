@@ -391,6 +391,15 @@ def statements(model: str, analysis: dict[str, Any]) -> list[str]:
                 f"(fixed) to {best['spearman']:+.2f} (best in sample): the difference is selection, not "
                 "evidence."
             )
+    change = analysis.get("lora_ntps")
+    if change:
+        deltas = np.array([v["after"] - v["before"] for v in change.values()])
+        fixed_cfg = analysis["fixed_config"]
+        lines.append(
+            f"{model}: after LoRA (merged), NTPS at layer {fixed_cfg['layer']}, f = {fixed_cfg['fraction']} "
+            "changed by "
+            f"{deltas.mean():+.3f} on average (rose on {int((deltas > 0).sum())} of {len(deltas)} datasets)."
+        )
     return lines
 
 

@@ -63,7 +63,7 @@ class ScoreConfig:
     layers: list[int] | None = None
     max_samples: int | None = None
     max_length: int = 512
-    token_budget: int = 4096
+    token_budget: int = 2048
     dtype: str = "float32"
     fractions: list[float] | None = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     ks: list[int] | None = None

@@ -131,27 +131,49 @@ def _slope_from_gain_(u: Tensor, g: Tensor, out: Tensor, small: Tensor, us: Tens
     return out.add_(p)
 
 
-def _slope_patched_(u: Tensor, g: Tensor, out: Tensor, scratch: Tensor, mask: Tensor) -> Tensor:
-    """``_slope_from_gain_``'s values bit for bit: 4 full-size ops, then a patch of the few |u| < 0.02.
+def _slope_closed_(u: Tensor, g: Tensor, out: Tensor, one: Tensor) -> Tensor:
+    """Closed form g'(v) = g(g + u − 1)/u at v = −u into ``out``: exact away from u = 0, NaN at u = 0.
 
-    The blended version evaluates both branches on every entry (17 sweeps); here the closed form runs on
-    everything and only the entries in the series region (a tiny fraction: the input current must sit
-    within 0.02/(a d) ≈ 5e-4 nA of b/a) are recomputed, with the blended version's exact op sequence so
-    that the adjoint's gradients are unchanged. ``scratch`` (float) and ``mask`` (bool) are (n, B) work
-    buffers.
+    Same op sequence as the non-series entries of ``_slope_from_gain_`` (bit-identical there); the
+    entries with |u| < ``_SLOPE_CUTOFF`` get ``_slope_series_values`` on top (see ``_SlopePatch``).
     """
-    torch.add(g, u, out=out).sub_(1.0).mul_(g).div_(u)  # closed form g(g + u − 1)/u (NaN at u = 0: patched)
-    torch.abs(u, out=scratch)
-    torch.lt(scratch, _SLOPE_CUTOFF, out=mask)
-    idx = mask.view(-1).nonzero().squeeze(1)
-    if idx.numel():
-        us = u.view(-1).index_select(0, idx)
-        gs = g.view(-1).index_select(0, idx)
-        # Blended version with mask 1: closed form on the shifted denominator u + 1, then + (series − it).
-        o = (gs + us).sub_(1.0).mul_(gs).div_(us + 1.0)
-        p = (us * us).mul_(-1.0 / 180.0).add_(1.0 / 6.0).mul_(us).neg_().add_(0.5)
-        out.view(-1).index_copy_(0, idx, o.add_(p.sub_(o)))
-    return out
+    return torch.add(g, u, out=out).sub_(one).mul_(g).div_(u)
+
+
+def _slope_series_values(u: Tensor, g: Tensor) -> Tensor:
+    """g' for entries with |u| < cutoff, with ``_slope_from_gain_``'s exact arithmetic (mask = 1)."""
+    closed = (g + u).sub_(1.0).mul_(g).div_(u + 1.0)  # its closed form on the shifted denominator
+    series = (u * u).mul_(-1.0 / 180.0).add_(1.0 / 6.0).mul_(u).neg_().add_(0.5)
+    return closed.add_(series.sub_(closed))  # closed + (series − closed), as the blend rounds it
+
+
+class _SlopePatch:
+    """The series-region entries of every step's g', found in one pass over the stored u.
+
+    The blended ``_slope_from_gain_`` evaluates both branches on every entry (17 sweeps per step); the
+    adjoint instead runs the 4-op closed form and overwrites the few entries with |u| < cutoff (the input
+    current within 0.02/(a d) ≈ 5e-4 nA of b/a) by their precomputed values: bit-identical gradients.
+    """
+
+    def __init__(self, u_all: Tensor, g_all: Tensor) -> None:
+        steps = u_all.shape[0]
+        per_step = u_all[0].numel()
+        flat_u = u_all.reshape(-1)
+        found = []
+        for k0 in range(0, steps, _BLOCK):  # bounded temporaries
+            part = flat_u[k0 * per_step : min(steps, k0 + _BLOCK) * per_step]
+            found.append(part.abs().lt_(_SLOPE_CUTOFF).nonzero().squeeze(1) + k0 * per_step)
+        index = torch.cat(found)
+        self.values = _slope_series_values(flat_u[index], g_all.reshape(-1)[index])
+        step = torch.div(index, per_step, rounding_mode="floor")
+        self.position = index - step * per_step
+        self.bounds = [0, *torch.bincount(step, minlength=steps).cumsum(0).tolist()]
+
+    def apply_(self, k: int, out: Tensor) -> None:
+        """Overwrite step k's series-region entries of ``out`` (n, B)."""
+        a, b = self.bounds[k], self.bounds[k + 1]
+        if b > a:
+            out.view(-1).index_copy_(0, self.position[a:b], self.values[a:b])
 
 
 @dataclass
@@ -282,7 +304,7 @@ class WWOutput:
 def _integrate(
     s_buf: Tensor,
     z_store: Tensor | None,
-    g_store: Tensor | None,
+    ug_store: tuple[Tensor, Tensor] | None,
     bias_u: Tensor,
     bias_u_off: Tensor,
     j_u: Tensor,
@@ -296,11 +318,12 @@ def _integrate(
     Row 0 holds S(0) on entry. Everything is expressed in u = −d(a x − b) so that g = u/expm1(u) needs
     no negations: ``bias_u`` (F, n, B) / ``bias_u_off`` hold −(a d (I₀ + J_ext·drive) − b d), ``j_u`` =
     −a d J and ``sig_u`` = −a d σ. ``z_store`` (T, n, B), when given, receives the unit OU noise of every
-    step and ``g_store`` the gain g(u) (both for the adjoint); otherwise rolling scratch is used.
+    step and ``ug_store`` u and the gain g(u) (for the adjoint); otherwise rolling scratch is used.
 
     Noise is drawn ``_BLOCK`` steps per call (the stream every path shares); crossings are checked every
     ``_CHECK`` steps. Per step: 2 ops for the noise, then u (addmm, + noise), g (expm1, div, 0/0 → 1),
     c1·g, decay − c1·g and S' = c1 g + S(decay − c1 g): 10 sweeps over (n, B) buffers that stay in cache.
+    Scalars enter as 0-dim tensors: a Python number costs a tensor wrap per op (same float32 value).
     """
     c = spec.consts
     frames = spec.grid.frame_of_step
@@ -312,31 +335,37 @@ def _integrate(
     noise_block = torch.empty((_BLOCK, n, batch), **like) if z_store is None else None
     z_prev = torch.zeros((n, batch), **like)
     u, e, g, m = (torch.empty((n, batch), **like) for _ in range(4))
-    decay = torch.tensor(c.decay, **like)
+    cn, c1, decay = (torch.tensor(v, **like) for v in (c.cn, c.c1, c.decay))
+    bias_rows = bias_u.unbind(0)
     for k0 in range(0, n_steps, _BLOCK):
         k1 = min(k0 + _BLOCK, n_steps)
         zb = z_store[k0:k1] if z_store is not None else noise_block[: k1 - k0]  # type: ignore[index]
         torch.randn(zb.shape, generator=spec.generator, out=zb, **like)
         z_rows = zb.unbind(0)
-        g_rows = g_store[k0:k1].unbind(0) if g_store is not None else None
+        u_rows = g_rows = None
+        if ug_store is not None:
+            u_rows = ug_store[0][k0:k1].unbind(0)
+            g_rows = ug_store[1][k0:k1].unbind(0)
         for c0 in range(k0, k1, _CHECK):
             c_end = min(c0 + _CHECK, k1)
             base = 0 if rolling else c0
             blk = s_buf[base : base + c_end - c0 + 1]
             s_rows = blk.unbind(0)
             for j in range(c_end - c0):
-                z = z_rows[c0 - k0 + j]
-                z.mul_(c.cn).add_(z_prev, alpha=c.rho)
+                i = c0 - k0 + j
+                z = z_rows[i]
+                z.mul_(cn).add_(z_prev, alpha=c.rho)
                 z_prev = z
                 f = frames[c0 + j]
                 s = s_rows[j]
-                torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)
-                u.add_(z, alpha=sig_u)
-                torch.expm1(u, out=e)
-                gj = g if g_rows is None else g_rows[c0 - k0 + j]
-                torch.div(u, e, out=gj)
+                uj = u if u_rows is None else u_rows[i]
+                torch.addmm(bias_rows[f] if f >= 0 else bias_u_off, j_u, s, out=uj)
+                uj.add_(z, alpha=sig_u)
+                torch.expm1(uj, out=e)
+                gj = g if g_rows is None else g_rows[i]
+                torch.div(uj, e, out=gj)
                 gj.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1 (inputs are checked finite upstream)
-                torch.mul(gj, c.c1, out=m)
+                torch.mul(gj, c1, out=m)
                 torch.sub(decay, m, out=e)  # 1 − dt/τ_S − c1 g
                 torch.addcmul(m, s, e, out=s_rows[j + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
             if crossings.update(blk, c0) and spec.early_stop:
@@ -431,15 +460,15 @@ class _WWAdjoint(torch.autograd.Function):
         )
         s_buf[0].fill_(spec.s0)
         z_store = torch.empty_like(s_buf[1:])
-        g_store = torch.empty_like(z_store)
+        ug_store = (torch.empty_like(z_store), torch.empty_like(z_store))
         bias_u, bias_u_off = _bias_u(drive_frames, j_ext, i0, c)
         j_u = J * (-c.ad)
-        steps = _integrate(s_buf, z_store, g_store, bias_u, bias_u_off, j_u, -c.ad * float(sigma), spec)
+        steps = _integrate(s_buf, z_store, ug_store, bias_u, bias_u_off, j_u, -c.ad * float(sigma), spec)
         ctx.spec = spec
         ctx.steps = steps
         ctx.s_buf = s_buf
         ctx.z_store = z_store
-        ctx.g_store = g_store
+        ctx.ug_store = ug_store
         ctx.save_for_backward(drive_frames, J, j_ext, i0, sigma)
         z_out = z_store[:steps]
         ctx.mark_non_differentiable(z_out)
@@ -448,46 +477,41 @@ class _WWAdjoint(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_s: Tensor | None, _grad_z: Tensor | None) -> tuple[Tensor | None, ...]:
+        """Reverse sweep from the latest step with a gradient; u and g come from the forward sweep."""
         drive_frames, J, j_ext, i0, sigma = ctx.saved_tensors
         spec: _RunSpec = ctx.spec
         c = spec.consts
         s_buf: Tensor = ctx.s_buf
         z_store: Tensor = ctx.z_store
-        g_store: Tensor = ctx.g_store
+        u_store, g_store = ctx.ug_store
         frames = spec.grid.frame_of_step
         n_frames, n, batch = drive_frames.shape
         if grad_s is None:
             return (None,) * 6
         last = _last_nonzero_step(grad_s)
-        q_frames = torch.zeros((n_frames, n, batch), dtype=s_buf.dtype, device=s_buf.device)
-        q_off = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
-        d_jv = torch.zeros((n, n), dtype=s_buf.dtype, device=s_buf.device)
-        qz = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
+        like = {"dtype": s_buf.dtype, "device": s_buf.device}
+        q_frames = torch.zeros((n_frames, n, batch), **like)
+        q_off = torch.zeros((n, batch), **like)
+        d_jv = torch.zeros((n, n), **like)
+        qz = torch.zeros((n, batch), **like)
         if last >= 0:
-            bias_u, bias_u_off = _bias_u(drive_frames, j_ext, i0, c)
-            j_u = J * (-c.ad)
             jv_t = (J * c.ad).t().contiguous()
-            sig_u = -c.ad * float(sigma)
-            lam = torch.zeros((n, batch), dtype=s_buf.dtype, device=s_buf.device)
-            u, gp, q, w = (torch.empty_like(lam) for _ in range(4))
-            mask = torch.empty((n, batch), dtype=torch.bool, device=s_buf.device)
-            s_rows = s_buf.unbind(0)
-            z_rows = z_store.unbind(0)
-            g_rows = g_store.unbind(0)
-            for k in range(last, -1, -1):
+            patch = _SlopePatch(u_store[: last + 1], g_store[: last + 1])
+            one, c1, neg_c1, decay = (torch.tensor(v, **like) for v in (1.0, c.c1, -c.c1, c.decay))
+            lam = torch.zeros((n, batch), **like)
+            gp, q, w = (torch.empty_like(lam) for _ in range(3))
+            rows = zip(s_buf.unbind(0), z_store.unbind(0), u_store.unbind(0), g_store.unbind(0), strict=False)
+            q_rows = q_frames.unbind(0)
+            for k, (s, z, u, g) in reversed(list(enumerate(rows))[: last + 1]):
                 lam.add_(grad_s[k])  # lam = dL/dS_{k+1}
-                s = s_rows[k]
-                z = z_rows[k]
-                g = g_rows[k]  # stored by the forward sweep: no expm1 here
-                f = frames[k]
-                torch.addmm(bias_u[f] if f >= 0 else bias_u_off, j_u, s, out=u)  # same ops as forward
-                u.add_(z, alpha=sig_u)
-                _slope_patched_(u, g, gp, w, mask)
-                torch.mul(s, -c.c1, out=q).add_(c.c1).mul_(gp).mul_(lam)  # dL/dv_k = λ c1 (1 − S) g'
-                lam.mul_(torch.mul(g, -c.c1, out=w).add_(c.decay))  # through S_k directly: 1 − dt/τ_S − c1 g
+                _slope_closed_(u, g, gp, one)
+                patch.apply_(k, gp)
+                torch.mul(s, neg_c1, out=q).add_(c1).mul_(gp).mul_(lam)  # dL/dv_k = λ c1 (1 − S) g'
+                lam.mul_(torch.mul(g, neg_c1, out=w).add_(decay))  # through S_k directly: 1 − dt/τ_S − c1 g
                 lam.addmm_(jv_t, q)  # through v_k = a d (J S_k + …)
                 d_jv.addmm_(q, s.t())
-                (q_frames[f] if f >= 0 else q_off).add_(q)
+                f = frames[k]
+                (q_rows[f] if f >= 0 else q_off).add_(q)
                 qz.addcmul_(q, z)
         ad = c.ad
         grads: list[Tensor | None] = [None] * 6

@@ -1,0 +1,653 @@
+"""Fit the two-population Wong–Wang model (WW) to human RDM reaction times, driven either by the motion
+coherence itself or by a frozen video backbone's logit, and evaluate it like every other RTify method.
+
+Choices and why:
+
+* Learnable: J₁₁ (= J₂₂), J₁₂ (= J₂₁), J_ext, I₀, σ, θ and the non-decision time, which is WW's motor
+  delay (``motor_delay_s``: RT = decision time + delay). a, b, d, γ, τ_S, τ_A stay at Wong & Wang (2006).
+  Parameters live on very different scales (J_ext ≈ 0.016 nA, I₀ ≈ 0.33 nA, θ ≈ 0.5) and the dynamics
+  are far more sensitive to I₀ and J₁₁ (they set the attractor landscape) than to the others, so Adam
+  runs with one learning rate per parameter: ``lr`` × the parameter's initial magnitude × a sensitivity
+  factor (``_LR_FACTOR``). After each step the parameters are projected back into a physiological box
+  (``_BOUNDS``; the delay into [0, fastest human RT]) so that noisy steps cannot leave the regime where
+  the model makes decisions at all.
+* The WW choice is discrete (the first population whose S exceeds θ), so the signed-RT histogram and
+  the accuracy term would get no gradient through it. The choice enters the loss as a straight-through
+  probability: its VALUE is the hard outcome (1 correct, 0 error), so the loss is exactly the one of
+  the trials the evaluated model produces, and its GRADIENT is that of the soft choice
+  p̃ = sigmoid(k·(S_correct − S_wrong) at τ) (``choice_sharpness`` k), which tells which way the
+  parameters move the race's margin at the decision. The loss is :func:`perceptalign.rtify.fit.
+  objective_value` (W1 / MSE / quantile distance on expected signed-RT histograms + the Bernoulli
+  KL accuracy term), the one the RTify GRU head is fitted with, so the methods are comparable.
+* Every optimisation step draws fresh noise (seed + step): WW is a stochastic model and a fixed noise
+  sample would be over-fitted. Undecided trials are censored: no gradient, reported as missing mass.
+* Integration step: ``dt_ms`` (default 10 ms). The published 26.67 ms Euler step changes the model's
+  behaviour (accuracy at 12.8% coherence with the default parameters: .82 at 26.67 ms vs .99 at 1 ms),
+  so every fit is also re-simulated at ``fine_dt_ms`` (1 ms) and that evaluation is reported next to
+  the fit-dt one (``dt_check`` in fit.json).
+* Logit-driven WW (:class:`LogitWW`): the backbone's logit for "rightward", times a learnable scale w
+  (no bias), replaces the coherence: per frame (a time series held for one frame each) or one constant
+  clip logit. Population 1 (choice 0) receives +w·logit, so choice 0 means "rightward". w starts at the
+  least-squares map from the mean signed logit per coherence onto the coherence in %, i.e. where the
+  logit-driven model sees the same drive as the coherence-driven one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.fit import (
+    FitConfig,
+    FitResult,
+    HumanTargets,
+    PhaseProgress,
+    evaluate_method,
+    objective_value,
+    write_fit_outputs,
+)
+from perceptalign.rtify.metrics import fit_quality, summarize_fit
+from perceptalign.rtify.trials import conditions as table_conditions
+from perceptalign.rtify.trials import validate_trials
+from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WWOutput
+
+__all__ = [
+    "PARAM_NAMES",
+    "CoherenceWW",
+    "LogitWW",
+    "WWFitConfig",
+    "WWFitRun",
+    "WWTrials",
+    "build_ww",
+    "check_split_tables",
+    "coherence_trials",
+    "fit_ww_to_human",
+    "init_logit_scale",
+    "predict_ww_table",
+    "project_parameters",
+    "run_ww_fit",
+    "straight_through_correct",
+    "trajectory_figure",
+    "write_ww_outputs",
+    "ww_parameters",
+]
+
+LossKind = Literal["mse", "wasserstein", "quantile"]
+InputKind = Literal["coherence", "backbone"]
+LogitKind = Literal["frames", "clip"]
+
+PARAM_NAMES: tuple[str, ...] = ("J11", "J12", "J_ext", "I0", "sigma", "threshold", "motor_delay_s")
+# Relative sensitivity of the dynamics to each parameter (see the module docstring): I₀ and J₁₁ shift the
+# fixed points, so a 1% change in them moves RTs as much as a ~10% change in J_ext or σ.
+_LR_FACTOR: dict[str, float] = {
+    "J11": 0.1,
+    "J12": 1.0,
+    "J_ext": 1.0,
+    "I0": 0.05,
+    "sigma": 1.0,
+    "threshold": 0.3,
+    "motor_delay_s": 1.0,
+    "w": 1.0,
+}
+# Physiological box the parameters are projected into after every step (the delay's upper bound is the
+# fastest human RT, set at fit time). θ must stay above S(0) = 0.1 and below S's ceiling of 1.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "J11": (0.05, 0.6),
+    "J12": (0.0, 0.5),
+    "J_ext": (1e-4, 0.2),
+    "I0": (0.2, 0.45),
+    "sigma": (1e-3, 0.1),
+    "threshold": (0.15, 0.95),
+    "motor_delay_s": (0.0, 1.0),
+}
+_EVAL_CHUNK = 8192  # trials per forward call at evaluation: bounded memory at any dt
+
+
+@dataclass(frozen=True)
+class WWFitConfig:
+    """Settings of one Wong–Wang fit. ``init`` overrides starting values (names in :data:`PARAM_NAMES`)."""
+
+    loss: LossKind = "wasserstein"
+    acc_weight: float = 1.0
+    dt_ms: float = 10.0
+    fine_dt_ms: float | None = 1.0
+    max_time_s: float = 2.5
+    stim_duration_s: float = 2.0
+    steps: int = 300
+    lr: float = 0.02
+    n_train: int = 300
+    n_eval: int = 2000
+    choice_sharpness: float = 10.0
+    learn: tuple[str, ...] = PARAM_NAMES
+    init: Mapping[str, float] = field(default_factory=dict)
+    sigma_hist: float = 40.0
+    n_bins: int = 500
+    lo: float = -2.5
+    hi: float = 2.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("mse", "wasserstein", "quantile"):
+            raise PerceptAlignError(f"loss must be one of mse, wasserstein, quantile, got {self.loss!r}.")
+        for name in ("steps", "n_train", "n_eval", "n_bins"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PerceptAlignError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("dt_ms", "fine_dt_ms"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 50):
+                raise PerceptAlignError(
+                    f"{name} must be in (0, 50] ms, got {value!r}: 10 ms is the default, 26.67 ms the "
+                    "published (coarse) step, 1 ms the accurate reference."
+                )
+        if not (self.max_time_s > 0 and self.stim_duration_s >= 0):
+            raise PerceptAlignError("max_time_s must be positive and stim_duration_s non-negative (seconds).")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise PerceptAlignError(f"lr must be a positive number, got {self.lr!r}.")
+        if not (self.acc_weight >= 0 and math.isfinite(self.acc_weight)):
+            raise PerceptAlignError(f"acc_weight must be ≥ 0, got {self.acc_weight!r}.")
+        if not self.choice_sharpness > 0:
+            raise PerceptAlignError(f"choice_sharpness must be positive, got {self.choice_sharpness!r}.")
+        unknown = [n for n in (*self.learn, *self.init) if n not in PARAM_NAMES]
+        if unknown:
+            raise PerceptAlignError(
+                f"unknown Wong–Wang parameter(s) {unknown}; choose from {list(PARAM_NAMES)}."
+            )
+        for name, value in self.init.items():
+            lo, hi = _BOUNDS[name]
+            if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise PerceptAlignError(f"init {name} = {value!r} is outside its range [{lo}, {hi}].")
+        if not (self.sigma_hist > 0 and self.lo < 0 < self.hi):
+            raise PerceptAlignError("need sigma_hist > 0 and a histogram window lo < 0 < hi (signed RTs).")
+
+    def hist_config(self) -> FitConfig:
+        """The :class:`FitConfig` whose histogram/loss settings :func:`objective_value` reads."""
+        return FitConfig(
+            loss=self.loss,
+            acc_weight=self.acc_weight,
+            sigma=self.sigma_hist,
+            n_bins=self.n_bins,
+            lo=self.lo,
+            hi=self.hi,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["learn"] = list(self.learn)
+        out["init"] = dict(self.init)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Trials and models.
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WWTrials:
+    """A pool of model trials: the WW input per trial, its condition and which WW choice is correct.
+
+    ``drive`` is (N,) (coherence in %, or a constant clip logit) or (N, F) (per-frame logits held
+    ``frame_s`` seconds each); ``correct_choice`` (N,) is 0 when population 1 is the correct one.
+    """
+
+    drive: Tensor
+    cond_idx: Tensor
+    correct_choice: Tensor
+    conditions: list[float]
+    frame_s: float | None = None
+    check: bool = field(default=True, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.check:
+            return
+        n = self.drive.shape[0] if isinstance(self.drive, Tensor) else -1
+        if n < 1 or self.drive.dim() not in (1, 2):
+            raise PerceptAlignError("WWTrials.drive must be a non-empty (N,) or (N, F) tensor.")
+        if self.cond_idx.shape != (n,) or self.correct_choice.shape != (n,):
+            raise PerceptAlignError("WWTrials: cond_idx and correct_choice need one entry per trial.")
+        present = set(self.cond_idx.tolist())
+        missing = [c for k, c in enumerate(self.conditions) if k not in present]
+        if missing:
+            raise PerceptAlignError(f"WWTrials has no trials for condition(s) {missing}.")
+
+    def __len__(self) -> int:
+        return int(self.drive.shape[0])
+
+    def repeat(self, times: int) -> WWTrials:
+        """Each trial ``times`` times (WW adds its own noise, so repeats are fresh trials)."""
+        return WWTrials(
+            self.drive.repeat_interleave(times, dim=0),
+            self.cond_idx.repeat_interleave(times),
+            self.correct_choice.repeat_interleave(times),
+            self.conditions,
+            self.frame_s,
+        )
+
+    def chunks(self, size: int) -> list[WWTrials]:
+        """Consecutive pieces of at most ``size`` trials (evaluation in bounded memory)."""
+        return [
+            WWTrials(
+                self.drive[i : i + size],
+                self.cond_idx[i : i + size],
+                self.correct_choice[i : i + size],
+                self.conditions,
+                self.frame_s,
+                check=False,
+            )
+            for i in range(0, len(self), size)
+        ]
+
+
+def coherence_trials(conditions: Sequence[float], n_per_condition: int) -> WWTrials:
+    """``n_per_condition`` trials per coherence (%), positive coherence: population 1 is always correct."""
+    conds = [float(c) for c in conditions]
+    if not conds or any(not 0 <= c <= 100 for c in conds):
+        raise PerceptAlignError(f"coherences must be percentages in [0, 100], got {conds}.")
+    k = torch.arange(len(conds)).repeat_interleave(n_per_condition)
+    drive = torch.tensor(conds, dtype=torch.float32)[k]
+    return WWTrials(drive, k, torch.zeros_like(k), conds)
+
+
+def build_ww(config: WWFitConfig) -> WongWang2:
+    """A WongWang2 on the config's grid, started at Wong & Wang (2006) values or ``config.init``."""
+    values = {
+        "J11": WW_DEFAULTS["j_self"],
+        "J12": WW_DEFAULTS["j_cross"],
+        "J_ext": WW_DEFAULTS["j_ext"],
+        "I0": WW_DEFAULTS["i0"],
+        "sigma": WW_DEFAULTS["sigma"],
+        "threshold": WW_DEFAULTS["threshold"],
+        "motor_delay_s": WW_DEFAULTS["motor_delay_s"],
+        **config.init,
+    }
+    model = WongWang2(
+        j11=values["J11"],
+        j12=values["J12"],
+        j_ext=values["J_ext"],
+        i0=values["I0"],
+        sigma=values["sigma"],
+        threshold=values["threshold"],
+        motor_delay_s=values["motor_delay_s"],
+        learn_motor_delay=True,
+        dt_ms=config.dt_ms,
+        max_time_s=config.max_time_s,
+        stim_duration_s=config.stim_duration_s,
+    )
+    for name in PARAM_NAMES:
+        getattr(model, name).requires_grad_(name in config.learn)
+    return model
+
+
+class CoherenceWW(nn.Module):
+    """WW driven by the coherence itself: I₁,₂ = J_ext(1 ± c/100)."""
+
+    kind = "coherence"
+
+    def __init__(self, ww: WongWang2) -> None:
+        super().__init__()
+        self.ww = ww
+
+    def drive(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward(self, x: Tensor, **kwargs: Any) -> WWOutput:
+        return self.ww(self.drive(x), **kwargs)
+
+
+class LogitWW(nn.Module):
+    """WW driven by a frozen backbone's logit: the coherence slot receives w·logit (learnable w, no bias)."""
+
+    kind = "logit"
+
+    def __init__(self, ww: WongWang2, w: float) -> None:
+        super().__init__()
+        if not (math.isfinite(w) and w != 0):
+            raise PerceptAlignError(f"the logit scale w must be a finite non-zero number, got {w!r}.")
+        self.ww = ww
+        self.w = nn.Parameter(torch.tensor(float(w)))
+
+    def drive(self, x: Tensor) -> Tensor:
+        return self.w * x
+
+    def forward(self, x: Tensor, **kwargs: Any) -> WWOutput:
+        return self.ww(self.drive(x), **kwargs)
+
+
+WWModel = CoherenceWW | LogitWW
+
+
+def init_logit_scale(trials: WWTrials) -> float:
+    """w minimising Σ_c (w·m_c − c)², m_c = mean over condition c of the signed (towards-correct) logit.
+
+    The sign is the direction of the correct population (choice 0 ↔ positive drive), so m_c > 0 for a
+    backbone better than chance and w > 0 maps its evidence onto the coherence scale in %.
+    """
+    x = trials.drive if trials.drive.dim() == 1 else trials.drive.mean(dim=1)
+    signed = x.double() * (1 - 2 * trials.correct_choice.double())
+    m = torch.stack([signed[trials.cond_idx == k].mean() for k in range(len(trials.conditions))])
+    c = torch.tensor(trials.conditions, dtype=torch.float64)
+    denom = float((m * m).sum())
+    if denom <= 0 or not math.isfinite(denom):
+        raise PerceptAlignError("the logits carry no evidence (all zero); check the backbone outputs.")
+    w = float((m * c).sum()) / denom
+    if w <= 0:
+        raise PerceptAlignError(
+            "the backbone's logits point the wrong way on average (w < 0): its logit must be positive for "
+            "rightward motion; check the backbone outputs and their direction labels."
+        )
+    return w
+
+
+def ww_parameters(model: WWModel) -> dict[str, float]:
+    """Current parameter values (plus the logit scale ``w`` for a logit-driven model)."""
+    out = {name: float(getattr(model.ww, name).detach()) for name in PARAM_NAMES}
+    if isinstance(model, LogitWW):
+        out["w"] = float(model.w.detach())
+    return out
+
+
+@torch.no_grad()
+def project_parameters(model: WWModel, bounds: Mapping[str, tuple[float, float]]) -> None:
+    """Clamp every WW parameter into its box (in place)."""
+    for name, (lo, hi) in bounds.items():
+        getattr(model.ww, name).clamp_(lo, hi)
+
+
+def straight_through_correct(out: WWOutput, correct_choice: Tensor, sharpness: float) -> Tensor:
+    """Per-trial "correct" indicator: value = hard outcome, gradient = that of sigmoid(k·(S_c − S_w) at τ).
+
+    Needs ``out.trajectories`` (run the model with ``return_trajectories=True``).
+    """
+    if out.trajectories is None:
+        raise PerceptAlignError(
+            "straight_through_correct needs trajectories: call the model with return_trajectories=True."
+        )
+    traj = out.trajectories  # (B, T, 2)
+    idx = out.decision.tau.detach().round().long().clamp(0, traj.shape[1] - 1)
+    at_tau = traj.gather(1, idx.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)  # (B, 2)
+    s_correct = at_tau.gather(1, correct_choice.view(-1, 1)).squeeze(1)
+    s_wrong = at_tau.gather(1, (1 - correct_choice).view(-1, 1)).squeeze(1)
+    soft = torch.sigmoid(sharpness * (s_correct - s_wrong))
+    hard = (out.choice == correct_choice).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fitting and prediction.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _optimizer(model: WWModel, lr: float) -> torch.optim.Optimizer:
+    groups = []
+    named = [(n, getattr(model.ww, n)) for n in PARAM_NAMES]
+    if isinstance(model, LogitWW):
+        named.append(("w", model.w))
+    for name, param in named:
+        if param.requires_grad:
+            scale = max(abs(float(param.detach())), 1e-3)
+            groups.append({"params": [param], "lr": lr * scale * _LR_FACTOR[name], "name": name})
+    if not groups:
+        raise PerceptAlignError("nothing to fit: config.learn names no parameter (and no logit scale).")
+    return torch.optim.Adam(groups)
+
+
+def fit_ww_to_human(
+    model: WWModel,
+    trials: WWTrials,
+    targets: HumanTargets,
+    config: WWFitConfig,
+    *,
+    max_delay_s: float | None = None,
+    progress: PhaseProgress | None = None,
+) -> list[dict[str, float]]:
+    """Adam on the human-fit objective, fresh WW noise every step; returns the loss/parameter history.
+
+    ``max_delay_s`` caps the non-decision time (the fastest human RT: a larger delay could not produce
+    it); parameters are projected into their box after every step.
+    """
+    if trials.conditions != targets.conditions:
+        raise PerceptAlignError(
+            f"model conditions {trials.conditions} differ from the human conditions {targets.conditions}."
+        )
+    bounds = dict(_BOUNDS)
+    if max_delay_s is not None:
+        bounds["motor_delay_s"] = (0.0, float(max_delay_s))
+    project_parameters(model, bounds)
+    opt = _optimizer(model, config.lr)
+    hist_cfg = config.hist_config()
+    history: list[dict[str, float]] = []
+    for step in range(config.steps):
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        out = model(trials.drive, generator=gen, return_trajectories=True, frame_s=trials.frame_s)
+        p = straight_through_correct(out, trials.correct_choice, config.choice_sharpness)
+        loss, parts = objective_value(out.rt_s, p, out.decided, trials.cond_idx, targets, hist_cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        project_parameters(model, bounds)
+        record = {
+            "loss": float(loss.detach()),
+            **parts,
+            "no_decision_rate": out.no_decision_rate,
+            **ww_parameters(model),
+        }
+        history.append(record)
+        if progress is not None:
+            progress("fit WW", step + 1, config.steps, f"loss {record['loss']:.4g}")
+    return history
+
+
+@torch.no_grad()
+def predict_ww_table(
+    model: WWModel, trials: WWTrials, *, seed: int, dt_ms: float | None = None
+) -> pd.DataFrame:
+    """Trials table (condition, rt_s, correct, decided) of hard WW decisions, in bounded-memory chunks."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for chunk in trials.chunks(_EVAL_CHUNK):
+        out = model(chunk.drive, generator=gen, frame_s=chunk.frame_s, dt_ms=dt_ms)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "condition": np.asarray(chunk.conditions, dtype=float)[chunk.cond_idx.numpy()],
+                    "rt_s": out.rt_s.double().numpy(),
+                    "correct": (out.choice == chunk.correct_choice).numpy(),
+                    "decided": out.decided.numpy(),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def trajectory_figure(
+    model: WWModel,
+    trials: WWTrials,
+    *,
+    n_examples: int = 3,
+    seed: int = 0,
+    dt_ms: float | None = None,
+    max_panels: int = 4,
+) -> Figure:
+    """S₁(t), S₂(t) with θ for a few example trials of up to ``max_panels`` conditions (correct population
+    solid, the other dashed); the title gives the trial outcomes."""
+    conds = list(range(len(trials.conditions)))
+    if len(conds) > max_panels:
+        picks = np.linspace(0, len(conds) - 1, max_panels).round().astype(int)
+        conds = [conds[i] for i in sorted(set(picks.tolist()))]
+    fig = Figure(figsize=(3.4 * len(conds), 2.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(conds), sharey=True))
+    theta = float(model.ww.threshold.detach())
+    gen = torch.Generator().manual_seed(seed)
+    for ax, k in zip(axes, conds, strict=True):
+        idx = (trials.cond_idx == k).nonzero().squeeze(1)[:n_examples]
+        drive = model.drive(trials.drive[idx]).detach()
+        with torch.no_grad():
+            traj = model.ww.inference(drive, generator=gen, dt_ms=dt_ms, frame_s=trials.frame_s)
+        time_s = traj.time_s.numpy()
+        correct = trials.correct_choice[idx].numpy()
+        for i in range(len(idx)):
+            color = f"C{i}"
+            ax.plot(time_s, traj.S[i, :, correct[i]].numpy(), color=color, lw=1.2)
+            ax.plot(time_s, traj.S[i, :, 1 - correct[i]].numpy(), color=color, lw=1.2, ls="--")
+        ax.axhline(theta, color="k", lw=0.8, ls=":")
+        ax.set_title(f"condition {trials.conditions[k]:g}", fontsize=9)
+        ax.set_xlabel("time (s)")
+    axes[0].set_ylabel("S (solid: correct pop., dashed: other)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole experiment.
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_split_tables(human_train: pd.DataFrame, human_test: pd.DataFrame) -> list[float]:
+    """Validated numeric (coherence %) conditions of the training split; every test one must be there."""
+    train = validate_trials(human_train, name="human training trials")
+    test = validate_trials(human_test, name="human test trials")
+    conds = table_conditions(train)
+    if any(isinstance(c, str) for c in conds) or any(not 0 <= c <= 100 for c in conds):
+        raise PerceptAlignError(
+            f"the RDM task needs numeric coherence conditions in [0, 100] %, got {conds}; relabel them."
+        )
+    missing = [c for c in table_conditions(test) if c not in conds]
+    if missing:
+        raise PerceptAlignError(
+            f"test conditions {missing} have no training trials; every test coherence needs training data."
+        )
+    return [float(c) for c in conds]
+
+
+def _evaluate(
+    model: WWModel,
+    eval_trials: WWTrials,
+    human_test: pd.DataFrame,
+    targets_test: HumanTargets,
+    config: WWFitConfig,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    table = predict_ww_table(model, eval_trials, seed=config.seed + 303)
+    report = evaluate_method(table, human_test, targets_test, config.hist_config())
+    report["params"] = {**ww_parameters(model), "dt_ms": config.dt_ms, "choice_rule": "first crossing"}
+    if config.fine_dt_ms is not None and config.fine_dt_ms != config.dt_ms:
+        fine = predict_ww_table(model, eval_trials, seed=config.seed + 404, dt_ms=config.fine_dt_ms)
+        quality = fit_quality(fine, human_test)
+        report["dt_check"] = {
+            "dt_ms": config.fine_dt_ms,
+            "summary": summarize_fit(quality),
+            "accuracy_model": dict(
+                zip(map(str, quality["condition"]), quality["accuracy_model"], strict=True)
+            ),
+            "median_rt_correct_model": dict(
+                zip(map(str, quality["condition"]), quality["median_rt_correct_model"], strict=True)
+            ),
+            "no_decision_rate": float(1.0 - fine["decided"].mean()),
+        }
+    return report, table
+
+
+@dataclass
+class WWFitRun:
+    """A finished fit: the report/tables (as ``rtify fit`` writes them), the model, its evaluation pool."""
+
+    result: FitResult
+    model: WWModel
+    eval_trials: WWTrials
+
+
+def run_ww_fit(
+    human_train: pd.DataFrame,
+    human_test: pd.DataFrame,
+    config: WWFitConfig,
+    *,
+    fit_trials: WWTrials | None = None,
+    eval_trials: WWTrials | None = None,
+    name: str | None = None,
+    progress: PhaseProgress | None = None,
+) -> WWFitRun:
+    """Fit WW to ``human_train`` and evaluate on ``human_test``.
+
+    Without trials the model is coherence-driven (``config.n_train`` / ``n_eval`` trials per coherence).
+    With backbone trials (``fit_trials`` and ``eval_trials``, e.g. from
+    :func:`perceptalign.rtify.pixel_rdm.backbone_trials`) it is logit-driven; each step uses the fit pool
+    repeated to about ``n_train`` trials per condition, and evaluation the eval pool repeated to
+    ``n_eval``.
+    """
+    conds = check_split_tables(human_train, human_test)
+    runtime: dict[str, float] = {}
+    torch.manual_seed(config.seed)
+    targets_train = HumanTargets.from_table(human_train, conds, config.hist_config())
+    targets_test = HumanTargets.from_table(human_test, conds, config.hist_config())
+    ww = build_ww(config)
+    if (fit_trials is None) != (eval_trials is None):
+        raise PerceptAlignError("give both fit_trials and eval_trials (backbone-driven) or neither.")
+    if fit_trials is None or eval_trials is None:
+        model: WWModel = CoherenceWW(ww)
+        fit_pool = coherence_trials(conds, config.n_train)
+        eval_pool = coherence_trials(conds, config.n_eval)
+        model_name = name or "ww-coherence"
+    else:
+        for pool in (fit_trials, eval_trials):
+            if pool.conditions != conds:
+                raise PerceptAlignError(
+                    f"backbone trial conditions {pool.conditions} differ from the human ones {conds}."
+                )
+        model = LogitWW(ww, init_logit_scale(fit_trials))
+        per_cond = len(fit_trials) / len(conds)
+        fit_pool = fit_trials.repeat(max(1, round(config.n_train / per_cond)))
+        eval_pool = eval_trials.repeat(max(1, math.ceil(config.n_eval / (len(eval_trials) / len(conds)))))
+        model_name = name or "ww-logit"
+    init = ww_parameters(model)
+    max_delay = float(validate_trials(human_train)["rt_s"].min())
+    start = time.perf_counter()
+    history = fit_ww_to_human(
+        model, fit_pool, targets_train, config, max_delay_s=max_delay, progress=progress
+    )
+    runtime["fit"] = time.perf_counter() - start
+    start = time.perf_counter()
+    entry, table = _evaluate(model, eval_pool, human_test, targets_test, config)
+    entry["params_init"] = init
+    entry["learned"] = [*config.learn, *(["w"] if isinstance(model, LogitWW) else [])]
+    runtime["evaluate"] = time.perf_counter() - start
+    stride = max(1, len(history) // 100)
+    report = {
+        "version": 1,
+        "objective": "human",
+        "model": model_name,
+        "settings": {"ww_fit": config.to_dict(), "input": model.kind},
+        "data": {
+            "conditions": conds,
+            "n_train": len(human_train),
+            "n_test": len(human_test),
+            "human_train_accuracy": dict(zip(map(str, conds), targets_train.accuracy.tolist(), strict=True)),
+            "model_trials_per_step": len(fit_pool),
+            "model_eval_trials": len(eval_pool),
+        },
+        "rtify": entry,
+        "baselines": {},
+        "history": history[::stride] + ([history[-1]] if (len(history) - 1) % stride else []),
+        "runtime_s": {**runtime, "total": float(sum(runtime.values()))},
+    }
+    return WWFitRun(FitResult(report=report, tables={model_name: table}), model, eval_pool)
+
+
+def write_ww_outputs(run: WWFitRun, human_test: pd.DataFrame, out: Path, *, seed: int = 0) -> list[Path]:
+    """fit.json and the comparison figures (as ``rtify fit``) plus ``ww_trajectories.png``."""
+    from perceptalign.rtify.figures import save_figure
+
+    paths = write_fit_outputs(run.result, human_test, out)
+    fig = trajectory_figure(run.model, run.eval_trials, seed=seed)
+    paths.append(save_figure(fig, Path(out) / "ww_trajectories.png"))
+    return paths
