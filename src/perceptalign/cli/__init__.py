@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "perceptalign.cli.ntps_probe",
     "perceptalign.cli.ntps_train",
     "perceptalign.cli.ntps_pretrain",
+    "perceptalign.cli.ntps_study",
     "perceptalign.cli.rtify_fit",
     "perceptalign.cli.rtify_images",
 )

@@ -93,7 +93,7 @@ def peers(
     layers: LayersOpt = None,
     max_samples: MaxSamplesOpt = None,
     max_length: MaxLengthOpt = 512,
-    token_budget: TokenBudgetOpt = 4096,
+    token_budget: TokenBudgetOpt = 2048,
     dtype: DtypeOpt = "float32",
     top_k: Annotated[
         int,
@@ -186,7 +186,7 @@ def study(
     ] = None,
     max_samples: MaxSamplesOpt = None,
     max_length: MaxLengthOpt = 512,
-    token_budget: TokenBudgetOpt = 4096,
+    token_budget: TokenBudgetOpt = 2048,
     dtype: DtypeOpt = "float32",
     peer_metrics: Annotated[
         str | None, typer.Option(help="Comma-separated peer metrics (default all).")
@@ -349,7 +349,7 @@ def prescreen(
     layers: LayersOpt = None,
     max_samples: MaxSamplesOpt = None,
     max_length: MaxLengthOpt = 512,
-    token_budget: TokenBudgetOpt = 4096,
+    token_budget: TokenBudgetOpt = 2048,
     dtype: DtypeOpt = "float32",
     seed: SeedOpt = 0,
     trust_remote_code: RemoteOpt = False,

@@ -40,7 +40,7 @@ class PeersConfig:
     metrics: list[str] | None = None
     max_samples: int | None = None
     max_length: int = 512
-    token_budget: int = 4096
+    token_budget: int = 2048
     dtype: str = "float32"
     top_k: int | None = DEFAULT_TOP_K
     text_column: str | None = None

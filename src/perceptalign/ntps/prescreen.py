@@ -55,7 +55,7 @@ class PrescreenConfig:
     layers: list[int] | None = None
     max_samples: int | None = None
     max_length: int = 512
-    token_budget: int = 4096
+    token_budget: int = 2048
     dtype: str = "float32"
     seed: int = 0
     trust_remote_code: bool = False

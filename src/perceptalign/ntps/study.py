@@ -54,7 +54,7 @@ class StudyConfig:
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     max_samples: int | None = None
     max_length: int = 512
-    token_budget: int = 4096
+    token_budget: int = 2048
     dtype: str = "float32"
     seed: int = 0
     peer_metrics: list[str] | None = None

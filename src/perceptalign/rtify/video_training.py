@@ -659,13 +659,12 @@ def load_backbone_outputs(
 
 def psychometric_table(outputs: BackboneOutputs) -> pd.DataFrame:
     """Accuracy per coherence of the clip decision, with its binomial standard error."""
-    frame = pd.DataFrame(
-        {"coherence_pct": 100.0 * outputs.coherence.double().numpy(), "correct": outputs.correct.numpy()}
-    )
+    # Coherences are stored as float32: round so that 12.8 % is not reported as 12.800001 %.
+    pct = (100.0 * outputs.coherence.double().numpy()).round(4)
+    frame = pd.DataFrame({"coherence_pct": pct, "correct": outputs.correct.numpy()})
     table = frame.groupby("coherence_pct", sort=True)["correct"].agg(["size", "mean"]).reset_index()
     table.columns = ["coherence_pct", "n", "accuracy"]
     table["accuracy_se"] = np.sqrt(table["accuracy"] * (1 - table["accuracy"]) / table["n"])
-    table["coherence_pct"] = table["coherence_pct"].round(6)
     return table
 
 

@@ -228,18 +228,26 @@ class _Crossings:
         self._pop_offset = (torch.arange(n, device=like.device) * batch).view(n, 1)
         self._weights = torch.arange(_CHECK, 0, -1, dtype=like.dtype, device=like.device).view(-1, 1)
 
-    def update(self, blk: Tensor, offset: int) -> bool:
-        """Scan a chunk; True once every trial has decided.
+    @staticmethod
+    def scan(blk: Tensor) -> Tensor:
+        """Max over the chunk's steps of every (population, trial) (n·B,); NaN wherever S was NaN.
+
+        One max over the outer (time) axis, which CPU reductions vectorise well (a max over the size-n
+        middle axis would be several times slower).
+        """
+        return blk[1:].reshape(blk.shape[0] - 1, -1).amax(dim=0)
+
+    def update(self, blk: Tensor, offset: int, col_max: Tensor | None = None) -> bool:
+        """Record the chunk's first crossings; True once every trial has decided.
 
         ``blk`` (K + 1, n, B), contiguous: row 0 is the state before the chunk (trajectory index
-        offset − 1, or S(0)), rows 1..K hold trajectory indices offset..offset + K − 1.
+        offset − 1, or S(0)), rows 1..K hold trajectory indices offset..offset + K − 1. ``col_max``
+        is ``scan(blk)`` when the caller already has it.
         """
         steps, n, batch = blk.shape[0] - 1, blk.shape[1], blk.shape[2]
         flat = blk[1:].view(steps, n * batch)
-        # Which trials cross anywhere in the chunk: one max over the outer (time) axis, which CPU
-        # reductions vectorise well (a max over the size-n middle axis would be several times slower).
-        col_max = flat.amax(dim=0).view(n, batch)
-        peak = col_max[0] if n == 1 else col_max.amax(dim=0)
+        per_pop = (self.scan(blk) if col_max is None else col_max).view(n, batch)
+        peak = per_pop[0] if n == 1 else per_pop.amax(dim=0)
         new = (peak > self.threshold).logical_and_(self.decided.logical_not())
         idx = new.nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -301,6 +309,37 @@ class WWOutput:
         return self.decision.no_decision_rate
 
 
+def _noise_pieces(k0: int, k1: int, per_step: int, split: bool) -> list[tuple[int, int]]:
+    """Steps [k0, k1) of one noise block cut into the calls that draw them.
+
+    The stream is defined as one ``randn`` of the whole block. On CPU, torch fills a normal tensor of
+    ≥ 16 elements 16 at a time from a sequential uniform stream (re-drawing the last 16 when the size is
+    not a multiple of 16), so consecutive calls whose sizes are multiples of 16 (every piece but the last,
+    which must keep ≥ 16 elements) reproduce the single call exactly; ``test_wongwang`` checks this
+    against the installed torch. Drawing ``_CHECK`` steps at a time keeps the noise buffer in cache.
+    """
+    if not split:
+        return [(k0, k1)]
+    pieces = [(a, min(a + _CHECK, k1)) for a in range(k0, k1, _CHECK)]
+    if len(pieces) > 1 and (pieces[-1][1] - pieces[-1][0]) * per_step < 16:
+        pieces[-2:] = [(pieces[-2][0], k1)]
+    return pieces
+
+
+def _draw_scaled_noise(out: Tensor, scale: float, generator: torch.Generator | None) -> None:
+    """``out`` ← scale·randn, drawn as ``normal_(0, scale)`` where that is the same stream and values.
+
+    On CPU, ``normal_`` of ≥ 16 elements computes each value as (Box–Muller sample)·std + 0, which rounds
+    exactly like randn followed by a multiply, so the scaling costs no extra sweep (checked by a test);
+    elsewhere (and for < 16 elements, which use another algorithm) draw and multiply.
+    """
+    if out.device.type == "cpu" and out.numel() >= 16:
+        out.normal_(0.0, scale, generator=generator)
+    else:
+        torch.randn(out.shape, generator=generator, out=out, dtype=out.dtype, device=out.device)
+        out.mul_(scale)
+
+
 def _integrate(
     s_buf: Tensor,
     z_store: Tensor | None,
@@ -320,10 +359,13 @@ def _integrate(
     −a d J and ``sig_u`` = −a d σ. ``z_store`` (T, n, B), when given, receives the unit OU noise of every
     step and ``ug_store`` u and the gain g(u) (for the adjoint); otherwise rolling scratch is used.
 
-    Noise is drawn ``_BLOCK`` steps per call (the stream every path shares); crossings are checked every
-    ``_CHECK`` steps. Per step: 2 ops for the noise, then u (addmm, + noise), g (expm1, div, 0/0 → 1),
-    c1·g, decay − c1·g and S' = c1 g + S(decay − c1 g): 10 sweeps over (n, B) buffers that stay in cache.
-    Scalars enter as 0-dim tensors: a Python number costs a tensor wrap per op (same float32 value).
+    The noise stream is one ``randn`` per ``_BLOCK`` steps (shared by every path; see ``_noise_pieces``),
+    drawn pre-scaled by √((1 − ρ²)/2); crossings are checked every ``_CHECK`` steps. Per step: the OU
+    update, u (addmm, + noise), g (expm1, div), c1·g, decay − c1·g and S' = c1 g + S(decay − c1 g): 8
+    sweeps over (n, B) buffers that stay in cache. g = 0/0 (u == 0 exactly, limit 1) is not screened
+    per step: it turns the trial's S into NaN, which the chunk's crossing scan sees (the max over time
+    propagates NaN), and the chunk is then replayed from its start with NaN → 1 — the same values as
+    screening every step, for one cheap check per chunk.
     """
     c = spec.consts
     frames = spec.grid.frame_of_step
@@ -332,50 +374,77 @@ def _integrate(
     rolling = crossings.window is not None
     _, n, batch = s_buf.shape
     like = {"dtype": s_buf.dtype, "device": s_buf.device}
-    noise_block = torch.empty((_BLOCK, n, batch), **like) if z_store is None else None
+    split = z_store is None and s_buf.device.type == "cpu"
+    noise_buf = None
+    if z_store is None:
+        noise_buf = torch.empty((2 * _CHECK if split else _BLOCK, n, batch), **like)
     z_prev = torch.zeros((n, batch), **like)
     u, e, g, m = (torch.empty((n, batch), **like) for _ in range(4))
-    cn, c1, decay = (torch.tensor(v, **like) for v in (c.cn, c.c1, c.decay))
+    c1, decay = torch.tensor(c.c1, **like), torch.tensor(c.decay, **like)
     bias_rows = bias_u.unbind(0)
+    u_rows: tuple[Tensor, ...] | None = None
+    g_rows: tuple[Tensor, ...] | None = None
+
+    def advance(
+        c0: int, s_rows: tuple[Tensor, ...], z_rows: tuple[Tensor, ...], z0: int, replay: bool
+    ) -> None:
+        nonlocal z_prev
+        for j in range(len(s_rows) - 1):
+            k = c0 + j
+            z = z_rows[k - z0]
+            if not replay:  # a replay reuses the finished noise
+                z.add_(z_prev, alpha=c.rho)  # z = √((1 − ρ²)/2)·ξ + ρ z_prev: exact OU update
+                z_prev = z
+            f = frames[k]
+            s = s_rows[j]
+            uj = u if u_rows is None else u_rows[k - k0]
+            torch.addmm(bias_rows[f] if f >= 0 else bias_u_off, j_u, s, out=uj)
+            uj.add_(z, alpha=sig_u)
+            torch.expm1(uj, out=e)
+            gj = g if g_rows is None else g_rows[k - k0]
+            torch.div(uj, e, out=gj)
+            if replay:
+                gj.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1
+            torch.mul(gj, c1, out=m)
+            torch.sub(decay, m, out=e)  # 1 − dt/τ_S − c1 g
+            torch.addcmul(m, s, e, out=s_rows[j + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
+
     for k0 in range(0, n_steps, _BLOCK):
         k1 = min(k0 + _BLOCK, n_steps)
-        zb = z_store[k0:k1] if z_store is not None else noise_block[: k1 - k0]  # type: ignore[index]
-        torch.randn(zb.shape, generator=spec.generator, out=zb, **like)
-        z_rows = zb.unbind(0)
-        u_rows = g_rows = None
-        if ug_store is not None:
-            u_rows = ug_store[0][k0:k1].unbind(0)
-            g_rows = ug_store[1][k0:k1].unbind(0)
-        for c0 in range(k0, k1, _CHECK):
-            c_end = min(c0 + _CHECK, k1)
-            base = 0 if rolling else c0
-            blk = s_buf[base : base + c_end - c0 + 1]
-            s_rows = blk.unbind(0)
-            for j in range(c_end - c0):
-                i = c0 - k0 + j
-                z = z_rows[i]
-                z.mul_(cn).add_(z_prev, alpha=c.rho)
-                z_prev = z
-                f = frames[c0 + j]
-                s = s_rows[j]
-                uj = u if u_rows is None else u_rows[i]
-                torch.addmm(bias_rows[f] if f >= 0 else bias_u_off, j_u, s, out=uj)
-                uj.add_(z, alpha=sig_u)
-                torch.expm1(uj, out=e)
-                gj = g if g_rows is None else g_rows[i]
-                torch.div(uj, e, out=gj)
-                gj.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1 (inputs are checked finite upstream)
-                torch.mul(gj, c1, out=m)
-                torch.sub(decay, m, out=e)  # 1 − dt/τ_S − c1 g
-                torch.addcmul(m, s, e, out=s_rows[j + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
-            if crossings.update(blk, c0) and spec.early_stop:
-                return c_end
-            if c_end == n_steps:
-                crossings.finish(blk)
-            elif rolling:
-                s_buf[0].copy_(blk[-1])
-        if z_store is None:
-            z_prev = z_prev.clone()  # the rolling noise buffer is overwritten by the next draw
+        if z_store is not None:
+            _draw_scaled_noise(z_store[k0:k1], c.cn, spec.generator)
+            if ug_store is not None:
+                u_rows = ug_store[0][k0:k1].unbind(0)
+                g_rows = ug_store[1][k0:k1].unbind(0)
+        pieces = _noise_pieces(k0, k1, n * batch, split)
+        for p, (a, b) in enumerate(pieces):
+            if noise_buf is None:
+                zb = z_store[a:b]  # type: ignore[index]
+            else:
+                zb = noise_buf[: b - a]
+                _draw_scaled_noise(zb, c.cn, spec.generator)
+            z_rows = zb.unbind(0)
+            for c0 in range(a, b, _CHECK):
+                c_end = min(c0 + _CHECK, b)
+                base = 0 if rolling else c0
+                blk = s_buf[base : base + c_end - c0 + 1]
+                s_rows = blk.unbind(0)
+                advance(c0, s_rows, z_rows, a, replay=False)
+                col_max = _Crossings.scan(blk)
+                if not math.isfinite(float(col_max.sum())):
+                    advance(c0, s_rows, z_rows, a, replay=True)
+                    col_max = _Crossings.scan(blk)
+                if crossings.update(blk, c0, col_max) and spec.early_stop:
+                    if noise_buf is not None:  # leave the generator where a full-block draw would
+                        for a2, b2 in pieces[p + 1 :]:
+                            _draw_scaled_noise(noise_buf[: b2 - a2], c.cn, spec.generator)
+                    return c_end
+                if c_end == n_steps:
+                    crossings.finish(blk)
+                elif rolling:
+                    s_buf[0].copy_(blk[-1])
+            if noise_buf is not None:
+                z_prev = z_prev.clone()  # the noise buffer is overwritten by the next draw
     return n_steps
 
 

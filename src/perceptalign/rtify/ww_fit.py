@@ -129,6 +129,7 @@ class WWFitConfig:
     n_train: int = 300
     n_eval: int = 2000
     choice_sharpness: float = 10.0
+    average_last: float = 0.25
     learn: tuple[str, ...] = PARAM_NAMES
     init: Mapping[str, float] = field(default_factory=dict)
     sigma_hist: float = 40.0
@@ -157,6 +158,8 @@ class WWFitConfig:
             raise PerceptAlignError(f"lr must be a positive number, got {self.lr!r}.")
         if not (self.acc_weight >= 0 and math.isfinite(self.acc_weight)):
             raise PerceptAlignError(f"acc_weight must be ≥ 0, got {self.acc_weight!r}.")
+        if not 0 <= self.average_last < 1:
+            raise PerceptAlignError(f"average_last must be in [0, 1), got {self.average_last!r}.")
         if not self.choice_sharpness > 0:
             raise PerceptAlignError(f"choice_sharpness must be positive, got {self.choice_sharpness!r}.")
         unknown = [n for n in (*self.learn, *self.init) if n not in PARAM_NAMES]
@@ -382,7 +385,7 @@ def straight_through_correct(out: WWOutput, correct_choice: Tensor, sharpness: f
     s_wrong = at_tau.gather(1, (1 - correct_choice).view(-1, 1)).squeeze(1)
     soft = torch.sigmoid(sharpness * (s_correct - s_wrong))
     hard = (out.choice == correct_choice).to(soft.dtype)
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # the bracket is exactly 0 in value: p == hard bit for bit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -415,6 +418,9 @@ def fit_ww_to_human(
 ) -> list[dict[str, float]]:
     """Adam on the human-fit objective, fresh WW noise every step; returns the loss/parameter history.
 
+    The objective is stochastic, so the returned model holds the AVERAGE of the iterates over the last
+    ``config.average_last`` fraction of the steps (Polyak–Ruppert averaging), not the last noisy iterate.
+
     ``max_delay_s`` caps the non-decision time (the fastest human RT: a larger delay could not produce
     it); parameters are projected into their box after every step.
     """
@@ -429,6 +435,12 @@ def fit_ww_to_human(
     opt = _optimizer(model, config.lr)
     hist_cfg = config.hist_config()
     history: list[dict[str, float]] = []
+    params = [p for group in opt.param_groups for p in group["params"]]
+    first_avg = (
+        config.steps - max(1, round(config.average_last * config.steps)) if config.average_last else None
+    )
+    running = [torch.zeros_like(p) for p in params]
+    n_avg = 0
     for step in range(config.steps):
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         out = model(trials.drive, generator=gen, return_trajectories=True, frame_s=trials.frame_s)
@@ -438,6 +450,10 @@ def fit_ww_to_human(
         loss.backward()
         opt.step()
         project_parameters(model, bounds)
+        if first_avg is not None and step >= first_avg:
+            n_avg += 1
+            for acc, p in zip(running, params, strict=True):
+                acc.add_(p.detach())
         record = {
             "loss": float(loss.detach()),
             **parts,
@@ -447,6 +463,10 @@ def fit_ww_to_human(
         history.append(record)
         if progress is not None:
             progress("fit WW", step + 1, config.steps, f"loss {record['loss']:.4g}")
+    if n_avg:
+        with torch.no_grad():
+            for acc, p in zip(running, params, strict=True):
+                p.copy_(acc / n_avg)
     return history
 
 
