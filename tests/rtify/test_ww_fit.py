@@ -92,7 +92,7 @@ def test_straight_through_value_is_hard_and_gradient_is_soft() -> None:
     (grad_st,) = torch.autograd.grad(p.sum(), model.ww.J_ext, retain_graph=True)
 
     traj = out.trajectories
-    theta = float(model.ww.threshold)
+    theta = float(model.ww.threshold.detach())
     s = traj.detach().numpy()
     crossed = (s > theta).any(axis=2)
     tau = np.where(crossed.any(axis=1), crossed.argmax(axis=1), s.shape[1] - 1)

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "perceptalign.cli.ntps_study",
     "perceptalign.cli.rtify_fit",
     "perceptalign.cli.rtify_images",
+    "perceptalign.cli.rtify_video",
 )
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)
