@@ -231,3 +231,28 @@ def test_run_and_outputs_are_compare_compatible(tmp_path: Path) -> None:
     assert math.isfinite(report["rtify"]["test_loss"])
     tables, summary, _ = compare_fits([tmp_path])
     assert "ww-coherence" in summary.index and set(tables) == set(COH)
+
+
+class _StallOnSecondCall(CoherenceWW):
+    """Simulates a step into the no-decision regime: the 2nd forward gets 20 ms, so no trial decides."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return super().forward(x, **({**kwargs, "max_time_s": 0.02} if self.calls == 2 else kwargs))
+
+
+def test_no_decision_step_is_rolled_back() -> None:
+    """After a step with every trial undecided, the parameters (and Adam state) of the last healthy step
+    come back exactly, the step size is halved, and that iterate is left out of the average."""
+    train, _ = human_like()
+    config = WWFitConfig(steps=3, n_train=30, dt_ms=20.0, fine_dt_ms=None, average_last=0.0)
+    model = _StallOnSecondCall(build_ww(config))
+    targets = HumanTargets.from_table(train, list(COH), config.hist_config())
+    history = fit_ww_to_human(model, coherence_trials(COH, 30), targets, config)
+    assert [h["rolled_back"] for h in history] == [0.0, 1.0, 0.0]
+    assert history[1]["no_decision_rate"] == 1.0
+    for name in ("J_ext", "threshold", "I0"):
+        assert history[2][name] == history[0][name]  # restored bit for bit
+        assert history[1][name] != history[0][name]  # the stalled step had moved it

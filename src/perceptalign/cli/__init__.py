@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "perceptalign.cli.rtify_fit",
     "perceptalign.cli.rtify_images",
     "perceptalign.cli.rtify_video",
+    "perceptalign.cli.rtify_ww",
 )
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)

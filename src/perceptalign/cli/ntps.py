@@ -5,13 +5,28 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from perceptalign.cli.options import (
+    DatasetOption,
+    DtypeOption,
+    FractionsOption,
+    LabelColumnOption,
+    LayersOption,
+    MaxLengthOption,
+    ModelOption,
+    RevisionOption,
+    SubsetSeedOption,
+    TextColumnOption,
+    TokenBudgetOption,
+    TrustRemoteCodeOption,
+)
 from perceptalign.cli.progress import RateProgress
 from perceptalign.io import PerceptAlignError
 
@@ -19,6 +34,45 @@ ntps_app = typer.Typer(
     help="NTPS: how much of the perception subspace lies in the next-token subspace.", no_args_is_help=True
 )
 console = Console()
+T = TypeVar("T")
+
+
+def print_status(message: str) -> None:
+    """A job's status line, dimmed so that the results stand out."""
+    console.print(f"[dim]{message}[/dim]")
+
+
+def fail(message: object, prefix: str = "") -> NoReturn:
+    """End the command on bad user input: a one-line message and exit code 2, not a traceback."""
+    console.print(f"[red]{prefix}error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def exit_on_error(prefix: str = "") -> Iterator[None]:
+    """A PerceptAlignError raised inside the block ends the command through :func:`fail`."""
+    try:
+        yield
+    except PerceptAlignError as exc:
+        fail(exc, prefix)
+
+
+def run_with_progress(
+    job: Callable[..., T], description: str, *, show: bool = True, error_prefix: str = ""
+) -> T:
+    """Run ``job(on_status=, on_start=, on_batch=)`` under a rate bar, with :func:`exit_on_error`.
+
+    The callbacks are those of the streaming jobs (score, probe, peers, prescreen): ``on_start(texts, _)``
+    sizes the bar once the work is known, ``on_batch(texts, tokens)`` advances it. ``show=False`` runs
+    without a bar (other ranks of a distributed run); the bar is closed before an error is printed.
+    """
+    progress = RateProgress(console, description) if show else None
+    with exit_on_error(error_prefix), progress or contextlib.nullcontext():
+        return job(
+            on_status=print_status,
+            on_start=(lambda n_texts, _n: progress.start(n_texts)) if progress else None,
+            on_batch=progress.advance if progress else None,
+        )
 
 
 def parse_int_list(value: str | None, what: str) -> list[int] | None:
@@ -46,68 +100,32 @@ def parse_float_list(value: str | None, what: str) -> list[float] | None:
 
 @ntps_app.command("score")
 def score(
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset",
-            "-d",
-            help="Registry name (see `ntps datasets`), hub dataset, or a local "
-            ".csv/.tsv/.jsonl/.parquet file.",
-        ),
-    ],
+    dataset: DatasetOption,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output directory (ntps.json, statistics cache, heat map).")
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Hugging Face causal-LM id, local model directory, or an embedded alias (smollm2-135m).",
-        ),
-    ] = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     split: Annotated[
         str, typer.Option(help="Dataset split. A local file is used whole unless it has a `split` column.")
     ] = "train",
-    layers: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated hidden-state indices (0 = embeddings, -1 = last); default all."),
-    ] = None,
+    layers: LayersOption = None,
     max_samples: Annotated[
         int | None, typer.Option(help="Use at most this many texts (seeded subset).")
     ] = None,
-    max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 512,
-    token_budget: Annotated[
-        int, typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.")
-    ] = 2048,
-    dtype: Annotated[
-        str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")
-    ] = "float32",
-    fractions: Annotated[
-        str | None, typer.Option(help="Comma-separated fractions f of rank(V) (default 0.05,0.10,…,0.95).")
-    ] = None,
+    max_length: MaxLengthOption = 512,
+    token_budget: TokenBudgetOption = 2048,
+    dtype: DtypeOption = "float32",
+    fractions: FractionsOption = None,
     k: Annotated[
         str | None,
         typer.Option("--k", help="Absolute numbers of V directions instead of fractions, e.g. 8,32,128."),
     ] = None,
-    text_column: Annotated[
-        str | None, typer.Option(help="Text column of a local file (default `text`).")
-    ] = None,
-    label_column: Annotated[
-        str | None, typer.Option(help="Label column of a local file (default `label`).")
-    ] = None,
-    revision: Annotated[
-        str | None, typer.Option(help="Hub revision (commit, tag or branch) of the model.")
-    ] = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option(
-            "--trust-remote-code",
-            help="Allow the model repository's own Python code (off by default; only for models you trust).",
-        ),
-    ] = False,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
+    revision: RevisionOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
     ridge: Annotated[float, typer.Option(help="Relative ridge added to M_xx and C0 before whitening.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the --max-samples subset.")] = 0,
+    seed: SubsetSeedOption = 0,
 ) -> None:
     """Compute NTPS for every layer and k from one pass of the data through the model.
 
@@ -147,19 +165,10 @@ def score(
     started = time.perf_counter()
     # Under torchrun only rank 0 shows progress and the summary; the others stay silent unless they fail.
     rank = launch_rank()
-    progress = RateProgress(console, "statistics") if rank == 0 else None
-    try:
-        with progress or contextlib.nullcontext():
-            result = run_score(
-                config,
-                on_status=lambda msg: console.print(f"[dim]{msg}[/dim]"),
-                on_start=(lambda n_texts, _n: progress.start(n_texts)) if progress else None,
-                on_batch=progress.advance if progress else None,
-            )
-    except PerceptAlignError as exc:
-        where = f"\\[rank {rank}] " if "WORLD_SIZE" in os.environ else ""  # \\[: not rich markup
-        console.print(f"[red]{where}error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+    where = f"\\[rank {rank}] " if "WORLD_SIZE" in os.environ else ""  # \\[: not rich markup
+    result = run_with_progress(
+        lambda **callbacks: run_score(config, **callbacks), "statistics", show=rank == 0, error_prefix=where
+    )
     if not result.written:
         return
     results = result.results

@@ -17,8 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from perceptalign.cli.ntps import console, ntps_app
-from perceptalign.io import PerceptAlignError
+from perceptalign.cli.ntps import console, exit_on_error, fail, ntps_app, print_status
 
 
 class _StepProgress:
@@ -106,14 +105,13 @@ def pretrain(
 
     if threads is not None:
         if threads < 1:
-            console.print(f"[red]error:[/red] --threads must be ≥ 1 (got {threads}).")
-            raise typer.Exit(code=2)
+            fail(f"--threads must be ≥ 1 (got {threads}).")
         import torch
 
         torch.set_num_threads(threads)
     sizes = list(SIZES) if size == "all" else [size]
     rows = []
-    try:
+    with exit_on_error():
         for name in sizes:
             config = PretrainConfig.for_size(
                 name, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed
@@ -124,7 +122,7 @@ def pretrain(
                     config,
                     target,
                     resume=resume,
-                    status=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+                    status=print_status,
                     progress=progress,
                 )
             if result.reused:
@@ -134,9 +132,6 @@ def pretrain(
             elif result.resumed_from:
                 console.print(f"[dim]resumed scratch-lm-{name} from step {result.resumed_from}[/dim]")
             rows.append(result)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
     table = Table(title="from-scratch zoo (losses in nats/token on the held-out corpus documents)")
     for column in ("model", "params", "steps", "tokens", "train", "val", "val ppl", "unigram", "min"):
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -10,22 +10,24 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from perceptalign.cli.ntps import console, ntps_app, parse_int_list
-from perceptalign.cli.progress import RateProgress
-from perceptalign.io import PerceptAlignError
+from perceptalign.cli.ntps import console, ntps_app, parse_int_list, run_with_progress
+from perceptalign.cli.options import (
+    DatasetOption,
+    DtypeOption,
+    LabelColumnOption,
+    LayersOption,
+    MaxLengthOption,
+    ModelOption,
+    RevisionOption,
+    TextColumnOption,
+    TokenBudgetOption,
+    TrustRemoteCodeOption,
+)
 
 
 @ntps_app.command("probe")
 def probe(
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset",
-            "-d",
-            help="Registry name (see `ntps datasets`), hub dataset, or a local "
-            ".csv/.tsv/.jsonl/.parquet file.",
-        ),
-    ],
+    dataset: DatasetOption,
     out: Annotated[
         Path,
         typer.Option(
@@ -35,14 +37,7 @@ def probe(
             "caches). Put it beside `ntps score`'s ntps.json to overlay NTPS in the figure.",
         ),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Hugging Face causal-LM id, local model directory, or an embedded alias (smollm2-135m).",
-        ),
-    ] = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     split: Annotated[str, typer.Option(help="Split the probes are fit on.")] = "train",
     eval_split: Annotated[
         str | None,
@@ -59,20 +54,13 @@ def probe(
             "(by text hash, seed 42) — for a single file without a `split` column."
         ),
     ] = None,
-    layers: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated hidden-state indices (0 = embeddings, -1 = last); default all."),
-    ] = None,
+    layers: LayersOption = None,
     max_samples: Annotated[
         int | None, typer.Option(help="Use at most this many texts of each split (seeded stratified subset).")
     ] = None,
-    max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 512,
-    token_budget: Annotated[
-        int, typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.")
-    ] = 2048,
-    dtype: Annotated[
-        str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")
-    ] = "float32",
+    max_length: MaxLengthOption = 512,
+    token_budget: TokenBudgetOption = 2048,
+    dtype: DtypeOption = "float32",
     cv: Annotated[
         int | None,
         typer.Option(
@@ -87,22 +75,10 @@ def probe(
         float,
         typer.Option(help="Fraction f of rank(V) whose NTPS is plotted/tabled when OUT/ntps.json exists."),
     ] = 0.5,
-    text_column: Annotated[
-        str | None, typer.Option(help="Text column of a local file (default `text`).")
-    ] = None,
-    label_column: Annotated[
-        str | None, typer.Option(help="Label column of a local file (default `label`).")
-    ] = None,
-    revision: Annotated[
-        str | None, typer.Option(help="Hub revision (commit, tag or branch) of the model.")
-    ] = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option(
-            "--trust-remote-code",
-            help="Allow the model repository's own Python code (off by default; only for models you trust).",
-        ),
-    ] = False,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
+    revision: RevisionOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
     seed: Annotated[int, typer.Option(help="Seed of the --max-samples subsets and of the CV folds.")] = 0,
 ) -> None:
     """Fit linear probes per layer on --split and score them on held-out data.
@@ -137,17 +113,7 @@ def probe(
         ntps_fraction=ntps_fraction,
     )
     started = time.perf_counter()
-    try:
-        with RateProgress(console, "features") as progress:
-            result = run_probe(
-                config,
-                on_status=lambda msg: console.print(f"[dim]{msg}[/dim]"),
-                on_start=lambda n_texts, _n: progress.start(n_texts),
-                on_batch=progress.advance,
-            )
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+    result = run_with_progress(lambda **callbacks: run_probe(config, **callbacks), "features")
     print_probe_table(result.results)
     console.print(
         f"wrote {out / 'probe.json'}, {out / 'probe.csv'}, {out / 'probe_layers.png'} "

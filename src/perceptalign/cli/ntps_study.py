@@ -11,34 +11,31 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from perceptalign.cli.ntps import console, ntps_app, parse_float_list, parse_int_list
-from perceptalign.cli.progress import RateProgress
-from perceptalign.io import PerceptAlignError
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model", "-m", help="Causal-LM hub id, local model directory, or an embedded alias (smollm2-135m)."
-    ),
-]
-LayersOpt = Annotated[
-    str | None,
-    typer.Option(help="Comma-separated hidden-state indices (0 = embeddings, -1 = last); default all."),
-]
-MaxSamplesOpt = Annotated[
-    int | None, typer.Option(help="Use at most this many texts per dataset (seeded, stratified).")
-]
-MaxLengthOpt = Annotated[int, typer.Option(help="Truncate texts to this many tokens.")]
-TokenBudgetOpt = Annotated[int, typer.Option(help="Padded tokens per batch.")]
-DtypeOpt = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the --max-samples subsets.")]
-RemoteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-remote-code",
-        help="Allow the model repository's own Python code (off by default; only for models you trust).",
-    ),
-]
+from perceptalign.cli.ntps import (
+    console,
+    exit_on_error,
+    ntps_app,
+    parse_float_list,
+    parse_int_list,
+    print_status,
+    run_with_progress,
+)
+from perceptalign.cli.options import (
+    DatasetOption,
+    DtypeOption,
+    FractionsOption,
+    LabelColumnOption,
+    LayersOption,
+    MaxLengthOption,
+    MaxSamplesPerDatasetOption,
+    ModelOption,
+    RevisionOption,
+    SubsetSeedOption,
+    TextColumnOption,
+    TokenBudgetOption,
+    TopKOption,
+    TrustRemoteCodeOption,
+)
 
 
 def _names(value: str, what: str) -> list[str]:
@@ -46,15 +43,6 @@ def _names(value: str, what: str) -> list[str]:
     if not names:
         raise typer.BadParameter(f"{what} needs at least one comma-separated name (got {value!r})")
     return names
-
-
-def _fail(exc: PerceptAlignError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=2)
-
-
-def _dim(message: str) -> None:
-    console.print(f"[dim]{message}[/dim]")
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -65,12 +53,7 @@ def _f(value: Any, digits: int = 3) -> str:
 
 @ntps_app.command("peers")
 def peers(
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset", "-d", help="Registry name, hub dataset, or a local .csv/.tsv/.jsonl/.parquet file."
-        ),
-    ],
+    dataset: DatasetOption,
     out: Annotated[
         Path,
         typer.Option(
@@ -80,7 +63,7 @@ def peers(
             "feature cache with `ntps probe` in the same directory).",
         ),
     ],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     split: Annotated[str, typer.Option(help="Split whose features the metrics read.")] = "train",
     metrics: Annotated[
         str | None,
@@ -90,23 +73,17 @@ def peers(
             "lidar, knn_accuracy, fisher_ratio, cv_logistic_accuracy)."
         ),
     ] = None,
-    layers: LayersOpt = None,
-    max_samples: MaxSamplesOpt = None,
-    max_length: MaxLengthOpt = 512,
-    token_budget: TokenBudgetOpt = 2048,
-    dtype: DtypeOpt = "float32",
-    top_k: Annotated[
-        int,
-        typer.Option(
-            help="Keep this many next-token probabilities per text for NCE/LEEP "
-            "(renormalised); 0 = the full distribution."
-        ),
-    ] = 256,
-    text_column: Annotated[str | None, typer.Option(help="Text column of a local file.")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column of a local file.")] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision of the model.")] = None,
-    trust_remote_code: RemoteOpt = False,
-    seed: SeedOpt = 0,
+    layers: LayersOption = None,
+    max_samples: MaxSamplesPerDatasetOption = None,
+    max_length: MaxLengthOption = 512,
+    token_budget: TokenBudgetOption = 2048,
+    dtype: DtypeOption = "float32",
+    top_k: TopKOption = 256,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
+    revision: RevisionOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    seed: SubsetSeedOption = 0,
 ) -> None:
     """Every peer transferability metric per layer on the cached mean-pooled features.
 
@@ -134,13 +111,7 @@ def peers(
         seed=seed,
     )
     started = time.perf_counter()
-    try:
-        with RateProgress(console, "forward passes") as bar:
-            result = run_peers(
-                config, on_status=_dim, on_start=lambda n, _t: bar.start(n), on_batch=bar.advance
-            )
-    except PerceptAlignError as exc:
-        raise _fail(exc) from exc
+    result = run_with_progress(lambda **callbacks: run_peers(config, **callbacks), "forward passes")
     table = Table(
         title=f"Peer metrics — {result.results['model']} on {result.results['dataset']} "
         f"({result.results['n_texts']} texts)"
@@ -180,18 +151,16 @@ def study(
     measure: Annotated[
         str, typer.Option(help="Comma-separated measures: ntps, probe, peers, lora.")
     ] = "ntps,probe,peers",
-    layers: LayersOpt = None,
-    fractions: Annotated[
-        str | None, typer.Option(help="Comma-separated fractions f of rank(V) (default 0.05,…,0.95).")
-    ] = None,
-    max_samples: MaxSamplesOpt = None,
-    max_length: MaxLengthOpt = 512,
-    token_budget: TokenBudgetOpt = 2048,
-    dtype: DtypeOpt = "float32",
+    layers: LayersOption = None,
+    fractions: FractionsOption = None,
+    max_samples: MaxSamplesPerDatasetOption = None,
+    max_length: MaxLengthOption = 512,
+    token_budget: TokenBudgetOption = 2048,
+    dtype: DtypeOption = "float32",
     peer_metrics: Annotated[
         str | None, typer.Option(help="Comma-separated peer metrics (default all).")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Next-token probabilities kept per text for NCE/LEEP.")] = 256,
+    top_k: TopKOption = 256,
     lora_steps: Annotated[int, typer.Option(help="LoRA optimizer steps (the paper: 5000).")] = 5000,
     lora_batch_size: Annotated[int, typer.Option(help="LoRA batch size (the paper: 1).")] = 1,
     lora_lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-4,
@@ -200,8 +169,8 @@ def study(
         int | None, typer.Option(help="Score LoRA on at most this many held-out texts.")
     ] = None,
     device: Annotated[str, typer.Option(help="Training device for LoRA (cpu, cuda, cuda:N, mps).")] = "cpu",
-    seed: SeedOpt = 0,
-    trust_remote_code: RemoteOpt = False,
+    seed: SubsetSeedOption = 0,
+    trust_remote_code: TrustRemoteCodeOption = False,
     stop_on_error: Annotated[
         bool,
         typer.Option(
@@ -250,7 +219,7 @@ def study(
         TimeElapsedColumn(),
         console=console,
     )
-    try:
+    with exit_on_error():
         config.validate()
         total = len(list(iter_cells(config)))
         with progress:
@@ -268,11 +237,7 @@ def study(
                         progress.console.print(f"[green]done[/green] {where} ({event.seconds:.1f} s)")
                     progress.advance(task)
 
-            result = run_study(
-                config, on_cell=on_cell, on_status=lambda m: progress.console.print(f"[dim]{m}[/dim]")
-            )
-    except PerceptAlignError as exc:
-        raise _fail(exc) from exc
+            result = run_study(config, on_cell=on_cell, on_status=print_status)
     console.print(
         f"{len(result.ran)} cells run, {len(result.skipped)} already stored, {len(result.failed)} failed, in "
         f"{time.perf_counter() - started:.1f} s. Results: {out / 'results.csv'}; next: "
@@ -318,10 +283,8 @@ def report(
         words_figure=words_figure,
         figures=figures,
     )
-    try:
-        result = build_report(config, on_status=_dim)
-    except PerceptAlignError as exc:
-        raise _fail(exc) from exc
+    with exit_on_error():
+        result = build_report(config, on_status=print_status)
     for line in result.report["statements"]:
         console.print(f"• {line}")
     for note in result.report.get("figure_notes", []):
@@ -335,7 +298,7 @@ def prescreen(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output directory (prescreen.json, prescreen.csv, NTPS runs).")
     ],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     study_dir: Annotated[
         Path | None,
         typer.Option(
@@ -346,13 +309,13 @@ def prescreen(
         str, typer.Option(help="Layer the datasets are ranked at: last, middle or an index.")
     ] = "last",
     fraction: Annotated[float, typer.Option(help="Fraction f of rank(V) the datasets are ranked at.")] = 0.5,
-    layers: LayersOpt = None,
-    max_samples: MaxSamplesOpt = None,
-    max_length: MaxLengthOpt = 512,
-    token_budget: TokenBudgetOpt = 2048,
-    dtype: DtypeOpt = "float32",
-    seed: SeedOpt = 0,
-    trust_remote_code: RemoteOpt = False,
+    layers: LayersOption = None,
+    max_samples: MaxSamplesPerDatasetOption = None,
+    max_length: MaxLengthOption = 512,
+    token_budget: TokenBudgetOption = 2048,
+    dtype: DtypeOption = "float32",
+    seed: SubsetSeedOption = 0,
+    trust_remote_code: TrustRemoteCodeOption = False,
 ) -> None:
     """Rank candidate datasets (and their best layers) by NTPS; predict the LoRA gain; say what it saved."""
     from perceptalign.ntps.prescreen import PrescreenConfig, run_prescreen
@@ -373,11 +336,8 @@ def prescreen(
         seed=seed,
         trust_remote_code=trust_remote_code,
     )
-    try:
-        with RateProgress(console, "statistics") as bar:
-            result = run_prescreen(config, on_status=_dim, on_batch=bar.advance)
-    except PerceptAlignError as exc:
-        raise _fail(exc) from exc
+    # run_prescreen takes no on_start: the bar counts texts without a total (several NTPS runs).
+    result = run_with_progress(lambda on_start, **callbacks: run_prescreen(config, **callbacks), "statistics")
     res = result.results
     table = Table(title=f"Pre-screen — {model} (NTPS at layer {config.layer}, f = {config.fraction})")
     gain = res["gain_model"]["available"]

@@ -4,18 +4,42 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from perceptalign.cli.ntps import ntps_app, parse_float_list, parse_int_list
+from perceptalign.cli.ntps import (
+    console,
+    exit_on_error,
+    ntps_app,
+    parse_float_list,
+    parse_int_list,
+    print_status,
+)
+from perceptalign.cli.options import (
+    BatchSizeOption,
+    DatasetOption,
+    DeviceOption,
+    DtypeOption,
+    EvalFractionOption,
+    EvalIntervalOption,
+    EvalSplitOption,
+    LabelColumnOption,
+    LrOption,
+    MaxEvalSamplesOption,
+    MaxLengthOption,
+    ModelOption,
+    RevisionOption,
+    StepsOption,
+    TextColumnOption,
+    TrainMaxSamplesOption,
+    TrainOutOption,
+    TrainSeedOption,
+    TrainSplitOption,
+    TrustRemoteCodeOption,
+)
 from perceptalign.cli.progress import RateProgress
-from perceptalign.io import PerceptAlignError
-
-console = Console()
 
 
 class PhaseProgress:
@@ -49,36 +73,6 @@ class PhaseProgress:
         self.close()
 
 
-# Options shared by both commands (typer needs them spelled out per command; these keep them identical).
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registry name, hub dataset, or a local "
-                                         ".csv/.tsv/.jsonl/.parquet file.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Causal-LM hub id, local model directory, or an "
-                                       "embedded alias (smollm2-135m).")]
-StepsOpt = Annotated[int, typer.Option(help="Optimizer steps (the paper: 5000 at batch size 1).")]
-BatchOpt = Annotated[int, typer.Option(help="Texts per step.")]
-LrOpt = Annotated[float, typer.Option(help="Peak learning rate of Adafactor (cosine schedule, 5% warm-up).")]
-EvalIntervalOpt = Annotated[int, typer.Option(help="Score the held-out set every this many steps (and at the "
-                                              "end).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the batch order, the head and adapter initialisation and "
-                                      "the --max-samples subsets.")]
-SplitOpt = Annotated[str, typer.Option(help="Training split.")]
-EvalSplitOpt = Annotated[str, typer.Option(help="Held-out split; when the dataset has no other split, a "
-                                           "stratified --eval-fraction of the training split is held out.")]
-EvalFractionOpt = Annotated[float, typer.Option(help="Held-out fraction of a single-split dataset.")]
-MaxSamplesOpt = Annotated[int | None, typer.Option(help="Train on at most this many texts (seeded, "
-                                                  "stratified).")]
-MaxEvalOpt = Annotated[int | None, typer.Option(help="Score at most this many held-out texts.")]
-MaxLengthOpt = Annotated[int, typer.Option(help="Truncate texts to this many tokens.")]
-DtypeOpt = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")]
-DeviceOpt = Annotated[str, typer.Option(help="Training device: cpu, cuda, cuda:N or mps (NTPS runs on cpu).")]
-TextColOpt = Annotated[str | None, typer.Option(help="Text column of a local file (default `text`).")]
-LabelColOpt = Annotated[str | None, typer.Option(help="Label column of a local file (default `label`).")]
-RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (commit, tag or branch) of the model.")]
-RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repository's own "
-                                         "Python code (off by default; only for models you trust).")]
-
-
 def _train_config(steps: int, batch_size: int, lr: float, eval_interval: int, seed: int) -> Any:
     from perceptalign.ntps.finetune import TrainConfig
 
@@ -88,40 +82,42 @@ def _train_config(steps: int, batch_size: int, lr: float, eval_interval: int, se
 def _run(job: Any) -> Any:
     """Run a job with progress bars; a PerceptAlignError becomes a one-line message and exit code 2."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    try:
-        with PhaseProgress() as progress:
+    with exit_on_error(), PhaseProgress() as progress:
 
-            def status(message: str) -> None:
-                progress.close()  # finish the previous phase's bar before the message
-                console.print(f"[dim]{message}[/dim]")
+        def status(message: str) -> None:
+            progress.close()  # finish the previous phase's bar before the message
+            print_status(message)
 
-            return job(on_status=status, progress=progress)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        return job(on_status=status, progress=progress)
 
 
 @ntps_app.command("lora")
 def lora(
-    dataset: DatasetOpt,
-    out: OutOpt,
-    model: ModelOpt = "smollm2-135m",
-    steps: StepsOpt = 5000,
-    batch_size: BatchOpt = 1,
-    lr: LrOpt = 1e-4,
-    eval_interval: EvalIntervalOpt = 500,
-    seed: SeedOpt = 0,
+    dataset: DatasetOption,
+    out: TrainOutOption,
+    model: ModelOption = "smollm2-135m",
+    steps: StepsOption = 5000,
+    batch_size: BatchSizeOption = 1,
+    lr: LrOption = 1e-4,
+    eval_interval: EvalIntervalOption = 500,
+    seed: TrainSeedOption = 0,
     r: Annotated[int, typer.Option("--r", help="LoRA rank.")] = 32,
     alpha: Annotated[float, typer.Option(help="LoRA scaling α (update = α/r · B·A).")] = 32.0,
     lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapter input.")] = 0.05,
     target_modules: Annotated[
-        str | None, typer.Option(help="Comma-separated layer names to adapt (default: the attention "
-                                 "projections detected for the architecture, e.g. q_proj,k_proj,v_proj or "
-                                 "c_attn).")
+        str | None,
+        typer.Option(
+            help="Comma-separated layer names to adapt (default: the attention "
+            "projections detected for the architecture, e.g. q_proj,k_proj,v_proj or "
+            "c_attn)."
+        ),
     ] = None,
     linear_baseline: Annotated[
-        bool, typer.Option("--linear-baseline/--no-linear-baseline", help="Also train the frozen-backbone "
-                           "linear head (the reference of the LoRA gain).")
+        bool,
+        typer.Option(
+            "--linear-baseline/--no-linear-baseline",
+            help="Also train the frozen-backbone linear head (the reference of the LoRA gain).",
+        ),
     ] = True,
     ntps: Annotated[
         bool, typer.Option("--ntps/--no-ntps", help="Measure NTPS before and after LoRA (merged model).")
@@ -130,20 +126,21 @@ def lora(
     fractions: Annotated[
         str | None, typer.Option(help="NTPS fractions of rank(V) (default 0.05,…,0.95).")
     ] = None,
-    token_budget: Annotated[int, typer.Option(help="Padded tokens per batch for NTPS statistics and "
-                                              "evaluation.")] = 4096,
-    split: SplitOpt = "train",
-    eval_split: EvalSplitOpt = "test",
-    eval_fraction: EvalFractionOpt = 0.3,
-    max_samples: MaxSamplesOpt = None,
-    max_eval_samples: MaxEvalOpt = None,
-    max_length: MaxLengthOpt = 512,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = None,
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteOpt = False,
+    token_budget: Annotated[
+        int, typer.Option(help="Padded tokens per batch for NTPS statistics and evaluation.")
+    ] = 4096,
+    split: TrainSplitOption = "train",
+    eval_split: EvalSplitOption = "test",
+    eval_fraction: EvalFractionOption = 0.3,
+    max_samples: TrainMaxSamplesOption = None,
+    max_eval_samples: MaxEvalSamplesOption = None,
+    max_length: MaxLengthOption = 512,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
+    revision: RevisionOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
 ) -> None:
     """Fine-tune LoRA adapters + a linear head, against the frozen-backbone linear head; NTPS after LoRA.
 
@@ -156,14 +153,25 @@ def lora(
 
     targets = [t for t in (target_modules or "").replace(" ", "").split(",") if t] or None
     config = LoraJobConfig(
-        model=model, dataset=dataset, out=out, split=split, eval_split=eval_split,
+        model=model,
+        dataset=dataset,
+        out=out,
+        split=split,
+        eval_split=eval_split,
         eval_fraction=eval_fraction,
-        max_samples=max_samples, max_eval_samples=max_eval_samples, max_length=max_length, dtype=dtype,
-        text_column=text_column, label_column=label_column, revision=revision,
-        trust_remote_code=trust_remote_code, device=device,
+        max_samples=max_samples,
+        max_eval_samples=max_eval_samples,
+        max_length=max_length,
+        dtype=dtype,
+        text_column=text_column,
+        label_column=label_column,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        device=device,
         train=_train_config(steps, batch_size, lr, eval_interval, seed),
         lora=LoraSettings(r=r, alpha=alpha, dropout=lora_dropout, target_modules=targets),
-        linear_baseline=linear_baseline, ntps=ntps,
+        linear_baseline=linear_baseline,
+        ntps=ntps,
         ntps_settings=NTPSSettings(
             layers=parse_int_list(layers, "--layers"),
             fractions=parse_float_list(fractions, "--fractions"),
@@ -173,54 +181,70 @@ def lora(
     config.train.eval_token_budget = token_budget
     started = time.perf_counter()
     result = _run(lambda **kw: run_lora(config, **kw)).results
-    table = Table(title=f"LoRA — {result['model']} on {result['dataset']} ({result['n_train']} train / "
-                  f"{result['n_eval']} held-out texts, {result['steps']} steps × {result['batch_size']})")
+    table = Table(
+        title=f"LoRA — {result['model']} on {result['dataset']} ({result['n_train']} train / "
+        f"{result['n_eval']} held-out texts, {result['steps']} steps × {result['batch_size']})"
+    )
     for column in ("run", "trainable params", "held-out accuracy", "s/step"):
         table.add_column(column, justify="right")
-    table.add_row("LoRA + head", f"{result['n_trainable_params']:,}", f"{result['eval_accuracy_lora']:.4f}",
-                  f"{result['lora']['seconds_per_step']:.4f}")
+    table.add_row(
+        "LoRA + head",
+        f"{result['n_trainable_params']:,}",
+        f"{result['eval_accuracy_lora']:.4f}",
+        f"{result['lora']['seconds_per_step']:.4f}",
+    )
     if result["linear_head"]:
         head = result["linear_head"]
-        table.add_row("linear head (frozen)", f"{head['n_trainable_params']:,}",
-                      f"{result['eval_accuracy_linear_head']:.4f}", f"{head['seconds_per_step']:.4f}")
+        table.add_row(
+            "linear head (frozen)",
+            f"{head['n_trainable_params']:,}",
+            f"{result['eval_accuracy_linear_head']:.4f}",
+            f"{head['seconds_per_step']:.4f}",
+        )
     console.print(table)
     if result["gain"] is not None:
-        console.print(f"LoRA gain over the linear head: {result['gain']:+.4f} "
-                      f"(chance {result['chance_accuracy']:.3f})")
+        console.print(
+            f"LoRA gain over the linear head: {result['gain']:+.4f} (chance {result['chance_accuracy']:.3f})"
+        )
     if result["ntps_before"] and result["ntps_after"]:
         before, after = result["ntps_before"], result["ntps_after"]
         mid = len(before["ntps"][-1]) // 2
-        console.print(f"NTPS at the last layer, middle k: before {before['ntps'][-1][mid]:.4f}, "
-                      f"after LoRA {after['ntps'][-1][mid]:.4f}")
-    console.print(f"wrote {out / 'lora.json'}, {out / 'adapter'}, {out / 'head.safetensors'} and figures in "
-                  f"{time.perf_counter() - started:.1f} s")
+        console.print(
+            f"NTPS at the last layer, middle k: before {before['ntps'][-1][mid]:.4f}, "
+            f"after LoRA {after['ntps'][-1][mid]:.4f}"
+        )
+    console.print(
+        f"wrote {out / 'lora.json'}, {out / 'adapter'}, {out / 'head.safetensors'} and figures in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
 
 
 @ntps_app.command("scratch")
 def scratch(
-    dataset: DatasetOpt,
-    out: OutOpt,
-    model: ModelOpt = "smollm2-135m",
-    steps: StepsOpt = 5000,
-    batch_size: BatchOpt = 1,
-    lr: LrOpt = 1e-4,
-    eval_interval: EvalIntervalOpt = 500,
-    seed: SeedOpt = 0,
-    save_model: Annotated[bool, typer.Option("--save-model", help="Also save the trained model and head to "
-                                             "OUT/scratch_model/.")] = False,
+    dataset: DatasetOption,
+    out: TrainOutOption,
+    model: ModelOption = "smollm2-135m",
+    steps: StepsOption = 5000,
+    batch_size: BatchSizeOption = 1,
+    lr: LrOption = 1e-4,
+    eval_interval: EvalIntervalOption = 500,
+    seed: TrainSeedOption = 0,
+    save_model: Annotated[
+        bool, typer.Option("--save-model", help="Also save the trained model and head to OUT/scratch_model/.")
+    ] = False,
     token_budget: Annotated[int, typer.Option(help="Padded tokens per evaluation batch.")] = 4096,
-    split: SplitOpt = "train",
-    eval_split: EvalSplitOpt = "test",
-    eval_fraction: EvalFractionOpt = 0.3,
-    max_samples: MaxSamplesOpt = None,
-    max_eval_samples: MaxEvalOpt = None,
-    max_length: MaxLengthOpt = 512,
-    dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = None,
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteOpt = False,
+    split: TrainSplitOption = "train",
+    eval_split: EvalSplitOption = "test",
+    eval_fraction: EvalFractionOption = 0.3,
+    max_samples: TrainMaxSamplesOption = None,
+    max_eval_samples: MaxEvalSamplesOption = None,
+    max_length: MaxLengthOption = 512,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
+    revision: RevisionOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
 ) -> None:
     """Train the same head on a randomly initialised model of the same configuration (all weights trained).
 
@@ -230,12 +254,23 @@ def scratch(
     from perceptalign.ntps.scratch import ScratchJobConfig, run_scratch
 
     config = ScratchJobConfig(
-        model=model, dataset=dataset, out=out, split=split, eval_split=eval_split,
+        model=model,
+        dataset=dataset,
+        out=out,
+        split=split,
+        eval_split=eval_split,
         eval_fraction=eval_fraction,
-        max_samples=max_samples, max_eval_samples=max_eval_samples, max_length=max_length, dtype=dtype,
-        text_column=text_column, label_column=label_column, revision=revision,
-        trust_remote_code=trust_remote_code, device=device,
-        train=_train_config(steps, batch_size, lr, eval_interval, seed), save_model=save_model,
+        max_samples=max_samples,
+        max_eval_samples=max_eval_samples,
+        max_length=max_length,
+        dtype=dtype,
+        text_column=text_column,
+        label_column=label_column,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        train=_train_config(steps, batch_size, lr, eval_interval, seed),
+        save_model=save_model,
     )
     config.train.eval_token_budget = token_budget
     started = time.perf_counter()

@@ -22,7 +22,7 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _load_splits(data: str, data_path: Path | None):  # -> tuple[DataFrame, DataFrame]
+def load_splits(data: str, data_path: Path | None):  # -> tuple[DataFrame, DataFrame]
     from perceptalign.rtify.trials import RT_DATASETS, load_rt_dataset, split_trials
 
     if data not in RT_DATASETS and not Path(data).is_file():
@@ -110,7 +110,7 @@ def fit(
             seed=seed,
         )
         gru = GRUTrainConfig(hidden_size=hidden_size, steps=gru_steps, seed=seed)
-        human_train, human_test = _load_splits(data, data_path)
+        human_train, human_test = load_splits(data, data_path)
         progress = Progress(
             TextColumn("[bold]{task.description:<13}"),
             BarColumn(),

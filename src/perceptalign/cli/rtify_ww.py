@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from perceptalign.cli.rtify import console, rtify_app
-from perceptalign.cli.rtify_fit import _load_splits
+from perceptalign.cli.rtify_fit import load_splits
 from perceptalign.io import PerceptAlignError
 
 _INPUTS = ("coherence", "backbone")
@@ -140,7 +140,7 @@ def fit_ww(
             n_eval=eval_trials,
             seed=seed,
         )
-        human_train, human_test = _load_splits(data, data_path)
+        human_train, human_test = load_splits(data, data_path)
         fit_trials = eval_pool = None
         if input_kind == "backbone":
             assert backbone is not None
@@ -253,7 +253,7 @@ def pixel_rdm(
             seed=seed,
         )
         outputs = load_outputs_dir(backbone)
-        human_train, human_test = _load_splits(data, data_path)
+        human_train, human_test = load_splits(data, data_path)
         progress, update = _progress()
         with progress:
             run = run_pixel_rdm(outputs, human_train, human_test, config, progress=update)

@@ -67,17 +67,28 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise a PerceptAlignError naming the option to fix (the CLI option names are used)."""
         checks = [
-            (isinstance(self.steps, int) and self.steps >= 1,
-             f"--steps must be an integer ≥ 1 (got {self.steps!r})."),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"--batch-size must be an integer ≥ 1 (got {self.batch_size!r})."),
+            (
+                isinstance(self.steps, int) and self.steps >= 1,
+                f"--steps must be an integer ≥ 1 (got {self.steps!r}).",
+            ),
+            (
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                f"--batch-size must be an integer ≥ 1 (got {self.batch_size!r}).",
+            ),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr!r})."),
-            (0.0 <= self.warmup_fraction < 1.0,
-             f"the warm-up fraction must lie in [0, 1) (got {self.warmup_fraction!r})."),
-            (isinstance(self.eval_interval, int) and self.eval_interval >= 1,
-             f"--eval-interval must be an integer ≥ 1 (got {self.eval_interval!r}); it is counted in steps."),
-            (self.eval_token_budget >= 1,
-             f"the eval token budget must be ≥ 1 (got {self.eval_token_budget!r})."),
+            (
+                0.0 <= self.warmup_fraction < 1.0,
+                f"the warm-up fraction must lie in [0, 1) (got {self.warmup_fraction!r}).",
+            ),
+            (
+                isinstance(self.eval_interval, int) and self.eval_interval >= 1,
+                f"--eval-interval must be an integer ≥ 1 (got {self.eval_interval!r}); "
+                "it is counted in steps.",
+            ),
+            (
+                self.eval_token_budget >= 1,
+                f"the eval token budget must be ≥ 1 (got {self.eval_token_budget!r}).",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -110,6 +121,13 @@ def cosine_warmup_factor(step: int, total_steps: int, warmup_steps: int) -> floa
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: How :func:`make_optimizer` and :func:`make_scheduler` train, as recorded in every job's results.
+OPTIMIZER_DESCRIPTION = (
+    "Adafactor(scale_parameter=False, relative_step=False, warmup_init=False), "
+    "cosine schedule with linear warm-up"
+)
 
 
 def make_optimizer(params: Sequence[nn.Parameter] | Any, lr: float) -> torch.optim.Optimizer:
@@ -445,8 +463,14 @@ def train_classifier(
             t0 = time.perf_counter()
             eval_loss, accuracy = evaluate(model, held_out, config.eval_token_budget, device)
             eval_seconds += time.perf_counter() - t0
-            history.append({"step": step, "eval_loss": eval_loss, "eval_accuracy": accuracy,
-                            "train_loss": float(np.mean(losses[-config.eval_interval:]))})
+            history.append(
+                {
+                    "step": step,
+                    "eval_loss": eval_loss,
+                    "eval_accuracy": accuracy,
+                    "train_loss": float(np.mean(losses[-config.eval_interval :])),
+                }
+            )
         if progress:
             progress(name, step, config.steps)
     model.eval()
@@ -571,8 +595,13 @@ def training_figure(results: Sequence[TrainResult], title: str = "") -> Figure:
         smooth = np.convolve(result.losses, np.ones(window) / window, mode="valid")
         ax_loss.plot(steps[window - 1 :], smooth, color=color, label=f"{result.name} (mean of {window})")
         hist = result.eval_history
-        ax_acc.plot([h["step"] for h in hist], [h["eval_accuracy"] for h in hist], "o-", color=color,
-                    label=f"{result.name}: {result.eval_accuracy:.3f}")
+        ax_acc.plot(
+            [h["step"] for h in hist],
+            [h["eval_accuracy"] for h in hist],
+            "o-",
+            color=color,
+            label=f"{result.name}: {result.eval_accuracy:.3f}",
+        )
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("training cross-entropy")
     ax_loss.legend(fontsize=8)
@@ -644,7 +673,7 @@ def load_job_inputs(
     config: FinetuneJobConfig, status: StatusCallback
 ) -> tuple[TextDataset, TextDataset, str, LoadedModel]:
     """Datasets (train, held-out, where held-out came from) and the pretrained model of a job."""
-    from perceptalign.ntps.models import load_causal_lm
+    from perceptalign.ntps.jobs import load_job_model
 
     status(f"loading dataset {config.dataset}")
     train_ds, eval_ds, eval_source = load_train_eval(
@@ -658,15 +687,40 @@ def load_job_inputs(
         label_column=config.label_column,
         seed=config.train.seed,
     )
-    status(f"loading model {config.model}")
-    loaded = load_causal_lm(
-        config.model,
-        dtype=config.dtype,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        progress=status,
-    )
-    return train_ds, eval_ds, eval_source, loaded
+    return train_ds, eval_ds, eval_source, load_job_model(config, status)
+
+
+def job_record(
+    config: FinetuneJobConfig,
+    train_ds: TextDataset,
+    eval_ds: TextDataset,
+    eval_source: str,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The data and optimisation entries every training job records (lora.json and scratch.json alike).
+
+    One definition keeps the jobs' results comparable key for key: the comparison rests on their data,
+    held-out set and optimisation being the same.
+    """
+    return {
+        "dataset": train_ds.name,
+        "dataset_source": train_ds.source,
+        "n_train": len(train_ds),
+        "n_eval": len(eval_ds),
+        "eval_source": eval_source,
+        "n_classes": train_ds.n_classes,
+        "class_names": list(train_ds.class_names),
+        "chance_accuracy": float(eval_ds.class_counts().max() / len(eval_ds)),
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+        "device": str(device),
+        "steps": config.train.steps,
+        "batch_size": config.train.batch_size,
+        "lr": config.train.lr,
+        "warmup_steps": config.train.warmup_steps,
+        "optimizer": OPTIMIZER_DESCRIPTION,
+        "seed": config.train.seed,
+    }
 
 
 @dataclass
@@ -722,7 +776,11 @@ def measure_ntps(
                 progress(phase, done, len(dataset))
 
         accumulator = compute_statistics(
-            loaded, dataset, layers, max_length=max_length, token_budget=settings.token_budget,
+            loaded,
+            dataset,
+            layers,
+            max_length=max_length,
+            token_budget=settings.token_budget,
             on_batch=on_batch,
         )
         statistics = accumulator.finalize()
@@ -734,8 +792,12 @@ def measure_ntps(
         statistics, fractions=fractions or DEFAULT_FRACTIONS, ks=settings.ks, ridge=settings.ridge
     )
     scores.update(
-        model=loaded.model_id, model_fingerprint=loaded.fingerprint, dataset=dataset.name,
-        split=dataset.split, n_texts=len(dataset), n_tokens=int(metadata["n_tokens"]),
+        model=loaded.model_id,
+        model_fingerprint=loaded.fingerprint,
+        dataset=dataset.name,
+        split=dataset.split,
+        n_texts=len(dataset),
+        n_tokens=int(metadata["n_tokens"]),
         n_classes=dataset.n_classes,
     )
     return scores, reused
@@ -752,8 +814,11 @@ def ntps_change_figure(
     delta = b - a
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.18 * len(layers) + 2.6))
     bound = max(1e-6, float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1e-6)
-    panels = [(a, "before", "viridis", 0.0, 1.0), (b, f"after {label}".strip(), "viridis", 0.0, 1.0),
-              (delta, "after − before", "RdBu_r", -bound, bound)]
+    panels = [
+        (a, "before", "viridis", 0.0, 1.0),
+        (b, f"after {label}".strip(), "viridis", 0.0, 1.0),
+        (delta, "after − before", "RdBu_r", -bound, bound),
+    ]
     for ax, (table, title, cmap, vmin, vmax) in zip(axes, panels, strict=True):
         image = ax.imshow(table, aspect="auto", origin="lower", cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(columns)))

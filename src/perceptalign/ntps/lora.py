@@ -30,6 +30,7 @@ from perceptalign.ntps.finetune import (
     StatusCallback,
     TrainResult,
     active_dropout,
+    job_record,
     load_job_inputs,
     measure_ntps,
     ntps_change_figure,
@@ -153,8 +154,11 @@ def apply_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> Any:
     settings.validate()
     targets = resolve_target_modules(model, settings.target_modules)
     modules = adaptable_modules(model)
-    conv1d = [m for name, m in modules.items()
-              if name.rsplit(".", 1)[-1] in targets and not isinstance(m, nn.Linear)]
+    conv1d = [
+        m
+        for name, m in modules.items()
+        if name.rsplit(".", 1)[-1] in targets and not isinstance(m, nn.Linear)
+    ]
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -252,8 +256,13 @@ def run_lora(
         t0 = time.perf_counter()
         status("NTPS before LoRA")
         ntps_before, before_reused = measure_ntps(
-            loaded, train_ds, config.ntps_settings, max_length=config.max_length,
-            max_samples=config.max_samples, cache=out / STATISTICS_BEFORE, phase="ntps before",
+            loaded,
+            train_ds,
+            config.ntps_settings,
+            max_length=config.max_length,
+            max_samples=config.max_samples,
+            cache=out / STATISTICS_BEFORE,
+            phase="ntps before",
             progress=progress,
         )
         write_json_atomic(out / NTPS_BEFORE_FILE, ntps_before)
@@ -264,15 +273,23 @@ def run_lora(
         t0 = time.perf_counter()
         frozen = SequenceClassifier(loaded.model, loaded.hidden_size, train_ds.n_classes).to(device)
         budget = config.train.eval_token_budget
-        train_x = pooled_features(frozen, train_enc, budget, device=device, progress=progress,
-                                  phase="features (train)")
-        eval_x = pooled_features(frozen, eval_enc, budget, device=device, progress=progress,
-                                 phase="features (eval)")
+        train_x = pooled_features(
+            frozen, train_enc, budget, device=device, progress=progress, phase="features (train)"
+        )
+        eval_x = pooled_features(
+            frozen, eval_enc, budget, device=device, progress=progress, phase="features (eval)"
+        )
         seconds["features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         linear_head, linear = train_linear_head(
-            train_x, train_enc.labels, eval_x, eval_enc.labels, train_ds.n_classes, config.train,
-            name="linear head (frozen)", progress=progress,
+            train_x,
+            train_enc.labels,
+            eval_x,
+            eval_enc.labels,
+            train_ds.n_classes,
+            config.train,
+            name="linear head (frozen)",
+            progress=progress,
         )
         save_head(out / LINEAR_HEAD_FILE, linear_head, _head_metadata(loaded, train_ds.class_names, "frozen"))
         seconds["linear_head"] = time.perf_counter() - t0
@@ -284,16 +301,22 @@ def run_lora(
     n_adapted = _n_adapted(peft_model)
     torch.manual_seed(config.train.seed)  # the head starts where the linear baseline's head started
     classifier = SequenceClassifier(loaded.model, loaded.hidden_size, train_ds.n_classes)
-    lora = train_classifier(classifier, train_enc, eval_enc, config.train, name="LoRA + head", device=device,
-                            progress=progress)
+    lora = train_classifier(
+        classifier, train_enc, eval_enc, config.train, name="LoRA + head", device=device, progress=progress
+    )
     seconds["lora"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     with atomic_directory(out / ADAPTER_DIR) as tmp:
         peft_model.save_pretrained(str(tmp))
-        write_json_atomic(tmp / "perceptalign_base.json", {
-            "model": loaded.model_id, "model_fingerprint": loaded.fingerprint, "head": HEAD_FILE,
-        })
+        write_json_atomic(
+            tmp / "perceptalign_base.json",
+            {
+                "model": loaded.model_id,
+                "model_fingerprint": loaded.fingerprint,
+                "head": HEAD_FILE,
+            },
+        )
     save_head(out / HEAD_FILE, classifier.head, _head_metadata(loaded, train_ds.class_names, "lora"))
     adapter_hash = adapter_fingerprint(out / ADAPTER_DIR)
     seconds["save"] = time.perf_counter() - t0
@@ -308,8 +331,14 @@ def run_lora(
         t0 = time.perf_counter()
         status("NTPS after LoRA (merged model)")
         ntps_after, _ = measure_ntps(
-            merged, train_ds, config.ntps_settings, max_length=config.max_length,
-            max_samples=config.max_samples, cache=out / STATISTICS_AFTER, reuse=False, phase="ntps after",
+            merged,
+            train_ds,
+            config.ntps_settings,
+            max_length=config.max_length,
+            max_samples=config.max_samples,
+            cache=out / STATISTICS_AFTER,
+            reuse=False,
+            phase="ntps after",
             progress=progress,
         )
         write_json_atomic(out / NTPS_AFTER_FILE, ntps_after)
@@ -326,24 +355,7 @@ def run_lora(
         "model": loaded.model_id,
         "model_fingerprint": loaded.fingerprint,
         "merged_model_fingerprint": merged.fingerprint,
-        "dataset": train_ds.name,
-        "dataset_source": train_ds.source,
-        "n_train": len(train_ds),
-        "n_eval": len(eval_ds),
-        "eval_source": eval_source,
-        "n_classes": train_ds.n_classes,
-        "class_names": list(train_ds.class_names),
-        "chance_accuracy": float(eval_ds.class_counts().max() / len(eval_ds)),
-        "max_length": config.max_length,
-        "dtype": config.dtype,
-        "device": str(device),
-        "steps": config.train.steps,
-        "batch_size": config.train.batch_size,
-        "lr": config.train.lr,
-        "warmup_steps": config.train.warmup_steps,
-        "optimizer": "Adafactor(scale_parameter=False, relative_step=False, warmup_init=False), "
-        "cosine schedule with linear warm-up",
-        "seed": config.train.seed,
+        **job_record(config, train_ds, eval_ds, eval_source, device),
         "r": settings.r,
         "alpha": settings.alpha,
         "lora_dropout": settings.dropout,
@@ -363,8 +375,11 @@ def run_lora(
         "ntps_before_reused_cache": before_reused,
         "seconds": seconds,
         "files": {
-            "adapter": ADAPTER_DIR, "head": HEAD_FILE, "linear_head": LINEAR_HEAD_FILE if linear else None,
-            "training_figure": TRAINING_FIGURE, "ntps_figure": NTPS_FIGURE if ntps_after else None,
+            "adapter": ADAPTER_DIR,
+            "head": HEAD_FILE,
+            "linear_head": LINEAR_HEAD_FILE if linear else None,
+            "training_figure": TRAINING_FIGURE,
+            "ntps_figure": NTPS_FIGURE if ntps_after else None,
             "ntps_before": NTPS_BEFORE_FILE if ntps_before else None,
             "ntps_after": NTPS_AFTER_FILE if ntps_after else None,
         },

@@ -76,32 +76,16 @@ def run_peers(
     on_layer: Callable[[int, int], None] | None = None,
 ) -> PeersResult:
     """Load (or extract) the features, compute the metrics per layer, write peers.json and peers.csv."""
-    from perceptalign.ntps.datasets import load_text_dataset
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.models import load_causal_lm
+    from perceptalign.ntps.jobs import load_job_dataset, load_job_model
     from perceptalign.ntps.score import resolve_layers
 
     status = on_status or (lambda _msg: None)
     metrics = resolve_metrics(config.metrics)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    status(f"loading dataset {config.dataset} ({config.split})")
-    dataset = load_text_dataset(
-        config.dataset,
-        config.split,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        max_samples=config.max_samples,
-        seed=config.seed,
-    )
-    status(f"loading model {config.model}")
-    loaded = load_causal_lm(
-        config.model,
-        dtype=config.dtype,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        progress=status,
-    )
+    dataset = load_job_dataset(config, status)
+    loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     cache = FeatureCache(out)
     need_lm = any(m in LM_METRICS for m in metrics)

@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.stats
 
 from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
+from perceptalign.ntps.jobs import extraction_settings
 from perceptalign.ntps.store import ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
@@ -243,14 +244,8 @@ def run_prescreen(
                     model=config.model,
                     dataset=dataset,
                     out=out / "runs" / slug(config.model) / slug(dataset),
-                    layers=config.layers,
-                    max_samples=config.max_samples,
-                    max_length=config.max_length,
-                    token_budget=config.token_budget,
-                    dtype=config.dtype,
-                    seed=config.seed,
                     fractions=sorted({*DEFAULT_FRACTIONS, config.fraction}),
-                    trust_remote_code=config.trust_remote_code,
+                    **extraction_settings(config),
                 ),
                 on_status=status,
                 on_batch=on_batch,

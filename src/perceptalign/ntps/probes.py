@@ -484,32 +484,17 @@ def run_probe(
     after each batch.
     """
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.models import load_causal_lm
+    from perceptalign.ntps.jobs import load_job_dataset, load_job_model
     from perceptalign.ntps.score import resolve_layers
 
     status = on_status or (lambda _msg: None)
     _validate_config(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    status(f"loading dataset {config.dataset} ({config.split})")
-    train = load_text_dataset(
-        config.dataset,
-        config.split,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        max_samples=config.max_samples,
-        seed=config.seed,
-    )
+    train = load_job_dataset(config, status)
     evaluation = _resolve_evaluation(config, train, status)
     _check_cv(config.cv, train.labels[evaluation.train_rows])
-    status(f"loading model {config.model}")
-    loaded = load_causal_lm(
-        config.model,
-        dtype=config.dtype,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        progress=status,
-    )
+    loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     cache = FeatureCache(out)
     splits = [train] + ([evaluation.test] if evaluation.test is not None else [])

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from perceptalign.io import PerceptAlignError, write_json_atomic
-from perceptalign.ntps.datasets import TextDataset, load_text_dataset
+from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.distributed import (
     DistributedContext,
     init_distributed,
@@ -27,10 +27,10 @@ from perceptalign.ntps.distributed import (
     resume_shard,
     shard_plan,
 )
+from perceptalign.ntps.jobs import load_job_dataset, load_job_model
 from perceptalign.ntps.models import (
     LoadedModel,
     iter_hidden_states,
-    load_causal_lm,
     resolve_model_path,
     token_budget_batches,
     tokenize,
@@ -231,25 +231,10 @@ def _run_score(
     # Rank 0 fills the dataset and embedded-model caches before the others read them; the weights are
     # then loaded by all ranks at once.
     with main_process_first(context):
-        status(f"loading dataset {config.dataset} ({config.split})")
-        dataset = load_text_dataset(
-            config.dataset,
-            config.split,
-            text_column=config.text_column,
-            label_column=config.label_column,
-            max_samples=config.max_samples,
-            seed=config.seed,
-        )
+        dataset = load_job_dataset(config, status)
         if context is not None:
             resolve_model_path(config.model, status)
-    status(f"loading model {config.model}")
-    loaded = load_causal_lm(
-        config.model,
-        dtype=config.dtype,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        progress=status,
-    )
+    loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     metadata = statistics_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
     cache = out / STATISTICS_FILE

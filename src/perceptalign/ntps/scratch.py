@@ -25,6 +25,7 @@ from perceptalign.ntps.finetune import (
     StatusCallback,
     TrainResult,
     active_dropout,
+    job_record,
     load_job_inputs,
     resolve_device,
     save_head,
@@ -90,14 +91,24 @@ def run_scratch(
     t0 = time.perf_counter()
     torch.manual_seed(config.train.seed)  # same head initialisation as the LoRA and linear-head runs
     classifier = SequenceClassifier(model, loaded.hidden_size, train_ds.n_classes)
-    scratch = train_classifier(classifier, train_enc, eval_enc, config.train, name="from scratch + head",
-                               device=device, progress=progress)
+    scratch = train_classifier(
+        classifier,
+        train_enc,
+        eval_enc,
+        config.train,
+        name="from scratch + head",
+        device=device,
+        progress=progress,
+    )
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     metadata = {
-        "model_config_of": loaded.model_id, "backbone": "scratch", "init_seed": config.train.seed,
-        "pooling": "masked mean of the last hidden state", "hidden_size": loaded.hidden_size,
+        "model_config_of": loaded.model_id,
+        "backbone": "scratch",
+        "init_seed": config.train.seed,
+        "pooling": "masked mean of the last hidden state",
+        "hidden_size": loaded.hidden_size,
         "class_names": json.dumps(list(train_ds.class_names)),
     }
     save_head(out / HEAD_FILE, classifier.head, metadata)
@@ -108,38 +119,26 @@ def run_scratch(
             save_head(tmp / "head.safetensors", classifier.head, metadata)
     from perceptalign.ntps.figures import save_figure
 
-    save_figure(training_figure([scratch], f"{loaded.model_id} (random init) on {train_ds.name}"),
-                out / TRAINING_FIGURE)
+    save_figure(
+        training_figure([scratch], f"{loaded.model_id} (random init) on {train_ds.name}"),
+        out / TRAINING_FIGURE,
+    )
     seconds["save"] = time.perf_counter() - t0
 
     results: dict[str, Any] = {
         "model": loaded.model_id,
         "init": f"random (AutoModelForCausalLM.from_config, torch seed {config.train.seed})",
-        "dataset": train_ds.name,
-        "dataset_source": train_ds.source,
-        "n_train": len(train_ds),
-        "n_eval": len(eval_ds),
-        "eval_source": eval_source,
-        "n_classes": train_ds.n_classes,
-        "class_names": list(train_ds.class_names),
-        "chance_accuracy": float(eval_ds.class_counts().max() / len(eval_ds)),
-        "max_length": config.max_length,
-        "dtype": config.dtype,
-        "device": str(device),
-        "steps": config.train.steps,
-        "batch_size": config.train.batch_size,
-        "lr": config.train.lr,
-        "warmup_steps": config.train.warmup_steps,
-        "optimizer": "Adafactor(scale_parameter=False, relative_step=False, warmup_init=False), "
-        "cosine schedule with linear warm-up",
-        "seed": config.train.seed,
+        **job_record(config, train_ds, eval_ds, eval_source, device),
         "n_trainable_params": scratch.n_trainable,
         "backbone_dropout_in_train_mode": active_dropout(model),
         "eval_accuracy_scratch": scratch.eval_accuracy,
         "scratch": scratch.summary(),
         "seconds": seconds,
-        "files": {"head": HEAD_FILE, "model": MODEL_DIR if config.save_model else None,
-                  "training_figure": TRAINING_FIGURE},
+        "files": {
+            "head": HEAD_FILE,
+            "model": MODEL_DIR if config.save_model else None,
+            "training_figure": TRAINING_FIGURE,
+        },
         "config": json.loads(json.dumps(asdict(config), default=str)),
     }
     write_json_atomic(out / RESULTS_FILE, results)

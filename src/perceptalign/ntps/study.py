@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
+from perceptalign.ntps.jobs import extraction_settings
 from perceptalign.ntps.lm_probs import DEFAULT_TOP_K
 from perceptalign.ntps.store import NO_LAYER, ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
@@ -304,14 +305,8 @@ def _run_ntps(
             model=model,
             dataset=dataset,
             out=out,
-            layers=config.layers,
-            max_samples=config.max_samples,
-            max_length=config.max_length,
-            token_budget=config.token_budget,
-            dtype=config.dtype,
             fractions=list(config.fractions),
-            seed=config.seed,
-            trust_remote_code=config.trust_remote_code,
+            **extraction_settings(config),
         ),
         on_status=status,
         on_batch=on_batch,
@@ -330,18 +325,7 @@ def _run_probe(
 
     out = cell_dir(config.out, model, dataset)
     result = run_probe(
-        ProbeConfig(
-            model=model,
-            dataset=dataset,
-            out=out,
-            layers=config.layers,
-            max_samples=config.max_samples,
-            max_length=config.max_length,
-            token_budget=config.token_budget,
-            dtype=config.dtype,
-            seed=config.seed,
-            trust_remote_code=config.trust_remote_code,
-        ),
+        ProbeConfig(model=model, dataset=dataset, out=out, **extraction_settings(config)),
         on_status=status,
         on_batch=on_batch,
     )
@@ -378,15 +362,9 @@ def _run_peers(
             model=model,
             dataset=dataset,
             out=out,
-            layers=config.layers,
             metrics=config.peer_metrics,
-            max_samples=config.max_samples,
-            max_length=config.max_length,
-            token_budget=config.token_budget,
-            dtype=config.dtype,
             top_k=config.top_k,
-            seed=config.seed,
-            trust_remote_code=config.trust_remote_code,
+            **extraction_settings(config),
         ),
         on_status=status,
         on_batch=on_batch,

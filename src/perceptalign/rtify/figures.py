@@ -128,7 +128,8 @@ def _per_condition_summary(df: pd.DataFrame) -> pd.DataFrame:
                 "median_error": float(np.median(rt[~correct])) if (~correct).any() else math.nan,
             }
         )
-    return pd.DataFrame(rows)
+    # Explicit columns: a model with no decided trial yields an empty table that still plots (as nothing).
+    return pd.DataFrame(rows, columns=["condition", "accuracy", "median_correct", "median_error"])
 
 
 def _numeric_conditions(df: pd.DataFrame, who: str) -> None:

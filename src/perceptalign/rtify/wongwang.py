@@ -162,7 +162,8 @@ class _SlopePatch:
         found = []
         for k0 in range(0, steps, _BLOCK):  # bounded temporaries
             part = flat_u[k0 * per_step : min(steps, k0 + _BLOCK) * per_step]
-            found.append(part.abs().lt_(_SLOPE_CUTOFF).nonzero().squeeze(1) + k0 * per_step)
+            mask = part.abs().lt_(_SLOPE_CUTOFF).to(torch.bool)  # float compare + cast: ~2× a bool compare
+            found.append(mask.nonzero().squeeze(1) + k0 * per_step)
         index = torch.cat(found)
         self.values = _slope_series_values(flat_u[index], g_all.reshape(-1)[index])
         step = torch.div(index, per_step, rounding_mode="floor")
@@ -214,19 +215,34 @@ class _Crossings:
     and lets the decision be taken on a 2-step window instead of the whole (B, T, n) trajectory. With
     ``capture`` it also copies each trial's window [τ − 1, τ] out of the chunk as the trial decides
     (and the last two steps for trials that never do), so a run that only needs decisions can keep a
-    rolling (chunk + 1)-step buffer instead of the whole (T + 1, n, B) trajectory.
+    rolling (chunk + 1)-step buffer instead of the whole (T + 1, n, B) trajectory. Masks are 0/1 floats:
+    on CPU a comparison writing bool is ~5× slower than one writing float.
     """
 
     def __init__(self, threshold: float, like: Tensor, capture: bool) -> None:
         _, n, batch = like.shape
+        dev = like.device
         self.threshold = threshold
         self.batch = batch
         self.n_decided = 0
-        self.tau = torch.zeros(batch, dtype=torch.long, device=like.device)
-        self.decided = torch.zeros(batch, dtype=torch.bool, device=like.device)
-        self.window = torch.empty((2, n, batch), dtype=like.dtype, device=like.device) if capture else None
-        self._pop_offset = (torch.arange(n, device=like.device) * batch).view(n, 1)
-        self._weights = torch.arange(_CHECK, 0, -1, dtype=like.dtype, device=like.device).view(-1, 1)
+        self.finite = True  # every scanned S was finite (else the decision re-checks and raises)
+        self.any_tau0 = False  # some trial crossed at the very first step
+        self.tau = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.undecided = torch.ones(batch, dtype=like.dtype, device=dev)
+        self.window = torch.empty((2, n, batch), dtype=like.dtype, device=dev) if capture else None
+        self._thr = torch.tensor(threshold, dtype=like.dtype, device=dev)  # same float32 value as θ
+        self._hit = torch.empty(batch, dtype=like.dtype, device=dev)
+        self._pop_offset = (torch.arange(n, device=dev) * batch).view(n, 1)
+        self._row_offset = torch.tensor([0, n * batch], device=dev).view(2, 1, 1)
+        self._weights = torch.arange(_CHECK, 0, -1, dtype=like.dtype, device=dev).view(-1, 1)
+        self._decided: Tensor | None = None
+
+    @property
+    def decided(self) -> Tensor:
+        """Bool (B,): crossed so far (cached until the next update records a crossing)."""
+        if self._decided is None:
+            self._decided = self.undecided == 0
+        return self._decided
 
     @staticmethod
     def scan(blk: Tensor) -> Tensor:
@@ -242,31 +258,42 @@ class _Crossings:
 
         ``blk`` (K + 1, n, B), contiguous: row 0 is the state before the chunk (trajectory index
         offset − 1, or S(0)), rows 1..K hold trajectory indices offset..offset + K − 1. ``col_max``
-        is ``scan(blk)`` when the caller already has it.
+        is ``scan(blk)`` when the caller already has it (and has checked it is finite).
         """
         steps, n, batch = blk.shape[0] - 1, blk.shape[1], blk.shape[2]
         flat = blk[1:].view(steps, n * batch)
-        per_pop = (self.scan(blk) if col_max is None else col_max).view(n, batch)
-        peak = per_pop[0] if n == 1 else per_pop.amax(dim=0)
-        new = (peak > self.threshold).logical_and_(self.decided.logical_not())
-        idx = new.nonzero().squeeze(1)
+        if col_max is None:
+            col_max = self.scan(blk)
+            self.finite = self.finite and math.isfinite(float(col_max.sum()))
+        per_pop = col_max.view(n, batch)
+        if n == 1:
+            peak = per_pop[0]
+        elif n == 2:
+            peak = torch.maximum(per_pop[0], per_pop[1])
+        else:
+            peak = per_pop.amax(dim=0)
+        idx = torch.gt(peak, self._thr, out=self._hit).mul_(self.undecided).nonzero().squeeze(1)
         if idx.numel() == 0:
             return self.n_decided == self.batch
         # First crossing of the newly decided trials only, as a max: weight step j by K − j (exact in
         # floats for K ≤ 2^24); on CPU this is several times faster than argmax over booleans.
-        cols = (self._pop_offset + idx.view(1, -1)).view(-1)  # (n·m) columns: every population of each
+        cols = (self._pop_offset + idx).view(-1)  # (n·m,) columns: every population of each new trial
         weights = self._weights if steps == _CHECK else self._weights[-steps:]
-        score = (flat.index_select(1, cols) > self.threshold).to(flat.dtype).mul_(weights).amax(dim=0)
-        local = steps - score.view(n, -1).amax(dim=0).long()  # 0..K − 1
+        score = flat.index_select(1, cols).gt_(self._thr).mul_(weights).amax(dim=0)
+        if n > 1:
+            score = score.view(n, -1).amax(dim=0)
+        local = (steps - score).long()  # 0..K − 1
         self.tau.index_copy_(0, idx, local + offset)
-        self.decided.index_fill_(0, idx, True)
+        self.undecided.index_fill_(0, idx, 0.0)
+        self._decided = None
         self.n_decided += idx.numel()
+        if offset == 0:
+            self.any_tau0 = bool((local == 0).any())
         if self.window is not None:
             # Window rows τ − 1, τ are blk rows local, local + 1; τ = 0 keeps [0, 1] (rows 1, 2).
             lo = local.clamp_min(1) if offset == 0 else local
-            rows = lo.view(1, 1, -1) + torch.arange(2, device=lo.device).view(2, 1, 1)
-            pos = (rows * (n * batch) + cols.view(1, n, -1)).view(-1)
-            values = blk.view(-1).index_select(0, pos).view(2, n, -1)
+            pos = (lo * (n * batch)).view(1, 1, -1) + self._row_offset + cols.view(1, n, -1)
+            values = blk.view(-1).index_select(0, pos.view(-1)).view(2, n, -1)
             self.window.index_copy_(2, idx, values)
         return self.n_decided == self.batch
 
@@ -414,8 +441,7 @@ def _integrate(
         if z_store is not None:
             _draw_scaled_noise(z_store[k0:k1], c.cn, spec.generator)
             if ug_store is not None:
-                u_rows = ug_store[0][k0:k1].unbind(0)
-                g_rows = ug_store[1][k0:k1].unbind(0)
+                u_rows, g_rows = (store[k0:k1].unbind(0) for store in ug_store)
         pieces = _noise_pieces(k0, k1, n * batch, split)
         for p, (a, b) in enumerate(pieces):
             if noise_buf is None:
@@ -434,6 +460,7 @@ def _integrate(
                 if not math.isfinite(float(col_max.sum())):
                     advance(c0, s_rows, z_rows, a, replay=True)
                     col_max = _Crossings.scan(blk)
+                    crossings.finite = crossings.finite and math.isfinite(float(col_max.sum()))
                 if crossings.update(blk, c0, col_max) and spec.early_stop:
                     if noise_buf is not None:  # leave the generator where a full-block draw would
                         for a2, b2 in pieces[p + 1 :]:
@@ -460,7 +487,12 @@ class _Run:
 
 
 def _window_decision(
-    window: Tensor, start: Tensor, local_tau: Tensor, decided: Tensor, threshold: Tensor, min_slope: float
+    window: Tensor,
+    start: Tensor,
+    local_tau: Tensor,
+    crossings: _Crossings,
+    threshold: Tensor,
+    min_slope: float,
 ) -> Decision:
     """``first_crossing_multiclass`` on the (2, n, B) windows [start, start + 1], given the crossings.
 
@@ -472,20 +504,28 @@ def _window_decision(
     implicit-gradient helper, so slope clamping and censoring follow its conventions exactly.
     """
     values = window.detach()
-    if not torch.isfinite(values).all():
+    if not crossings.finite and not torch.isfinite(values).all():
         raise PerceptAlignError(
             "the Wong–Wang trajectory contains NaN or infinite values; the parameters are outside the "
             "model's stable range: lower the learning rate or clip gradients, and reload a good checkpoint."
         )
     n, batch = values.shape[1], values.shape[2]
+    decided = crossings.decided
     thr = threshold.detach()
-    at_tau = torch.where((local_tau == 0).view(1, -1), values[0], values[1])  # (n, B)
-    tied = at_tau > thr  # the populations crossing at τ (none for undecided trials)
-    masked = torch.where(tied, at_tau - thr, -math.inf)
-    winner = _first_argmax(masked)
-    fallback = _first_argmax(values[1])
-    choice = torch.where(decided, winner, fallback)
-    n_ties = int((decided & (tied.sum(dim=0) > 1)).sum()) if n > 1 else 0
+    at_tau = values[1]
+    if crossings.any_tau0:
+        at_tau = torch.where((local_tau == 0).view(1, -1), values[0], at_tau)  # (n, B)
+    if n == 1:
+        choice = torch.zeros(batch, dtype=torch.long, device=values.device)
+        n_ties = 0
+    else:
+        tied = at_tau > thr  # the populations crossing at τ (none for undecided trials)
+        winner = _first_argmax(torch.where(tied, at_tau - thr, -math.inf))
+        if crossings.n_decided == crossings.batch:
+            choice = winner
+        else:
+            choice = torch.where(decided, winner, _first_argmax(values[1]))
+        n_ties = int((tied[0] & tied[1]).sum() if n == 2 else (tied.sum(dim=0) > 1).sum())
     level = window.gather(1, choice.view(1, 1, -1).expand(2, 1, batch)).squeeze(1)  # (2, B)
     tau, n_clamped = _implicit_tau(level.t(), threshold.expand(batch), local_tau, decided, min_slope)
     return Decision(
@@ -496,12 +536,14 @@ def _window_decision(
 def _first_argmax(values: Tensor) -> Tensor:
     """Index of the first maximum over dim 0 of (n, B): elementwise for small n, argmax otherwise."""
     n = values.shape[0]
+    if n == 2:
+        return (values[1] > values[0]).long()  # strict: equal values keep the lower index, as argmax does
     if n > 8:
         return values.argmax(dim=0)
     best = values[0]
     index = torch.zeros(values.shape[1], dtype=torch.long, device=values.device)
     for c in range(1, n):
-        better = values[c] > best  # strict: equal values keep the lower index, as argmax does
+        better = values[c] > best
         best = torch.where(better, values[c], best)
         index.masked_fill_(better, c)
     return index
@@ -569,9 +611,11 @@ class _WWAdjoint(torch.autograd.Function):
             one, c1, neg_c1, decay = (torch.tensor(v, **like) for v in (1.0, c.c1, -c.c1, c.decay))
             lam = torch.zeros((n, batch), **like)
             gp, q, w = (torch.empty_like(lam) for _ in range(3))
-            rows = zip(s_buf.unbind(0), z_store.unbind(0), u_store.unbind(0), g_store.unbind(0), strict=False)
+            stores = (s_buf, z_store, u_store, g_store)
+            rows = list(zip(*(x.unbind(0) for x in stores), strict=False))
             q_rows = q_frames.unbind(0)
-            for k, (s, z, u, g) in reversed(list(enumerate(rows))[: last + 1]):
+            for k in range(last, -1, -1):
+                s, z, u, g = rows[k]
                 lam.add_(grad_s[k])  # lam = dL/dS_{k+1}
                 _slope_closed_(u, g, gp, one)
                 patch.apply_(k, gp)
@@ -855,9 +899,7 @@ class _WongWangBase(nn.Module):
             else:
                 index = start.view(1, 1, -1) + torch.arange(2, device=start.device).view(2, 1, 1)
                 window = run.traj.gather(0, index.expand(2, run.traj.shape[1], -1))
-            decision = _window_decision(
-                window, start, tau - start, crossings.decided, threshold, self.min_slope
-            )
+            decision = _window_decision(window, start, tau - start, crossings, threshold, self.min_slope)
         rt = (decision.tau + 1.0) * (run.grid.dt_ms / 1000.0) + self.motor_delay_s.to(decision.tau.dtype)
         return WWOutput(
             rt_s=rt,

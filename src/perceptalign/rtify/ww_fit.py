@@ -34,6 +34,7 @@ Choices and why:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -130,6 +131,7 @@ class WWFitConfig:
     n_eval: int = 2000
     choice_sharpness: float = 10.0
     average_last: float = 0.25
+    max_no_decision: float = 0.2
     learn: tuple[str, ...] = PARAM_NAMES
     init: Mapping[str, float] = field(default_factory=dict)
     sigma_hist: float = 40.0
@@ -158,6 +160,8 @@ class WWFitConfig:
             raise PerceptAlignError(f"lr must be a positive number, got {self.lr!r}.")
         if not (self.acc_weight >= 0 and math.isfinite(self.acc_weight)):
             raise PerceptAlignError(f"acc_weight must be ≥ 0, got {self.acc_weight!r}.")
+        if not 0 < self.max_no_decision <= 1:
+            raise PerceptAlignError(f"max_no_decision must be in (0, 1], got {self.max_no_decision!r}.")
         if not 0 <= self.average_last < 1:
             raise PerceptAlignError(f"average_last must be in [0, 1), got {self.average_last!r}.")
         if not self.choice_sharpness > 0:
@@ -420,6 +424,10 @@ def fit_ww_to_human(
 
     The objective is stochastic, so the returned model holds the AVERAGE of the iterates over the last
     ``config.average_last`` fraction of the steps (Polyak–Ruppert averaging), not the last noisy iterate.
+    A step whose trials leave more than ``config.max_no_decision`` undecided is rolled back (parameters
+    and Adam state of the last healthy step, step size halved): censored trials have no gradient, so
+    once the model stops deciding nothing would bring it back (seen at dt = 5 ms on the human data).
+    Rolled-back iterates are not averaged. ``history`` records the parameters each step simulated with.
 
     ``max_delay_s`` caps the non-decision time (the fastest human RT: a larger delay could not produce
     it); parameters are projected into their box after every step.
@@ -441,32 +449,52 @@ def fit_ww_to_human(
     )
     running = [torch.zeros_like(p) for p in params]
     n_avg = 0
+    snapshot: tuple[list[Tensor], dict[str, Any]] | None = None
+    n_rollbacks = 0
     for step in range(config.steps):
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         out = model(trials.drive, generator=gen, return_trajectories=True, frame_s=trials.frame_s)
         p = straight_through_correct(out, trials.correct_choice, config.choice_sharpness)
         loss, parts = objective_value(out.rt_s, p, out.decided, trials.cond_idx, targets, hist_cfg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        project_parameters(model, bounds)
-        if first_avg is not None and step >= first_avg:
-            n_avg += 1
-            for acc, p in zip(running, params, strict=True):
-                acc.add_(p.detach())
         record = {
             "loss": float(loss.detach()),
             **parts,
             "no_decision_rate": out.no_decision_rate,
-            **ww_parameters(model),
+            **ww_parameters(model),  # the parameters this step's trials were simulated with
+            "rolled_back": 0.0,
         }
+        if out.no_decision_rate > config.max_no_decision and snapshot is not None:
+            # Undecided trials carry no gradient: a step into the no-decision regime cannot be undone by
+            # the optimiser, so go back to the last healthy state and continue with half the step size.
+            with torch.no_grad():
+                for param, saved in zip(params, snapshot[0], strict=True):
+                    param.copy_(saved)
+            opt.load_state_dict(snapshot[1])
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            n_rollbacks += 1
+            record["rolled_back"] = 1.0
+        else:
+            snapshot = ([q.detach().clone() for q in params], copy.deepcopy(opt.state_dict()))
+            if first_avg is not None and step >= first_avg:
+                n_avg += 1
+                for acc, q in zip(running, params, strict=True):
+                    acc.add_(q.detach())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            project_parameters(model, bounds)
         history.append(record)
         if progress is not None:
-            progress("fit WW", step + 1, config.steps, f"loss {record['loss']:.4g}")
-    if n_avg:
-        with torch.no_grad():
-            for acc, p in zip(running, params, strict=True):
-                p.copy_(acc / n_avg)
+            status = f"loss {record['loss']:.4g}" + (f", {n_rollbacks} rollbacks" if n_rollbacks else "")
+            progress("fit WW", step + 1, config.steps, status)
+    with torch.no_grad():
+        if n_avg:
+            for acc, q in zip(running, params, strict=True):
+                q.copy_(acc / n_avg)
+        elif snapshot is not None and history[-1]["rolled_back"]:
+            for q, saved in zip(params, snapshot[0], strict=True):
+                q.copy_(saved)
     return history
 
 

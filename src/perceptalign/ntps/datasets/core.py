@@ -220,15 +220,9 @@ def validate_text_dataset(ds: TextDataset) -> None:
         )
     labels = ds.labels
     if labels.dtype.kind == "f":
-        nan = np.isnan(labels)
-        if nan.any():
-            raise PerceptAlignError(f"{where}: labels are NaN at {_rows(nan)}; drop or label those rows.")
-        frac = labels != np.round(labels)
-        if frac.any():
-            raise PerceptAlignError(
-                f"{where}: labels must be whole class indices, but {_rows(frac)} are fractional; "
-                "map them to integer classes."
-            )
+        _check_whole_numbers(
+            labels, where, "labels must be whole class indices", "map them to integer classes."
+        )
     elif labels.dtype.kind not in "iu":
         raise PerceptAlignError(
             f"{where}: labels must be integer class indices, got dtype {labels.dtype}; "
@@ -250,6 +244,16 @@ def validate_text_dataset(ds: TextDataset) -> None:
     ds.labels = labels.astype(np.int64)
 
 
+def _check_whole_numbers(labels: np.ndarray, where: str, requirement: str, fix: str) -> None:
+    """Float labels must be NaN-free whole numbers; ``requirement`` and ``fix`` word the caller's error."""
+    nan = np.isnan(labels)
+    if nan.any():
+        raise PerceptAlignError(f"{where}: labels are NaN at {_rows(nan)}; drop or label those rows.")
+    frac = labels != np.round(labels)
+    if frac.any():
+        raise PerceptAlignError(f"{where}: {requirement}, but {_rows(frac)} are fractional; {fix}")
+
+
 def encode_string_labels(values: Sequence[object], where: str) -> tuple[np.ndarray, list[str]]:
     """Map labels to indices of their sorted unique string values (whole column, all splits)."""
     missing = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in values])
@@ -266,15 +270,12 @@ def encode_integer_labels(values: np.ndarray, where: str) -> tuple[np.ndarray, l
     """Integer labels stay as they are; classes are 0..max over the whole column (all splits)."""
     values = np.asarray(values)
     if values.dtype.kind == "f":
-        nan = np.isnan(values)
-        if nan.any():
-            raise PerceptAlignError(f"{where}: labels are NaN at {_rows(nan)}; drop or label those rows.")
-        frac = values != np.round(values)
-        if frac.any():
-            raise PerceptAlignError(
-                f"{where}: numeric labels must be whole numbers, but {_rows(frac)} are fractional; "
-                "use integer classes or string class names."
-            )
+        _check_whole_numbers(
+            values,
+            where,
+            "numeric labels must be whole numbers",
+            "use integer classes or string class names.",
+        )
     values = values.astype(np.int64)
     neg = values < 0
     if neg.any():

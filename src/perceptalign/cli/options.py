@@ -1,0 +1,113 @@
+"""Typer option types shared by the `ntps` commands.
+
+Typer reads options from each command's signature, so a flag used by several commands would otherwise
+be spelled out once per command and drift apart. Each option here is defined once: the same flag means
+and reads the same in every command that uses it. Defaults stay in the command signatures (they differ
+between commands, e.g. the training jobs' larger token budget). An option whose meaning differs between
+commands (--split, --out, most --seed and --max-samples) is not shared: each command documents its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# --------------------------------------------------------------------------------------------------
+# model and data: every command that loads a causal LM or a text dataset
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hugging Face causal-LM id, local model directory, or an embedded alias (smollm2-135m).",
+    ),
+]
+DatasetOption = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="Registry name (see `ntps datasets`), hub dataset, or a local .csv/.tsv/.jsonl/.parquet file.",
+    ),
+]
+DtypeOption = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")]
+MaxLengthOption = Annotated[int, typer.Option(help="Truncate texts to this many tokens.")]
+TextColumnOption = Annotated[str | None, typer.Option(help="Text column of a local file (default `text`).")]
+LabelColumnOption = Annotated[
+    str | None, typer.Option(help="Label column of a local file (default `label`).")
+]
+RevisionOption = Annotated[
+    str | None, typer.Option(help="Hub revision (commit, tag or branch) of the model.")
+]
+TrustRemoteCodeOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Allow the model repository's own Python code (off by default; only for models you trust).",
+    ),
+]
+
+# --------------------------------------------------------------------------------------------------
+# feature and statistics extraction: score, probe, peers, study, prescreen
+
+LayersOption = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated hidden-state indices (0 = embeddings, -1 = last); default all."),
+]
+TokenBudgetOption = Annotated[
+    int, typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.")
+]
+FractionsOption = Annotated[
+    str | None, typer.Option(help="Comma-separated fractions f of rank(V) (default 0.05,0.10,…,0.95).")
+]
+TopKOption = Annotated[
+    int,
+    typer.Option(
+        help="Keep this many next-token probabilities per text for NCE/LEEP (renormalised); "
+        "0 = the full distribution."
+    ),
+]
+#: --max-samples of the commands that read each dataset once (peers, study, prescreen).
+MaxSamplesPerDatasetOption = Annotated[
+    int | None, typer.Option(help="Use at most this many texts per dataset (seeded, stratified).")
+]
+#: --seed of the commands whose only randomness is the --max-samples subset.
+SubsetSeedOption = Annotated[int, typer.Option(help="Seed of the --max-samples subsets.")]
+
+# --------------------------------------------------------------------------------------------------
+# training jobs: `ntps lora` and `ntps scratch` (the comparison needs them trained identically)
+
+TrainOutOption = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+StepsOption = Annotated[int, typer.Option(help="Optimizer steps (the paper: 5000 at batch size 1).")]
+BatchSizeOption = Annotated[int, typer.Option(help="Texts per step.")]
+LrOption = Annotated[
+    float, typer.Option(help="Peak learning rate of Adafactor (cosine schedule, 5% warm-up).")
+]
+EvalIntervalOption = Annotated[
+    int, typer.Option(help="Score the held-out set every this many steps (and at the end).")
+]
+TrainSeedOption = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the batch order, the head and adapter initialisation and the --max-samples subsets."
+    ),
+]
+TrainSplitOption = Annotated[str, typer.Option(help="Training split.")]
+EvalSplitOption = Annotated[
+    str,
+    typer.Option(
+        help="Held-out split; when the dataset has no other split, a stratified --eval-fraction of the "
+        "training split is held out."
+    ),
+]
+EvalFractionOption = Annotated[float, typer.Option(help="Held-out fraction of a single-split dataset.")]
+TrainMaxSamplesOption = Annotated[
+    int | None, typer.Option(help="Train on at most this many texts (seeded, stratified).")
+]
+MaxEvalSamplesOption = Annotated[int | None, typer.Option(help="Score at most this many held-out texts.")]
+DeviceOption = Annotated[
+    str, typer.Option(help="Training device: cpu, cuda, cuda:N or mps (NTPS runs on cpu).")
+]

@@ -1,0 +1,92 @@
+"""What the NTPS jobs share: loading the model and dataset a config names; the settings grids pass on.
+
+Every job config (score, probe, peers, lora, scratch) names a model and a dataset with the same fields,
+so loading them (with the same status messages) is written once here. The grid runners (``ntps study``,
+``ntps prescreen``) hand the same extraction settings down to each job they start; that list is
+:data:`EXTRACTION_SETTINGS`, so a setting added to the grids reaches every job alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from perceptalign.ntps.datasets import TextDataset, load_text_dataset
+
+if TYPE_CHECKING:
+    from perceptalign.ntps.models import LoadedModel
+
+StatusCallback = Callable[[str], None]
+
+#: Settings of the feature/statistics extraction that a study or pre-screen passes to each job unchanged.
+EXTRACTION_SETTINGS = (
+    "layers",
+    "max_samples",
+    "max_length",
+    "token_budget",
+    "dtype",
+    "seed",
+    "trust_remote_code",
+)
+
+
+class ModelSource(Protocol):
+    """The model fields of a job config."""
+
+    model: str
+    dtype: str
+    revision: str | None
+    trust_remote_code: bool
+
+
+class DataSource(Protocol):
+    """The dataset fields of a job config that reads one split."""
+
+    dataset: str
+    split: str
+    text_column: str | None
+    label_column: str | None
+    max_samples: int | None
+    seed: int
+
+
+def load_job_model(config: ModelSource, status: StatusCallback) -> LoadedModel:
+    """The causal LM of ``config`` (its dtype, revision and remote-code choice), announced on ``status``."""
+    from perceptalign.ntps.models import load_causal_lm
+
+    status(f"loading model {config.model}")
+    return load_causal_lm(
+        config.model,
+        dtype=config.dtype,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        progress=status,
+    )
+
+
+def load_job_dataset(config: DataSource, status: StatusCallback) -> TextDataset:
+    """The validated split of ``config`` (with its seeded --max-samples subset), announced on ``status``."""
+    status(f"loading dataset {config.dataset} ({config.split})")
+    return load_text_dataset(
+        config.dataset,
+        config.split,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        max_samples=config.max_samples,
+        seed=config.seed,
+    )
+
+
+def extraction_settings(config: Any) -> dict[str, Any]:
+    """The :data:`EXTRACTION_SETTINGS` of a grid config, as keyword arguments of a job config."""
+    return {name: getattr(config, name) for name in EXTRACTION_SETTINGS}
+
+
+__all__ = [
+    "EXTRACTION_SETTINGS",
+    "DataSource",
+    "ModelSource",
+    "extraction_settings",
+    "load_job_dataset",
+    "load_job_model",
+]
