@@ -139,7 +139,11 @@ def test_save_figure(tmp_path: Path) -> None:
 def test_psychometric_chronometric_accepts_a_model_that_never_decides() -> None:
     """A collapsed fit (no decided trial) must still plot: its curves are simply empty."""
     human = pd.DataFrame(
-        {"condition": [1.0, 1.0, 10.0, 10.0], "rt_s": [0.5, 0.7, 0.4, 0.6], "correct": [True, False, True, True]}
+        {
+            "condition": [1.0, 1.0, 10.0, 10.0],
+            "rt_s": [0.5, 0.7, 0.4, 0.6],
+            "correct": [True, False, True, True],
+        }
     )
     fig = psychometric_chronometric(human, {"collapsed": human.assign(decided=False)})
     accuracy_axis = fig.axes[0]

@@ -426,3 +426,201 @@ def test_bad_inputs_raise() -> None:
         WongWangN(0)
     with pytest.raises(PerceptAlignError, match=r"\(3, 3\)"):
         WongWangN(3, J=torch.zeros(2, 2))
+
+
+# ------------------------------------------------------------------------------ fast-path equivalences
+# The hot loop avoids redundant work (rolling buffer, pre-scaled noise, chunked draws, NaN replay,
+# patched slope, elementwise window decision); each shortcut must give exactly what the plain ordering
+# of the same float operations gives, so these tests compare with equality, not tolerances.
+
+
+def _reference_noise(n_steps: int, shape: tuple[int, int], cn: float, rho: float, seed: int) -> torch.Tensor:
+    """Unit OU noise as specified: one randn per 64-step block, z_k = cn·ξ_k + ρ·z_{k−1}, z_{−1} = 0."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty((n_steps, *shape))
+    prev = torch.zeros(shape)
+    for k0 in range(0, n_steps, 64):
+        xi = torch.randn((min(64, n_steps - k0), *shape), generator=gen)
+        for j, x in enumerate(xi):
+            prev = (x * cn).add_(prev, alpha=rho)
+            out[k0 + j] = prev
+    return out
+
+
+@pytest.mark.parametrize("batch,dt", [(7, 1.0), (300, 26.67), (1, 3.0)])
+def test_noise_stream_is_one_randn_per_block_then_exact_ou(batch: int, dt: float) -> None:
+    m = WongWang2(dt_ms=dt, max_time_s=0.5 if dt < 5 else 3.0)
+    traj = m.inference(torch.zeros(batch), generator=torch.Generator().manual_seed(5), return_noise=True)
+    rho = math.exp(-dt / 2.0)
+    want = _reference_noise(traj.noise.shape[1], (2, batch), math.sqrt((1 - rho * rho) / 2), rho, 5)
+    z = (traj.noise / m.sigma.detach()).permute(1, 2, 0)
+    # σz / σ is z up to one rounding of the product and one of the quotient (≤ 2 ulp).
+    torch.testing.assert_close(z, want, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize("per_step", [1, 2, 7, 14, 16, 20_000])
+@pytest.mark.parametrize("steps", [1, 5, 16, 17, 33, 64])
+def test_chunked_prescaled_draws_reproduce_one_randn_times_scale(per_step: int, steps: int) -> None:
+    from perceptalign.rtify.wongwang import _draw_scaled_noise, _noise_pieces
+
+    scale = 0.4321
+    ref = torch.Generator().manual_seed(3)
+    want = torch.randn((steps, per_step), generator=ref) * scale
+    got = torch.empty_like(want)
+    gen = torch.Generator().manual_seed(3)
+    pieces = _noise_pieces(0, steps, per_step, split=True)
+    assert pieces[0][0] == 0 and pieces[-1][1] == steps
+    assert all(a2 == b1 for (_, b1), (a2, _) in itertools.pairwise(pieces))
+    for a, b in pieces:
+        _draw_scaled_noise(got[a:b], scale, gen)
+    assert torch.equal(got, want)  # same stream, same rounding: the installed torch's normal_ layout
+    assert torch.equal(gen.get_state(), ref.get_state())  # and the generator ends where one call leaves it
+
+
+def _decisions(out) -> tuple:
+    d = out.decision
+    return (out.rt_s.detach(), out.choice, out.decided, d.n_ties, d.n_clamped)
+
+
+def _assert_same_decisions(a, b) -> None:
+    for x, y in zip(_decisions(a), _decisions(b), strict=True):
+        assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+
+
+@pytest.mark.parametrize(
+    "n_pop,dt,tmax,threshold",
+    [(2, 1.0, 0.7, 0.5), (2, 26.67, 2.0, 0.5), (3, 5.0, 1.0, 0.5), (1, 2.0, 0.2, 0.3), (2, 1.0, 0.05, 0.1)],
+)
+def test_decision_only_run_equals_full_trajectory_and_training_paths(
+    n_pop: int, dt: float, tmax: float, threshold: float
+) -> None:
+    # Mixed batch: fast and slow deciders, undecided trials (short tmax), τ = 0 crossings (θ = 0.1 is
+    # exceeded at the first step), an odd batch size and a partial last chunk.
+    torch.manual_seed(0)
+    drive = 1.0 + 0.3 * torch.rand(301, n_pop)
+    m = WongWangN(n_pop, dt_ms=dt, max_time_s=tmax, threshold=threshold)
+    with torch.no_grad():
+        rolling = m(drive, generator=torch.Generator().manual_seed(1))
+        full = m(drive, generator=torch.Generator().manual_seed(1), return_trajectories=True)
+    trained = m(drive, generator=torch.Generator().manual_seed(1))  # adjoint path, full store
+    assert trained.rt_s.requires_grad
+    _assert_same_decisions(rolling, full)
+    _assert_same_decisions(rolling, trained)
+    ref = first_crossing_multiclass(full.trajectories, m.threshold.detach())
+    assert torch.equal(rolling.decision.tau, ref.tau) and torch.equal(rolling.choice, ref.choice)
+    assert rolling.decision.n_ties == ref.n_ties and rolling.decision.n_clamped == ref.n_clamped
+    if threshold == 0.1:
+        assert (rolling.decision.tau == 0).any()
+    elif tmax < 1.0:
+        assert 0 < rolling.no_decision_rate < 1
+
+
+def test_ties_and_overshoot_rule_match_the_decision_module() -> None:
+    # σ = 0 and two equally driven populations per trial: both cross θ at the same step (a tie); the
+    # larger overshoot wins (they can differ by an ulp through the coupling's summation order), then the
+    # lower index. The weaker third population never wins.
+    m = WongWangN(3, dt_ms=5.0, max_time_s=1.5, sigma=0.0, threshold=0.3)
+    drive = torch.tensor([[1.5, 1.5, 1.0], [1.0, 1.5, 1.5], [1.5, 1.0, 1.5]]).repeat(5, 1)
+    with torch.no_grad():
+        out = m(drive, generator=torch.Generator().manual_seed(0))
+        full = m(drive, generator=torch.Generator().manual_seed(0), return_trajectories=True)
+    ref = first_crossing_multiclass(full.trajectories, m.threshold.detach())
+    assert out.decided.all() and out.decision.n_ties == ref.n_ties == 15
+    assert torch.equal(out.choice, ref.choice) and torch.equal(out.decision.tau, ref.tau)
+    assert all(drive[i, c] == 1.5 for i, c in enumerate(out.choice.tolist()))
+
+
+def test_first_argmax_keeps_the_first_maximum() -> None:
+    from perceptalign.rtify.wongwang import _first_argmax
+
+    for n in (2, 3, 9):
+        values = torch.randint(0, 3, (n, 500)).float()
+        values[:, :5] = -math.inf
+        assert torch.equal(_first_argmax(values), values.argmax(dim=0))  # argmax: first maximal index
+
+
+def test_early_stop_leaves_the_generator_where_full_block_draws_would() -> None:
+    # Later calls sharing the generator must see the same stream whatever the stopping point.
+    m = WongWang2(dt_ms=1.0, max_time_s=2.0)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        out = m(torch.full((50,), 51.2), generator=gen)
+    blocks = int(out.decision.tau.max()) // 64 + 1
+    assert out.decided.all() and blocks < 2000 // 64  # it did stop early
+    ref = torch.Generator().manual_seed(9)
+    for _ in range(blocks):
+        torch.randn(64 * 2 * 50, generator=ref)
+    assert torch.equal(gen.get_state(), ref.get_state())
+
+
+def _zero_input_current_i0() -> float:
+    """An I₀ (float64) with −(a d I₀ − b d) == 0 exactly, so u = 0 every step when J = σ = 0, no input."""
+    ad, bd = A * D, B_ * D
+    i0 = bd / ad
+    for _ in range(1000):
+        v = i0 * -ad + bd
+        if v == 0.0:
+            return i0
+        i0 = math.nextafter(i0, math.inf if v > 0 else -math.inf)
+    raise AssertionError("no exact zero found")
+
+
+def test_exact_zero_input_is_replayed_with_the_limit_rate() -> None:
+    # u = 0 exactly makes g = u/expm1(u) = 0/0; the loop does not screen it per step but replays the
+    # chunk with the limit g = 1 (H = 1/d). S then follows the deterministic Euler recursion below.
+    dt = 2.0
+    m = WongWangN(1, J=torch.zeros(1, 1), dt_ms=dt, max_time_s=0.4, stim_duration_s=0.0, sigma=0.0)
+    m = m.double()
+    with torch.no_grad():
+        m.I0.fill_(_zero_input_current_i0())
+    traj = m.inference(torch.zeros(4, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    s, want = 0.1, []
+    for _ in range(traj.S.shape[1]):
+        s = s + dt * (-s / 100.0 + (1 - s) * 0.641 * (1 / D) / 1000.0)
+        want.append(s)
+    want_t = torch.tensor(want, dtype=torch.float64).expand(4, -1)
+    torch.testing.assert_close(traj.S[..., 0], want_t, rtol=1e-12, atol=0)  # float64 round-off only
+    with torch.no_grad():
+        out = m(torch.zeros(4, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    first = int((want_t[0] > 0.5).nonzero()[0]) if (want_t[0] > 0.5).any() else None
+    assert torch.isfinite(out.rt_s).all()
+    assert (
+        (out.decided.all() and int(out.decision.tau[0]) == first)
+        if first is not None
+        else not out.decided.any()
+    )
+    # The training path stores g and must see the same replayed values.
+    mg = WongWangN(1, J=torch.zeros(1, 1), dt_ms=dt, max_time_s=0.4, stim_duration_s=0.0, sigma=0.0).double()
+    with torch.no_grad():
+        mg.I0.fill_(m.I0.item())
+    tr = mg.inference(torch.zeros(4, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    assert tr.S.requires_grad and torch.equal(tr.S.detach(), traj.S)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_patched_slope_is_bit_identical_to_the_blended_one(dtype: torch.dtype) -> None:
+    from perceptalign.rtify.wongwang import _slope_closed_, _SlopePatch
+
+    torch.manual_seed(0)
+    u = torch.cat([torch.randn(3000, dtype=dtype) * 0.03, torch.randn(3000, dtype=dtype) * 3]).view(
+        3, 2, 1000
+    )
+    u.view(-1)[:7] = torch.tensor([0.0, -0.0, 0.0199, -0.0199, 0.02, -0.02, 1e-30], dtype=dtype)
+    g = (u / torch.expm1(u)).nan_to_num_(nan=1.0)
+    patch = _SlopePatch(u, g)
+    one = torch.tensor(1.0, dtype=dtype)
+    for k in range(3):
+        got = torch.empty_like(u[k])
+        _slope_closed_(u[k], g[k], got, one)
+        patch.apply_(k, got)
+        want = torch.empty_like(u[k])
+        scratch = [torch.empty_like(u[k]) for _ in range(3)]
+        _slope_from_gain_(u[k], g[k], want, *scratch)
+        assert torch.equal(got, want)
+    assert len(patch.values) > 100  # the series region was exercised
+
+
+def test_bad_min_slope_raises() -> None:
+    for bad in (0.0, -1e-3, math.inf, math.nan):
+        with pytest.raises(PerceptAlignError, match="min_slope"):
+            WongWang2(min_slope=bad)
