@@ -123,13 +123,13 @@ def wong_wang_rate(
 
 
 def _slope_from_gain_(u: Tensor, g: Tensor, out: Tensor, small: Tensor, us: Tensor, p: Tensor) -> Tensor:
-    """dg/dv at v = −u into ``out``, given g = g(v) (adjoint path; ``small``/``us``/``p`` are scratch).
+    """dg/dv at v = −u into ``out``, given g = g(v) (reference; ``small``/``us``/``p`` are scratch).
 
     Closed form g' = g(g + u − 1)/u (from g(v) − g(−v) = v) cancels near u = 0, so |u| < 0.02 uses the
     series 1/2 + v/6 − v³/180 (first omitted term v⁵/5040 < 1e-12 there; the closed form loses at most
-    eps/0.02 outside). Blended arithmetically with a 0/1 mask: on CPU a boolean select costs ~20
-    elementwise ops, and this runs once per step of the backward sweep; the series is evaluated at
-    u·mask so the unused branch stays finite.
+    eps/0.02 outside). Blended arithmetically with a 0/1 mask so the unused branch stays finite. This
+    defines the adjoint's slope values; the adjoint itself gets the same values cheaper from
+    ``_slope_closed_`` plus ``_SlopePatch``.
     """
     torch.abs(u, out=us)
     torch.lt(us, _SLOPE_CUTOFF, out=small)
@@ -172,7 +172,7 @@ class _SlopePatch:
         found = []
         for k0 in range(0, steps, _BLOCK):  # bounded temporaries
             part = flat_u[k0 * per_step : min(steps, k0 + _BLOCK) * per_step]
-            mask = part.abs().lt_(_SLOPE_CUTOFF).to(torch.bool)  # float compare + cast: ~2× a bool compare
+            mask = part.abs().lt_(_SLOPE_CUTOFF).to(torch.bool)  # float compare + cast: 2× faster than bool
             found.append(mask.nonzero().squeeze(1) + k0 * per_step)
         index = torch.cat(found)
         self.values = _slope_series_values(flat_u[index], g_all.reshape(-1)[index])
