@@ -201,6 +201,7 @@ def test_cli_pixel_rdm(cli_files: tuple[Path, Path], tmp_path: Path) -> None:
     res = runner.invoke(
         rtify_app,
         ["pixel-rdm", "--backbone", str(backbone), "--out", str(tmp_path), "--data", str(csv), *TINY],
+        env={"COLUMNS": "200"},  # wide enough that rich does not wrap the method names of the table
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pixel_rdm.md").is_file() and "RTify head self-penalised" in res.output

@@ -4,6 +4,7 @@ caching, and the property every RDM observer must have (accuracy grows with cohe
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,10 +98,12 @@ def test_trained_gru_accuracy_increases_with_coherence(trained: tuple[GRUBackbon
     assert acc[12.8] > 0.5 + 5 * 0.025
 
 
-def test_gru_weights_are_cached_and_keyed(trained: tuple[GRUBackbone, dict], tmp_path_factory) -> None:
+def test_gru_weights_are_cached_and_keyed(trained: tuple[GRUBackbone, dict]) -> None:
     model, info = trained
     assert info["cached"] is False
-    again, info2 = load_or_train_gru(TINY_TASK, TINY_GRU, cache=tmp_path_factory.getbasetemp() / "gru0")
+    # The fixture's own cache folder (its temp name depends on which other tests made a "gru" folder first).
+    cache = Path(info["path"]).parent
+    again, info2 = load_or_train_gru(TINY_TASK, TINY_GRU, cache=cache)
     assert info2["cached"] is True and info2["path"] == info["path"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name])

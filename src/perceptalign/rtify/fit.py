@@ -93,11 +93,6 @@ METHOD_LABELS = {
     "entropy": "entropy threshold",
     "evidential": "evidential",
     "ddm": "DDM",
-    "ww-coherence": "Wong–Wang (coherence input)",
-    "ww-frames": "Wong–Wang (backbone frame logits)",
-    "ww-clip": "Wong–Wang (backbone clip logit)",
-    "rtify-head-human": "RTify head on backbone (human fit)",
-    "rtify-head-self-penalty": "RTify head on backbone, self-penalised",
 }
 
 
