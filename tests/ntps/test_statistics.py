@@ -81,11 +81,29 @@ def test_streaming_equals_dense_formula_float64(side: str) -> None:
         assert torch.equal(stats[layer].M_xx, stats[layer].M_xx.T)
 
 
+@pytest.mark.parametrize("side", ["right", "left", "holes"])
+@pytest.mark.parametrize("T", [51, 53, 5, 67])
+def test_odd_batch_widths_scan_in_place_and_match(side: str, T: int) -> None:
+    """T with no preferred chunk dividing it: a divisor chunk (51 = 3·17), the whole row (53, 5), or,
+    for a prime above 64, the padded fallback (67) — all equal to the dense formula."""
+    lengths = [T, max(1, T - 9), 1, T, max(1, T // 2)]
+    hidden, mask, labels = make_batch(lengths, T, side, seed=T)
+    plan = _BatchPlan(mask.bool(), labels, C)
+    assert (plan.padded_T == T) == (T != 67)
+    acc = StatisticsAccumulator(LAYERS, D, C)
+    acc.update(hidden, mask, labels)
+    for layer, h in zip(LAYERS, hidden, strict=True):
+        ref = dense(h, mask, labels)
+        for key in STAT_KEYS:
+            # Same float64 terms summed in another order: ~n·eps relative.
+            assert max_rel_err(getattr(acc.finalize()[layer], key), getattr(ref, key)) < 1e-10, (layer, key)
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("T", [64, 61, 40])
 def test_dense_batches_use_copy_free_path_and_match(side: str, T: int) -> None:
-    # Length-sorted batches (little padding) take the shifted-row path; T = 61 / 40 pick a shorter scan
-    # chunk (16 / 8) to avoid padding rows.
+    # Length-sorted batches (little padding) take the shifted-row path; T = 40 picks the chunk 8 and
+    # T = 61 (prime, ≤ 64) one chunk of the whole row, so neither pads rows.
     lengths = [T, T, T - 1, T, T - 2, T]
     hidden, mask, labels = make_batch(lengths, T, side, seed=T)
     plan = _BatchPlan(mask.bool(), labels, C)

@@ -473,7 +473,7 @@ class _BatchPlan:
         self.lengths = mask.sum(dim=1)
         # Scan chunk: among the chunk lengths that pad T least, the preferred one (padding rows cost
         # product flops, and T a multiple of the chunk allows the copy-free scan).
-        self.chunk = min(_SCAN_CHUNKS, key=lambda c: (-(-T // c) * c, _SCAN_CHUNKS.index(c)))
+        self.chunk = _scan_chunk(T)
         self.padded_T = Tp = -(-T // self.chunk) * self.chunk
         pos = torch.arange(T, device=device)
         first = torch.where(mask, pos, T).amin(dim=1)
@@ -511,6 +511,24 @@ class _BatchPlan:
             cols = self.mask.view(B, self.T // c, 1, c).to(dtype)
             self._tril[key] = self.tril(dtype) * cols
         return self._tril[key]
+
+
+def _scan_chunk(T: int) -> int:
+    """Chunk length of the prefix scan for a batch padded to T positions.
+
+    The preferred chunks (16, 32, 8) when one divides T. Otherwise a divisor of T in [8, 64] nearest 16,
+    or T itself when T ≤ 64: a chunk that divides T lets the scan read the hidden states in place, while
+    padding T up to a chunk multiple forces a masked copy of the whole batch, which measured ~3× the cost
+    of a c = 64 scan (1.6 ms vs 0.5 ms per layer at 40×51×576, 1 thread). Only T > 64 with no divisor in
+    [8, 64] (e.g. a prime) falls back to padding.
+    """
+    best = min(_SCAN_CHUNKS, key=lambda c: (-(-T // c) * c, _SCAN_CHUNKS.index(c)))
+    if T % best == 0:
+        return best
+    divisors = [c for c in range(8, 65) if T % c == 0]
+    if divisors:
+        return min(divisors, key=lambda c: (abs(c - 16), c))
+    return T if T <= 64 else best
 
 
 def _flat_rows(mask: Tensor, row_length: int) -> Tensor:
