@@ -97,8 +97,10 @@ def test_pooling_does_not_depend_on_padding(tiny_gpt2_left):
     loaded = load_causal_lm(str(tiny_gpt2_left))
     texts = ["the film was great", "awful", "a very long and really boring story of the plot"]
     data = EncodedTexts(
-        [loaded.tokenizer(t)["input_ids"] for t in texts], torch.tensor([1, 0, 0]),
-        int(loaded.tokenizer.pad_token_id), loaded.padding_side,
+        [loaded.tokenizer(t)["input_ids"] for t in texts],
+        torch.tensor([1, 0, 0]),
+        int(loaded.tokenizer.pad_token_id),
+        loaded.padding_side,
     )
     model = SequenceClassifier(loaded.model, loaded.hidden_size, 2).eval()
     with torch.no_grad():
@@ -188,8 +190,13 @@ def test_split_column_provides_the_held_out_set(tmp_path):
 
 
 def test_bad_training_options_are_refused(toy_csv):
-    cases = [({"steps": 0}, "--steps"), ({"batch_size": 0}, "--batch-size"), ({"lr": 0.0}, "--lr"),
-             ({"lr": float("nan")}, "--lr"), ({"eval_interval": 0}, "--eval-interval")]
+    cases = [
+        ({"steps": 0}, "--steps"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr": 0.0}, "--lr"),
+        ({"lr": float("nan")}, "--lr"),
+        ({"eval_interval": 0}, "--eval-interval"),
+    ]
     for kwargs, option in cases:
         with pytest.raises(PerceptAlignError, match=option):
             TrainConfig(**kwargs).validate()

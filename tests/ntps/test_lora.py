@@ -174,9 +174,13 @@ def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_
 
     out = tmp_path / "lora"
     config = LoraJobConfig(
-        model=str(tiny_llama), dataset=str(toy400_csv), out=out, max_length=64,
+        model=str(tiny_llama),
+        dataset=str(toy400_csv),
+        out=out,
+        max_length=64,
         train=TrainConfig(steps=150, batch_size=8, lr=1e-2, eval_interval=50),
-        lora=LoraSettings(r=8, alpha=16), ntps_settings=FAST_NTPS,
+        lora=LoraSettings(r=8, alpha=16),
+        ntps_settings=FAST_NTPS,
     )
     result = run_lora(config)
     data = json.loads((out / "lora.json").read_text())
@@ -193,8 +197,15 @@ def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_
     assert data["lora"]["train_loss_last"] < data["lora"]["train_loss_first"]
     assert data["ntps_before"]["layers"] == [0, 2] and np.asarray(data["ntps_after"]["ntps"]).shape == (2, 3)
     assert data["ntps_before"]["ntps"][0] == data["ntps_after"]["ntps"][0]
-    for name in ("lora_training.png", "ntps_before_after.png", "head.safetensors", "linear_head.safetensors",
-                 "adapter/adapter_config.json", "ntps_before_lora.json", "ntps_after_lora.json"):
+    for name in (
+        "lora_training.png",
+        "ntps_before_after.png",
+        "head.safetensors",
+        "linear_head.safetensors",
+        "adapter/adapter_config.json",
+        "ntps_before_lora.json",
+        "ntps_after_lora.json",
+    ):
         assert (out / name).is_file(), name
     head = load_tensors(out / "head.safetensors")
     assert head["weight"].shape == (2, 32) and head["bias"].shape == (2,)
@@ -214,8 +225,13 @@ def test_lora_job_beats_chance_saves_a_reloadable_adapter_and_reports_ntps(tiny_
 def test_rerun_reuses_the_before_statistics(tiny_llama, toy_csv, tmp_path):
     out = tmp_path / "again"
     make = lambda: LoraJobConfig(  # noqa: E731
-        model=str(tiny_llama), dataset=str(toy_csv), out=out, max_length=64, linear_baseline=False,
-        train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_interval=3), ntps_settings=FAST_NTPS,
+        model=str(tiny_llama),
+        dataset=str(toy_csv),
+        out=out,
+        max_length=64,
+        linear_baseline=False,
+        train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_interval=3),
+        ntps_settings=FAST_NTPS,
     )
     first = run_lora(make()).results
     second = run_lora(make()).results
@@ -226,8 +242,11 @@ def test_rerun_reuses_the_before_statistics(tiny_llama, toy_csv, tmp_path):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [(LoraSettings(r=0), "--r"), (LoraSettings(alpha=0), "--alpha"),
-     (LoraSettings(dropout=1.0), "--lora-dropout")],
+    [
+        (LoraSettings(r=0), "--r"),
+        (LoraSettings(alpha=0), "--alpha"),
+        (LoraSettings(dropout=1.0), "--lora-dropout"),
+    ],
 )
 def test_bad_lora_settings_are_refused(settings, message):
     with pytest.raises(PerceptAlignError, match=message):
@@ -235,8 +254,9 @@ def test_bad_lora_settings_are_refused(settings, message):
 
 
 def test_bad_job_options_fail_before_any_work(tiny_llama, toy_csv, tmp_path):
-    config = LoraJobConfig(model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "x",
-                           train=TrainConfig(steps=0))
+    config = LoraJobConfig(
+        model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "x", train=TrainConfig(steps=0)
+    )
     with pytest.raises(PerceptAlignError, match="--steps"):
         run_lora(config)
     assert not (tmp_path / "x").exists()
@@ -244,9 +264,32 @@ def test_bad_job_options_fail_before_any_work(tiny_llama, toy_csv, tmp_path):
 
 def test_cli_lora_end_to_end(tiny_llama, toy_csv, tmp_path):
     out = tmp_path / "cli"
-    args = ["ntps", "lora", "--model", str(tiny_llama), "--dataset", str(toy_csv), "--out", str(out),
-            "--steps", "20", "--batch-size", "4", "--eval-interval", "10", "--lr", "1e-3", "--r", "4",
-            "--layers", "0,-1", "--fractions", "0.5", "--max-length", "64"]
+    args = [
+        "ntps",
+        "lora",
+        "--model",
+        str(tiny_llama),
+        "--dataset",
+        str(toy_csv),
+        "--out",
+        str(out),
+        "--steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--eval-interval",
+        "10",
+        "--lr",
+        "1e-3",
+        "--r",
+        "4",
+        "--layers",
+        "0,-1",
+        "--fractions",
+        "0.5",
+        "--max-length",
+        "64",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "lora.json").read_text())
@@ -257,8 +300,16 @@ def test_cli_lora_end_to_end(tiny_llama, toy_csv, tmp_path):
 
 
 def test_cli_reports_bad_target_module_and_steps(tiny_llama, toy_csv, tmp_path):
-    base = ["ntps", "lora", "--model", str(tiny_llama), "--dataset", str(toy_csv),
-            "--out", str(tmp_path / "o")]
+    base = [
+        "ntps",
+        "lora",
+        "--model",
+        str(tiny_llama),
+        "--dataset",
+        str(toy_csv),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     result = CliRunner().invoke(app, [*base, "--target-modules", "q_proj,nope", "--steps", "2"])
     assert result.exit_code == 2 and "nope" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, [*base, "--steps", "0"])

@@ -40,7 +40,11 @@ def test_random_init_differs_from_the_pretrained_weights_and_is_seeded(tiny_llam
 def test_scratch_job_trains_every_weight_and_lowers_the_loss(tiny_llama, toy_csv, tmp_path):
     out = tmp_path / "scratch"
     config = ScratchJobConfig(
-        model=str(tiny_llama), dataset=str(toy_csv), out=out, max_length=64, save_model=True,
+        model=str(tiny_llama),
+        dataset=str(toy_csv),
+        out=out,
+        max_length=64,
+        save_model=True,
         train=TrainConfig(steps=60, batch_size=8, lr=1e-2, eval_interval=30, seed=7),
     )
     result = run_scratch(config)
@@ -51,8 +55,12 @@ def test_scratch_job_trains_every_weight_and_lowers_the_loss(tiny_llama, toy_csv
     # The toy classes are separable by word identity: 60 steps must take the loss well below ln 2.
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
     assert [h["step"] for h in data["scratch"]["eval_history"]] == [30, 60]
-    for name in ("scratch_head.safetensors", "scratch_training.png", "scratch_model/config.json",
-                 "scratch_model/head.safetensors"):
+    for name in (
+        "scratch_head.safetensors",
+        "scratch_training.png",
+        "scratch_model/config.json",
+        "scratch_model/head.safetensors",
+    ):
         assert (out / name).is_file(), name
     # The saved model is the trained one, not the pretrained one.
     saved = _weights(load_causal_lm(str(out / "scratch_model")).model)
@@ -61,17 +69,35 @@ def test_scratch_job_trains_every_weight_and_lowers_the_loss(tiny_llama, toy_csv
 
 
 def test_scratch_rejects_bad_options(tiny_llama, toy_csv, tmp_path):
-    config = ScratchJobConfig(model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "s",
-                              train=TrainConfig(batch_size=0))
+    config = ScratchJobConfig(
+        model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "s", train=TrainConfig(batch_size=0)
+    )
     with pytest.raises(PerceptAlignError, match="--batch-size"):
         run_scratch(config)
 
 
 def test_cli_scratch_end_to_end(tiny_llama, toy_csv, tmp_path):
     out = tmp_path / "cli"
-    args = ["ntps", "scratch", "--model", str(tiny_llama), "--dataset", str(toy_csv), "--out", str(out),
-            "--steps", "20", "--batch-size", "4", "--eval-interval", "10", "--lr", "1e-3",
-            "--max-length", "64"]
+    args = [
+        "ntps",
+        "scratch",
+        "--model",
+        str(tiny_llama),
+        "--dataset",
+        str(toy_csv),
+        "--out",
+        str(out),
+        "--steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--eval-interval",
+        "10",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "64",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "scratch.json").read_text())

@@ -211,9 +211,20 @@ def test_miniature_study_end_to_end_stores_exactly_the_job_outputs(
 
 
 def test_lora_cell_stores_the_gain_and_ntps_before_after(tiny_llama, toy_csv, tmp_path):
-    config = StudyConfig(models=[str(tiny_llama)], datasets=[str(toy_csv)], out=tmp_path, measures=["lora"],
-                         layers=[0, -1], fractions=[0.5, 1.0], max_length=64, lora_steps=3,
-                         lora_batch_size=4, lora_lr=1e-3, lora_r=4, lora_alpha=4.0)
+    config = StudyConfig(
+        models=[str(tiny_llama)],
+        datasets=[str(toy_csv)],
+        out=tmp_path,
+        measures=["lora"],
+        layers=[0, -1],
+        fractions=[0.5, 1.0],
+        max_length=64,
+        lora_steps=3,
+        lora_batch_size=4,
+        lora_lr=1e-3,
+        lora_r=4,
+        lora_alpha=4.0,
+    )
     result = run_study(config)
     assert not result.failed, result.failed
     saved = json.loads((cell_dir(tmp_path, str(tiny_llama), str(toy_csv)) / "lora" / "lora.json").read_text())
@@ -223,6 +234,9 @@ def test_lora_cell_stores_the_gain_and_ntps_before_after(tiny_llama, toy_csv, tm
         block = saved[f"ntps_{when}"]
         for i, layer in enumerate(block["layers"]):
             for j, f in enumerate(block["fractions"]):
-                hit = table[(table["metric"] == f"ntps_{when}_lora") & (table["layer"] == layer)
-                            & np.isclose(table["config"], f)]
+                hit = table[
+                    (table["metric"] == f"ntps_{when}_lora")
+                    & (table["layer"] == layer)
+                    & np.isclose(table["config"], f)
+                ]
                 assert hit["value"].tolist() == [block["ntps"][i][j]]

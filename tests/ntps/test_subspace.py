@@ -328,8 +328,11 @@ def test_ntps_invariant_to_rescaling_hidden_states(c: float) -> None:
     base = ntps_for_layer(**_layer(17), reference=False)
     scaled = ntps_for_layer(**_transformed(17, c * np.eye(16)), reference=False)
     assert scaled.ks == base.ks and scaled.k_u == base.k_u
-    for a, b in ((scaled.ntps, base.ntps), (scaled.ntps_orthonormal, base.ntps_orthonormal),
-                 (scaled.ntps_probe, base.ntps_probe)):
+    for a, b in (
+        (scaled.ntps, base.ntps),
+        (scaled.ntps_orthonormal, base.ntps_orthonormal),
+        (scaled.ntps_probe, base.ntps_probe),
+    ):
         np.testing.assert_allclose(a, b, atol=1e-9)
 
 
@@ -357,8 +360,9 @@ def test_general_invertible_map_of_hidden_states() -> None:
     np.testing.assert_allclose(b.values[:3], a.values[:3], rtol=1e-6)  # κ(A)≈1e2 enters squared: ~1e-8 here
     A_inv_t = np.linalg.inv(A).T
     for j in range(3):  # distinct eigenvalues: compare 1-D spans
-        np.testing.assert_allclose(_projector(b.vectors[:, [j]]), _projector(A_inv_t @ a.vectors[:, [j]]),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            _projector(b.vectors[:, [j]]), _projector(A_inv_t @ a.vectors[:, [j]]), atol=1e-6
+        )
     va, vb = autoregressive_subspace(s["C0"], s["C1"]), autoregressive_subspace(t["C0"], t["C1"])
     assert np.max(np.abs(vb.values / va.values - 1)) > 0.1
     base = ntps_for_layer(**s, reference=False)

@@ -60,39 +60,50 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     try:
         arr = np.array(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise PerceptAlignError(f"{name} could not be read as a float matrix ({exc}); pass a numeric "
-                                "numpy array or torch tensor.") from exc
+        raise PerceptAlignError(
+            f"{name} could not be read as a float matrix ({exc}); pass a numeric numpy array or torch tensor."
+        ) from exc
     if arr.ndim != 2:
-        raise PerceptAlignError(f"{name} must be a 2-D matrix, got shape {arr.shape}; pass the d×d / d×C "
-                                "statistic itself, not a batch or a flattened vector.")
+        raise PerceptAlignError(
+            f"{name} must be a 2-D matrix, got shape {arr.shape}; pass the d×d / d×C "
+            "statistic itself, not a batch or a flattened vector."
+        )
     if arr.size == 0:
-        raise PerceptAlignError(f"{name} is empty (shape {arr.shape}); recompute the statistics on "
-                                "non-empty data.")
+        raise PerceptAlignError(
+            f"{name} is empty (shape {arr.shape}); recompute the statistics on non-empty data."
+        )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise PerceptAlignError(f"{name} contains {bad} NaN/inf entries; the statistics are corrupt — "
-                                "recompute them (in float64) and check the hidden states for overflow.")
+        raise PerceptAlignError(
+            f"{name} contains {bad} NaN/inf entries; the statistics are corrupt — "
+            "recompute them (in float64) and check the hidden states for overflow."
+        )
     return arr
 
 
 def _check_square(B: np.ndarray, name: str) -> None:
     if B.shape[0] != B.shape[1]:
-        raise PerceptAlignError(f"{name} must be square, got shape {B.shape}; pass the d×d "
-                                "second-moment matrix.")
+        raise PerceptAlignError(
+            f"{name} must be square, got shape {B.shape}; pass the d×d second-moment matrix."
+        )
 
 
 def _check_pair(M: np.ndarray, B: np.ndarray, m_name: str, b_name: str) -> None:
     _check_square(B, b_name)
     if M.shape[0] != B.shape[0]:
-        raise PerceptAlignError(f"{m_name} has {M.shape[0]} rows but {b_name} is {B.shape[0]}×{B.shape[1]}; "
-                                "both must come from the same layer of the same model.")
+        raise PerceptAlignError(
+            f"{m_name} has {M.shape[0]} rows but {b_name} is {B.shape[0]}×{B.shape[1]}; "
+            "both must come from the same layer of the same model."
+        )
 
 
 def _symmetrized(B: np.ndarray, name: str) -> np.ndarray:
     scale = float(np.max(np.abs(B)))
     if float(np.max(np.abs(B - B.T))) > _SYM_RTOL * max(scale, np.finfo(np.float64).tiny):
-        raise PerceptAlignError(f"{name} is not symmetric; it must be a second-moment matrix such as M_xx "
-                                "or C0 (did you pass C1 or M_xy in its place?).")
+        raise PerceptAlignError(
+            f"{name} is not symmetric; it must be a second-moment matrix such as M_xx "
+            "or C0 (did you pass C1 or M_xy in its place?)."
+        )
     return 0.5 * (B + B.T)
 
 
@@ -127,8 +138,9 @@ def _whitener(B: np.ndarray, rtol: float | None, ridge: float, name: str) -> tup
     if ridge < 0 or not math.isfinite(ridge):
         raise PerceptAlignError(f"ridge must be a finite number ≥ 0, got {ridge}.")
     if rtol is not None and not (0 <= rtol < 1):
-        raise PerceptAlignError(f"rtol must be in [0, 1), got {rtol}; it is the eigenvalue cut-off "
-                                "relative to λ_max.")
+        raise PerceptAlignError(
+            f"rtol must be in [0, 1), got {rtol}; it is the eigenvalue cut-off relative to λ_max."
+        )
     B = _symmetrized(B, name)
     if ridge > 0:
         # Ridge relative to the mean eigenvalue trace(B)/d, so that one ridge value means the same for
@@ -137,13 +149,17 @@ def _whitener(B: np.ndarray, rtol: float | None, ridge: float, name: str) -> tup
     lam, Q = np.linalg.eigh(B)
     lam_max = float(lam[-1])
     if lam_max <= 0:
-        raise PerceptAlignError(f"{name} has no positive eigenvalue (it is zero or negative definite); "
-                                "the statistics hold no data — check that the texts are non-empty (and, "
-                                "for C0, that some have at least two tokens).")
+        raise PerceptAlignError(
+            f"{name} has no positive eigenvalue (it is zero or negative definite); "
+            "the statistics hold no data — check that the texts are non-empty (and, "
+            "for C0, that some have at least two tokens)."
+        )
     if float(lam[0]) < -_PSD_SLACK * lam_max:
-        raise PerceptAlignError(f"{name} is not positive semidefinite (λ_min/λ_max = "
-                                f"{lam[0] / lam_max:.3g}); it must be an uncentered second-moment matrix "
-                                "such as M_xx or C0.")
+        raise PerceptAlignError(
+            f"{name} is not positive semidefinite (λ_min/λ_max = "
+            f"{lam[0] / lam_max:.3g}); it must be an uncentered second-moment matrix "
+            "such as M_xx or C0."
+        )
     factor = d * _EPS if rtol is None else rtol
     keep = lam > lam_max * factor
     lam_k, Q_k = lam[keep], Q[:, keep]
@@ -171,9 +187,7 @@ def generalized_top_eigenvectors(
     return _solve(M_, B_, rtol=rtol, ridge=ridge, b_name="B")
 
 
-def _solve(
-    M: np.ndarray, B: np.ndarray, *, rtol: float | None, ridge: float, b_name: str
-) -> Subspace:
+def _solve(M: np.ndarray, B: np.ndarray, *, rtol: float | None, ridge: float, b_name: str) -> Subspace:
     W, cond_sqrt = _whitener(B, rtol, ridge, b_name)
     u, s, _ = np.linalg.svd(W.T @ M, full_matrices=False)
     r = W.shape[1]
@@ -206,8 +220,9 @@ def autoregressive_subspace(C0: Any, C1: Any, *, rtol: float | None = None, ridg
     C1_ = _as_matrix(C1, "C1")
     _check_pair(C1_, C0_, "C1", "C0")
     if C1_.shape != C0_.shape:
-        raise PerceptAlignError(f"C1 has shape {C1_.shape} but C0 has {C0_.shape}; both must be d×d "
-                                "from one layer.")
+        raise PerceptAlignError(
+            f"C1 has shape {C1_.shape} but C0 has {C0_.shape}; both must be d×d from one layer."
+        )
     return _solve(C1_, C0_, rtol=rtol, ridge=ridge, b_name="C0")
 
 
@@ -234,8 +249,10 @@ def _scores_inputs(U: Any, V: Any) -> tuple[np.ndarray, np.ndarray]:
     U_ = _as_matrix(U, "U")
     V_ = _as_matrix(V, "V")
     if U_.shape[0] != V_.shape[0]:
-        raise PerceptAlignError(f"U has {U_.shape[0]} rows but V has {V_.shape[0]}; both must live in "
-                                "the same d-dimensional hidden space.")
+        raise PerceptAlignError(
+            f"U has {U_.shape[0]} rows but V has {V_.shape[0]}; both must live in "
+            "the same d-dimensional hidden space."
+        )
     return U_, V_
 
 
@@ -248,8 +265,10 @@ def projection_score(U: Any, V: Any) -> float:
     U_, V_ = _scores_inputs(U, V)
     total = float(np.sum(U_**2))
     if total == 0.0:
-        raise PerceptAlignError("U is zero, so the projection score is undefined; the perception subspace "
-                                "is empty (check that M_xy is non-zero).")
+        raise PerceptAlignError(
+            "U is zero, so the projection score is undefined; the perception subspace "
+            "is empty (check that M_xy is non-zero)."
+        )
     Q = orthonormal_basis(V_)
     return min(1.0, float(np.sum((Q.T @ U_) ** 2)) / total)
 
@@ -262,8 +281,10 @@ def orthonormal_projection_score(U: Any, V: Any) -> float:
     U_, V_ = _scores_inputs(U, V)
     Q_u = orthonormal_basis(U_)
     if Q_u.shape[1] == 0:
-        raise PerceptAlignError("U is zero, so the projection score is undefined; the perception subspace "
-                                "is empty (check that M_xy is non-zero).")
+        raise PerceptAlignError(
+            "U is zero, so the projection score is undefined; the perception subspace "
+            "is empty (check that M_xy is non-zero)."
+        )
     Q_v = orthonormal_basis(V_)
     return min(1.0, float(np.sum((Q_v.T @ Q_u) ** 2)) / Q_u.shape[1])
 
@@ -300,8 +321,9 @@ def _validate_fractions(fractions: Sequence[float]) -> list[float]:
         raise PerceptAlignError("fractions is empty; pass at least one fraction in (0, 1], e.g. 0.5.")
     bad = [f for f in fr if not (0.0 < f <= 1.0)]
     if bad:
-        raise PerceptAlignError(f"fractions must lie in (0, 1]; got {bad}. Use absolute ks for explicit "
-                                "sizes.")
+        raise PerceptAlignError(
+            f"fractions must lie in (0, 1]; got {bad}. Use absolute ks for explicit sizes."
+        )
     return fr
 
 
@@ -317,9 +339,11 @@ def _validate_ks(ks: Sequence[int], rank_v: int) -> list[int]:
             raise PerceptAlignError(f"ks must be integers, got {k!r}.")
         k_int = int(k)
         if not 1 <= k_int <= rank_v:
-            raise PerceptAlignError(f"k = {k_int} is outside 1..{rank_v}: the autoregressive subspace of "
-                                    f"this layer has numerical rank {rank_v}. Pass ks within that range "
-                                    "or use fractions.")
+            raise PerceptAlignError(
+                f"k = {k_int} is outside 1..{rank_v}: the autoregressive subspace of "
+                f"this layer has numerical rank {rank_v}. Pass ks within that range "
+                "or use fractions."
+            )
         out.append(k_int)
     if not out:
         raise PerceptAlignError("ks is empty; pass at least one k ≥ 1 (or use fractions).")
@@ -329,13 +353,17 @@ def _validate_ks(ks: Sequence[int], rank_v: int) -> list[int]:
 def _require_two_classes(M_xy: np.ndarray) -> None:
     nonzero = int(np.count_nonzero(np.any(M_xy != 0.0, axis=0)))
     if nonzero == 0:
-        raise PerceptAlignError("M_xy is all zero, so there is no perception subspace (rank 0); the labels "
-                                "were not accumulated — check the label column and that the data are "
-                                "non-empty.")
+        raise PerceptAlignError(
+            "M_xy is all zero, so there is no perception subspace (rank 0); the labels "
+            "were not accumulated — check the label column and that the data are "
+            "non-empty."
+        )
     if nonzero < 2:
-        raise PerceptAlignError(f"M_xy has {nonzero} non-zero class column(s) out of {M_xy.shape[1]}: the "
-                                "data contain a single class, so NTPS is meaningless; use a split with at "
-                                "least two classes.")
+        raise PerceptAlignError(
+            f"M_xy has {nonzero} non-zero class column(s) out of {M_xy.shape[1]}: the "
+            "data contain a single class, so NTPS is meaningless; use a split with at "
+            "least two classes."
+        )
 
 
 def _layer_matrices(M_xx: Any, M_xy: Any, C0: Any, C1: Any) -> tuple[np.ndarray, ...]:
@@ -347,8 +375,10 @@ def _layer_matrices(M_xx: Any, M_xy: Any, C0: Any, C1: Any) -> tuple[np.ndarray,
     _check_pair(C1_, C0_, "C1", "C0")
     d = M_xx_.shape[0]
     if C0_.shape != (d, d) or C1_.shape != (d, d):
-        raise PerceptAlignError(f"M_xx is {d}×{d} but C0 is {C0_.shape} and C1 is {C1_.shape}; all "
-                                "statistics of a layer must share the hidden size d.")
+        raise PerceptAlignError(
+            f"M_xx is {d}×{d} but C0 is {C0_.shape} and C1 is {C1_.shape}; all "
+            "statistics of a layer must share the hidden size d."
+        )
     _require_two_classes(M_xy_)
     return M_xx_, M_xy_, C0_, C1_
 
@@ -376,13 +406,17 @@ def ntps_for_layer(
     M_xx_, M_xy_, C0_, C1_ = _layer_matrices(M_xx, M_xy, C0, C1)
     U_sub = _solve(M_xy_, M_xx_, rtol=rtol, ridge=ridge, b_name="M_xx")
     if U_sub.rank == 0:
-        raise PerceptAlignError("M_xy has numerical rank 0 within the range of M_xx: the class means carry "
-                                "no direction; check the labels and that M_xy and M_xx come from the same "
-                                "data.")
+        raise PerceptAlignError(
+            "M_xy has numerical rank 0 within the range of M_xx: the class means carry "
+            "no direction; check the labels and that M_xy and M_xx come from the same "
+            "data."
+        )
     V_sub = _solve(C1_, C0_, rtol=rtol, ridge=ridge, b_name="C0")
     if V_sub.rank == 0:
-        raise PerceptAlignError("C1 has numerical rank 0: no next-token structure was accumulated; check "
-                                "that the texts have at least two tokens.")
+        raise PerceptAlignError(
+            "C1 has numerical rank 0: no next-token structure was accumulated; check "
+            "that the texts have at least two tokens."
+        )
     k_u, rank_v = U_sub.rank, V_sub.rank
     if ks is None:
         frs: list[float] | None = _validate_fractions(fractions)
@@ -406,10 +440,19 @@ def ntps_for_layer(
 
     ref = None
     if reference:
-        ref = _reference_from_matrices(M_xx_, M_xy_, C0_, C1_, fractions=frs,
-                                       ks=k_list if frs is None else None)
-    return NTPSResult(fractions=frs, ks=k_list, ntps=ntps, ntps_orthonormal=ntps_orth, ntps_reference=ref,
-                      k_u=k_u, rank_v=rank_v, ntps_probe=ntps_probe)
+        ref = _reference_from_matrices(
+            M_xx_, M_xy_, C0_, C1_, fractions=frs, ks=k_list if frs is None else None
+        )
+    return NTPSResult(
+        fractions=frs,
+        ks=k_list,
+        ntps=ntps,
+        ntps_orthonormal=ntps_orth,
+        ntps_reference=ref,
+        k_u=k_u,
+        rank_v=rank_v,
+        ntps_probe=ntps_probe,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -427,8 +470,10 @@ def _published_eigh(A: np.ndarray, B: np.ndarray, on_singular: str, name: str) -
         return scipy.linalg.eigh(A, B)[1]
     except np.linalg.LinAlgError:
         if on_singular == "raise":
-            raise PerceptAlignError(f"{name} is singular, so the published solver scipy.linalg.eigh(A, B) "
-                                    "fails; use the default NTPS, or on_singular='ridge'.") from None
+            raise PerceptAlignError(
+                f"{name} is singular, so the published solver scipy.linalg.eigh(A, B) "
+                "fails; use the default NTPS, or on_singular='ridge'."
+            ) from None
     tr = float(np.trace(B))
     if tr <= 0:
         raise PerceptAlignError(f"{name} is zero; the statistics hold no data.")
@@ -437,13 +482,21 @@ def _published_eigh(A: np.ndarray, B: np.ndarray, on_singular: str, name: str) -
             return scipy.linalg.eigh(A, B + (10.0**j * _EPS * tr) * np.eye(B.shape[0]))[1]
         except np.linalg.LinAlgError:
             continue
-    raise PerceptAlignError(f"{name} stays non-positive-definite even with a ridge of 2·trace(B); it is "
-                            "not a second-moment matrix.")
+    raise PerceptAlignError(
+        f"{name} stays non-positive-definite even with a ridge of 2·trace(B); it is "
+        "not a second-moment matrix."
+    )
 
 
 def _reference_from_matrices(
-    M_xx: np.ndarray, M_xy: np.ndarray, C0: np.ndarray, C1: np.ndarray, *,
-    fractions: Sequence[float] | None, ks: Sequence[int] | None, on_singular: str = "ridge",
+    M_xx: np.ndarray,
+    M_xy: np.ndarray,
+    C0: np.ndarray,
+    C1: np.ndarray,
+    *,
+    fractions: Sequence[float] | None,
+    ks: Sequence[int] | None,
+    on_singular: str = "ridge",
 ) -> np.ndarray:
     d = M_xx.shape[0]
     if ks is None:
@@ -468,8 +521,14 @@ def _reference_from_matrices(
 
 
 def reference_ntps(
-    M_xx: Any, M_xy: Any, C0: Any, C1: Any, fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
-    ks: Sequence[int] | None = None, on_singular: Literal["ridge", "raise"] = "ridge",
+    M_xx: Any,
+    M_xy: Any,
+    C0: Any,
+    C1: Any,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    *,
+    ks: Sequence[int] | None = None,
+    on_singular: Literal["ridge", "raise"] = "ridge",
 ) -> np.ndarray:
     """PUBLISHED (ill-posed) NTPS selection, reproduced only to compare with published numbers.
 
@@ -488,8 +547,9 @@ def reference_ntps(
     M_xx_, M_xy_, C0_, C1_ = _layer_matrices(M_xx, M_xy, C0, C1)
     if on_singular not in ("ridge", "raise"):
         raise PerceptAlignError(f"on_singular must be 'ridge' or 'raise', got {on_singular!r}.")
-    return _reference_from_matrices(M_xx_, M_xy_, C0_, C1_, fractions=fractions if ks is None else None,
-                                    ks=ks, on_singular=on_singular)
+    return _reference_from_matrices(
+        M_xx_, M_xy_, C0_, C1_, fractions=fractions if ks is None else None, ks=ks, on_singular=on_singular
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,8 +562,9 @@ def _stat(obj: Any, key: str, layer: int) -> Any:
             return obj[key]
     elif hasattr(obj, key):
         return getattr(obj, key)
-    raise PerceptAlignError(f"statistics of layer {layer} lack {key!r}; each layer needs M_xx, M_xy, C0 "
-                            "and C1.")
+    raise PerceptAlignError(
+        f"statistics of layer {layer} lack {key!r}; each layer needs M_xx, M_xy, C0 and C1."
+    )
 
 
 def _json_list(values: np.ndarray | None) -> list[float | None] | None:
@@ -533,25 +594,37 @@ def ntps_all_layers(
     layers = sorted(int(k) for k in stats)
     total = len(layers)
     shape: tuple[int, int] | None = None
-    out: dict[str, Any] = {"layers": layers,
-                           "fractions": None if ks is not None else _validate_fractions(fractions),
-                           "ks": [], "ntps": [], "ntps_orthonormal": [], "ntps_probe": [],
-                           "ntps_reference": [] if reference else None, "k_u": [], "rank_v": []}
+    out: dict[str, Any] = {
+        "layers": layers,
+        "fractions": None if ks is not None else _validate_fractions(fractions),
+        "ks": [],
+        "ntps": [],
+        "ntps_orthonormal": [],
+        "ntps_probe": [],
+        "ntps_reference": [] if reference else None,
+        "k_u": [],
+        "rank_v": [],
+    }
     by_int = {int(k): v for k, v in stats.items()}
     for done, layer in enumerate(layers, start=1):
         obj = by_int[layer]
         mats = [_stat(obj, key, layer) for key in ("M_xx", "M_xy", "C0", "C1")]
-        mats = [_as_matrix(m, f"{key} (layer {layer})") for m, key in zip(mats, ("M_xx", "M_xy", "C0", "C1"),
-                                                                          strict=True)]
+        mats = [
+            _as_matrix(m, f"{key} (layer {layer})")
+            for m, key in zip(mats, ("M_xx", "M_xy", "C0", "C1"), strict=True)
+        ]
         this_shape = mats[1].shape
         if shape is not None and this_shape != shape:
-            raise PerceptAlignError(f"layer {layer} has M_xy of shape {this_shape} but earlier layers "
-                                    f"{shape}; all layers must come from one model (same d) and one label "
-                                    "set (same C).")
+            raise PerceptAlignError(
+                f"layer {layer} has M_xy of shape {this_shape} but earlier layers "
+                f"{shape}; all layers must come from one model (same d) and one label "
+                "set (same C)."
+            )
         shape = this_shape
         try:
-            res = ntps_for_layer(*mats, fractions=fractions, ks=ks, rtol=rtol, ridge=ridge,
-                                 reference=reference)
+            res = ntps_for_layer(
+                *mats, fractions=fractions, ks=ks, rtol=rtol, ridge=ridge, reference=reference
+            )
         except PerceptAlignError as exc:
             raise PerceptAlignError(f"layer {layer}: {exc}") from exc
         out["ks"].append(res.ks)
@@ -598,18 +671,23 @@ def linear_setting_bounds(X: Any, Y: Any, P: Any) -> dict[str, float]:
         raise PerceptAlignError(f"P must be {d}×{d} (a projector on the {d} input features), got {P_.shape}.")
     p_scale = max(1.0, float(np.linalg.norm(P_)))
     if (np.linalg.norm(P_ - P_.T) > 1e-8 * p_scale) or (np.linalg.norm(P_ @ P_ - P_) > 1e-8 * p_scale):
-        raise PerceptAlignError("P must be an orthogonal projector (symmetric and idempotent); build it "
-                                "as Q Qᵀ from an orthonormal basis Q (e.g. subspace.orthonormal_basis).")
+        raise PerceptAlignError(
+            "P must be an orthogonal projector (symmetric and idempotent); build it "
+            "as Q Qᵀ from an orthonormal basis Q (e.g. subspace.orthonormal_basis)."
+        )
     sv = np.linalg.svd(X_, compute_uv=False)
     lam = sv**2 / n
     if n < d or lam[-1] <= lam[0] * d * _EPS:
-        raise PerceptAlignError(f"Σ = XᵀX/N is singular (N = {n}, d = {d}); the bounds need Σ ≻ 0: use "
-                                "N ≥ d samples with linearly independent features.")
+        raise PerceptAlignError(
+            f"Σ = XᵀX/N is singular (N = {n}, d = {d}); the bounds need Σ ≻ 0: use "
+            "N ≥ d samples with linearly independent features."
+        )
     W_star = np.linalg.lstsq(X_, Y_, rcond=None)[0]
     w_norm2 = float(np.sum(W_star**2))
     if w_norm2 == 0.0:
-        raise PerceptAlignError("W* = Σ⁻¹Σ_xy is zero (Y is orthogonal to every feature), so NTPS is "
-                                "undefined.")
+        raise PerceptAlignError(
+            "W* = Σ⁻¹Σ_xy is zero (Y is orthogonal to every feature), so NTPS is undefined."
+        )
     p_lam, p_vec = np.linalg.eigh(0.5 * (P_ + P_.T))
     Q_p = p_vec[:, p_lam > 0.5]
     if Q_p.shape[1]:
@@ -620,5 +698,9 @@ def linear_setting_bounds(X: Any, Y: Any, P: Any) -> dict[str, float]:
     excess = float(np.sum((X_ @ (B_hat - W_star)) ** 2)) / n
     ntps = min(1.0, float(np.sum((Q_p.T @ W_star) ** 2)) / w_norm2)
     gap = max(0.0, 1.0 - ntps)
-    return {"lower": float(lam[-1]) * w_norm2 * gap, "upper": float(lam[0]) * w_norm2 * gap,
-            "excess_loss": excess, "ntps": ntps}
+    return {
+        "lower": float(lam[-1]) * w_norm2 * gap,
+        "upper": float(lam[0]) * w_norm2 * gap,
+        "excess_loss": excess,
+        "ntps": ntps,
+    }
