@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -60,3 +61,27 @@ class RateProgress:
         if self._tokens:
             rates += f" {self._tokens / elapsed:.0f} tokens/s"
         self._progress.update(self._task, advance=items, rates=rates)
+
+
+PhaseUpdate = Callable[[str, int, int, str], None]
+"""``update(phase, done, total, status)``: the progress callback of the RTify fitting jobs."""
+
+
+def phase_progress(console: Console, label_width: int = 13) -> tuple[Progress, PhaseUpdate]:
+    """One bar per named phase (created on its first update), with a free-text status column."""
+    progress = Progress(
+        TextColumn(f"[bold]{{task.description:<{label_width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    bars: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int, status: str) -> None:
+        if phase not in bars:
+            bars[phase] = progress.add_task(phase, total=total, status="")
+        progress.update(bars[phase], completed=done, total=total, status=status)
+
+    return progress, update

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from perceptalign.cli.progress import phase_progress
 from perceptalign.cli.rtify import console, rtify_app
 from perceptalign.io import PerceptAlignError, write_text_atomic
 
@@ -111,21 +111,7 @@ def fit(
         )
         gru = GRUTrainConfig(hidden_size=hidden_size, steps=gru_steps, seed=seed)
         human_train, human_test = load_splits(data, data_path)
-        progress = Progress(
-            TextColumn("[bold]{task.description:<13}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        bars: dict[str, int] = {}
-
-        def update(phase: str, done: int, total: int, status: str) -> None:
-            if phase not in bars:
-                bars[phase] = progress.add_task(phase, total=total, status="")
-            progress.update(bars[phase], completed=done, total=total, status=status)
-
+        progress, update = phase_progress(console, label_width=13)
         with progress:
             result = run_fit(
                 human_train, human_test, config, gru=gru, baselines=baselines, cache=cache, progress=update

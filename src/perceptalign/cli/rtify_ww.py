@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
+from perceptalign.cli.progress import PhaseUpdate, phase_progress
 from perceptalign.cli.rtify import console, rtify_app
 from perceptalign.cli.rtify_fit import load_splits
 from perceptalign.io import PerceptAlignError
@@ -24,23 +25,8 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _progress() -> tuple[Progress, Any]:
-    progress = Progress(
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    bars: dict[str, int] = {}
-
-    def update(phase: str, done: int, total: int, status: str) -> None:
-        if phase not in bars:
-            bars[phase] = progress.add_task(phase, total=total, status="")
-        progress.update(bars[phase], completed=done, total=total, status=status)
-
-    return progress, update
+def _progress() -> tuple[Progress, PhaseUpdate]:
+    return phase_progress(console, label_width=20)
 
 
 def _per_condition_table(title: str, entries: list[tuple[str, dict[str, Any]]]) -> Table:
