@@ -51,6 +51,7 @@ from perceptalign.ntps.statistics import STAT_KEYS, StatisticsAccumulator
 
 MAX_LENGTH = 64
 TOKEN_BUDGET = 96  # ~20 batches for the 120 toy texts: each rank gets ~10, several checkpoints
+BLOCK_PAIRS = 1  # every batch is its own product block, so a checkpoint may follow any batch
 LAYERS = [0, 1, 2]
 REL_TOL = 1e-10  # see the module docstring
 TORCHRUN_ENV = {
@@ -289,6 +290,7 @@ def _spawned_worker(rank: int, world_size: int, port: int, model: str, csv: str,
                 checkpoint_seconds=0.0,
                 identity=identity,
                 distributed=context,
+                block_pairs=BLOCK_PAIRS,
                 **kwargs,
             )
 
@@ -343,6 +345,7 @@ def _spawned_worker(rank: int, world_size: int, port: int, model: str, csv: str,
                     checkpoint_seconds=0.0,
                     identity=identity,
                     on_batch=_stop_after(2),
+                    block_pairs=BLOCK_PAIRS,
                 )
         context.barrier()
         try:

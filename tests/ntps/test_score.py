@@ -58,7 +58,12 @@ def test_interrupted_run_resumes_to_identical_statistics(tiny_llama, toy_csv, tm
     loaded = load_causal_lm(str(tiny_llama))
     dataset = load_text_dataset(str(toy_csv))
     layers = loaded.layers
-    full = compute_statistics(loaded, dataset, layers, max_length=64, token_budget=128).sums()
+    # Product blocks of ≥ 150 pairs span two of these ~100-pair batches, so checkpoints (taken only
+    # between blocks) fall after batches 2, 4, …: the run stopped in batch 3 resumes from batch 2.
+    block = 150
+    full = compute_statistics(
+        loaded, dataset, layers, max_length=64, token_budget=128, block_pairs=block
+    ).sums()
 
     checkpoint = tmp_path / CHECKPOINT_FILE
     seen = []
@@ -78,6 +83,7 @@ def test_interrupted_run_resumes_to_identical_statistics(tiny_llama, toy_csv, tm
             checkpoint_path=checkpoint,
             checkpoint_seconds=0.0,
             on_batch=stop_after_three,
+            block_pairs=block,
         )
     assert checkpoint.is_file()
     resumed_from = []
@@ -90,6 +96,7 @@ def test_interrupted_run_resumes_to_identical_statistics(tiny_llama, toy_csv, tm
         checkpoint_path=checkpoint,
         checkpoint_seconds=0.0,
         on_resume=lambda done, total: resumed_from.append(done),
+        block_pairs=block,
     ).sums()
     assert resumed_from == [2]  # the checkpoint saved after batch 2; batch 3 was interrupted before saving
     assert resumed.keys() == full.keys()

@@ -439,8 +439,8 @@ def test_nan_and_inf_errors_name_layer_and_hint_dtype() -> None:
 def test_float32_overflow_in_products_is_reported() -> None:
     hidden, mask, labels = make_batch([60, 50], 60, "right", n_layers=1, dtype=torch.float32)
     big = hidden[0] * 1e17  # finite in float32 (max 3.4e38), but S·Sᵀ ~ (60·1e17)² overflows float32
-    acc = StatisticsAccumulator([0], D, C)
-    with pytest.raises(PerceptAlignError, match="overflow"):
+    acc = StatisticsAccumulator([0], D, C, block_pairs=0)  # each batch is checked as it is added
+    with pytest.raises(PerceptAlignError, match=r"overflow.*float64 products"):
         acc.update([big], mask, labels)
     # forcing float64 products handles the same input
     acc64 = StatisticsAccumulator([0], D, C, compute_dtype=torch.float64)
@@ -563,3 +563,88 @@ def test_any_split_and_order_gives_the_same_sums(data: st.DataObject) -> None:
     for key, value in whole.sums().items():
         # identical float64 terms, grouped differently: agreement to ~1e-15 relative
         torch.testing.assert_close(merged.sums()[key], value, rtol=1e-12, atol=1e-12)
+
+
+def _wide_batches(dtype: torch.dtype, d: int = 200, n_batches: int = 5):
+    """Batches wide enough (d = 200) for C0's product to be split into two upper blocks."""
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for b in range(n_batches):
+        lengths = torch.randint(1, 30, (6,), generator=g).tolist()
+        T = max(lengths) + b % 3  # some padding, alternating sides
+        mask = torch.zeros(len(lengths), T, dtype=torch.int64)
+        for i, n in enumerate(lengths):
+            if b % 2:
+                mask[i, T - n :] = 1
+            else:
+                mask[i, :n] = 1
+        hidden = [(torch.randn(len(lengths), T, d, generator=g) + 0.3).to(dtype) for _ in range(2)]
+        out.append((hidden, mask, torch.randint(0, C, (len(lengths),), generator=g)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_product_blocks_spanning_batches_equal_per_batch_sums(dtype: torch.dtype) -> None:
+    batches = _wide_batches(dtype)
+    one_block = StatisticsAccumulator([0, 1], 200, C, block_pairs=10**9)  # never full: one block
+    per_batch = StatisticsAccumulator([0, 1], 200, C, block_pairs=0)  # every batch added at once
+    for hidden, mask, labels in batches:
+        one_block.update(hidden, mask, labels)
+        per_batch.update(hidden, mask, labels)
+        assert not one_block.at_block_boundary and per_batch.at_block_boundary
+    blocked, each = one_block.finalize(), per_batch.finalize()
+    assert one_block.at_block_boundary  # finalize added the pending block
+    labels = torch.cat([y for _, _, y in batches])
+    exact = {}
+    for layer in (0, 1):
+        rows = [hs[layer][i][mask[i].bool()].double() for hs, mask, _ in batches for i in range(len(mask))]
+        exact[layer] = dense_reference_statistics(rows, labels, C)
+    # float64: only the summation order differs (~1e-15 relative). float32: each float32 sum of K ≲ 600
+    # terms is off by ≲ √K·6e-8 ≈ 1.5e-6 relative, whether the K terms sit in one batch or in five.
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for layer in (0, 1):
+        for key in STAT_KEYS:
+            got, ref = getattr(blocked[layer], key), getattr(exact[layer], key)
+            assert max_rel_err(got, ref) < tol, (layer, key)
+            assert max_rel_err(getattr(each[layer], key), ref) < tol, (layer, key)
+        assert torch.equal(blocked[layer].C0, blocked[layer].C0.T)
+
+
+def test_product_blocks_flush_when_they_hold_enough_pairs() -> None:
+    batches = _wide_batches(torch.float32, n_batches=4)
+    pairs = [int(m.sum()) - m.shape[0] for _, m, _ in batches]  # real tokens minus one per text
+    block = max(pairs[0], pairs[2]) + 1
+    assert pairs[0] + pairs[1] >= block  # the data must fill a block in two batches for this test
+    acc = StatisticsAccumulator([0, 1], 200, C, block_pairs=block)
+    acc.update(*batches[0])
+    assert not acc.at_block_boundary  # short of a block
+    acc.update(*batches[1])
+    assert acc.at_block_boundary  # the block was added into the float64 sums
+    acc.update(*batches[2])
+    assert not acc.at_block_boundary
+
+
+def test_overflow_in_a_pending_block_breaks_the_accumulator() -> None:
+    hidden, mask, labels = make_batch([60, 50], 60, "right", n_layers=1, dtype=torch.float32)
+    acc = StatisticsAccumulator([0], D, C)
+    acc.update(hidden, mask, labels)  # pending: this batch's products are not in the float64 sums yet
+    acc.update([hidden[0] * 1e17], mask, labels)  # overflows inside the pending block
+    with pytest.raises(PerceptAlignError, match="overflow"):  # found when the block is added
+        acc.finalize()
+    with pytest.raises(PerceptAlignError, match="overflowed"):  # the first batch was lost with the block
+        acc.sums()
+
+
+def test_checkpoint_keeps_the_block_size_and_adds_the_pending_block(tmp_path: Path) -> None:
+    hidden, mask, labels = make_batch(LENGTHS, 70, "right", dtype=torch.float32)
+    acc = StatisticsAccumulator(LAYERS, D, C, block_pairs=12345)
+    acc.update(hidden, mask, labels)
+    assert not acc.at_block_boundary
+    acc.save_checkpoint(tmp_path / "ck.safetensors")
+    assert acc.at_block_boundary
+    restored, _ = StatisticsAccumulator.load_checkpoint(tmp_path / "ck.safetensors")
+    assert restored.block_pairs == 12345
+    for key, value in acc.sums().items():
+        assert torch.equal(restored.sums()[key], value), key
+    with pytest.raises(PerceptAlignError, match="block_pairs"):
+        StatisticsAccumulator(LAYERS, D, C, block_pairs=-1)

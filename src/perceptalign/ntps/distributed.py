@@ -222,6 +222,7 @@ def all_reduce_statistics(accumulator: StatisticsAccumulator, context: Distribut
     if context.world_size == 1:
         return
     # The accumulator exposes its live sums only privately; reading them here avoids a full copy.
+    accumulator.flush()  # pending float32 product blocks join the float64 sums first
     live = accumulator._sums
     for layer in accumulator.layers:
         for key in STAT_KEYS:

@@ -36,6 +36,7 @@ from perceptalign.ntps.models import (
     tokenize,
 )
 from perceptalign.ntps.statistics import (
+    DEFAULT_BLOCK_PAIRS,
     LayerStatistics,
     StatisticsAccumulator,
     load_statistics,
@@ -131,6 +132,7 @@ def compute_statistics(
     on_resume: Callable[[int, int], None] | None = None,
     distributed: DistributedContext | None = None,
     on_shard: Callable[[int, int], None] | None = None,
+    block_pairs: int = DEFAULT_BLOCK_PAIRS,
 ) -> StatisticsAccumulator:
     """Stream the dataset through the model once and accumulate per-layer moments.
 
@@ -141,13 +143,20 @@ def compute_statistics(
     With a ``distributed`` context of several processes, this rank streams only its round-robin share of
     the batches (``on_shard`` gets its number of texts and the total), checkpoints to its own
     ``.rank{r}`` file (resuming only with the same world size), and every rank returns the all-reduced
-    statistics of the whole dataset.
+    statistics of the whole dataset. ``block_pairs``: see :class:`StatisticsAccumulator`.
     """
     token_ids = tokenize(loaded, dataset.texts, max_length)
     batches = token_budget_batches([len(x) for x in token_ids], token_budget)
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-    plan = {**(identity or {}), "token_budget": token_budget, "n_batches": len(batches)}
-    accumulator = StatisticsAccumulator(layers, loaded.hidden_size, dataset.n_classes)
+    plan = {
+        **(identity or {}),
+        "token_budget": token_budget,
+        "n_batches": len(batches),
+        "block_pairs": block_pairs,
+    }
+    accumulator = StatisticsAccumulator(
+        layers, loaded.hidden_size, dataset.n_classes, block_pairs=block_pairs
+    )
     start = 0
     sharded = distributed is not None and distributed.world_size > 1
     if sharded:
@@ -173,7 +182,8 @@ def compute_statistics(
         accumulator.update(batch.hidden_states, batch.attention_mask, labels[batch.indices])
         if on_batch:
             on_batch(len(batch.indices), batch.n_tokens)
-        due = time.monotonic() - last_save >= checkpoint_seconds
+        # Saved only between product blocks, so a resumed run flushes exactly where this one does.
+        due = time.monotonic() - last_save >= checkpoint_seconds and accumulator.at_block_boundary
         if checkpoint_path is not None and due and number + 1 < len(batches):
             accumulator.save_checkpoint(checkpoint_path, {"plan": plan, "next_batch": number + 1})
             last_save = time.monotonic()

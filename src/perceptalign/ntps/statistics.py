@@ -76,6 +76,10 @@ _SCAN_CHUNKS = (16, 32, 8)
 # are pairs; below it, the product flops spent on zero rows cost more than gathering the pairs
 # (measured at d = 576, B×T = 32×64: the gathered path wins below a fill of ~0.9).
 _FLAT_MIN_FILL = 0.9
+#: Token pairs per float32 product block (see :class:`StatisticsAccumulator`): consecutive small batches
+#: share one block before it is added into the float64 sums, so each float32 partial sum covers about
+#: as many pairs as one batch at a 4k-token budget.
+DEFAULT_BLOCK_PAIRS = 4096
 
 
 @dataclass
@@ -101,6 +105,16 @@ class StatisticsAccumulator:
     ``compute_dtype`` forces the dtype of the batch products (e.g. ``torch.float64`` for maximal precision
     on float32 models at about twice the cost); by default the input dtype is used (float16/bfloat16 →
     float32). Sums live on ``device`` (CPU by default); products run on the device of the hidden states.
+
+    ``block_pairs``: the products of consecutive batches accumulate (``addmm``) in one compute-dtype block
+    per layer until the block holds at least this many token pairs, and only then are added into the
+    float64 sums. A float32 block of a few thousand pairs is as exact as one batch of that size (the
+    rounding of a float32 sum of K terms grows like √K, the same inside a GEMM and across two), while
+    the float64 conversion and addition of three d×d matrices per layer, which cost as much as a
+    quarter of the update for short batches, are paid once per block rather than once per batch.
+    Block boundaries depend only on the data (never on checkpoints or timing), so results are
+    reproducible bit for bit; ``sums()``, ``finalize()``, ``merge()`` and checkpoints add a partial
+    block first. ``block_pairs=0`` adds every batch at once (3·d² values per layer less memory).
     """
 
     def __init__(
@@ -111,8 +125,14 @@ class StatisticsAccumulator:
         *,
         compute_dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
+        block_pairs: int = DEFAULT_BLOCK_PAIRS,
     ) -> None:
         self.layers = _validate_layers(layers)
+        if isinstance(block_pairs, bool) or not isinstance(block_pairs, int) or block_pairs < 0:
+            raise PerceptAlignError(
+                f"block_pairs must be an integer ≥ 0 (0 = add every batch into the float64 sums), got "
+                f"{block_pairs!r}."
+            )
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise PerceptAlignError(f"hidden_size must be a positive integer, got {hidden_size!r}.")
         if not isinstance(n_classes, int) or n_classes < 1:
@@ -128,10 +148,16 @@ class StatisticsAccumulator:
         self.n_classes = n_classes
         self.compute_dtype = compute_dtype
         self.device = torch.device(device)
+        self.block_pairs = block_pairs
         self.n_texts = 0
         self.n_tokens = 0
         self._broken: str | None = None
         self._workspace = _Workspace()
+        # Per-layer product blocks not yet added into the float64 sums (compute dtype, on the device of
+        # the hidden states); ``_live`` holds the layers whose block has data.
+        self._blocks: dict[int, dict[str, Tensor]] = {}
+        self._live: set[int] = set()
+        self._block_pairs_seen = 0
         d, f64 = hidden_size, torch.float64
         # C0 and M_xx keep only their upper triangle authoritative (the batch product of C0 fills only
         # upper blocks; a BLAS AᵀA need not be bitwise symmetric); sums()/finalize() mirror it.
@@ -187,6 +213,52 @@ class StatisticsAccumulator:
                 raise
         self.n_texts += int(mask.shape[0])
         self.n_tokens += int(mask.sum())
+        self._block_pairs_seen += next(iter(plans.values())).n_pairs
+        if self._block_pairs_seen >= self.block_pairs:
+            self.flush()
+
+    @property
+    def at_block_boundary(self) -> bool:
+        """True when no batch products wait outside the float64 sums (a checkpoint here changes nothing)."""
+        return not self._live
+
+    def flush(self) -> None:
+        """Add every layer's pending product block into the float64 sums (called by the readers)."""
+        self._check_usable()
+        for layer in sorted(self._live):
+            self._flush_layer(layer)
+        self._block_pairs_seen = 0
+
+    def _flush_layer(self, layer: int) -> None:
+        block, acc = self._blocks[layer], self._sums[layer]
+        d = self.hidden_size
+        # A float32 overflow shows up as inf/NaN somewhere in the products, hence in their sums; checked
+        # once per block rather than per batch (three d×d reductions per layer and batch measured ~3 % of
+        # the update). The block's batches are lost with it, so the accumulator refuses further use.
+        if not all(_finite(block[key]) for key in ("M_xx", "C0", "C1")):
+            dtype = block["C1"].dtype
+            self._broken = (
+                f"the {dtype} products of layer {layer} overflowed, losing the batches added since the "
+                "last product block"
+            )
+            raise PerceptAlignError(
+                f"non-finite values (NaN/inf) in the {dtype} products (overflow) of layer {layer}: the "
+                "hidden states are too large for float32 products. Use float64 products "
+                "(StatisticsAccumulator(compute_dtype=torch.float64)) for this model."
+            )
+        for key in ("M_xx", "C0", "C1"):
+            value = block[key]
+            # C0's block holds only its upper block triangle (the rest stays zero): add just that part.
+            spans = _upper_spans(d) if key == "C0" else [(0, d)]
+            for lo, hi in spans:
+                part = value[lo:hi, lo:] if key == "C0" else value
+                target = acc[key][lo:hi, lo:] if key == "C0" else acc[key]
+                if part.dtype != torch.float64 or part.device != self.device:
+                    # Convert through a kept float64 buffer: a fresh 8·d² allocation per add page-faults,
+                    # which measured 4× slower than the addition itself.
+                    part = self._workspace.get("up", part.shape, torch.float64, self.device).copy_(part)
+                target += part
+        self._live.discard(layer)
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -196,8 +268,11 @@ class StatisticsAccumulator:
             )
 
     def release_workspace(self) -> None:
-        """Free the scratch buffers kept between updates (they are re-created on the next update)."""
+        """Add the pending blocks, then free the scratch buffers kept between updates (re-created on the
+        next update)."""
+        self.flush()
         self._workspace.clear()
+        self._blocks.clear()
 
     def _check_batch(
         self, hidden_states: Sequence[Tensor], attention_mask: Tensor, labels: Tensor
@@ -262,38 +337,56 @@ class StatisticsAccumulator:
         return mask, labels
 
     def _add_layer(self, layer: int, hidden: Tensor, plan: _BatchPlan) -> None:
-        """Compute one layer's batch moments and add them into the float64 sums."""
+        """Add one layer's batch products into its pending block (M_xy straight into the float64 sums)."""
         dtype = self.compute_dtype or (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
         device = hidden.device
+        block = self._block(layer, dtype, device)
+        accumulate = layer in self._live
         # The copy-free path reads padding rows (weighted by zero); NaN/inf there (some models leave
-        # fully masked rows undefined) would poison it, so a non-finite result is recomputed with the
-        # masked copy, which never reads padding, before anything is reported.
+        # fully masked rows undefined) would poison it, so non-finite totals are recomputed with the
+        # masked copy, which never reads padding, before anything is reported. Finite totals mean every
+        # row the products read is finite, so the products are only computed once the totals pass.
         copy_free = hidden.dtype == dtype and hidden.is_contiguous() and plan.padded_T == plan.T
-        totals, c0, c1, problem = _batch_moments(hidden, plan, dtype, self._workspace, copy=not copy_free)
-        if problem and copy_free:
-            totals, c0, c1, problem = _batch_moments(hidden, plan, dtype, self._workspace, copy=True)
-        if problem == "input":
+        copied = not copy_free
+        scan = _prefix_sums(hidden, plan, dtype, self._workspace, copy=copied)
+        if not copied and not _finite(scan[2]):
+            copied = True
+            scan = _prefix_sums(hidden, plan, dtype, self._workspace, copy=True)
+        totals = scan[2]
+        if not _finite(totals):
             raise _non_finite_error(layer, hidden.dtype, "hidden states")
-        if problem == "overflow":
-            raise _non_finite_error(layer, hidden.dtype, f"{dtype} products (overflow)")
+        if plan.n_pairs:
+            _pair_products(
+                scan, plan, block["C0"], block["C1"], self._workspace, copied=copied, accumulate=accumulate
+            )
+        elif not accumulate:
+            block["C0"].zero_()
+            block["C1"].zero_()
         # Text means from the float64 totals; their outer products follow the same precision policy as
         # C0/C1 (products in the compute dtype, float64 sums): a float64 B×d×d product per layer cost
         # ~5 % of the update.
         means = totals / plan.lengths.to(totals)[:, None]
-        acc = self._sums[layer]
-        target = self.device
-        acc["M_xy"].addmm_(means.T.to(target), plan.one_hot.to(target))
         means_c = means.to(dtype)
-        mxx = torch.mm(
-            means_c.T, means_c, out=self._workspace.get("Mxx", (self.hidden_size,) * 2, dtype, device)
-        )
-        for key, value in (("M_xx", mxx), ("C0", c0), ("C1", c1)):
-            if value is not None:
-                if value.dtype != torch.float64 or value.device != target:
-                    # Convert through a kept float64 buffer: a fresh 8·d² allocation per add page-faults,
-                    # which measured 4× slower than the addition itself.
-                    value = self._workspace.get("up", value.shape, torch.float64, target).copy_(value)
-                acc[key] += value
+        if accumulate:
+            block["M_xx"].addmm_(means_c.T, means_c)
+        else:
+            torch.mm(means_c.T, means_c, out=block["M_xx"])
+        self._sums[layer]["M_xy"].addmm_(means.T.to(self.device), plan.one_hot.to(self.device))
+        self._live.add(layer)
+
+    def _block(self, layer: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+        """The layer's pending block in ``dtype`` on ``device`` (a block of another kind is added first)."""
+        block = self._blocks.get(layer)
+        if block is not None and (block["C1"].dtype, block["C1"].device) != (dtype, device):
+            if layer in self._live:
+                self._flush_layer(layer)
+            block = None
+        if block is None:
+            d = self.hidden_size
+            # C0's lower blocks are never written: allocated zeroed, they stay zero.
+            block = {key: torch.zeros(d, d, dtype=dtype, device=device) for key in ("M_xx", "C0", "C1")}
+            self._blocks[layer] = block
+        return block
 
     # ---- merging ------------------------------------------------------------------------------------
 
@@ -301,8 +394,8 @@ class StatisticsAccumulator:
         """Add ``other``'s sums into this accumulator (in place) and return ``self``."""
         if not isinstance(other, StatisticsAccumulator):
             raise TypeError(f"cannot merge a StatisticsAccumulator with {type(other).__name__}")
-        self._check_usable()
-        other._check_usable()
+        self.flush()
+        other.flush()
         mismatch = [
             f"{name}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
             for name in ("layers", "hidden_size", "n_classes")
@@ -328,7 +421,11 @@ class StatisticsAccumulator:
 
     def copy(self) -> StatisticsAccumulator:
         return type(self).from_sums(
-            self.sums(), layers=self.layers, compute_dtype=self.compute_dtype, device=self.device
+            self.sums(),
+            layers=self.layers,
+            compute_dtype=self.compute_dtype,
+            device=self.device,
+            block_pairs=self.block_pairs,
         )
 
     # ---- raw sums (all-reduce, checkpoints) --------------------------------------------------------
@@ -337,9 +434,9 @@ class StatisticsAccumulator:
         """Raw float64 sums ``layer{l}.{key}`` (C0 symmetric) plus int64 counts ``n_texts``, ``n_tokens``.
 
         All entries are additive: a data-parallel run all-reduces each tensor with SUM, then calls
-        :meth:`from_sums`.
+        :meth:`from_sums`. A pending product block is added first.
         """
-        self._check_usable()
+        self.flush()
         out: dict[str, Tensor] = {}
         for layer in self.layers:
             for key in STAT_KEYS:
@@ -357,6 +454,7 @@ class StatisticsAccumulator:
         layers: Sequence[int] | None = None,
         compute_dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
+        block_pairs: int = DEFAULT_BLOCK_PAIRS,
     ) -> StatisticsAccumulator:
         """Rebuild an accumulator from :meth:`sums` output (d and C are read from the tensors).
 
@@ -380,7 +478,7 @@ class StatisticsAccumulator:
                 f"layer{layers[0]}.M_xy must be 2-D (d×C), got shape {tuple(first.shape)}."
             )
         d, C = first.shape
-        acc = cls(layers, int(d), int(C), compute_dtype=compute_dtype, device=device)
+        acc = cls(layers, int(d), int(C), compute_dtype=compute_dtype, device=device, block_pairs=block_pairs)
         for layer in layers:
             for key in STAT_KEYS:
                 value = sums[f"layer{layer}.{key}"]
@@ -396,7 +494,7 @@ class StatisticsAccumulator:
 
     def finalize(self) -> dict[int, LayerStatistics]:
         """Moments divided by N = number of texts (ntps.md §2 divides C0/C1 by N too)."""
-        self._check_usable()
+        self.flush()
         if self.n_texts == 0:
             raise PerceptAlignError("no texts were accumulated; call update() with at least one batch first.")
         n = float(self.n_texts)
@@ -417,6 +515,7 @@ class StatisticsAccumulator:
             "layers": self.layers,
             "hidden_size": self.hidden_size,
             "n_classes": self.n_classes,
+            "block_pairs": self.block_pairs,
             "extra": dict(extra or {}),
         }
         try:
@@ -446,7 +545,12 @@ class StatisticsAccumulator:
                 f"checkpoint {path} has format {header.get('format_version')}, this version reads "
                 f"{_FORMAT_VERSION}; delete it and restart the accumulation."
             )
-        acc = cls.from_sums(load_tensors(path), layers=header["layers"], device=device)
+        acc = cls.from_sums(
+            load_tensors(path),
+            layers=header["layers"],
+            device=device,
+            block_pairs=int(header.get("block_pairs", DEFAULT_BLOCK_PAIRS)),
+        )
         if (
             acc.layers != header["layers"]
             or acc.hidden_size != header["hidden_size"]
@@ -575,40 +679,44 @@ class _Workspace:
         self._shapes.clear()
 
 
-def _batch_moments(
-    hidden: Tensor, plan: _BatchPlan, dtype: torch.dtype, ws: _Workspace, *, copy: bool
-) -> tuple[Tensor, Tensor | None, Tensor | None, str]:
-    """Per-text totals (B×d, float64) and the batch's C0 (upper triangle valid) and C1 sums in ``dtype``.
+def _finite(x: Tensor) -> bool:
+    """One reduction: NaN/inf anywhere propagate into the sum."""
+    return bool(torch.isfinite(x.sum()))
 
-    The last item is "" when all is finite, "input" for non-finite totals, "overflow" for non-finite
-    products. ``copy=False`` requires a contiguous input in ``dtype`` and no scan padding.
-    """
-    d, device = hidden.shape[2], hidden.device
-    S, X, totals = _prefix_sums(hidden, plan, dtype, ws, copy=copy)
-    if not bool(torch.isfinite(totals.sum())):  # one reduction: NaN/inf propagate into the sum
-        return totals, None, None, "input"
-    if not plan.n_pairs:
-        return totals, None, None, ""
+
+def _pair_products(
+    scan: tuple[Tensor, Tensor, Tensor],
+    plan: _BatchPlan,
+    c0: Tensor,
+    c1: Tensor,
+    ws: _Workspace,
+    *,
+    copied: bool,
+    accumulate: bool,
+) -> None:
+    """The batch's Σ S_t S_tᵀ (upper block triangle) and Σ S_t x_{t+1}ᵀ over its token pairs, written
+    into (or, with ``accumulate``, added to) ``c0`` and ``c1``. ``scan`` is :func:`_prefix_sums`' output
+    (``copied``: its X is the masked workspace copy, not the caller's tensor); S is overwritten."""
+    S, X, _ = scan
+    d, dtype, device = S.shape[-1], S.dtype, S.device
     S_rows, X_rows = S.view(-1, d), X.reshape(-1, d)
     if plan.flat:
         # Contiguous texts, little padding: zero every row of S that is not a prefix with a next token;
         # then row r of S pairs with row r+1 of X (zero rows add nothing) and nothing is gathered.
         S_rows.index_fill_(0, plan.nonpair_index, 0.0)
-        prefix = S_rows
-        c1 = torch.mm(S_rows[:-1].T, X_rows[1:], out=ws.get("C1", (d, d), dtype, device))
+        prefix, nxt = S_rows[:-1], X_rows[1:]
     else:
         # General masks (holes, heavy padding): gather the pairs. A masked copy X is dead once the
         # next-token rows are copied out, so the prefix rows reuse its buffer (3 buffers, not 4).
         nxt = ws.get("N", (plan.n_pairs, d), dtype, device)
         torch.index_select(X_rows, 0, plan.next_index, out=nxt)
-        prefix_out = X_rows[: plan.n_pairs] if copy else ws.get("P", (plan.n_pairs, d), dtype, device)
+        prefix_out = X_rows[: plan.n_pairs] if copied else ws.get("P", (plan.n_pairs, d), dtype, device)
         prefix = torch.index_select(S_rows, 0, plan.pair_index, out=prefix_out)
-        c1 = torch.mm(prefix.T, nxt, out=ws.get("C1", (d, d), dtype, device))
-    c0 = _upper_gram(prefix, ws.get("C0", (d, d), dtype, device, zeroed=True))
-    # A float32 overflow shows up as inf/NaN somewhere in the products, hence in their sums.
-    if not (bool(torch.isfinite(c0.sum())) and bool(torch.isfinite(c1.sum()))):
-        return totals, None, None, "overflow"
-    return totals, c0, c1, ""
+    if accumulate:
+        c1.addmm_(prefix.T, nxt)
+    else:
+        torch.mm(prefix.T, nxt, out=c1)
+    _upper_gram(prefix, c0, accumulate=accumulate)
 
 
 def _prefix_sums(
@@ -664,16 +772,21 @@ def _gram_blocks(d: int) -> int:
     return max(1, min(12, round(d / 96)))
 
 
-def _upper_gram(A: Tensor, out: Tensor) -> Tensor:
-    """AᵀA into ``out``, computing only the upper block triangle; the lower blocks of ``out`` are not
-    written, so a buffer zeroed once keeps them at zero."""
-    d = A.shape[1]
+def _upper_spans(d: int) -> list[tuple[int, int]]:
+    """Row spans [lo, hi) of the blocks of :func:`_upper_gram`; block i covers rows lo:hi, columns lo:."""
     nb = _gram_blocks(d)
-    if nb == 1:
-        return torch.mm(A.T, A, out=out)
     edges = [round(i * d / nb) for i in range(nb + 1)]
-    for lo, hi in itertools.pairwise(edges):
-        torch.mm(A[:, lo:hi].T, A[:, lo:], out=out[lo:hi, lo:])
+    return list(itertools.pairwise(edges))
+
+
+def _upper_gram(A: Tensor, out: Tensor, *, accumulate: bool = False) -> Tensor:
+    """AᵀA into ``out`` (added to it with ``accumulate``), computing only the upper block triangle; the
+    lower blocks of ``out`` are not written, so a buffer zeroed once keeps them at zero."""
+    for lo, hi in _upper_spans(A.shape[1]):
+        if accumulate:
+            out[lo:hi, lo:].addmm_(A[:, lo:hi].T, A[:, lo:])
+        else:
+            torch.mm(A[:, lo:hi].T, A[:, lo:], out=out[lo:hi, lo:])
     return out
 
 
