@@ -11,9 +11,11 @@ page-fault on every batch). Nothing O(L²) is ever built.
 
 Precision policy: products run in the input dtype when it is float32 or float64 (float16 / bfloat16 are
 upcast to float32, which is both faster and far more exact on CPU); prefix-sum carries and text totals are
-float64; every batch result is added into float64 sums with integer counts. The sums are additive over
-batches, shards and processes, so merging is addition and the division by N happens once, in
-:meth:`StatisticsAccumulator.finalize`. ``compute_dtype=torch.float64`` forces float64 products.
+float64; the products of consecutive batches accumulate in one compute-dtype block per layer until it
+holds a few thousand token pairs (as many as one large batch), and each block is added into float64 sums
+with integer counts. The sums are additive over batches, shards and processes, so merging is addition
+and the division by N happens once, in :meth:`StatisticsAccumulator.finalize`.
+``compute_dtype=torch.float64`` forces float64 products.
 
 Pairs: for each text, the prefix sum at each real token is paired with the NEXT REAL token, whatever the
 padding side; a mask with holes is read as "these positions are not part of the text", i.e. the real rows
