@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 STUDY=${STUDY:-runs/study-offline}
 DATASETS=vader-movie,vader-tweets,vader-amazon,vader-nyt,rt-fresh-rotten-plot,debates-party
 SETTINGS=(--out "$STUDY" --max-samples 600 --max-length 256
-          --lora-steps 120 --lora-batch-size 8 --lora-lr 1e-3)
+          --lora-steps 120 --lora-batch-size 8 --lora-lr 1e-3 --lora-max-eval-samples 600)
 
 # 1. Three causal LMs trained from scratch on the offline corpus (cached; skipped when already there).
 perceptalign ntps pretrain --size all --threads 2

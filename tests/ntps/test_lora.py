@@ -240,6 +240,41 @@ def test_rerun_reuses_the_before_statistics(tiny_llama, toy_csv, tmp_path):
     assert second["eval_accuracy_linear_head"] is None and second["gain"] is None
 
 
+def test_statistics_made_elsewhere_are_reused_only_when_they_match(tiny_llama, tmp_path):
+    import pandas as pd
+
+    from perceptalign.ntps.score import ScoreConfig, run_score
+    from tests.conftest import make_sentences
+
+    data = pd.DataFrame(make_sentences(120, seed=4), columns=["text", "label"])
+    data["split"] = ["test" if i % 4 == 0 else "train" for i in range(len(data))]
+    csv = tmp_path / "split.csv"  # a test split, so LoRA trains on the whole train split, as `score` reads
+    data.to_csv(csv, index=False)
+    score_dir = tmp_path / "cell"
+    run_score(ScoreConfig(model=str(tiny_llama), dataset=str(csv), out=score_dir, max_length=64))
+    shared = score_dir / "statistics.safetensors"
+    before = shared.read_bytes()
+    make = lambda out, max_length: LoraJobConfig(  # noqa: E731
+        model=str(tiny_llama),
+        dataset=str(csv),
+        out=tmp_path / out,
+        max_length=max_length,
+        linear_baseline=False,
+        train=TrainConfig(steps=2, batch_size=4, lr=1e-3, eval_interval=2),
+        ntps_settings=FAST_NTPS,
+        statistics_before=shared,
+    )
+    matching = run_lora(make("same", 64)).results
+    assert matching["ntps_before_reused_cache"]
+    assert not (tmp_path / "same" / "statistics.safetensors").exists()  # nothing recomputed into OUT
+    messages: list[str] = []
+    other = run_lora(make("other", 32), on_status=messages.append).results  # another max length
+    assert not other["ntps_before_reused_cache"]
+    assert any("not reusing" in m and "max_length" in m for m in messages)
+    assert (tmp_path / "other" / "statistics.safetensors").is_file()
+    assert shared.read_bytes() == before  # the shared statistics are never written
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -210,6 +210,10 @@ class LoraJobConfig(FinetuneJobConfig):
     linear_baseline: bool = True
     ntps: bool = True
     ntps_settings: NTPSSettings = field(default_factory=NTPSSettings)
+    #: Base-model statistics made elsewhere (e.g. ``ntps score`` in the same study cell): read, never
+    #: written, and used for "NTPS before" when their identity matches; otherwise they are computed into
+    #: OUT as usual.
+    statistics_before: Path | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -255,16 +259,7 @@ def run_lora(
     if config.ntps:
         t0 = time.perf_counter()
         status("NTPS before LoRA")
-        ntps_before, before_reused = measure_ntps(
-            loaded,
-            train_ds,
-            config.ntps_settings,
-            max_length=config.max_length,
-            max_samples=config.max_samples,
-            cache=out / STATISTICS_BEFORE,
-            phase="ntps before",
-            progress=progress,
-        )
+        ntps_before, before_reused = _ntps_before(config, loaded, train_ds, out, status, progress)
         write_json_atomic(out / NTPS_BEFORE_FILE, ntps_before)
         seconds["ntps_before"] = time.perf_counter() - t0
 
@@ -387,6 +382,29 @@ def run_lora(
     }
     write_json_atomic(out / RESULTS_FILE, results)
     return LoraJobResult(results=results, out=out, lora=lora, linear=linear)
+
+
+def _ntps_before(
+    config: LoraJobConfig,
+    loaded: LoadedModel,
+    train_ds: Any,
+    out: Path,
+    status: StatusCallback,
+    progress: ProgressCallback | None,
+) -> tuple[dict[str, Any], bool]:
+    """NTPS of the base model, from ``config.statistics_before`` when it matches, else OUT's cache."""
+    kwargs = dict(max_length=config.max_length, max_samples=config.max_samples, progress=progress)
+    shared = config.statistics_before
+    if shared is not None and Path(shared).is_file():
+        try:
+            return measure_ntps(
+                loaded, train_ds, config.ntps_settings, cache=Path(shared), phase="ntps before", **kwargs
+            )
+        except PerceptAlignError as exc:
+            status(f"not reusing {shared} ({exc}); computing the statistics again")
+    return measure_ntps(
+        loaded, train_ds, config.ntps_settings, cache=out / STATISTICS_BEFORE, phase="ntps before", **kwargs
+    )
 
 
 def _merged_accuracy(

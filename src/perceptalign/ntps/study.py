@@ -391,6 +391,7 @@ def _run_lora(
 ) -> list[dict[str, Any]]:
     from perceptalign.ntps.finetune import NTPSSettings, TrainConfig
     from perceptalign.ntps.lora import LoraJobConfig, LoraSettings, run_lora
+    from perceptalign.ntps.score import STATISTICS_FILE
 
     out = cell_dir(config.out, model, dataset) / "lora"
     job = LoraJobConfig(
@@ -414,6 +415,8 @@ def _run_lora(
         ntps_settings=NTPSSettings(
             layers=config.layers, fractions=list(config.fractions), token_budget=config.token_budget
         ),
+        # The cell's `ntps` measure already streamed the base model over the same texts.
+        statistics_before=cell_dir(config.out, model, dataset) / STATISTICS_FILE,
     )
     result = run_lora(job, on_status=status)
     res = result.results
