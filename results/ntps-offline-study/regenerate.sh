@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates results/ntps-offline-study/ on a 2-core CPU machine with no hub access (≈ 75 min:
-# ≈ 35 min for the three scratch LMs if they are not cached yet, ≈ 40 min for the study).
+# Regenerates results/ntps-offline-study/ on a 2-core CPU machine with no hub access (≈ 2 h:
+# ≈ 35 min for the three scratch LMs if they are not cached yet, ≈ 70 min for the study, 5 min cost).
 # Run from the repository root after `make demo` or `make test` (they create .venv and fetch the data).
 set -euo pipefail
 source .venv/bin/activate
@@ -25,7 +25,8 @@ perceptalign ntps study --models scratch-lm-tiny,scratch-lm-small,scratch-lm-bas
 # 4. The report (fixed a priori / leave-one-dataset-out nested / best-in-sample selection).
 perceptalign ntps report "$STUDY"
 cp "$STUDY/report.html" "$STUDY/report.json" results/ntps-offline-study/
+python results/ntps-offline-study/summarize.py "$STUDY" > results/ntps-offline-study/summary.md
 
 # 5. The cost table: NTPS vs probes vs LoRA on one model and dataset, measured in one run.
 python benchmarks/ntps_cost.py --model smollm2-135m --dataset vader-movie \
-    --json results/ntps-offline-study/cost.json | tee results/ntps-offline-study/cost.txt
+    --json results/ntps-offline-study/cost.json 2>/dev/null | tee results/ntps-offline-study/cost.txt

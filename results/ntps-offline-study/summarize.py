@@ -75,7 +75,10 @@ def main(directory: str) -> None:
         out.append("")
 
     out += [
-        "## Spearman ρ of NTPS with each target (selection-aware permutation p)",
+        "## Spearman ρ of NTPS with each target",
+        "",
+        "p: one-sided permutation p in the declared direction (positive for accuracy and −MSE, negative for",
+        "the LoRA gain), with the configuration choice repeated inside every permutation.",
         "",
         "| model | target | " + " | ".join(MODE_LABELS[m] for m in MODES) + " |",
         "|---|---|---|---|---|",
