@@ -1,6 +1,7 @@
 """Markdown tables of the offline NTPS study, from the report and the results store (for summary.md).
 
-Usage: python results/ntps-offline-study/summarize.py runs/study-offline > results/ntps-offline-study/summary.md
+Usage (from the repository root):
+    python results/ntps-offline-study/summarize.py runs/study-offline > results/ntps-offline-study/summary.md
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ def zoo_table(models: list[str]) -> list[str]:
             continue
         info = json.loads(info_path.read_text())
         params = info["parameters"]["total"] / 1e6
-        lines.append(
-            f"| {model} | {params:.1f}M | {info['final_val_perplexity']:.1f} | {info['tokens_seen'] / 1e6:.1f}M |"
-        )
+        perplexity, tokens = info["final_val_perplexity"], info["tokens_seen"] / 1e6
+        lines.append(f"| {model} | {params:.1f}M | {perplexity:.1f} | {tokens:.1f}M |")
     return lines
 
 
@@ -96,9 +96,9 @@ def main(directory: str) -> None:
         if not change:
             continue
         gains = lora[(lora.model == model) & (lora.metric == "gain")].set_index("dataset")["value"]
-        head = lora[(lora.model == model) & (lora.metric == "eval_accuracy_linear_head")]
-        head = head.set_index("dataset")["value"]
-        tuned = lora[(lora.model == model) & (lora.metric == "eval_accuracy_lora")].set_index("dataset")["value"]
+        mine = lora[lora.model == model]
+        head = mine[mine.metric == "eval_accuracy_linear_head"].set_index("dataset")["value"]
+        tuned = mine[mine.metric == "eval_accuracy_lora"].set_index("dataset")["value"]
         fixed = report["models"][model]["fixed_config"]
         out += [
             f"**{model}** (NTPS at layer {fixed['layer']}, f = {fixed['fraction']})",
