@@ -266,6 +266,7 @@ def test_statistics_made_elsewhere_are_reused_only_when_they_match(tiny_llama, t
     )
     matching = run_lora(make("same", 64)).results
     assert matching["ntps_before_reused_cache"]
+    assert matching["statistics_before_file"] == str(shared)  # provenance names the file used
     assert not (tmp_path / "same" / "statistics.safetensors").exists()  # nothing recomputed into OUT
     messages: list[str] = []
     other = run_lora(make("other", 32), on_status=messages.append).results  # another max length

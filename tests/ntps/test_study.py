@@ -210,12 +210,20 @@ def test_miniature_study_end_to_end_stores_exactly_the_job_outputs(
     assert not again.ran and len(again.skipped) == 12
 
 
-def test_lora_cell_stores_the_gain_and_ntps_before_after(tiny_llama, toy_csv, tmp_path):
+def test_lora_cell_stores_the_gain_and_ntps_before_after(tiny_llama, tmp_path):
+    import pandas as pd
+
+    from tests.conftest import make_sentences
+
+    data = pd.DataFrame(make_sentences(120, seed=5), columns=["text", "label"])
+    data["split"] = ["test" if i % 4 == 0 else "train" for i in range(len(data))]
+    toy_csv = tmp_path / "split.csv"  # with a test split, LoRA trains on exactly the texts `ntps` read
+    data.to_csv(toy_csv, index=False)
     config = StudyConfig(
         models=[str(tiny_llama)],
         datasets=[str(toy_csv)],
         out=tmp_path,
-        measures=["lora"],
+        measures=["ntps", "lora"],  # the lora cell reuses the ntps cell's base-model statistics
         layers=[0, -1],
         fractions=[0.5, 1.0],
         max_length=64,
@@ -230,6 +238,9 @@ def test_lora_cell_stores_the_gain_and_ntps_before_after(tiny_llama, toy_csv, tm
     saved = json.loads((cell_dir(tmp_path, str(tiny_llama), str(toy_csv)) / "lora" / "lora.json").read_text())
     table = ResultsStore(tmp_path).table()
     assert table.loc[table["metric"] == "gain", "value"].item() == saved["gain"]
+    assert saved["ntps_before_reused_cache"]
+    # Provenance comes from the statistics the job used (a hash of the training texts, never missing).
+    assert table["data_sha256"].notna().all() and table["data_sha256"].nunique() == 1
     for when in ("before", "after"):
         block = saved[f"ntps_{when}"]
         for i, layer in enumerate(block["layers"]):

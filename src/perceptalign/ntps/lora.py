@@ -255,11 +255,13 @@ def run_lora(
     seconds["load"] = time.perf_counter() - t0
 
     ntps_before: dict[str, Any] | None = None
-    before_reused = False
+    before_reused, before_file = False, None
     if config.ntps:
         t0 = time.perf_counter()
         status("NTPS before LoRA")
-        ntps_before, before_reused = _ntps_before(config, loaded, train_ds, out, status, progress)
+        ntps_before, before_reused, before_file = _ntps_before(
+            config, loaded, train_ds, out, status, progress
+        )
         write_json_atomic(out / NTPS_BEFORE_FILE, ntps_before)
         seconds["ntps_before"] = time.perf_counter() - t0
 
@@ -368,6 +370,7 @@ def run_lora(
         "ntps_before": ntps_before,
         "ntps_after": ntps_after,
         "ntps_before_reused_cache": before_reused,
+        "statistics_before_file": str(before_file) if before_file is not None else None,
         "seconds": seconds,
         "files": {
             "adapter": ADAPTER_DIR,
@@ -391,20 +394,25 @@ def _ntps_before(
     out: Path,
     status: StatusCallback,
     progress: ProgressCallback | None,
-) -> tuple[dict[str, Any], bool]:
-    """NTPS of the base model, from ``config.statistics_before`` when it matches, else OUT's cache."""
+) -> tuple[dict[str, Any], bool, Path]:
+    """NTPS of the base model, from ``config.statistics_before`` when it matches, else OUT's cache.
+
+    Returns the scores, whether statistics were reused, and the statistics file they came from."""
     kwargs = dict(max_length=config.max_length, max_samples=config.max_samples, progress=progress)
     shared = config.statistics_before
     if shared is not None and Path(shared).is_file():
         try:
-            return measure_ntps(
+            scores, reused = measure_ntps(
                 loaded, train_ds, config.ntps_settings, cache=Path(shared), phase="ntps before", **kwargs
             )
+            return scores, reused, Path(shared)
         except PerceptAlignError as exc:
             status(f"not reusing {shared} ({exc}); computing the statistics again")
-    return measure_ntps(
-        loaded, train_ds, config.ntps_settings, cache=out / STATISTICS_BEFORE, phase="ntps before", **kwargs
+    own = out / STATISTICS_BEFORE
+    scores, reused = measure_ntps(
+        loaded, train_ds, config.ntps_settings, cache=own, phase="ntps before", **kwargs
     )
+    return scores, reused, own
 
 
 def _merged_accuracy(

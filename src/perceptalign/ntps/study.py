@@ -420,7 +420,10 @@ def _run_lora(
     )
     result = run_lora(job, on_status=status)
     res = result.results
-    prov = _provenance(out / "statistics.json", res["model_fingerprint"], "lora.json")
+    # The base-model statistics' metadata (data hash, n_texts) sits beside whichever file was used.
+    used = res.get("statistics_before_file")
+    meta = Path(used).with_suffix(".json") if used else out / "statistics.json"
+    prov = _provenance(meta, res["model_fingerprint"], "lora.json")
     prov["n_texts"] = res["n_train"]
     rows: list[dict[str, Any]] = []
     for metric in LORA_SCALARS:
