@@ -7,32 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from perceptalign.cli.ntps import console, exit_on_error, fail, ntps_app, print_status
+from perceptalign.cli.progress import progress_bar
 
 
 class _StepProgress:
     """Progress bar with steps/s, tokens/s and the running train (and last validation) loss."""
 
     def __init__(self, description: str) -> None:
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self._progress = progress_bar(console, field="info", remaining=True)
         self._description = description
         self._task: int | None = None
         self._t0 = 0.0

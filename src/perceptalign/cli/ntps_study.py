@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from perceptalign.cli.ntps import (
@@ -36,6 +35,7 @@ from perceptalign.cli.options import (
     TopKOption,
     TrustRemoteCodeOption,
 )
+from perceptalign.cli.progress import progress_bar
 
 
 def _names(value: str, what: str) -> list[str]:
@@ -211,24 +211,17 @@ def study(
         keep_going=not stop_on_error,
     )
     started = time.perf_counter()
-    progress = Progress(
-        TextColumn("[bold]cells"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar(console, label="cells", field="where")
     with exit_on_error():
         config.validate()
         total = len(list(iter_cells(config)))
         with progress:
-            task = progress.add_task("", total=total)
+            task = progress.add_task("cells", total=total, where="")
 
             def on_cell(event: Any) -> None:
                 where = f"{event.measure} · {event.model} · {event.dataset}"
                 if event.state == "running":
-                    progress.update(task, description=where)
+                    progress.update(task, where=where)
                 elif event.state == "failed":
                     progress.console.print(f"[yellow]failed[/yellow] {where}: {event.error}")
                     progress.advance(task)

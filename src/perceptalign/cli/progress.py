@@ -1,4 +1,4 @@
-"""A rich progress bar that shows items/s and tokens/s for long streaming jobs."""
+"""The CLI's rich progress bars: one layout for every long job, rates for streaming, one bar per phase."""
 
 from __future__ import annotations
 
@@ -17,21 +17,26 @@ from rich.progress import (
 )
 
 
+def progress_bar(
+    console: Console, *, label: str = "{task.description}", field: str | None = None, remaining: bool = False
+) -> Progress:
+    """The project's bar layout: bold label, bar, done/total, an optional free-text ``task.fields[field]``
+    column, elapsed time and (``remaining``) an estimate of the time left."""
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]
+    if field is not None:
+        columns.append(TextColumn(f"{{task.fields[{field}]}}"))
+    columns.append(TimeElapsedColumn())
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console)
+
+
 class RateProgress:
     """Context manager: ``start(total)`` once the size is known, then ``advance(items, tokens)`` per batch."""
 
     def __init__(self, console: Console, description: str, unit: str = "texts") -> None:
         self.unit = unit
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rates]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self._progress = progress_bar(console, field="rates", remaining=True)
         self._description = description
         self._task: int | None = None
         self._tokens = 0
@@ -69,14 +74,7 @@ PhaseUpdate = Callable[[str, int, int, str], None]
 
 def phase_progress(console: Console, label_width: int = 13) -> tuple[Progress, PhaseUpdate]:
     """One bar per named phase (created on its first update), with a free-text status column."""
-    progress = Progress(
-        TextColumn(f"[bold]{{task.description:<{label_width}}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar(console, label=f"{{task.description:<{label_width}}}", field="status")
     bars: dict[str, int] = {}
 
     def update(phase: str, done: int, total: int, status: str) -> None:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from perceptalign.cli.progress import progress_bar
 from perceptalign.io import PerceptAlignError, atomic_path, write_json_atomic
 
 rtify_app = typer.Typer(
@@ -106,14 +106,7 @@ def simulate_ww(
     from perceptalign.rtify.simulate import plot_simulation, simulate_coherences
 
     values = _collect_coherences(coherences, list(ctx.args))
-    progress = Progress(
-        TextColumn("[bold]simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar(console, label="simulating", field="last")
     try:
         with progress:
             task = progress.add_task("simulate", total=len(values), last="")

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from perceptalign.cli.progress import phase_progress
 from perceptalign.cli.rtify import console, rtify_app
 from perceptalign.io import PerceptAlignError
 
@@ -81,19 +81,10 @@ def images(
             use_cache=not no_cache,
             seed=seed,
         )
-        bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        tasks: dict[str, int] = {}
+        bar, update = phase_progress(console)
 
         def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
+            update(stage, done, total, "")
 
         with bar:
             summary = run_images_experiment(config, out, progress=progress)

@@ -7,16 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from perceptalign.cli.progress import progress_bar
 from perceptalign.cli.rtify import console, rtify_app
 from perceptalign.io import PerceptAlignError, atomic_path, write_json_atomic
 
@@ -90,15 +83,7 @@ def train_backbone_command(
         raise typer.Exit(code=2) from exc
 
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    progress = progress_bar(console, field="info", remaining=True)
     total_steps = epochs * batches_per_epoch
     t_start = time.perf_counter()
     try:
