@@ -249,12 +249,10 @@ class StatisticsAccumulator:
                 "(StatisticsAccumulator(compute_dtype=torch.float64)) for this model."
             )
         for key in ("M_xx", "C0", "C1"):
-            value = block[key]
-            # C0's block holds only its upper block triangle (the rest stays zero): add just that part.
-            spans = _upper_spans(d) if key == "C0" else [(0, d)]
-            for lo, hi in spans:
-                part = value[lo:hi, lo:] if key == "C0" else value
-                target = acc[key][lo:hi, lo:] if key == "C0" else acc[key]
+            # Only the upper triangle of the symmetric sums is read (C0's block holds nothing else), so
+            # their upper blocks are all that is added.
+            for lo, hi in _upper_spans(d) if key in _SYMMETRIC else [(0, d)]:
+                part, target = block[key][lo:hi, lo:], acc[key][lo:hi, lo:]
                 if part.dtype != torch.float64 or part.device != self.device:
                     # Convert through a kept float64 buffer: a fresh 8·d² allocation per add page-faults,
                     # which measured 4× slower than the addition itself.
