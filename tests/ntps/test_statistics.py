@@ -648,3 +648,27 @@ def test_checkpoint_keeps_the_block_size_and_adds_the_pending_block(tmp_path: Pa
         assert torch.equal(restored.sums()[key], value), key
     with pytest.raises(PerceptAlignError, match="block_pairs"):
         StatisticsAccumulator(LAYERS, D, C, block_pairs=-1)
+
+
+def test_text_means_wait_in_a_buffer_and_fold_into_m_xx(monkeypatch: pytest.MonkeyPatch) -> None:
+    # M_xx is made from buffered float64 text means; a 5-row buffer makes the folds happen inside this
+    # test: batches of 3 and 4 texts do not fit together (the 3 are folded first), 7 texts need a bigger
+    # buffer, and a huge block keeps C0/C1 pending throughout, so only the means fold mid-stream.
+    import perceptalign.ntps.statistics as statistics
+
+    monkeypatch.setattr(statistics, "_MEANS_ROWS", 5)
+    sizes, pending_after = [3, 4, 7, 2], [3, 4, 7, 2]
+    batches = [make_batch([9, 1, 4, 7, 2, 8, 5][:n], 9, "right", seed=n) for n in sizes]
+    acc = StatisticsAccumulator(LAYERS, D, C, block_pairs=10**9)
+    for (hidden, mask, labels), rows in zip(batches, pending_after, strict=True):
+        acc.update(hidden, mask, labels)
+        assert acc._means_rows == rows and not acc.at_block_boundary
+    stats = acc.finalize()
+    assert acc.at_block_boundary
+    labels = torch.cat([y for _, _, y in batches])
+    for position, layer in enumerate(LAYERS):
+        rows = [h[position][i][m[i].bool()] for h, m, _ in batches for i in range(len(m))]
+        ref = dense_reference_statistics(rows, labels, C)
+        for key in STAT_KEYS:
+            # float64 throughout; only the summation order differs (~1e-15 relative)
+            assert max_rel_err(getattr(stats[layer], key), getattr(ref, key)) < 1e-12, (layer, key)

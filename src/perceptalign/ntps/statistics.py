@@ -11,10 +11,12 @@ page-fault on every batch). Nothing O(L²) is ever built.
 
 Precision policy: products run in the input dtype when it is float32 or float64 (float16 / bfloat16 are
 upcast to float32, which is both faster and far more exact on CPU); prefix-sum carries and text totals are
-float64; the products of consecutive batches accumulate in one compute-dtype block per layer until it
-holds a few thousand token pairs (as many as one large batch), and each block is added into float64 sums
-with integer counts. The sums are additive over batches, shards and processes, so merging is addition
-and the division by N happens once, in :meth:`StatisticsAccumulator.finalize`.
+float64; the C0/C1 products of consecutive batches accumulate in one compute-dtype block per layer until
+it holds a few thousand token pairs (as many as one large batch), and each block is added into float64
+sums with integer counts. M_xx (one row per text, not per token) is a float64 product of float64 text
+means, buffered over batches so that it is one GEMM with a useful inner dimension. The sums are additive
+over batches, shards and processes, so merging is addition and the division by N happens once, in
+:meth:`StatisticsAccumulator.finalize`.
 ``compute_dtype=torch.float64`` forces float64 products.
 
 Pairs: for each text, the prefix sum at each real token is paired with the NEXT REAL token, whatever the
@@ -25,6 +27,7 @@ is the same as the weight w_t = m_t·m_{t+1} of ntps.md.)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -50,6 +53,7 @@ from perceptalign.io import (
 STAT_KEYS = ("M_xx", "M_xy", "C0", "C1")
 COUNT_KEYS = ("n_texts", "n_tokens")
 _SYMMETRIC = ("M_xx", "C0")
+_BLOCK_KEYS = ("C0", "C1")  # the token-pair products, kept in compute-dtype blocks between flushes
 
 #: Metadata keys that identify how a statistics cache was made; a cache made with other values is refused.
 IDENTITY_KEYS = (
@@ -82,6 +86,8 @@ _FLAT_MIN_FILL = 0.9
 #: share one block before it is added into the float64 sums, so each float32 partial sum covers about
 #: as many pairs as one batch at a 4k-token budget.
 DEFAULT_BLOCK_PAIRS = 4096
+# Text means buffered per layer before their float64 M_xx product (256·d·8 bytes per layer).
+_MEANS_ROWS = 256
 
 
 @dataclass
@@ -108,15 +114,18 @@ class StatisticsAccumulator:
     on float32 models at about twice the cost); by default the input dtype is used (float16/bfloat16 →
     float32). Sums live on ``device`` (CPU by default); products run on the device of the hidden states.
 
-    ``block_pairs``: the products of consecutive batches accumulate (``addmm``) in one compute-dtype block
-    per layer until the block holds at least this many token pairs, and only then are added into the
-    float64 sums. A float32 block of a few thousand pairs is as exact as one batch of that size (the
+    ``block_pairs``: the C0/C1 products of consecutive batches accumulate (``addmm``) in one compute-dtype
+    block per layer until the block holds at least this many token pairs, and only then are added into
+    the float64 sums. A float32 block of a few thousand pairs is as exact as one batch of that size (the
     rounding of a float32 sum of K terms grows like √K, the same inside a GEMM and across two), while
-    the float64 conversion and addition of three d×d matrices per layer, which cost as much as a
+    the float64 conversion and addition of two d×d matrices per layer, which cost as much as a
     quarter of the update for short batches, are paid once per block rather than once per batch.
+    M_xx is a product of text means (B rows per batch, not B·T), so it is made in float64: the means
+    of up to ``_MEANS_ROWS`` texts wait in a buffer and are multiplied together, one GEMM with a useful
+    inner dimension instead of a B-row product per batch (which measured ~8 % of the update).
     Block boundaries depend only on the data (never on checkpoints or timing), so results are
     reproducible bit for bit; ``sums()``, ``finalize()``, ``merge()`` and checkpoints add a partial
-    block first. ``block_pairs=0`` adds every batch at once (3·d² values per layer less memory).
+    block first. ``block_pairs=0`` adds every batch at once (2·d² values per layer less memory).
     """
 
     def __init__(
@@ -155,11 +164,15 @@ class StatisticsAccumulator:
         self.n_tokens = 0
         self._broken: str | None = None
         self._workspace = _Workspace()
-        # Per-layer product blocks not yet added into the float64 sums (compute dtype, on the device of
-        # the hidden states); ``_live`` holds the layers whose block has data.
+        # Per-layer C0/C1 product blocks not yet added into the float64 sums (compute dtype, on the device
+        # of the hidden states); ``_live`` holds the layers whose block has data.
         self._blocks: dict[int, dict[str, Tensor]] = {}
         self._live: set[int] = set()
         self._block_pairs_seen = 0
+        # Per-layer float64 text means not yet multiplied into M_xx; rows [0, _means_rows) are filled
+        # (the same count for every layer: each batch reaches all layers).
+        self._means: dict[int, Tensor] = {}
+        self._means_rows = 0
         d, f64 = hidden_size, torch.float64
         # C0 and M_xx keep only their upper triangle authoritative (the batch product of C0 fills only
         # upper blocks; a BLAS AᵀA need not be bitwise symmetric); sums()/finalize() mirror it.
@@ -198,6 +211,8 @@ class StatisticsAccumulator:
                 "pass exactly one B×T×d tensor per accumulated layer, in the same order."
             )
         mask, labels = self._check_batch(hidden_states, attention_mask, labels)
+        if self._means_rows and self._means_rows + mask.shape[0] > _MEANS_ROWS:
+            self._fold_means()
         plans: dict[torch.device, _BatchPlan] = {}  # one per device (layers may sit on several devices)
         for position, (layer, hidden) in enumerate(zip(self.layers, hidden_states, strict=True)):
             if hidden.device not in plans:
@@ -215,6 +230,7 @@ class StatisticsAccumulator:
                 raise
         self.n_texts += int(mask.shape[0])
         self.n_tokens += int(mask.sum())
+        self._means_rows += int(mask.shape[0])
         self._block_pairs_seen += next(iter(plans.values())).n_pairs
         if self._block_pairs_seen >= self.block_pairs:
             self.flush()
@@ -222,7 +238,7 @@ class StatisticsAccumulator:
     @property
     def at_block_boundary(self) -> bool:
         """True when no batch products wait outside the float64 sums (a checkpoint here changes nothing)."""
-        return not self._live
+        return not self._live and not self._means_rows
 
     def flush(self) -> None:
         """Add every layer's pending product block into the float64 sums (called by the readers)."""
@@ -230,6 +246,21 @@ class StatisticsAccumulator:
         for layer in sorted(self._live):
             self._flush_layer(layer)
         self._block_pairs_seen = 0
+        self._fold_means()
+
+    def _fold_means(self) -> None:
+        """Multiply the buffered text means of every layer into its float64 M_xx (upper blocks only)."""
+        rows, self._means_rows = self._means_rows, 0
+        if not rows:
+            return
+        for layer in self.layers:
+            means, target = self._means[layer][:rows], self._sums[layer]["M_xx"]
+            if means.device == target.device:
+                _upper_gram(means, target, accumulate=True)
+            else:
+                d = self.hidden_size
+                product = self._workspace.get("M_xx", (d, d), torch.float64, means.device, zeroed=True)
+                target += _upper_gram(means, product).to(target.device)
 
     def _flush_layer(self, layer: int) -> None:
         block, acc = self._blocks[layer], self._sums[layer]
@@ -237,7 +268,7 @@ class StatisticsAccumulator:
         # A float32 overflow shows up as inf/NaN somewhere in the products, hence in their sums; checked
         # once per block rather than per batch (three d×d reductions per layer and batch measured ~3 % of
         # the update). The block's batches are lost with it, so the accumulator refuses further use.
-        if not all(_finite(block[key]) for key in ("M_xx", "C0", "C1")):
+        if not all(_finite(block[key]) for key in _BLOCK_KEYS):
             dtype = block["C1"].dtype
             self._broken = (
                 f"the {dtype} products of layer {layer} overflowed, losing the batches added since the "
@@ -248,16 +279,16 @@ class StatisticsAccumulator:
                 "hidden states are too large for float32 products. Use float64 products "
                 "(StatisticsAccumulator(compute_dtype=torch.float64)) for this model."
             )
-        for key in ("M_xx", "C0", "C1"):
-            # Only the upper triangle of the symmetric sums is read (C0's block holds nothing else), so
-            # their upper blocks are all that is added.
-            for lo, hi in _upper_spans(d) if key in _SYMMETRIC else [(0, d)]:
+        for key in _BLOCK_KEYS:
+            # Only the upper triangle of the symmetric C0 is read (its block holds nothing else), so its
+            # upper blocks are all that is added.
+            for lo, hi in _upper_spans(d) if key in _SYMMETRIC else ((0, d),):
                 part, target = block[key][lo:hi, lo:], acc[key][lo:hi, lo:]
-                if part.dtype != torch.float64 or part.device != self.device:
-                    # Convert through a kept float64 buffer: a fresh 8·d² allocation per add page-faults,
-                    # which measured 4× slower than the addition itself.
+                if part.device != self.device:
+                    # Move through a kept buffer: a fresh 8·d² allocation per add page-faults, which
+                    # measured 4× slower than the addition itself.
                     part = self._workspace.get("up", part.shape, torch.float64, self.device).copy_(part)
-                target += part
+                target += part  # float32 + float64 → float64, element by element, no temporary
         self._live.discard(layer)
 
     def _check_usable(self) -> None:
@@ -273,6 +304,7 @@ class StatisticsAccumulator:
         self.flush()
         self._workspace.clear()
         self._blocks.clear()
+        self._means.clear()
 
     def _check_batch(
         self, hidden_states: Sequence[Tensor], attention_mask: Tensor, labels: Tensor
@@ -349,12 +381,15 @@ class StatisticsAccumulator:
         copy_free = hidden.dtype == dtype and hidden.is_contiguous() and plan.padded_T == plan.T
         copied = not copy_free
         scan = _prefix_sums(hidden, plan, dtype, self._workspace, copy=copied)
-        if not copied and not _finite(scan[2]):
-            copied = True
-            scan = _prefix_sums(hidden, plan, dtype, self._workspace, copy=True)
         totals = scan[2]
         if not _finite(totals):
-            raise _non_finite_error(layer, hidden.dtype, "hidden states")
+            if copied:
+                raise _non_finite_error(layer, hidden.dtype, "hidden states")
+            copied = True
+            scan = _prefix_sums(hidden, plan, dtype, self._workspace, copy=True)
+            totals = scan[2]
+            if not _finite(totals):
+                raise _non_finite_error(layer, hidden.dtype, "hidden states")
         if plan.n_pairs:
             _pair_products(
                 scan, plan, block["C0"], block["C1"], self._workspace, copied=copied, accumulate=accumulate
@@ -362,17 +397,24 @@ class StatisticsAccumulator:
         elif not accumulate:
             block["C0"].zero_()
             block["C1"].zero_()
-        # Text means from the float64 totals; their outer products follow the same precision policy as
-        # C0/C1 (products in the compute dtype, float64 sums): a float64 B×d×d product per layer cost
-        # ~5 % of the update.
-        means = totals / plan.lengths.to(totals)[:, None]
-        means_c = means.to(dtype)
-        if accumulate:
-            block["M_xx"].addmm_(means_c.T, means_c)
-        else:
-            torch.mm(means_c.T, means_c, out=block["M_xx"])
+        # Text means from the float64 totals, kept in float64 for M_xx (see the class docstring).
+        first, batch_size = self._means_rows, totals.shape[0]
+        means = self._means_buffer(layer, batch_size, device)[first : first + batch_size]
+        torch.div(totals, plan.lengths_column(totals.dtype), out=means)
         self._sums[layer]["M_xy"].addmm_(means.T.to(self.device), plan.one_hot.to(self.device))
         self._live.add(layer)
+
+    def _means_buffer(self, layer: int, batch_size: int, device: torch.device) -> Tensor:
+        """The layer's float64 text-mean buffer on ``device``, with room for ``batch_size`` more rows."""
+        buffer, filled = self._means.get(layer), self._means_rows
+        if buffer is None or buffer.device != device or buffer.shape[0] < filled + batch_size:
+            grown = torch.empty(
+                max(_MEANS_ROWS, filled + batch_size), self.hidden_size, dtype=torch.float64, device=device
+            )
+            if buffer is not None and filled:  # rows kept so far move with it (e.g. to another device)
+                grown[:filled] = buffer[:filled]
+            self._means[layer] = buffer = grown
+        return buffer
 
     def _block(self, layer: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         """The layer's pending block in ``dtype`` on ``device`` (a block of another kind is added first)."""
@@ -384,7 +426,7 @@ class StatisticsAccumulator:
         if block is None:
             d = self.hidden_size
             # C0's lower blocks are never written: allocated zeroed, they stay zero.
-            block = {key: torch.zeros(d, d, dtype=dtype, device=device) for key in ("M_xx", "C0", "C1")}
+            block = {key: torch.zeros(d, d, dtype=dtype, device=device) for key in _BLOCK_KEYS}
             self._blocks[layer] = block
         return block
 
@@ -598,23 +640,31 @@ class _BatchPlan:
             self.next_index = _flat_rows(next_mask, Tp)
         self.one_hot = torch.zeros(B, n_classes, dtype=torch.float64, device=device)
         self.one_hot[torch.arange(B, device=device), labels] = 1.0
-        self._tril: dict[object, Tensor] = {}
+        self._cache: dict[object, Tensor] = {}
 
-    def tril(self, dtype: torch.dtype) -> Tensor:
-        """c×c lower-triangular ones: within-chunk prefix sums as one small matmul."""
-        if dtype not in self._tril:
-            ones = torch.ones(self.chunk, self.chunk, dtype=dtype, device=self.mask.device)
-            self._tril[dtype] = torch.tril(ones)
-        return self._tril[dtype]
+    def tril(self, dtype: torch.dtype, n: int | None = None) -> Tensor:
+        """n×n lower-triangular ones (n = the chunk by default): prefix sums as one small matmul."""
+        n = self.chunk if n is None else n
+        if (dtype, n) not in self._cache:
+            ones = torch.ones(n, n, dtype=dtype, device=self.mask.device)
+            self._cache[dtype, n] = torch.tril(ones)
+        return self._cache[dtype, n]
+
+    def lengths_column(self, dtype: torch.dtype) -> Tensor:
+        """B×1 text lengths in ``dtype`` (the divisor of the text means, shared by all layers)."""
+        key = ("lengths", dtype)
+        if key not in self._cache:
+            self._cache[key] = self.lengths.to(dtype)[:, None]
+        return self._cache[key]
 
     def masked_tril(self, dtype: torch.dtype) -> Tensor:
         """B×(T/c)×c×c weights tril ⊙ mask of the source position (only when T is a multiple of c)."""
         key = ("masked", dtype)
-        if key not in self._tril:
+        if key not in self._cache:
             B, c = self.mask.shape[0], self.chunk
             cols = self.mask.view(B, self.T // c, 1, c).to(dtype)
-            self._tril[key] = self.tril(dtype) * cols
-        return self._tril[key]
+            self._cache[key] = self.tril(dtype) * cols
+        return self._cache[key]
 
 
 def _scan_chunk(T: int) -> int:
@@ -681,7 +731,7 @@ class _Workspace:
 
 def _finite(x: Tensor) -> bool:
     """One reduction: NaN/inf anywhere propagate into the sum."""
-    return bool(torch.isfinite(x.sum()))
+    return math.isfinite(x.sum().item())
 
 
 def _pair_products(
@@ -750,19 +800,22 @@ def _prefix_sums(
         # The mask folded into the triangular weights: padding columns get weight 0, no masked copy.
         X = hidden
         torch.matmul(plan.masked_tril(dtype), hidden.view(B, Tp // c, c, d), out=S)
-    carry = _running_sum(S[:, :, -1].to(torch.float64))  # totals at chunk ends, float64
-    if Tp > c:
-        S[:, 1:] += carry[:, :-1, None].to(dtype)
+    # Chunk totals in float64, copied: S is overwritten later (the pair products zero its non-pair rows).
+    ends = S[:, :, -1].to(torch.float64, copy=True)
+    if Tp == c:  # one chunk: nothing to carry
+        return S.view(B, Tp, d), X, ends[:, 0]
+    carry = _running_sum(ends, plan)  # totals at chunk ends
+    S[:, 1:] += carry[:, :-1, None].to(dtype)
     return S.view(B, Tp, d), X, carry[:, -1]
 
 
-def _running_sum(x: Tensor) -> Tensor:
+def _running_sum(x: Tensor, plan: _BatchPlan) -> Tensor:
     """Inclusive cumulative sum over dim 1 of a B×n×d tensor; a small triangular matmul when n is small
     (torch's CPU cumsum measured several times slower than the matmul for these sizes)."""
     n = x.shape[1]
     if n > 64:
         return x.cumsum(dim=1)
-    return torch.matmul(torch.tril(torch.ones(n, n, dtype=x.dtype, device=x.device)), x)
+    return torch.matmul(plan.tril(x.dtype, n), x)
 
 
 def _gram_blocks(d: int) -> int:
@@ -772,11 +825,12 @@ def _gram_blocks(d: int) -> int:
     return max(1, min(12, round(d / 96)))
 
 
-def _upper_spans(d: int) -> list[tuple[int, int]]:
+@functools.cache
+def _upper_spans(d: int) -> tuple[tuple[int, int], ...]:
     """Row spans [lo, hi) of the blocks of :func:`_upper_gram`; block i covers rows lo:hi, columns lo:."""
     nb = _gram_blocks(d)
     edges = [round(i * d / nb) for i in range(nb + 1)]
-    return list(itertools.pairwise(edges))
+    return tuple(itertools.pairwise(edges))
 
 
 def _upper_gram(A: Tensor, out: Tensor, *, accumulate: bool = False) -> Tensor:
