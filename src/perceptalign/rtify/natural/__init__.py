@@ -1,0 +1,66 @@
+"""RTify on natural images: a recurrent CNN, decision heads fitted to per-image RTs, self-penalised
+training, a Wong–Wang race driven by the CNN's logits, and saliency of the class vs of the decision time.
+
+Pipeline (rtify.md §3–4): train :class:`~perceptalign.rtify.backbones.RecurrentCNN` with cross-entropy
+on EVERY step's readout (so an early decision reads a usable classifier; training on the last step only
+leaves early readouts near chance and the head could only decide late); freeze it; then
+
+* :func:`fit_item_rts` fits a multi-class RTify head (per-step features → accumulators → τ) or a
+  :class:`LogitWongWang` race (|Linear(logits)| → n populations) to a per-image RT table with
+  −Pearson r (+ a small CE that keeps the choice accurate), and reports r on held-out images against a
+  control refitted on shuffled RTs;
+* :func:`train_self_penalised` trains a head with CE + λ·mean(penalty·τ) and no human data;
+* :func:`saliency` gives ∂(class logit)/∂image and ∂τ/∂image.
+
+No per-image human RTs ship with the project (Kar et al. 2019 is not available), so
+:func:`synthetic_item_rts` makes a table from a KNOWN process: RT = t₀ + a·difficulty + noise, the
+difficulty being the predictive entropy of an independent teacher (logistic regression on pixels).
+Recovering that ranking on held-out images is the end-to-end check; any real table plugs in instead.
+"""
+
+from __future__ import annotations
+
+from perceptalign.rtify.natural._common import Decider, PenaltyKind, Progress
+from perceptalign.rtify.natural.backbone import (
+    BackboneConfig,
+    FeatureSet,
+    extract,
+    features_of,
+    load_or_train_backbone,
+    step_accuracy,
+    train_backbone,
+)
+from perceptalign.rtify.natural.deciders import LogitWongWang, make_item_head
+from perceptalign.rtify.natural.experiment import ImagesExperiment, run_images_experiment
+from perceptalign.rtify.natural.item_fit import ItemRTFit, fit_item_rts
+from perceptalign.rtify.natural.rt_tables import read_rt_table, synthetic_item_rts, teacher_difficulty
+from perceptalign.rtify.natural.saliency import SaliencyMaps, rt_scatter_figure, saliency, saliency_figure
+from perceptalign.rtify.natural.self_penalty import SelfPenalisedResult, train_self_penalised
+
+__all__ = [
+    "BackboneConfig",
+    "Decider",
+    "FeatureSet",
+    "ImagesExperiment",
+    "ItemRTFit",
+    "LogitWongWang",
+    "PenaltyKind",
+    "Progress",
+    "SaliencyMaps",
+    "SelfPenalisedResult",
+    "extract",
+    "features_of",
+    "fit_item_rts",
+    "load_or_train_backbone",
+    "make_item_head",
+    "read_rt_table",
+    "rt_scatter_figure",
+    "run_images_experiment",
+    "saliency",
+    "saliency_figure",
+    "step_accuracy",
+    "synthetic_item_rts",
+    "teacher_difficulty",
+    "train_backbone",
+    "train_self_penalised",
+]
