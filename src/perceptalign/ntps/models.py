@@ -301,7 +301,9 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[tor
     return input_ids, mask
 
 
-def _accepts_position_ids(module: nn.Module) -> bool:
+def accepts_position_ids(module: nn.Module) -> bool:
+    """Whether the module's forward takes ``position_ids`` (then they are derived from the mask, so that
+    left padding does not shift the positions of the real tokens)."""
     try:
         return "position_ids" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
@@ -319,7 +321,7 @@ def forward_hidden_states(
     """
     base = backbone(loaded.model)
     kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if _accepts_position_ids(base):
+    if accepts_position_ids(base):
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = base(**kwargs, output_hidden_states=True, use_cache=False)
     states = out.hidden_states

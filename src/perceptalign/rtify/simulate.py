@@ -155,14 +155,12 @@ def plot_simulation(sweep: CoherenceSweep) -> Any:
     Signed RT: +RT for correct, −RT for error trials (the layout of the human-data figures); undecided
     trials are left out of the histograms and their rate is printed in the title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     coh = [row["coherence_pct"] for row in sweep.summary]
     ncol = len(coh)
-    fig, axes = plt.subplots(2, ncol, figsize=(2.6 * ncol + 0.6, 5.6), squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(2.6 * ncol + 0.6, 5.6), constrained_layout=True)
+    axes = fig.subplots(2, ncol, squeeze=False)
     bins = np.linspace(-(sweep.max_time_s + 0.5), sweep.max_time_s + 0.5, 61)
     for j, (c, row) in enumerate(zip(coh, sweep.summary, strict=True)):
         ax = axes[0, j]

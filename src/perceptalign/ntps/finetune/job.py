@@ -1,0 +1,195 @@
+"""Job configuration, inputs and records, and the NTPS re-measurement shared by `ntps lora` and
+`ntps scratch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.ntps.datasets import TextDataset
+from perceptalign.ntps.finetune.callbacks import ProgressCallback, StatusCallback
+from perceptalign.ntps.finetune.config import TrainConfig
+from perceptalign.ntps.finetune.data import load_train_eval
+from perceptalign.ntps.finetune.schedule import OPTIMIZER_DESCRIPTION
+from perceptalign.ntps.models import (
+    LoadedModel,
+)
+
+
+@dataclass
+class FinetuneJobConfig:
+    """Model, data and optimisation of one training job (the CLI fills it from its options)."""
+
+    model: str
+    dataset: str
+    out: Path
+    split: str = "train"
+    eval_split: str = "test"
+    eval_fraction: float = 0.3
+    max_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_length: int = 512
+    dtype: str = "float32"
+    text_column: str | None = None
+    label_column: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.train.validate()
+        if self.max_length < 1:
+            raise PerceptAlignError(f"--max-length must be ≥ 1 (got {self.max_length}).")
+        resolve_device(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``; refuses a device this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise PerceptAlignError(f"unknown --device {name!r}; use cpu, cuda, cuda:0 or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PerceptAlignError(f"--device {name} requested but torch sees no CUDA device; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PerceptAlignError(f"--device {name} requested but MPS is unavailable; use --device cpu.")
+    return device
+
+
+def load_job_inputs(
+    config: FinetuneJobConfig, status: StatusCallback
+) -> tuple[TextDataset, TextDataset, str, LoadedModel]:
+    """Datasets (train, held-out, where held-out came from) and the pretrained model of a job."""
+    from perceptalign.ntps.jobs import load_job_model
+
+    status(f"loading dataset {config.dataset}")
+    train_ds, eval_ds, eval_source = load_train_eval(
+        config.dataset,
+        split=config.split,
+        eval_split=config.eval_split,
+        eval_fraction=config.eval_fraction,
+        max_samples=config.max_samples,
+        max_eval_samples=config.max_eval_samples,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        seed=config.train.seed,
+    )
+    return train_ds, eval_ds, eval_source, load_job_model(config, status)
+
+
+def job_record(
+    config: FinetuneJobConfig,
+    train_ds: TextDataset,
+    eval_ds: TextDataset,
+    eval_source: str,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The data and optimisation entries every training job records (lora.json and scratch.json alike).
+
+    One definition keeps the jobs' results comparable key for key: the comparison rests on their data,
+    held-out set and optimisation being the same.
+    """
+    return {
+        "dataset": train_ds.name,
+        "dataset_source": train_ds.source,
+        "n_train": len(train_ds),
+        "n_eval": len(eval_ds),
+        "eval_source": eval_source,
+        "n_classes": train_ds.n_classes,
+        "class_names": list(train_ds.class_names),
+        "chance_accuracy": float(eval_ds.class_counts().max() / len(eval_ds)),
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+        "device": str(device),
+        "steps": config.train.steps,
+        "batch_size": config.train.batch_size,
+        "lr": config.train.lr,
+        "warmup_steps": config.train.warmup_steps,
+        "optimizer": OPTIMIZER_DESCRIPTION,
+        "seed": config.train.seed,
+    }
+
+
+@dataclass
+class NTPSSettings:
+    """Which layers and k to score when NTPS is re-measured after training."""
+
+    layers: list[int] | None = None
+    fractions: list[float] | None = None
+    ks: list[int] | None = None
+    token_budget: int = 4096
+    ridge: float = 0.0
+
+
+def measure_ntps(
+    loaded: LoadedModel,
+    dataset: TextDataset,
+    settings: NTPSSettings,
+    *,
+    max_length: int,
+    max_samples: int | None,
+    cache: Path | None = None,
+    reuse: bool = True,
+    phase: str = "ntps",
+    progress: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """NTPS tables of ``loaded`` on ``dataset`` with the statistics and subspace code of `ntps score`.
+
+    With ``cache`` and ``reuse``, statistics saved there with the same identity (model fingerprint, data
+    hash, tokenisation) are reused and other statistics are refused; fresh statistics are saved there
+    (``reuse=False`` always recomputes and overwrites: trained weights change every run). Returns the
+    ``ntps_all_layers`` dict (plus ``n_tokens``) and whether the cache was reused.
+    """
+    from perceptalign.ntps.score import compute_statistics, resolve_layers, statistics_metadata
+    from perceptalign.ntps.statistics import load_statistics, save_statistics
+    from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
+
+    layers = resolve_layers(settings.layers, loaded.n_hidden_states)
+    metadata = statistics_metadata(loaded, dataset, layers, max_length, max_samples)
+    statistics = None
+    if reuse and cache is not None and cache.is_file():
+        statistics, cached_meta = load_statistics(cache, expected=metadata)
+        metadata["n_tokens"] = cached_meta["n_tokens"]
+    reused = statistics is not None
+    if statistics is None:
+        done = 0
+        if progress:
+            progress(phase, 0, len(dataset))
+
+        def on_batch(n_texts: int, _n_tokens: int) -> None:
+            nonlocal done
+            done += n_texts
+            if progress:
+                progress(phase, done, len(dataset))
+
+        accumulator = compute_statistics(
+            loaded,
+            dataset,
+            layers,
+            max_length=max_length,
+            token_budget=settings.token_budget,
+            on_batch=on_batch,
+        )
+        statistics = accumulator.finalize()
+        metadata["n_tokens"] = accumulator.n_tokens
+        if cache is not None:
+            save_statistics(cache, statistics, metadata)
+    fractions = None if settings.ks else (settings.fractions or list(DEFAULT_FRACTIONS))
+    scores = ntps_all_layers(
+        statistics, fractions=fractions or DEFAULT_FRACTIONS, ks=settings.ks, ridge=settings.ridge
+    )
+    scores.update(
+        model=loaded.model_id,
+        model_fingerprint=loaded.fingerprint,
+        dataset=dataset.name,
+        split=dataset.split,
+        n_texts=len(dataset),
+        n_tokens=int(metadata["n_tokens"]),
+        n_classes=dataset.n_classes,
+    )
+    return scores, reused
