@@ -1,0 +1,86 @@
+"""RTify experiments on the abstract RDM task: fit a decision head to human RTs, train a self-penalised
+ideal observer, fit the baselines on the same data, and evaluate everything on the human test split.
+
+Choices and why:
+
+* The GRU (see :mod:`perceptalign.rtify.tasks`) is trained once and FROZEN for every method, so that all
+  methods share one sensory representation and differ only in how they turn it into a decision time.
+* Choice rule of the human fit: the model's choice is a draw from the read-out probability p (the
+  softmax of ``choice_logits``). The signed-RT histogram loss is then taken in EXPECTATION over that draw:
+  each trial puts mass p at +RT and 1 − p at −RT (``weights`` of :func:`soft_histogram`). This makes the
+  accuracy differentiable (a hard trial's sign is discrete and gets no gradient), and the quantity
+  optimised is exactly the distribution the evaluated model produces. An explicit accuracy term, the
+  Bernoulli KL(a_human ‖ mean p) per condition (``acc_weight``), makes the psychometric fit robust even
+  when the distance (e.g. the published histogram MSE, whose values are ~1e−5) barely sees it.
+* The self-penalised observer reports the argmax of its read-out (the accuracy-maximising choice that its
+  cross-entropy trains). Its non-decision time cannot be learned without human data: it is FIXED at
+  ``t0_fixed`` = 0.3 s (the order of the non-decision times of DDM fits to RDM data, e.g. Palmer, Huk &
+  Shadlen 2005) and reported raw.
+* Evidence: ``"increment"`` (default) uses e_t = w·(h_t − h_{t−1}) + b, so the accumulator equals the
+  linear read-out w·h_t + b·(t + 1): the bound sits on the network's own decision variable (its log-odds
+  at initialisation), plus a learnable urgency drift b. A GRU state already integrates the stream, so the
+  published ``"linear"`` evidence e_t = w·h_t + b integrates it a second time; it is offered for comparison.
+* Positive quantities (θ, t₀) are softplus-parametrised in :class:`RTifyHead`; the initial θ is chosen so
+  that the median decision time matches the target (human median RT − t₀ for the human fit).
+"""
+
+from __future__ import annotations
+
+from perceptalign.rtify.fit.baselines import evaluate_method, run_baselines
+from perceptalign.rtify.fit.compare import compare_fits, comparison_markdown, verdict_line
+from perceptalign.rtify.fit.config import (
+    METHOD_LABELS,
+    ChoiceRule,
+    EvidenceKind,
+    FitConfig,
+    LossKind,
+    Objective,
+    PenaltyKind,
+    PhaseProgress,
+)
+from perceptalign.rtify.fit.experiment import FitResult, run_fit, write_fit_outputs
+from perceptalign.rtify.fit.head import IncrementEvidence, build_head, init_threshold, p_correct
+from perceptalign.rtify.fit.human import (
+    HumanTargets,
+    expected_signed_histograms,
+    fit_head_to_human,
+    objective_value,
+    predict_table,
+    table_loss,
+    weighted_quantiles,
+)
+from perceptalign.rtify.fit.self_penalty import train_self_penalised
+from perceptalign.rtify.fit.trials import SimulatedTrials, simulate
+
+__all__ = [
+    "METHOD_LABELS",
+    "ChoiceRule",
+    "EvidenceKind",
+    "FitConfig",
+    "FitResult",
+    "HumanTargets",
+    "IncrementEvidence",
+    "LossKind",
+    "Objective",
+    "PenaltyKind",
+    "PhaseProgress",
+    "SimulatedTrials",
+    "build_head",
+    "compare_fits",
+    "comparison_markdown",
+    "evaluate_method",
+    "expected_signed_histograms",
+    "fit_head_to_human",
+    "init_threshold",
+    "objective_value",
+    "p_correct",
+    "predict_table",
+    "run_baselines",
+    "run_fit",
+    "simulate",
+    "table_loss",
+    "train_self_penalised",
+    "verdict_line",
+    "weighted_quantiles",
+    "write_fit_outputs",
+]

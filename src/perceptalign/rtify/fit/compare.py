@@ -1,0 +1,149 @@
+"""Comparing fits: per-coherence tables, a summary and a one-line verdict (`perceptalign rtify compare`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perceptalign.io import PerceptAlignError, read_json
+from perceptalign.rtify.fit.config import METHOD_LABELS
+
+_COMPARE_COLUMNS = ("accuracy", "median_rt_correct", "wasserstein")
+
+
+def _load_fit(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / "fit.json" if path.is_dir() else path
+    if not file.is_file():
+        raise PerceptAlignError(f"{path}: no fit.json found; pass a directory written by `rtify fit`.")
+    report = read_json(file)
+    if not isinstance(report, Mapping) or "rtify" not in report or "model" not in report:
+        raise PerceptAlignError(f"{file} is not a fit.json written by `perceptalign rtify fit`.")
+    return dict(report)
+
+
+def compare_fits(paths: Sequence[Path]) -> tuple[dict[float, pd.DataFrame], pd.DataFrame, dict[str, Any]]:
+    """Per-coherence tables (human + every method: accuracy, median correct RT, W1), a per-method summary
+    (mean W1 and mean |Δaccuracy| over conditions), and the best method by mean W1.
+
+    Methods come from each fit's RTify model and its baselines; a baseline present in several fits is
+    taken from the first one that has it (they are fitted identically).
+    """
+    if not paths:
+        raise PerceptAlignError("compare needs at least one fit directory.")
+    methods: dict[str, list[dict[str, Any]]] = {}
+    human: dict[float, dict[str, float]] = {}
+    for path in paths:
+        report = _load_fit(path)
+        entries = [(report["model"], report["rtify"]), *report.get("baselines", {}).items()]
+        for name, entry in entries:
+            if name in methods:
+                continue
+            methods[name] = entry["per_condition"]
+            for row in entry["per_condition"]:
+                human.setdefault(
+                    float(row["condition"]),
+                    {
+                        "accuracy": row["accuracy_human"],
+                        "median_rt_correct": row["median_rt_correct_human"],
+                        "wasserstein": 0.0,
+                    },
+                )
+    tables: dict[float, pd.DataFrame] = {}
+    for cond in sorted(human):
+        rows = [{"method": "human", **human[cond]}]
+        for name, per_condition in methods.items():
+            match = [r for r in per_condition if float(r["condition"]) == cond]
+            if not match:
+                continue
+            r = match[0]
+            rows.append(
+                {
+                    "method": METHOD_LABELS.get(name, name),
+                    "accuracy": r["accuracy_model"],
+                    "median_rt_correct": r["median_rt_correct_model"],
+                    "wasserstein": r["wasserstein"],
+                }
+            )
+        tables[cond] = pd.DataFrame(rows).set_index("method")
+    summary_rows = []
+    for name, per_condition in methods.items():
+        w1 = [r["wasserstein"] for r in per_condition if r["wasserstein"] is not None]
+        dacc = [
+            abs(r["accuracy_model"] - r["accuracy_human"])
+            for r in per_condition
+            if r["accuracy_model"] is not None
+        ]
+        summary_rows.append(
+            {
+                "method": METHOD_LABELS.get(name, name),
+                "mean_wasserstein": float(np.mean(w1)) if w1 else math.nan,
+                "mean_abs_accuracy_error": float(np.mean(dacc)) if dacc else math.nan,
+            }
+        )
+    summary = pd.DataFrame(summary_rows).set_index("method").sort_values("mean_wasserstein")
+    best: dict[str, Any] = {"method": summary.index[0], "mean_wasserstein": float(summary.iloc[0, 0])}
+    if len(summary) > 1:
+        runner = float(summary.iloc[1, 0])
+        best.update(
+            {
+                "runner_up": summary.index[1],
+                "runner_up_mean_wasserstein": runner,
+                "margin": runner - best["mean_wasserstein"],
+                "ratio": runner / best["mean_wasserstein"] if best["mean_wasserstein"] > 0 else math.inf,
+            }
+        )
+    return tables, summary, best
+
+
+def comparison_markdown(tables: Mapping[float, pd.DataFrame], summary: pd.DataFrame, best: Mapping) -> str:
+    """The comparison as Markdown: one table per coherence, the summary table, one verdict line."""
+
+    def fmt(value: Any) -> str:
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+    lines = ["# RTify comparison on the human test split", ""]
+    for cond, table in tables.items():
+        lines += [
+            f"## coherence {cond:g}%",
+            "",
+            "| method | accuracy | median correct RT (s) | W1 (s) |",
+            "|---|---|---|---|",
+        ]
+        for method, row in table.iterrows():
+            lines.append(
+                f"| {method} | {fmt(row['accuracy'])} | {fmt(row['median_rt_correct'])} | "
+                f"{fmt(row['wasserstein']) if method != 'human' else '—'} |"
+            )
+        lines.append("")
+    lines += [
+        "## summary over coherences",
+        "",
+        "| method | mean W1 (s) | mean abs accuracy error |",
+        "|---|---|---|",
+    ]
+    for method, row in summary.iterrows():
+        lines.append(f"| {method} | {fmt(row['mean_wasserstein'])} | {fmt(row['mean_abs_accuracy_error'])} |")
+    lines += ["", verdict_line(best), ""]
+    return "\n".join(lines)
+
+
+def verdict_line(best: Mapping) -> str:
+    """One sentence naming the best method (lowest mean W1) and its margin over the runner-up."""
+    line = (
+        f"Best fit (lowest mean Wasserstein-1 over coherences): {best['method']} "
+        f"({best['mean_wasserstein']:.4f} s)"
+    )
+    if "runner_up" in best:
+        line += (
+            f", {best['margin']:.4f} s lower than {best['runner_up']} "
+            f"({best['runner_up_mean_wasserstein']:.4f} s, ×{best['ratio']:.2f})."
+        )
+    else:
+        line += "."
+    return line

@@ -1,0 +1,89 @@
+"""The RTify decision head on the frozen GRU: evidence, threshold initialisation, read-out accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.fit.config import FitConfig
+from perceptalign.rtify.heads import RTifyHead, inverse_softplus
+from perceptalign.rtify.tasks import (
+    GRUBackbone,
+    RDMTaskConfig,
+)
+
+
+class IncrementEvidence(nn.Module):
+    """e_t = w·(h_t − h_{t−1}) + b with h_{−1} = 0, so Σ_{k≤t} e_k = w·h_t + b·(t + 1).
+
+    The accumulator then tracks a linear read-out of the recurrent state (which already integrates the
+    stimulus) instead of integrating it a second time; b acts as an urgency signal.
+    """
+
+    def __init__(self, hidden_size: int, n_out: int = 1) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, n_out)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
+        return self.linear(hidden - previous)
+
+
+def build_head(backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig) -> RTifyHead:
+    """A two-bound RTify head on the backbone's states, started from the backbone's own read-out.
+
+    Evidence weights start as the read-out's log-odds direction (class 1 − class 0) and the per-step
+    classifier as the read-out itself: at initialisation the head bounds, and reads, the trained network's
+    decision variable, so fitting starts from a sensible decision process instead of a random one.
+    """
+    hidden_size = backbone.hidden_size
+    evidence: nn.Module = (
+        IncrementEvidence(hidden_size) if config.evidence == "increment" else nn.Linear(hidden_size, 1)
+    )
+    head = RTifyHead(
+        hidden_size,
+        2,
+        mode="two_bound",
+        dt=task.dt,
+        evidence=evidence,
+        classifier="linear",
+        readout=config.readout,
+        t0_init=config.t0_init if config.objective == "human" else config.t0_fixed,
+        learn_t0=config.objective == "human",
+    )
+    with torch.no_grad():
+        weight, bias = backbone.readout.weight, backbone.readout.bias
+        target = head.evidence.linear if isinstance(head.evidence, IncrementEvidence) else head.evidence
+        target.weight.copy_((weight[1] - weight[0]).unsqueeze(0))
+        if config.evidence == "increment":
+            target.bias.zero_()  # no urgency at the start: the accumulator is the read-out's log-odds
+        else:
+            target.bias.copy_((bias[1] - bias[0]).unsqueeze(0))
+        assert head.classifier is not None
+        head.classifier.weight.copy_(weight)
+        head.classifier.bias.copy_(bias)
+    return head
+
+
+@torch.no_grad()
+def init_threshold(head: RTifyHead, hidden: Tensor, target_step: float) -> float:
+    """Set θ so that the median first-crossing step of |Φ| is ``target_step``; returns θ.
+
+    A trial has crossed by step t* iff max_{t≤t*} |Φ_t| > θ, so the median decision step is t* when θ is
+    the median over trials of that running maximum.
+    """
+    if head.mode != "two_bound":
+        raise PerceptAlignError("init_threshold is written for two-bound heads.")
+    ev = head.evidence(hidden).squeeze(-1)
+    level = torch.cumsum(ev, dim=1).abs()
+    step = int(min(max(round(target_step), 0), hidden.shape[1] - 1))
+    theta = float(level[:, : step + 1].amax(dim=1).median())
+    theta = max(theta, 1e-3)
+    head.raw_threshold.copy_(torch.tensor(inverse_softplus(theta)))
+    return theta
+
+
+def p_correct(choice_logits: Tensor, labels: Tensor) -> Tensor:
+    """Read-out probability of the correct class, per trial."""
+    return torch.softmax(choice_logits, dim=-1).gather(1, labels.view(-1, 1)).squeeze(1)
