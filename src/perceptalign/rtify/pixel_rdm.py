@@ -46,12 +46,11 @@ from perceptalign.rtify.fit import (
     SimulatedTrials,
     evaluate_method,
     fit_head_to_human,
-    init_threshold,
     predict_table,
+    train_self_penalised_on,
     write_fit_outputs,
 )
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.losses import self_penalty_loss
 from perceptalign.rtify.ww_fit import (
     WWFitConfig,
     WWFitRun,
@@ -248,27 +247,9 @@ def train_self_penalised_cached(
 
     θ starts where the median decision falls at half the clip; t₀ stays at ``config.t0_fixed``.
     """
-    init_threshold(head, sim.hidden, sim.hidden.shape[1] / 2)
-    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=config.lr)
-    history: list[dict[str, float]] = []
-    for step in range(config.head_steps):
-        out = head(sim.hidden)
-        loss = self_penalty_loss(
-            out.choice_logits, sim.labels, out.decision.tau, lam=config.lam, kind=config.penalty
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        record = {
-            "loss": float(loss.detach()),
-            "mean_tau": float(out.decision.tau.detach().mean()),
-            "accuracy": float((out.choice == sim.labels).float().mean()),
-            "no_decision_rate": out.decision.no_decision_rate,
-        }
-        history.append(record)
-        if progress is not None:
-            progress("self-penalty", step + 1, config.head_steps, f"loss {record['loss']:.4g}")
-    return history
+    return train_self_penalised_on(
+        head, lambda step: sim, sim.hidden, sim.hidden.shape[1] / 2, config, progress=progress
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from perceptalign.rtify.fit.human import (
     table_loss,
     weighted_quantiles,
 )
-from perceptalign.rtify.fit.self_penalty import train_self_penalised
+from perceptalign.rtify.fit.self_penalty import train_self_penalised, train_self_penalised_on
 from perceptalign.rtify.fit.trials import SimulatedTrials, simulate
 
 __all__ = [
@@ -80,6 +80,7 @@ __all__ = [
     "simulate",
     "table_loss",
     "train_self_penalised",
+    "train_self_penalised_on",
     "verdict_line",
     "weighted_quantiles",
     "write_fit_outputs",
