@@ -101,8 +101,9 @@ def fit_ww(
 
     fit.json has the same method schema as `rtify fit`, so `rtify compare` puts WW next to RTify and DDM.
     """
+    from perceptalign.rtify.fit import check_split_tables
     from perceptalign.rtify.pixel_rdm import backbone_trials, load_outputs_dir
-    from perceptalign.rtify.ww_fit import WWFitConfig, check_split_tables, run_ww_fit, write_ww_outputs
+    from perceptalign.rtify.ww_fit import WWFitConfig, run_ww_fit, write_ww_outputs
 
     try:
         if input_kind not in _INPUTS:

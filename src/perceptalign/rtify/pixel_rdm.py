@@ -44,6 +44,7 @@ from perceptalign.rtify.fit import (
     HumanTargets,
     PhaseProgress,
     SimulatedTrials,
+    check_split_tables,
     evaluate_method,
     fit_head_to_human,
     predict_table,
@@ -55,7 +56,6 @@ from perceptalign.rtify.ww_fit import (
     WWFitConfig,
     WWFitRun,
     WWTrials,
-    check_split_tables,
     run_ww_fit,
     trajectory_figure,
 )

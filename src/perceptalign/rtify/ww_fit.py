@@ -54,12 +54,12 @@ from perceptalign.rtify.fit import (
     FitResult,
     HumanTargets,
     PhaseProgress,
+    check_split_tables,
     evaluate_method,
     objective_value,
     write_fit_outputs,
 )
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
-from perceptalign.rtify.trials import conditions as table_conditions
 from perceptalign.rtify.trials import validate_trials
 from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WWOutput
 
@@ -71,7 +71,6 @@ __all__ = [
     "WWFitRun",
     "WWTrials",
     "build_ww",
-    "check_split_tables",
     "coherence_trials",
     "fit_ww_to_human",
     "init_logit_scale",
@@ -560,23 +559,6 @@ def trajectory_figure(
 # --------------------------------------------------------------------------------------------------------
 # The whole experiment.
 # --------------------------------------------------------------------------------------------------------
-
-
-def check_split_tables(human_train: pd.DataFrame, human_test: pd.DataFrame) -> list[float]:
-    """Validated numeric (coherence %) conditions of the training split; every test one must be there."""
-    train = validate_trials(human_train, name="human training trials")
-    test = validate_trials(human_test, name="human test trials")
-    conds = table_conditions(train)
-    if any(isinstance(c, str) for c in conds) or any(not 0 <= c <= 100 for c in conds):
-        raise PerceptAlignError(
-            f"the RDM task needs numeric coherence conditions in [0, 100] %, got {conds}; relabel them."
-        )
-    missing = [c for c in table_conditions(test) if c not in conds]
-    if missing:
-        raise PerceptAlignError(
-            f"test conditions {missing} have no training trials; every test coherence needs training data."
-        )
-    return [float(c) for c in conds]
 
 
 def _evaluate(

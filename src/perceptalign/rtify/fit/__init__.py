@@ -38,7 +38,7 @@ from perceptalign.rtify.fit.config import (
     PenaltyKind,
     PhaseProgress,
 )
-from perceptalign.rtify.fit.experiment import FitResult, run_fit, write_fit_outputs
+from perceptalign.rtify.fit.experiment import FitResult, check_split_tables, run_fit, write_fit_outputs
 from perceptalign.rtify.fit.head import IncrementEvidence, build_head, init_threshold, p_correct
 from perceptalign.rtify.fit.human import (
     HumanTargets,
@@ -66,6 +66,7 @@ __all__ = [
     "PhaseProgress",
     "SimulatedTrials",
     "build_head",
+    "check_split_tables",
     "compare_fits",
     "comparison_markdown",
     "evaluate_method",

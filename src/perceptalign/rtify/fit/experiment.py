@@ -36,7 +36,8 @@ class FitResult:
     head: RTifyHead | None = None
 
 
-def _check_split_tables(human_train: pd.DataFrame, human_test: pd.DataFrame) -> list[float]:
+def check_split_tables(human_train: pd.DataFrame, human_test: pd.DataFrame) -> list[float]:
+    """Validated numeric (coherence %) conditions of the training split; every test one must be there."""
     train = validate_trials(human_train, name="human training trials")
     test = validate_trials(human_test, name="human test trials")
     conds = table_conditions(train)
@@ -67,7 +68,7 @@ def run_fit(
 ) -> FitResult:
     """Train (or load) the GRU, fit the RTify head (human or self-penalty objective), fit the baselines,
     and evaluate every method on ``human_test``. The task's coherences are the human conditions."""
-    conds = _check_split_tables(human_train, human_test)
+    conds = check_split_tables(human_train, human_test)
     task = task or RDMTaskConfig()
     task = RDMTaskConfig(
         coherences=tuple(conds), dt=task.dt, n_steps=task.n_steps, gain=task.gain, noise=task.noise
