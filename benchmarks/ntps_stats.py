@@ -263,7 +263,7 @@ def _forward_flops(loaded, prepared: list[tuple[torch.Tensor, torch.Tensor]]) ->
 
 def _statistics_flops(prepared: list[tuple[torch.Tensor, torch.Tensor]], d: int, n_layers: int) -> float:
     """C1 (2·d² per token pair) plus C0's upper block triangle, per accumulated layer."""
-    from perceptalign.ntps.statistics import _upper_spans
+    from perceptalign.ntps.statistics.kernels import _upper_spans
 
     c0 = sum(2 * (hi - lo) * (d - lo) for lo, hi in _upper_spans(d))
     pairs = sum(int(mask.sum()) - mask.shape[0] for _, mask in prepared)

@@ -16,11 +16,11 @@ from perceptalign.ntps.statistics import (
     STAT_KEYS,
     LayerStatistics,
     StatisticsAccumulator,
-    _BatchPlan,
     dense_reference_statistics,
     load_statistics,
     save_statistics,
 )
+from perceptalign.ntps.statistics.kernels import _BatchPlan
 
 D, C = 12, 3
 LAYERS = [0, 2, 5]
@@ -654,9 +654,9 @@ def test_text_means_wait_in_a_buffer_and_fold_into_m_xx(monkeypatch: pytest.Monk
     # M_xx is made from buffered float64 text means; a 5-row buffer makes the folds happen inside this
     # test: batches of 3 and 4 texts do not fit together (the 3 are folded first), 7 texts need a bigger
     # buffer, and a huge block keeps C0/C1 pending throughout, so only the means fold mid-stream.
-    import perceptalign.ntps.statistics as statistics
+    import perceptalign.ntps.statistics.accumulator as accumulator
 
-    monkeypatch.setattr(statistics, "_MEANS_ROWS", 5)
+    monkeypatch.setattr(accumulator, "_MEANS_ROWS", 5)
     sizes, pending_after = [3, 4, 7, 2], [3, 4, 7, 2]
     batches = [make_batch([9, 1, 4, 7, 2, 8, 5][:n], 9, "right", seed=n) for n in sizes]
     acc = StatisticsAccumulator(LAYERS, D, C, block_pairs=10**9)

@@ -15,9 +15,7 @@ from perceptalign.ntps.finetune.callbacks import ProgressCallback, StatusCallbac
 from perceptalign.ntps.finetune.config import TrainConfig
 from perceptalign.ntps.finetune.data import load_train_eval
 from perceptalign.ntps.finetune.schedule import OPTIMIZER_DESCRIPTION
-from perceptalign.ntps.models import (
-    LoadedModel,
-)
+from perceptalign.ntps.models import LoadedModel
 
 
 @dataclass
