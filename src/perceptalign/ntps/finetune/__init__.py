@@ -4,6 +4,10 @@ All three train the same classifier, backbone → masked mean of the last hidden
 the same optimizer (Adafactor with a fixed learning rate, as in the paper), the same cosine schedule with
 linear warm-up and the same seeded mini-batch order, so that their held-out accuracies differ only by
 what is trained: nothing of the backbone (linear head), low-rank adapters (LoRA) or everything (scratch).
+
+Modules: ``config`` and ``schedule`` (settings, Adafactor, warm-up + cosine), ``data`` (tokenized texts,
+seeded batches), ``classifier``, ``training`` (the loop), ``linear_head`` (frozen-backbone baseline),
+``figures``, ``job`` (job inputs/records and the NTPS re-measurement of `ntps lora` / `ntps scratch`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Pairs: for each text, the prefix sum at each real token is paired with the NEXT 
 padding side; a mask with holes is read as "these positions are not part of the text", i.e. the real rows
 are compacted first, exactly as the per-text definition with L_n real rows. (For masks without holes this
 is the same as the weight w_t = m_t·m_{t+1} of ntps.md.)
+
+Modules: ``common`` (keys, :class:`LayerStatistics`), ``kernels`` (scan, pair products, block-upper
+Gram), ``accumulator`` (:class:`StatisticsAccumulator`, checkpoints), ``cache`` (save/load with identity
+checks), ``reference`` (the dense per-text formula the engine is tested against).
 """
 
 from __future__ import annotations

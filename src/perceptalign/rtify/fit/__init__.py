@@ -22,6 +22,10 @@ Choices and why:
   published ``"linear"`` evidence e_t = w·h_t + b integrates it a second time; it is offered for comparison.
 * Positive quantities (θ, t₀) are softplus-parametrised in :class:`RTifyHead`; the initial θ is chosen so
   that the median decision time matches the target (human median RT − t₀ for the human fit).
+
+Modules: ``config``, ``trials`` (simulation through the frozen GRU), ``head``, ``human`` (targets and
+the human-fit objective), ``self_penalty``, ``baselines``, ``experiment`` (`rtify fit`), ``compare``
+(`rtify compare`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ No per-image human RTs ship with the project (Kar et al. 2019 is not available),
 :func:`synthetic_item_rts` makes a table from a KNOWN process: RT = t₀ + a·difficulty + noise, the
 difficulty being the predictive entropy of an independent teacher (logistic regression on pixels).
 Recovering that ranking on held-out images is the end-to-end check; any real table plugs in instead.
+
+Modules: ``backbone``, ``rt_tables``, ``deciders``, ``item_fit``, ``self_penalty``, ``saliency`` (and
+figures), ``experiment`` (`rtify images`).
 """
 
 from __future__ import annotations
