@@ -45,9 +45,12 @@ from perceptalign.rtify.fit import (
     PhaseProgress,
     SimulatedTrials,
     check_split_tables,
+    coherence_markdown,
     evaluate_method,
     fit_head_to_human,
+    markdown_number,
     predict_table,
+    summary_markdown,
     train_self_penalised_on,
     write_fit_outputs,
 )
@@ -397,31 +400,19 @@ def pixel_rdm_table(report: dict[str, Any]) -> pd.DataFrame:
 
 def pixel_rdm_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
     """The table as Markdown: one block per coherence and a mean-over-coherences summary."""
-
-    def fmt(v: float) -> str:
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
     bb = report.get("backbone", {})
     lines = [
         "# Pixel-level RDM: heads on a frozen backbone vs humans (test split)",
         "",
         f"backbone: {bb.get('kind')} (sha256 {str(bb.get('backbone_sha256'))[:12]}…), "
-        f"frame {fmt(bb.get('frame_s'))} s",
+        f"frame {markdown_number(bb.get('frame_s'))} s",
         "",
     ]
     for cond, block in table.groupby("coherence_pct", sort=True):
-        lines += [
-            f"## coherence {cond:g}%",
-            "",
-            "| method | accuracy | median correct RT (s) | W1 (s) |",
-            "|---|---|---|---|",
-        ]
-        for _, r in block.iterrows():
-            lines.append(
-                f"| {r['method']} | {fmt(r['accuracy'])} | {fmt(r['median_rt_correct_s'])} | "
-                f"{fmt(r['wasserstein_s'])} |"
-            )
-        lines.append("")
+        lines += coherence_markdown(
+            cond,
+            block[["method", "accuracy", "median_rt_correct_s", "wasserstein_s"]].itertuples(index=False),
+        )
     models = table[table["method"] != "human"].copy()
     human = table[table["method"] == "human"].set_index("coherence_pct")["accuracy"]
     models["abs_acc_err"] = (models["accuracy"] - models["coherence_pct"].map(human)).abs()
@@ -430,14 +421,7 @@ def pixel_rdm_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
         .mean()
         .sort_values("wasserstein_s")
     )
-    lines += [
-        "## mean over coherences",
-        "",
-        "| method | mean W1 (s) | mean abs accuracy error |",
-        "|---|---|---|",
-    ]
-    for method, r in summary.iterrows():
-        lines.append(f"| {method} | {fmt(r['wasserstein_s'])} | {fmt(r['abs_acc_err'])} |")
+    lines += summary_markdown("mean over coherences", summary.itertuples())
     lines.append("")
     return "\n".join(lines)
 

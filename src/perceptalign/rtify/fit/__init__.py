@@ -31,7 +31,14 @@ the human-fit objective), ``self_penalty``, ``baselines``, ``experiment`` (`rtif
 from __future__ import annotations
 
 from perceptalign.rtify.fit.baselines import evaluate_method, run_baselines
-from perceptalign.rtify.fit.compare import compare_fits, comparison_markdown, verdict_line
+from perceptalign.rtify.fit.compare import (
+    coherence_markdown,
+    compare_fits,
+    comparison_markdown,
+    markdown_number,
+    summary_markdown,
+    verdict_line,
+)
 from perceptalign.rtify.fit.config import (
     METHOD_LABELS,
     ChoiceRule,
@@ -71,18 +78,21 @@ __all__ = [
     "SimulatedTrials",
     "build_head",
     "check_split_tables",
+    "coherence_markdown",
     "compare_fits",
     "comparison_markdown",
     "evaluate_method",
     "expected_signed_histograms",
     "fit_head_to_human",
     "init_threshold",
+    "markdown_number",
     "objective_value",
     "p_correct",
     "predict_table",
     "run_baselines",
     "run_fit",
     "simulate",
+    "summary_markdown",
     "table_loss",
     "train_self_penalised",
     "train_self_penalised_on",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,34 +101,50 @@ def compare_fits(paths: Sequence[Path]) -> tuple[dict[float, pd.DataFrame], pd.D
     return tables, summary, best
 
 
+def markdown_number(value: Any) -> str:
+    """A Markdown table cell: three decimals, or — for a missing value (None or NaN)."""
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def coherence_markdown(cond: float, rows: Iterable[tuple[str, Any, Any, Any]]) -> list[str]:
+    """One coherence's block: a heading and a table of (method, accuracy, median correct RT, W1) rows."""
+    lines = [
+        f"## coherence {cond:g}%",
+        "",
+        "| method | accuracy | median correct RT (s) | W1 (s) |",
+        "|---|---|---|---|",
+    ]
+    for method, *values in rows:
+        lines.append(f"| {method} | " + " | ".join(markdown_number(v) for v in values) + " |")
+    return [*lines, ""]
+
+
+def summary_markdown(title: str, rows: Iterable[tuple[str, Any, Any]]) -> list[str]:
+    """The mean-over-coherences table: (method, mean W1, mean absolute accuracy error) rows."""
+    lines = [f"## {title}", "", "| method | mean W1 (s) | mean abs accuracy error |", "|---|---|---|"]
+    return lines + [f"| {m} | {markdown_number(w1)} | {markdown_number(err)} |" for m, w1, err in rows]
+
+
 def comparison_markdown(tables: Mapping[float, pd.DataFrame], summary: pd.DataFrame, best: Mapping) -> str:
     """The comparison as Markdown: one table per coherence, the summary table, one verdict line."""
-
-    def fmt(value: Any) -> str:
-        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
     lines = ["# RTify comparison on the human test split", ""]
     for cond, table in tables.items():
-        lines += [
-            f"## coherence {cond:g}%",
-            "",
-            "| method | accuracy | median correct RT (s) | W1 (s) |",
-            "|---|---|---|---|",
-        ]
-        for method, row in table.iterrows():
-            lines.append(
-                f"| {method} | {fmt(row['accuracy'])} | {fmt(row['median_rt_correct'])} | "
-                f"{fmt(row['wasserstein']) if method != 'human' else '—'} |"
-            )
-        lines.append("")
-    lines += [
-        "## summary over coherences",
-        "",
-        "| method | mean W1 (s) | mean abs accuracy error |",
-        "|---|---|---|",
-    ]
-    for method, row in summary.iterrows():
-        lines.append(f"| {method} | {fmt(row['mean_wasserstein'])} | {fmt(row['mean_abs_accuracy_error'])} |")
+        lines += coherence_markdown(
+            cond,
+            (
+                (
+                    method,
+                    row["accuracy"],
+                    row["median_rt_correct"],
+                    None if method == "human" else row["wasserstein"],
+                )
+                for method, row in table.iterrows()
+            ),
+        )
+    lines += summary_markdown(
+        "summary over coherences",
+        ((m, row["mean_wasserstein"], row["mean_abs_accuracy_error"]) for m, row in summary.iterrows()),
+    )
     lines += ["", verdict_line(best), ""]
     return "\n".join(lines)
 
