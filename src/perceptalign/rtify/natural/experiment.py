@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.natural._common import Progress
+from perceptalign.rtify.natural._common import Decider, Progress
 from perceptalign.rtify.natural.backbone import (
     BackboneConfig,
     features_of,
     load_or_train_backbone,
     step_accuracy,
 )
-from perceptalign.rtify.natural.item_fit import fit_item_rts
+from perceptalign.rtify.natural.item_fit import ItemRTFit, fit_item_rts
 from perceptalign.rtify.natural.rt_tables import read_rt_table, synthetic_item_rts, teacher_difficulty
 from perceptalign.rtify.natural.saliency import rt_scatter_figure, saliency, saliency_figure
 from perceptalign.rtify.natural.self_penalty import train_self_penalised
@@ -100,43 +100,23 @@ def run_images_experiment(
         }
     lap("rt_table_s")
     feats = features_of(backbone, items)
-    fits = [
-        fit_item_rts(
+
+    def fit(decider: Decider, epochs: int, init: Literal["readout", "random"] = "readout") -> ItemRTFit:
+        return fit_item_rts(
             backbone,
             items,
             table,
-            decider="rtify",
-            init="readout",
-            epochs=config.fit_epochs,
-            features=feats,
-            seed=config.seed,
-            progress=progress,
-        ),
-        fit_item_rts(
-            backbone,
-            items,
-            table,
-            decider="rtify",
-            init="random",
-            epochs=config.fit_epochs,
-            features=feats,
-            seed=config.seed,
-            progress=progress,
-        ),
-    ]
-    lap("fit_rtify_s")
-    fits.append(
-        fit_item_rts(
-            backbone,
-            items,
-            table,
-            decider="wong-wang",
-            epochs=config.ww_epochs,
+            decider=decider,
+            init=init,
+            epochs=epochs,
             features=feats,
             seed=config.seed,
             progress=progress,
         )
-    )
+
+    fits = [fit("rtify", config.fit_epochs, "readout"), fit("rtify", config.fit_epochs, "random")]
+    lap("fit_rtify_s")
+    fits.append(fit("wong-wang", config.ww_epochs))
     lap("fit_wong_wang_s")
 
     rng = np.random.default_rng(config.seed + 1)
