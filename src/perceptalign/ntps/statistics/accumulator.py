@@ -186,7 +186,8 @@ class StatisticsAccumulator:
         return not self._live and not self._means_rows
 
     def flush(self) -> None:
-        """Add every layer's pending product block into the float64 sums (called by the readers)."""
+        """Add every layer's pending product block and buffered text means into the float64 sums (called by
+        the readers)."""
         self._check_usable()
         for layer in sorted(self._live):
             self._flush_layer(layer)
@@ -211,8 +212,8 @@ class StatisticsAccumulator:
         block, acc = self._blocks[layer], self._sums[layer]
         d = self.hidden_size
         # A float32 overflow shows up as inf/NaN somewhere in the products, hence in their sums; checked
-        # once per block rather than per batch (three d×d reductions per layer and batch measured ~3 % of
-        # the update). The block's batches are lost with it, so the accumulator refuses further use.
+        # once per block rather than per batch (a d×d reduction per product, layer and batch measured ~3 %
+        # of the update). The block's batches are lost with it, so the accumulator refuses further use.
         if not all(_finite(block[key]) for key in _BLOCK_KEYS):
             dtype = block["C1"].dtype
             self._broken = (
