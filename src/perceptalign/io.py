@@ -34,6 +34,28 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def ensure_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove that files can be written there, before any work is done.
+
+    A job that finds out only at its end that its output folder is a file or read-only has wasted the
+    whole run; this check costs one empty temporary file.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PerceptAlignError(f"the {what} {path} is an existing file, not a folder; choose a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PerceptAlignError(
+            f"cannot write to the {what} {path} ({reason}); choose a folder you can write to."
+        ) from exc
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""

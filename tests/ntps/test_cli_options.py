@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from perceptalign.cli import app
 from perceptalign.cli import options as opts
-from perceptalign.cli.ntps import exit_on_error, fail, run_with_progress
+from perceptalign.cli.errors import exit_on_error, fail
+from perceptalign.cli.ntps import run_with_progress
 from perceptalign.io import PerceptAlignError
 
 
@@ -129,7 +130,7 @@ def test_exit_on_error_lets_other_exceptions_through():
 
 
 def test_fail_prints_the_prefix_and_exits_2():
-    result = CliRunner().invoke(_cli(lambda: fail("bad --x", prefix="\\[rank 1] ")), ["run"])
+    result = CliRunner().invoke(_cli(lambda: fail("bad --x", prefix="[rank 1] ")), ["run"])
     assert result.exit_code == 2 and "[rank 1] error: bad --x" in " ".join(result.output.split())
 
 
@@ -161,7 +162,7 @@ def test_run_with_progress_without_a_bar_gives_no_progress_callbacks():
         raise PerceptAlignError("no such dataset; pick another.")
 
     def body() -> None:
-        run_with_progress(job, "demo", show=False, error_prefix="\\[rank 3] ")
+        run_with_progress(job, "demo", show=False, error_prefix="[rank 3] ")
 
     result = CliRunner().invoke(_cli(body), ["run"])
     assert seen["on_start"] is None and seen["on_batch"] is None and callable(seen["on_status"])

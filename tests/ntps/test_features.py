@@ -99,7 +99,7 @@ def test_mismatching_cache_is_refused_naming_the_key(tiny_llama, tiny_gpt2_left,
     cache = FeatureCache(tmp_path)
     cache.load_or_extract(llama, dataset, [0, 1], max_length=64, token_budget=256)
     with pytest.raises(
-        PerceptAlignError, match=r"max_length: cached 64, requested 32.*delete features_train"
+        PerceptAlignError, match=r"max_length: cached 64, now 32.*overwrite"
     ):
         cache.load_or_extract(llama, dataset, [0, 1], max_length=32, token_budget=256)
     with pytest.raises(PerceptAlignError, match="model_fingerprint"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from perceptalign.io import PerceptAlignError
@@ -13,6 +14,7 @@ from perceptalign.ntps.features import FeatureCache
 from perceptalign.ntps.lm_probs import NextTokenCache
 from perceptalign.ntps.peers import fisher_ratio, leep, logme, nce
 from perceptalign.ntps.peers_job import PeersConfig, run_peers
+from tests.conftest import make_sentences
 
 
 def test_peers_table_equals_metrics_on_the_cached_features(tiny_llama, toy_csv, tmp_path):
@@ -42,15 +44,18 @@ def test_peers_table_equals_metrics_on_the_cached_features(tiny_llama, toy_csv, 
     np.testing.assert_array_equal(again.table.to_numpy(float), result.table.to_numpy(float))
 
 
-def test_metric_that_cannot_run_is_reported_not_fatal(tiny_llama, toy_csv, tmp_path):
-    # 6 texts: 5-fold kNN needs ≥ 5 per class, which a 6-text subset cannot have for both classes
+def test_metric_that_cannot_run_is_reported_not_fatal(tiny_llama, tmp_path):
+    # 8 + 2 texts: 5-fold kNN needs ≥ 5 texts per class, which the minority class does not have
+    rows = make_sentences(60, seed=11)
+    texts = [t for t, y in rows if y == 0][:8] + [t for t, y in rows if y == 1][:2]
+    data = tmp_path / "imbalanced.csv"
+    pd.DataFrame({"text": texts, "label": [0] * 8 + [1] * 2}).to_csv(data, index=False)
     config = PeersConfig(
         model=str(tiny_llama),
-        dataset=str(toy_csv),
+        dataset=str(data),
         out=tmp_path,
         max_length=64,
         metrics=["knn_accuracy", "fisher_ratio"],
-        max_samples=6,
         layers=[0],
     )
     result = run_peers(config)

@@ -255,9 +255,9 @@ def test_cli_eval_split_missing_from_a_split_column(tiny_llama, tmp_path):
     path = tmp_path / "s.csv"
     pd.DataFrame(
         {
-            "text": ["good film", "bad film", "great plot", "awful plot"],
-            "label": [1, 0, 1, 0],
-            "split": ["train", "train", "test", "test"],
+            "text": [f"{w} {n}" for w in ("good", "bad", "great", "awful") for n in ("film", "plot", "song")],
+            "label": [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0],
+            "split": ["train"] * 10 + ["test"] * 2,
         }
     ).to_csv(path, index=False)
     result = invoke(

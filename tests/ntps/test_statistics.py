@@ -394,7 +394,7 @@ def test_load_statistics_refuses_other_settings(tmp_path: Path, key: str, value:
     with pytest.raises(PerceptAlignError) as info:
         load_statistics(tmp_path, expected={**METADATA, key: value})
     message = str(info.value)
-    assert key in message and repr(value) in message and "--out" in message
+    assert key in message and repr(value) in message and "--overwrite" in message
 
 
 def test_load_statistics_missing_layers_and_broken_cache(tmp_path: Path) -> None:
@@ -407,7 +407,7 @@ def test_load_statistics_missing_layers_and_broken_cache(tmp_path: Path) -> None
     (tmp_path / "statistics.json").write_text(old_meta)
     with pytest.raises(PerceptAlignError, match="not written together"):
         load_statistics(tmp_path)
-    with pytest.raises(PerceptAlignError, match="no complete statistics cache"):
+    with pytest.raises(PerceptAlignError, match="no statistics cache"):
         load_statistics(tmp_path / "nowhere")
     assert json.loads(old_meta)["n_texts"] == 9
 

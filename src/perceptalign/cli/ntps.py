@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.options import (
     DatasetOption,
     DtypeOption,
@@ -21,6 +22,7 @@ from perceptalign.cli.options import (
     LayersOption,
     MaxLengthOption,
     ModelOption,
+    OverwriteOption,
     RevisionOption,
     SubsetSeedOption,
     TextColumnOption,
@@ -28,7 +30,6 @@ from perceptalign.cli.options import (
     TrustRemoteCodeOption,
 )
 from perceptalign.cli.progress import RateProgress
-from perceptalign.io import PerceptAlignError
 
 ntps_app = typer.Typer(
     help="NTPS: how much of the perception subspace lies in the next-token subspace.", no_args_is_help=True
@@ -40,21 +41,6 @@ T = TypeVar("T")
 def print_status(message: str) -> None:
     """A job's status line, dimmed so that the results stand out."""
     console.print(f"[dim]{message}[/dim]")
-
-
-def fail(message: object, prefix: str = "") -> NoReturn:
-    """End the command on bad user input: a one-line message and exit code 2, not a traceback."""
-    console.print(f"[red]{prefix}error:[/red] {message}")
-    raise typer.Exit(code=2)
-
-
-@contextlib.contextmanager
-def exit_on_error(prefix: str = "") -> Iterator[None]:
-    """A PerceptAlignError raised inside the block ends the command through :func:`fail`."""
-    try:
-        yield
-    except PerceptAlignError as exc:
-        fail(exc, prefix)
 
 
 def run_with_progress(
@@ -75,15 +61,19 @@ def run_with_progress(
         )
 
 
-def parse_int_list(value: str | None, what: str) -> list[int] | None:
+def parse_int_list(value: str | None, what: str, *, positive: bool = False) -> list[int] | None:
     if value is None or value.strip().lower() in {"", "all"}:
         return None
     try:
-        return [int(v) for v in value.replace(" ", "").split(",") if v]
+        values = [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError as exc:
+        example = "8,32,128" if positive else "0,6,12,-1"
         raise typer.BadParameter(
-            f"{what} must be comma-separated integers, e.g. 0,6,12,-1 (got {value!r})"
+            f"{what} must be comma-separated integers, e.g. {example} (got {value!r})"
         ) from exc
+    if positive and any(v < 1 for v in values):
+        raise typer.BadParameter(f"{what} must be positive integers (got {value!r})")
+    return values
 
 
 def parse_float_list(value: str | None, what: str) -> list[float] | None:
@@ -124,48 +114,51 @@ def score(
     label_column: LabelColumnOption = None,
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
-    ridge: Annotated[float, typer.Option(help="Relative ridge added to M_xx and C0 before whitening.")] = 0.0,
+    ridge: Annotated[
+        float, typer.Option(help="Relative ridge added to M_xx and C0 before whitening.", min=0.0)
+    ] = 0.0,
     seed: SubsetSeedOption = 0,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Compute NTPS for every layer and k from one pass of the data through the model.
 
     Writes OUT/ntps.json (ntps, ntps_orthonormal and ntps_reference as layer × fraction tables),
-    OUT/statistics.safetensors + .json (reused when rerun with the same settings; refused when made
-    with another model, dataset or tokenisation) and OUT/ntps_heatmap.png. An interrupted run resumes
+    OUT/statistics.safetensors + .json (reused when rerun on the same model, data and tokenisation;
+    statistics of other inputs are refused, naming what differs, unless --overwrite recomputes them)
+    and OUT/ntps_heatmap.png. An interrupted run resumes
     from its checkpoint. The `ntps_reference` variant reproduces the published selection (bottom of
     both spectra): it is numerically ill-posed and only meant for comparison with published numbers.
     """
     from perceptalign.ntps.distributed import launch_rank
     from perceptalign.ntps.score import ScoreConfig, run_score
+    from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
-    ks = parse_int_list(k, "--k")
-    config = ScoreConfig(
-        model=model,
-        dataset=dataset,
-        out=out,
-        split=split,
-        layers=parse_int_list(layers, "--layers"),
-        max_samples=max_samples,
-        max_length=max_length,
-        token_budget=token_budget,
-        dtype=dtype,
-        fractions=None if ks else (parse_float_list(fractions, "--fractions") or None),
-        ks=ks,
-        text_column=text_column,
-        label_column=label_column,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        ridge=ridge,
-        seed=seed,
-    )
-    if config.fractions is None and ks is None:
-        from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
-
-        config.fractions = list(DEFAULT_FRACTIONS)
+    ks = parse_int_list(k, "--k", positive=True)
+    with exit_on_error():
+        config = ScoreConfig(
+            model=model,
+            dataset=dataset,
+            out=out,
+            split=split,
+            layers=parse_int_list(layers, "--layers"),
+            max_samples=max_samples,
+            max_length=max_length,
+            token_budget=token_budget,
+            dtype=dtype,
+            fractions=None if ks else (parse_float_list(fractions, "--fractions") or list(DEFAULT_FRACTIONS)),
+            ks=ks,
+            text_column=text_column,
+            label_column=label_column,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            ridge=ridge,
+            seed=seed,
+            overwrite=overwrite,
+        )
     started = time.perf_counter()
     # Under torchrun only rank 0 shows progress and the summary; the others stay silent unless they fail.
     rank = launch_rank()
-    where = f"\\[rank {rank}] " if "WORLD_SIZE" in os.environ else ""  # \\[: not rich markup
+    where = f"[rank {rank}] " if "WORLD_SIZE" in os.environ else ""  # printed literally by fail()
     result = run_with_progress(
         lambda **callbacks: run_score(config, **callbacks), "statistics", show=rank == 0, error_prefix=where
     )

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from perceptalign.cli.ntps import console, exit_on_error, fail, ntps_app, print_status
+from perceptalign.cli.errors import exit_on_error, fail
+from perceptalign.cli.ntps import console, ntps_app, print_status
 from perceptalign.cli.progress import progress_bar
 
 

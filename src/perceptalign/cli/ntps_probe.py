@@ -18,6 +18,7 @@ from perceptalign.cli.options import (
     LayersOption,
     MaxLengthOption,
     ModelOption,
+    OverwriteOption,
     RevisionOption,
     TextColumnOption,
     TokenBudgetOption,
@@ -80,6 +81,7 @@ def probe(
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     seed: Annotated[int, typer.Option(help="Seed of the --max-samples subsets and of the CV folds.")] = 0,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Fit linear probes per layer on --split and score them on held-out data.
 
@@ -87,7 +89,8 @@ def probe(
     least squares on one-hot targets → MSE (mean over samples and classes). The published probes were
     scored on their own training data; those scores are shown as train_* so their saturation is visible.
     Features (masked mean of each layer's hidden states) are cached in OUT/features_{split}.safetensors
-    and reused on reruns with the same model, data and tokenisation; a cache made otherwise is refused.
+    and reused on reruns with the same model, data and tokenisation; a cache made otherwise is refused
+    (naming what differs) unless --overwrite recomputes it.
     """
     from perceptalign.ntps.probes import ProbeConfig, run_probe
 
@@ -111,6 +114,7 @@ def probe(
         trust_remote_code=trust_remote_code,
         seed=seed,
         ntps_fraction=ntps_fraction,
+        overwrite=overwrite,
     )
     started = time.perf_counter()
     result = run_with_progress(lambda **callbacks: run_probe(config, **callbacks), "features")

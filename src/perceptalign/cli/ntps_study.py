@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.ntps import (
     console,
-    exit_on_error,
     ntps_app,
     parse_float_list,
     parse_int_list,
@@ -28,6 +28,7 @@ from perceptalign.cli.options import (
     MaxLengthOption,
     MaxSamplesPerDatasetOption,
     ModelOption,
+    OverwriteOption,
     RevisionOption,
     SubsetSeedOption,
     TextColumnOption,
@@ -84,6 +85,7 @@ def peers(
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     seed: SubsetSeedOption = 0,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Every peer transferability metric per layer on the cached mean-pooled features.
 
@@ -109,6 +111,7 @@ def peers(
         revision=revision,
         trust_remote_code=trust_remote_code,
         seed=seed,
+        overwrite=overwrite,
     )
     started = time.perf_counter()
     result = run_with_progress(lambda **callbacks: run_peers(config, **callbacks), "forward passes")

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.ntps import (
     console,
-    exit_on_error,
     ntps_app,
     parse_float_list,
     parse_int_list,

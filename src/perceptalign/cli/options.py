@@ -34,7 +34,9 @@ DatasetOption = Annotated[
     ),
 ]
 DtypeOption = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")]
-MaxLengthOption = Annotated[int, typer.Option(help="Truncate texts to this many tokens.")]
+MaxLengthOption = Annotated[
+    int, typer.Option(help="Truncate texts to this many tokens (≥ 2: NTPS needs a next token).", min=2)
+]
 TextColumnOption = Annotated[str | None, typer.Option(help="Text column of a local file (default `text`).")]
 LabelColumnOption = Annotated[
     str | None, typer.Option(help="Label column of a local file (default `label`).")
@@ -58,7 +60,16 @@ LayersOption = Annotated[
     typer.Option(help="Comma-separated hidden-state indices (0 = embeddings, -1 = last); default all."),
 ]
 TokenBudgetOption = Annotated[
-    int, typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.")
+    int,
+    typer.Option(help="Padded tokens per batch; texts are length-sorted so little is padding.", min=1),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Recompute the caches in --out even when they exist (caches made from other data, model or "
+        "settings are otherwise refused; matching ones are reused).",
+    ),
 ]
 FractionsOption = Annotated[
     str | None, typer.Option(help="Comma-separated fractions f of rank(V) (default 0.05,0.10,…,0.95).")

@@ -23,8 +23,9 @@ from safetensors import safe_open
 
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic, write_json_atomic
 from perceptalign.ntps.datasets import TextDataset
+from perceptalign.ntps.identity import check_identity, jsonable, statistics_metadata
 from perceptalign.ntps.models import LoadedModel, iter_hidden_states, token_budget_batches, tokenize
-from perceptalign.ntps.score import resolve_layers, statistics_metadata
+from perceptalign.ntps.score import resolve_layers
 
 BatchCallback = Callable[[int, int], None]
 """Called after each batch with (texts in the batch, real tokens in the batch)."""
@@ -34,8 +35,6 @@ FEATURES_FORMAT = 1
 #: safetensors header key holding the JSON metadata (authoritative; the .json file beside it is a copy
 #: for people, so the tensors and their identity can never come from two different writes).
 _META_KEY = "perceptalign_features"
-#: Metadata keys that describe the run but do not identify the features (never compared).
-_DESCRIPTIVE_KEYS = frozenset({"layers", "n_tokens", "extract_seconds", "hidden_size"})
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -139,7 +138,7 @@ class FeatureCache:
                     f"layer {layer} features have shape {array.shape}, expected ({len(labels)}, d)."
                 )
             tensors[f"layer{int(layer)}"] = torch.from_numpy(np.ascontiguousarray(array))
-        meta = _jsonable({**metadata, "layers": sorted(int(layer) for layer in features)})
+        meta = jsonable({**metadata, "layers": sorted(int(layer) for layer in features)})
         path = self.path(split)
         save_tensors_atomic(path, tensors, metadata={_META_KEY: json.dumps(meta)})
         write_json_atomic(path.with_suffix(".json"), meta)
@@ -160,7 +159,7 @@ class FeatureCache:
         cached_layers = [int(layer) for layer in meta.get("layers", [])]
         layers = cached_layers
         if expected is not None:
-            _check_identity(meta, expected, path)
+            check_identity(meta, expected, what="the feature cache", path=path)
             if expected.get("layers") is not None:
                 layers = [int(layer) for layer in expected["layers"]]
                 missing = sorted(set(layers) - set(cached_layers))
@@ -190,11 +189,13 @@ class FeatureCache:
         token_budget: int,
         max_samples: int | None = None,
         on_batch: BatchCallback | None = None,
+        overwrite: bool = False,
     ) -> CachedFeatures:
-        """Reuse a matching cache for ``dataset.split``, else extract (one pass) and cache atomically."""
+        """Reuse a matching cache for ``dataset.split`` (a cache of other inputs is refused), else extract
+        (one pass) and cache atomically; ``overwrite`` always extracts and replaces the cache."""
         layers = resolve_layers(layers, loaded.n_hidden_states)
         expected = feature_metadata(loaded, dataset, layers, max_length, max_samples)
-        if self.exists(dataset.split):
+        if self.exists(dataset.split) and not overwrite:
             cached = self.load(dataset.split, expected)
             if not np.array_equal(cached.labels, dataset.labels):
                 raise PerceptAlignError(
@@ -217,7 +218,7 @@ class FeatureCache:
         meta = {**expected, "n_tokens": n_tokens, "extract_seconds": round(time.perf_counter() - started, 3)}
         path = self.save(dataset.split, features, dataset.labels, meta)
         return CachedFeatures(
-            features, np.asarray(dataset.labels, dtype=np.int64), _jsonable(meta), False, path
+            features, np.asarray(dataset.labels, dtype=np.int64), jsonable(meta), False, path
         )
 
 
@@ -233,24 +234,6 @@ def _read_header(path: Path) -> dict[str, Any]:
             "another --out directory."
         )
     return json.loads(header[_META_KEY])
-
-
-def _check_identity(meta: Mapping[str, Any], expected: Mapping[str, Any], path: Path) -> None:
-    differing = [
-        f"{key}: cached {meta.get(key)!r}, requested {want!r}"
-        for key, want in _jsonable(dict(expected)).items()
-        if key not in _DESCRIPTIVE_KEYS and meta.get(key) != want
-    ]
-    if differing:
-        raise PerceptAlignError(
-            f"the feature cache {path} was made with other settings (" + "; ".join(differing) + "). "
-            f"Use another --out directory for these settings, or delete {path.name} to re-extract."
-        )
-
-
-def _jsonable(obj: Any) -> Any:
-    """Normalise metadata the way it reads back from JSON (tuples → lists, numpy scalars → numbers)."""
-    return json.loads(json.dumps(obj, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 __all__ = [

@@ -9,9 +9,12 @@ so loading them (with the same status messages) is written once here. The grid r
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from perceptalign.io import ensure_output_dir
 from perceptalign.ntps.datasets import TextDataset, load_text_dataset
+from perceptalign.ntps.datasets.core import check_enough_texts
 
 if TYPE_CHECKING:
     from perceptalign.ntps.models import LoadedModel
@@ -50,6 +53,23 @@ class DataSource(Protocol):
     seed: int
 
 
+class OutputSource(Protocol):
+    """The model and output fields of a job config."""
+
+    model: str
+    out: Path
+
+
+def check_job_inputs(config: OutputSource) -> Path:
+    """What can be checked before any data or weights load: the output folder is a writable folder and a
+    local model folder is complete. Returns the output folder (created)."""
+    from perceptalign.ntps.models import check_model_source
+
+    out = ensure_output_dir(config.out, "output folder (--out)")
+    check_model_source(config.model)
+    return out
+
+
 def load_job_model(config: ModelSource, status: StatusCallback) -> LoadedModel:
     """The causal LM of ``config`` (its dtype, revision and remote-code choice), announced on ``status``."""
     from perceptalign.ntps.models import load_causal_lm
@@ -65,9 +85,10 @@ def load_job_model(config: ModelSource, status: StatusCallback) -> LoadedModel:
 
 
 def load_job_dataset(config: DataSource, status: StatusCallback) -> TextDataset:
-    """The validated split of ``config`` (with its seeded --max-samples subset), announced on ``status``."""
+    """The validated split of ``config`` (with its seeded subset), announced on ``status``; refused when it is
+    too small to measure anything (:func:`~perceptalign.ntps.datasets.core.check_enough_texts`)."""
     status(f"loading dataset {config.dataset} ({config.split})")
-    return load_text_dataset(
+    dataset = load_text_dataset(
         config.dataset,
         config.split,
         text_column=config.text_column,
@@ -75,6 +96,8 @@ def load_job_dataset(config: DataSource, status: StatusCallback) -> TextDataset:
         max_samples=config.max_samples,
         seed=config.seed,
     )
+    check_enough_texts(dataset)
+    return dataset
 
 
 def extraction_settings(config: Any) -> dict[str, Any]:
@@ -86,6 +109,8 @@ __all__ = [
     "EXTRACTION_SETTINGS",
     "DataSource",
     "ModelSource",
+    "OutputSource",
+    "check_job_inputs",
     "extraction_settings",
     "load_job_dataset",
     "load_job_model",

@@ -30,8 +30,8 @@ from safetensors import safe_open
 
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic
 from perceptalign.ntps.datasets import TextDataset
+from perceptalign.ntps.identity import check_identity, statistics_metadata
 from perceptalign.ntps.models import LoadedModel, pad_batch, token_budget_batches, tokenize
-from perceptalign.ntps.score import statistics_metadata
 
 DEFAULT_TOP_K = 256
 _META_KEY = "perceptalign_lm_probs"
@@ -141,21 +141,18 @@ class NextTokenCache:
         max_samples: int | None = None,
         top_k: int | None = DEFAULT_TOP_K,
         on_batch: BatchCallback | None = None,
+        overwrite: bool = False,
     ) -> NextTokenProbs:
-        """Reuse a cache made with the same model, data, tokenisation and top_k; else compute and save."""
+        """Reuse a cache made with the same model, data, tokenisation and top_k (a cache of other inputs is
+        refused); else — or with ``overwrite`` — compute and save."""
         meta = statistics_metadata(loaded, dataset, [], max_length, max_samples)
         meta.pop("layers")
         meta.update(kind="next_token_probs", top_k=top_k)
         meta = json.loads(json.dumps(meta))
         path = self.path(dataset.split)
-        if path.is_file():
+        if path.is_file() and not overwrite:
             cached = self._load(path)
-            differing = sorted(k for k, v in meta.items() if cached.metadata.get(k) != v)
-            if differing:
-                raise PerceptAlignError(
-                    f"the next-token cache {path} was made with other settings ({', '.join(differing)} "
-                    f"differ); use another --out directory or delete {path.name}."
-                )
+            check_identity(cached.metadata, meta, what="the next-token cache", path=path, ignore=())
             return cached
         probs, mass = next_token_probs(
             loaded, dataset, max_length=max_length, token_budget=token_budget, top_k=top_k, on_batch=on_batch

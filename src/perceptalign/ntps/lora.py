@@ -41,6 +41,7 @@ from perceptalign.ntps.finetune import (
     train_linear_head,
     training_figure,
 )
+from perceptalign.ntps.jobs import check_job_inputs
 from perceptalign.ntps.models import LoadedModel, backbone
 
 RESULTS_FILE = "lora.json"
@@ -243,8 +244,7 @@ def run_lora(
     status = on_status or (lambda _msg: None)
     config.validate()
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_job_inputs(config)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     train_ds, eval_ds, eval_source, loaded = load_job_inputs(config, status)

@@ -155,19 +155,59 @@ def resolve_model_path(name: str, progress: Callable[[str], None] | None = None)
 
     if (zoo := resolve_pretrained_alias(name)) is not None:
         return str(zoo), _directory_fingerprint(zoo)
+    local = check_model_source(name)
+    if local is not None:
+        return str(local), _directory_fingerprint(local)
+    return name, None
+
+
+def check_model_source(name: str) -> Path | None:
+    """Cheap checks of a model name before any work: a local folder (returned) must hold a complete model,
+    a path must exist; aliases and hub ids pass (None), as their loading is checked when it happens."""
+    if name in EMBEDDED_MODELS:
+        return None
     local = Path(name).expanduser()
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise PerceptAlignError(
-                f"{local} is a directory without config.json: not a Hugging Face model folder."
-            )
-        return str(local), _directory_fingerprint(local)
+        check_model_folder(local)
+        return local
     if local.suffix in {".gguf", ".safetensors", ".bin"} or local.exists():
         raise PerceptAlignError(
             f"{name!r} is a file; pass the model directory (with config.json) or a hub id, or one of the "
             f"embedded aliases {sorted(EMBEDDED_MODELS)}."
         )
-    return name, None
+    if _looks_like_path(name):
+        raise PerceptAlignError(
+            f"no such model folder: {local} (relative paths start at {Path.cwd()}). Pass an existing "
+            f"folder, a hub id such as 'HuggingFaceTB/SmolLM2-135M', or an embedded alias "
+            f"{sorted(EMBEDDED_MODELS)}."
+        )
+    return None
+
+
+#: Files that hold a model's weights / its tokenizer in a Hugging Face folder (any one of each suffices).
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a path (a hub id is exactly 'owner/name', without dots or slashes in front)."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local model folder needs config.json, weights and a tokenizer: name what is missing up front."""
+    if not (folder / "config.json").is_file():
+        raise PerceptAlignError(f"{folder} is a folder without config.json: not a Hugging Face model folder.")
+    if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise PerceptAlignError(
+            f"the model folder {folder} has no weight files (*.safetensors or *.bin); save the model there "
+            "with model.save_pretrained(folder)."
+        )
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise PerceptAlignError(
+            f"the model folder {folder} has no tokenizer ({', '.join(_TOKENIZER_FILES[:2])}, …); save it "
+            "there with tokenizer.save_pretrained(folder)."
+        )
 
 
 def load_causal_lm(
@@ -203,11 +243,10 @@ def load_causal_lm(
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise PerceptAlignError(
-                f"model {name!r} needs custom code from its repository; rerun with --trust-remote-code if "
-                "you "
-                "trust it."
+                f"model {name!r} needs custom code from its repository; rerun with trust_remote_code "
+                "(CLI: --trust-remote-code) if you trust it."
             ) from exc
-        raise
+        raise PerceptAlignError(f"could not load model {name!r}: {str(exc)[:300]}") from exc
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PerceptAlignError(

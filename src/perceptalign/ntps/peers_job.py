@@ -48,6 +48,7 @@ class PeersConfig:
     revision: str | None = None
     trust_remote_code: bool = False
     seed: int = 0
+    overwrite: bool = False  # recompute the feature and next-token caches in ``out``
 
 
 @dataclass
@@ -77,27 +78,26 @@ def run_peers(
 ) -> PeersResult:
     """Load (or extract) the features, compute the metrics per layer, write peers.json and peers.csv."""
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.jobs import load_job_dataset, load_job_model
+    from perceptalign.ntps.jobs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.score import resolve_layers
 
     status = on_status or (lambda _msg: None)
     metrics = resolve_metrics(config.metrics)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_job_inputs(config)
     dataset = load_job_dataset(config, status)
     loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     cache = FeatureCache(out)
     need_lm = any(m in LM_METRICS for m in metrics)
     pending = 0
-    if cache.exists(dataset.split):
+    if cache.exists(dataset.split) and not config.overwrite:
         cache.load(
             dataset.split, feature_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
         )
     else:
         pending += len(dataset)
     lm_cache = NextTokenCache(out)
-    if need_lm and not lm_cache.path(dataset.split).is_file():
+    if need_lm and (config.overwrite or not lm_cache.path(dataset.split).is_file()):
         pending += len(dataset)
     if on_start and pending:
         on_start(pending, 0)
@@ -111,6 +111,7 @@ def run_peers(
         token_budget=config.token_budget,
         max_samples=config.max_samples,
         on_batch=on_batch,
+        overwrite=config.overwrite,
     )
     timing["features_seconds"] = time.perf_counter() - started
     probs = None
@@ -124,6 +125,7 @@ def run_peers(
             max_samples=config.max_samples,
             top_k=config.top_k,
             on_batch=on_batch,
+            overwrite=config.overwrite,
         )
         timing["next_token_seconds"] = time.perf_counter() - started
     status("computing peer metrics")

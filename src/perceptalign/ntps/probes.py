@@ -27,7 +27,12 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
+from perceptalign.io import (
+    PerceptAlignError,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from perceptalign.ntps.datasets import TextDataset, load_text_dataset, stratified_split
 from perceptalign.ntps.datasets.core import SPLIT_SEED, TEST_FRACTION
 
@@ -328,6 +333,7 @@ class ProbeConfig:
     trust_remote_code: bool = False
     seed: int = 0
     ntps_fraction: float = 0.5
+    overwrite: bool = False  # recompute the feature caches in ``out`` instead of reusing or refusing them
 
 
 @dataclass
@@ -484,13 +490,12 @@ def run_probe(
     after each batch.
     """
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.jobs import load_job_dataset, load_job_model
+    from perceptalign.ntps.jobs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.score import resolve_layers
 
     status = on_status or (lambda _msg: None)
     _validate_config(config)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_job_inputs(config)
     train = load_job_dataset(config, status)
     evaluation = _resolve_evaluation(config, train, status)
     _check_cv(config.cv, train.labels[evaluation.train_rows])
@@ -501,7 +506,7 @@ def run_probe(
     # Check every cache (and refuse mismatching ones) before any forward pass, so the bar knows its total.
     pending = 0
     for ds in splits:
-        if cache.exists(ds.split):
+        if cache.exists(ds.split) and not config.overwrite:
             cache.load(ds.split, feature_metadata(loaded, ds, layers, config.max_length, config.max_samples))
         else:
             pending += len(ds)
@@ -516,6 +521,7 @@ def run_probe(
             token_budget=config.token_budget,
             max_samples=config.max_samples,
             on_batch=on_batch,
+            overwrite=config.overwrite,
         )
         for ds in splits
     }

@@ -7,8 +7,8 @@ accumulated so that an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from perceptalign.io import PerceptAlignError, write_json_atomic
+from perceptalign.io import PerceptAlignError, read_json, write_json_atomic
 from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.distributed import (
     DistributedContext,
@@ -27,7 +27,8 @@ from perceptalign.ntps.distributed import (
     resume_shard,
     shard_plan,
 )
-from perceptalign.ntps.jobs import load_job_dataset, load_job_model
+from perceptalign.ntps.identity import check_identity, data_identity, statistics_metadata
+from perceptalign.ntps.jobs import check_job_inputs, load_job_dataset, load_job_model
 from perceptalign.ntps.models import (
     LoadedModel,
     iter_hidden_states,
@@ -75,6 +76,31 @@ class ScoreConfig:
     seed: int = 0
     checkpoint_seconds: float = 60.0
     ridge: float = 0.0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot work before any model or data is loaded."""
+        validate_extraction_settings(max_length=self.max_length, token_budget=self.token_budget)
+        if self.ks is not None and (not self.ks or any(int(k) < 1 for k in self.ks)):
+            raise PerceptAlignError(f"ks must be positive integers, got {self.ks}.")
+        if self.fractions is not None and (
+            not self.fractions or any(not 0 < float(f) <= 1 for f in self.fractions)
+        ):
+            raise PerceptAlignError(f"fractions must lie in (0, 1], got {self.fractions}.")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise PerceptAlignError(f"ridge must be a finite number ≥ 0, got {self.ridge}.")
+        if not self.checkpoint_seconds > 0:
+            raise PerceptAlignError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}.")
+
+
+def validate_extraction_settings(*, max_length: int, token_budget: int) -> None:
+    """The tokenisation settings every extraction job shares: at least one next-token pair per text."""
+    if max_length < 2:
+        raise PerceptAlignError(
+            f"max_length must be ≥ 2 tokens (got {max_length}): NTPS needs a next token after the first."
+        )
+    if token_budget < 1:
+        raise PerceptAlignError(f"token_budget must be ≥ 1 token per batch (got {token_budget}).")
 
 
 def resolve_layers(requested: Sequence[int] | None, n_hidden_states: int) -> list[int]:
@@ -91,31 +117,6 @@ def resolve_layers(requested: Sequence[int] | None, n_hidden_states: int) -> lis
             )
         layers.append(index)
     return sorted(set(layers))
-
-
-def statistics_metadata(
-    loaded: LoadedModel, dataset: TextDataset, layers: Sequence[int], max_length: int, max_samples: int | None
-) -> dict[str, Any]:
-    """What identifies a statistics cache: model, data subset and tokenisation settings."""
-    text_digest = hashlib.sha256()
-    for text, label in zip(dataset.texts, dataset.labels.tolist(), strict=True):
-        text_digest.update(f"{label}\t{text}\n".encode())
-    return {
-        "model": loaded.model_id,
-        "model_fingerprint": loaded.fingerprint,
-        "tokenizer": type(loaded.tokenizer).__name__,
-        "dataset": dataset.name,
-        "split": dataset.split,
-        "max_samples": max_samples,
-        "data_sha256": text_digest.hexdigest(),
-        "n_texts": len(dataset),
-        "n_classes": dataset.n_classes,
-        "class_names": list(dataset.class_names),
-        "max_length": max_length,
-        "padding_side": loaded.padding_side,
-        "dtype": loaded.dtype,
-        "layers": list(layers),
-    }
 
 
 def compute_statistics(
@@ -146,6 +147,11 @@ def compute_statistics(
     statistics of the whole dataset. ``block_pairs``: see :class:`StatisticsAccumulator`.
     """
     token_ids = tokenize(loaded, dataset.texts, max_length)
+    if all(len(ids) < 2 for ids in token_ids):
+        raise PerceptAlignError(
+            f"all {len(token_ids)} texts are a single token after tokenisation (max_length {max_length}), so "
+            "there is no next token to predict and C0, C1 would be zero: use texts of at least two tokens."
+        )
     batches = token_budget_batches([len(x) for x in token_ids], token_budget)
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
     plan = {
@@ -193,6 +199,24 @@ def compute_statistics(
     return accumulator
 
 
+def refuse_other_data(cache: Path, identity: dict[str, Any]) -> None:
+    """Refuse a statistics cache of other data before the model is loaded (the full identity, model
+    included, is checked again once the model is known)."""
+    meta_path = cache.with_suffix(".json")
+    if meta_path.is_file():
+        check_identity(read_json(meta_path), identity, what="the statistics cache", path=cache.parent)
+
+
+def check_ks_fit(ks: Sequence[int] | None, hidden_size: int) -> None:
+    """Absolute ks beyond the hidden size can never be met; say so before the data are streamed."""
+    too_large = [int(k) for k in ks or () if int(k) > hidden_size]
+    if too_large:
+        raise PerceptAlignError(
+            f"k = {too_large} exceed the model's hidden size {hidden_size}, the most directions V can have; "
+            f"use ks ≤ {hidden_size} (they must also stay within each layer's numerical rank) or fractions."
+        )
+
+
 @dataclass
 class ScoreResult:
     results: dict[str, Any]
@@ -234,22 +258,24 @@ def _run_score(
     if not main:
         on_status = on_start = on_batch = None
     status = on_status or (lambda _msg: None)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_job_inputs(config)
+    cache = out / STATISTICS_FILE
     if context is not None:
         status(f"distributed run: {context.world_size} processes ({context.backend}), batches round-robin")
     # Rank 0 fills the dataset and embedded-model caches before the others read them; the weights are
     # then loaded by all ranks at once.
     with main_process_first(context):
         dataset = load_job_dataset(config, status)
+        if not config.overwrite:
+            refuse_other_data(cache, data_identity(dataset, config.max_samples))
         if context is not None:
             resolve_model_path(config.model, status)
     loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
+    check_ks_fit(config.ks, loaded.hidden_size)
     metadata = statistics_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
-    cache = out / STATISTICS_FILE
     statistics: dict[int, LayerStatistics] | None = None
-    if cache.is_file():
+    if not config.overwrite and (cache.is_file() or cache.with_suffix(".json").is_file()):
         cached, cached_meta = load_statistics(cache, expected=metadata)
         statistics = {layer: cached[layer] for layer in layers}
         metadata["n_tokens"] = cached_meta["n_tokens"]
@@ -277,18 +303,25 @@ def _run_score(
         )
         statistics = accumulator.finalize()
         metadata["n_tokens"] = accumulator.n_tokens
-        if main:
-            save_statistics(cache, statistics, metadata)
-            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-        if context is not None:
-            context.barrier()  # the cache is on disk before any rank drops its partial sums
-            rank_checkpoint_path(out / CHECKPOINT_FILE, context.rank).unlink(missing_ok=True)
     if not main:
         assert context is not None
+        context.barrier()  # rank 0 has saved the cache: the partial sums may go
+        rank_checkpoint_path(out / CHECKPOINT_FILE, context.rank).unlink(missing_ok=True)
         context.barrier()  # wait for rank 0's files, so that no rank returns before the job is done
         return ScoreResult(results={}, statistics=statistics, out=out, reused_cache=reused, written=False)
     status("solving subspaces")
-    scores = ntps_all_layers(statistics, fractions=config.fractions, ks=config.ks, ridge=config.ridge)
+    try:
+        scores = ntps_all_layers(statistics, fractions=config.fractions, ks=config.ks, ridge=config.ridge)
+    except PerceptAlignError:
+        # A run that fails leaves no cache behind: a rerun on fixed data must not meet these statistics.
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        raise
+    if not reused:
+        save_statistics(cache, statistics, metadata)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if context is not None:
+        context.barrier()  # the cache is on disk before any rank drops its partial sums
+        rank_checkpoint_path(out / CHECKPOINT_FILE, context.rank).unlink(missing_ok=True)
     results: dict[str, Any] = {
         "model": loaded.model_id,
         "model_fingerprint": loaded.fingerprint,
@@ -317,5 +350,5 @@ def _run_score(
 
     save_figure(ntps_heatmap(results), out / HEATMAP_FILE)
     if context is not None:
-        context.barrier()
+        context.barrier()  # the other ranks return once the results are written
     return ScoreResult(results=results, statistics=statistics, out=out, reused_cache=reused)

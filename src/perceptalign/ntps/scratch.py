@@ -32,6 +32,7 @@ from perceptalign.ntps.finetune import (
     train_classifier,
     training_figure,
 )
+from perceptalign.ntps.jobs import check_job_inputs
 from perceptalign.ntps.models import DTYPES, LoadedModel
 
 RESULTS_FILE = "scratch.json"
@@ -76,8 +77,7 @@ def run_scratch(
     status = on_status or (lambda _msg: None)
     config.validate()
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_job_inputs(config)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     train_ds, eval_ds, eval_source, loaded = load_job_inputs(config, status)

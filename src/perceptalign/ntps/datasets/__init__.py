@@ -94,8 +94,13 @@ def load_text_dataset(
     else:
         raise _unknown_name(name)
     validate_text_dataset(ds)
-    if max_samples is not None:
+    # What chose these rows, for cache identities (a local file records the columns it resolved).
+    ds.info.setdefault("text_column", text_column)
+    ds.info.setdefault("label_column", label_column)
+    ds.info["subset_seed"] = None
+    if max_samples is not None and max_samples < len(ds):
         ds = ds.subset(max_samples, seed=seed)
+        ds.info["subset_seed"] = seed
         validate_text_dataset(ds)
     return ds
 

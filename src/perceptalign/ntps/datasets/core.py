@@ -244,6 +244,37 @@ def validate_text_dataset(ds: TextDataset) -> None:
     ds.labels = labels.astype(np.int64)
 
 
+#: Fewest texts a measurement job accepts, and fewest texts per class present: below these the moments
+#: are built from single texts and every score is noise (a label column of identifiers, or a toy file).
+MIN_TEXTS = 10
+MIN_TEXTS_PER_CLASS = 2
+
+
+def check_enough_texts(ds: TextDataset) -> None:
+    """Refuse data too small to measure anything: fewer than :data:`MIN_TEXTS` texts, or a present class
+    with fewer than :data:`MIN_TEXTS_PER_CLASS` (e.g. a label column of ids gives one text per class)."""
+    where = f"dataset {ds.name!r} (split {ds.split!r})"
+    if len(ds) < MIN_TEXTS:
+        raise PerceptAlignError(
+            f"{where} has only {len(ds)} texts; measurements need at least {MIN_TEXTS} (and far more for "
+            "stable numbers): use more data or a larger max_samples."
+        )
+    counts = ds.class_counts()
+    rare = [ds.class_names[c] for c in np.flatnonzero((counts > 0) & (counts < MIN_TEXTS_PER_CLASS))]
+    if rare:
+        shown = ", ".join(repr(c) for c in rare[:_SHOW]) + (" …" if len(rare) > _SHOW else "")
+        hint = (
+            " Most classes have a single text: is the label column an identifier?"
+            if len(rare) > len(ds) / 2
+            else ""
+        )
+        raise PerceptAlignError(
+            f"{where}: {len(rare)} of {int((counts > 0).sum())} classes have fewer than "
+            f"{MIN_TEXTS_PER_CLASS} texts ({shown}).{hint} Drop or merge those classes, or choose another "
+            "label column."
+        )
+
+
 def _check_whole_numbers(labels: np.ndarray, where: str, requirement: str, fix: str) -> None:
     """Float labels must be NaN-free whole numbers; ``requirement`` and ``fix`` word the caller's error."""
     nan = np.isnan(labels)

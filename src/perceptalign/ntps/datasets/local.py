@@ -46,8 +46,35 @@ def _read_table(path: Path, text_column: str) -> pd.DataFrame:
         ) from exc
 
 
+_SCALARS = (str, bool, int, float, np.integer, np.floating, np.bool_)
+
+
+def _check_scalar_labels(column: pd.Series, where: str) -> None:
+    """A label is one class name or number; a dict or list (e.g. annotator records in JSONL) is not."""
+    if column.dtype != object:
+        return
+    nested = np.array([v is not None and not isinstance(v, _SCALARS) for v in column.tolist()])
+    if nested.any():
+        first = column.tolist()[int(np.flatnonzero(nested)[0])]
+        raise PerceptAlignError(
+            f"{where}: labels must be single values (a class name or number), but {int(nested.sum())} "
+            f"row(s) hold {type(first).__name__} values, first at row {int(np.flatnonzero(nested)[0])}: "
+            f"{str(first)[:80]}. Flatten the file so that the label column holds the class itself."
+        )
+
+
+def _text_values(column: pd.Series) -> list[object]:
+    """Texts as strings: numbers become their text (as a CSV reader keeps "123"), so a number-only text
+    means the same in every file type; missing values stay missing for validation to report."""
+    return [
+        str(v) if isinstance(v, (int, float, np.integer, np.floating)) and not pd.isna(v) else v
+        for v in column.tolist()
+    ]
+
+
 def _encode(column: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
     """String (or mixed) labels → sorted unique names; numeric/bool labels → classes 0..max."""
+    _check_scalar_labels(column, where)
     if column.dtype == bool:
         return column.to_numpy(dtype=np.int64), ["False", "True"]
     if pd.api.types.is_numeric_dtype(column.dtype):
@@ -90,7 +117,7 @@ def load_local(
         )
     where = f"{path.name}, column {label_column!r}"
     labels, class_names = _encode(frame[label_column], where)
-    texts = frame[text_column].tolist()
+    texts = _text_values(frame[text_column])
     if SPLIT_COLUMN in frame.columns and split != "all":
         values = frame[SPLIT_COLUMN].astype(str)
         available = sorted(values.unique())
@@ -109,4 +136,5 @@ def load_local(
         labels=labels,
         class_names=class_names,
         source=f"{path.resolve()} (sha256 {sha256_file(path)[:16]})",
+        info={"text_column": text_column, "label_column": label_column},
     )

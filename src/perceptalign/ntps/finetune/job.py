@@ -143,7 +143,8 @@ def measure_ntps(
     (``reuse=False`` always recomputes and overwrites: trained weights change every run). Returns the
     ``ntps_all_layers`` dict (plus ``n_tokens``) and whether the cache was reused.
     """
-    from perceptalign.ntps.score import compute_statistics, resolve_layers, statistics_metadata
+    from perceptalign.ntps.identity import statistics_metadata
+    from perceptalign.ntps.score import compute_statistics, resolve_layers
     from perceptalign.ntps.statistics import load_statistics, save_statistics
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
 

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 from perceptalign.ntps.statistics.accumulator import DEFAULT_BLOCK_PAIRS, StatisticsAccumulator
 from perceptalign.ntps.statistics.cache import (
-    IDENTITY_KEYS,
-    IDENTITY_PREFIXES,
     load_statistics,
     save_statistics,
 )
@@ -44,8 +42,6 @@ from perceptalign.ntps.statistics.reference import dense_reference_statistics
 __all__ = [
     "COUNT_KEYS",
     "DEFAULT_BLOCK_PAIRS",
-    "IDENTITY_KEYS",
-    "IDENTITY_PREFIXES",
     "STAT_KEYS",
     "LayerStatistics",
     "StatisticsAccumulator",

@@ -3,7 +3,6 @@ model, dataset or tokenizer setting."""
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from perceptalign.io import (
     save_tensors_atomic,
     write_json_atomic,
 )
+from perceptalign.ntps.identity import check_identity, jsonable
 from perceptalign.ntps.statistics.common import (
     _FORMAT_VERSION,
     STAT_KEYS,
@@ -27,21 +27,6 @@ from perceptalign.ntps.statistics.common import (
     _safetensors_metadata,
 )
 
-#: Metadata keys that identify how a statistics cache was made; a cache made with other values is refused.
-IDENTITY_KEYS = (
-    "model",
-    "model_fingerprint",
-    "dataset",
-    "split",
-    "max_length",
-    "padding_side",
-    "dtype",
-    "n_classes",
-    "class_names",
-    "max_samples",
-)
-#: Keys starting with one of these (tokenizer settings) or ending in "fingerprint" are identity keys too.
-IDENTITY_PREFIXES = ("tokenizer",)
 _WRITE_ID_KEY = "perceptalign_write_id"
 
 
@@ -80,7 +65,7 @@ def save_statistics(
         if shape is not None and current != shape:
             raise PerceptAlignError(f"layer {layer} statistics have shapes {current}, other layers {shape}.")
         shape = current
-    meta = _jsonable(dict(metadata))
+    meta = jsonable(dict(metadata))
     meta["layers"] = sorted(int(layer) for layer in stats)
     write_id = uuid.uuid4().hex
     meta[_WRITE_ID_KEY] = write_id
@@ -94,14 +79,22 @@ def load_statistics(
 ) -> tuple[dict[int, LayerStatistics], dict[str, Any]]:
     """Read statistics written by :func:`save_statistics`, refusing a cache made with other settings.
 
-    ``expected``: the identity keys (model, fingerprint, dataset, split, max_length, padding side, dtype,
-    n_classes, max_samples, tokenizer settings, …) are compared with the cached metadata;
-    ``expected["layers"]`` may be a subset of the cached layers (only those are returned).
+    ``expected``: every key but the provenance keys (see :mod:`perceptalign.ntps.identity`) is compared with
+    the cached metadata, so a cache of other data, model or tokenisation is refused
+    (:class:`~perceptalign.ntps.identity.CacheMismatchError`); ``expected["layers"]`` may be a subset of
+    the cached layers (only those are returned).
     """
     tensor_path, json_path = _resolve_paths(path)
     if not tensor_path.is_file() or not json_path.is_file():
+        missing = [p.name for p in (tensor_path, json_path) if not p.is_file()]
+        if len(missing) == 1:
+            raise PerceptAlignError(
+                f"the statistics cache at {tensor_path.parent} is incomplete ({missing[0]} is missing), so "
+                "it cannot be trusted; recompute it with overwrite (CLI: --overwrite), or delete "
+                f"{tensor_path.name if missing[0] == json_path.name else json_path.name}."
+            )
         raise PerceptAlignError(
-            f"no complete statistics cache at {path} (need {tensor_path.name} and {json_path.name}); "
+            f"no statistics cache at {path} (need {tensor_path.name} and {json_path.name}); "
             "compute the statistics first."
         )
     meta = read_json(json_path)
@@ -113,7 +106,7 @@ def load_statistics(
         )
     layers = [int(layer) for layer in meta["layers"]]
     if expected is not None:
-        _check_identity(meta, expected, path)
+        check_identity(meta, expected, what="the statistics cache", path=tensor_path.parent)
         if expected.get("layers") is not None:
             requested = [int(layer) for layer in expected["layers"]]
             missing = sorted(set(requested) - set(layers))
@@ -133,43 +126,3 @@ def load_statistics(
                 f"statistics cache {tensor_path} lacks {exc}; delete it and recompute."
             ) from exc
     return out, meta
-
-
-def _is_identity_key(key: str) -> bool:
-    return key in IDENTITY_KEYS or key.startswith(IDENTITY_PREFIXES) or key.endswith("fingerprint")
-
-
-def _check_identity(
-    meta: Mapping[str, Any], expected: Mapping[str, Any], path: str | os.PathLike[str]
-) -> None:
-    expected_json = _jsonable(dict(expected))
-    differing = []
-    for key, want in expected_json.items():
-        if not _is_identity_key(key):
-            continue
-        have = meta.get(key)
-        if have != want:
-            differing.append(f"{key}: cached {have!r}, requested {want!r}")
-    if differing:
-        raise PerceptAlignError(
-            f"the statistics cache at {path} was made with other settings (" + "; ".join(differing) + "). "
-            "Use another --out directory for these settings, or delete the cache to recompute it."
-        )
-
-
-def _jsonable(obj: Any) -> Any:
-    """Normalise metadata the way it will read back from JSON (tuples → lists, dtypes → 'float32')."""
-
-    def default(value: Any) -> Any:
-        if isinstance(value, torch.dtype):
-            return str(value).removeprefix("torch.")
-        if isinstance(value, Path):
-            return str(value)
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        raise TypeError(f"metadata value of type {type(value).__name__} is not JSON-serialisable")
-
-    try:
-        return json.loads(json.dumps(obj, default=default))
-    except (TypeError, ValueError) as exc:
-        raise PerceptAlignError(f"statistics metadata must be JSON-serialisable: {exc}") from exc
