@@ -100,7 +100,7 @@ def score(
     ] = "train",
     layers: LayersOption = None,
     max_samples: Annotated[
-        int | None, typer.Option(help="Use at most this many texts (seeded subset).")
+        int | None, typer.Option(help="Use at most this many texts (seeded subset).", min=1)
     ] = None,
     max_length: MaxLengthOption = 512,
     token_budget: TokenBudgetOption = 2048,

@@ -83,7 +83,7 @@ TopKOption = Annotated[
 ]
 #: --max-samples of the commands that read each dataset once (peers, study, prescreen).
 MaxSamplesPerDatasetOption = Annotated[
-    int | None, typer.Option(help="Use at most this many texts per dataset (seeded, stratified).")
+    int | None, typer.Option(help="Use at most this many texts per dataset (seeded, stratified).", min=1)
 ]
 #: --seed of the commands whose only randomness is the --max-samples subset.
 SubsetSeedOption = Annotated[int, typer.Option(help="Seed of the --max-samples subsets.")]
@@ -116,9 +116,11 @@ EvalSplitOption = Annotated[
 ]
 EvalFractionOption = Annotated[float, typer.Option(help="Held-out fraction of a single-split dataset.")]
 TrainMaxSamplesOption = Annotated[
-    int | None, typer.Option(help="Train on at most this many texts (seeded, stratified).")
+    int | None, typer.Option(help="Train on at most this many texts (seeded, stratified).", min=1)
 ]
-MaxEvalSamplesOption = Annotated[int | None, typer.Option(help="Score at most this many held-out texts.")]
+MaxEvalSamplesOption = Annotated[
+    int | None, typer.Option(help="Score at most this many held-out texts.", min=1)
+]
 DeviceOption = Annotated[
     str, typer.Option(help="Training device: cpu, cuda, cuda:N or mps (NTPS runs on cpu).")
 ]
