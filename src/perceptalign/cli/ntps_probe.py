@@ -57,7 +57,8 @@ def probe(
     ] = None,
     layers: LayersOption = None,
     max_samples: Annotated[
-        int | None, typer.Option(help="Use at most this many texts of each split (seeded stratified subset).", min=1)
+        int | None,
+        typer.Option(help="Use at most this many texts of each split (seeded stratified subset).", min=1),
     ] = None,
     max_length: MaxLengthOption = 512,
     token_budget: TokenBudgetOption = 2048,
