@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -238,6 +239,34 @@ def test_rerun_reuses_the_before_statistics(tiny_llama, toy_csv, tmp_path):
     assert not first["ntps_before_reused_cache"] and second["ntps_before_reused_cache"]
     assert second["ntps_before"]["ntps"] == first["ntps_before"]["ntps"]
     assert second["eval_accuracy_linear_head"] is None and second["gain"] is None
+
+
+def test_rerun_on_other_data_recomputes_the_before_statistics(tiny_llama, toy_csv, tmp_path):
+    """A rerun into the same --out on edited data must not report the old data's NTPS."""
+    edited = tmp_path / "edited.csv"
+    frame = pd.read_csv(toy_csv)
+    frame["text"] = frame["text"] + " indeed"
+    frame.to_csv(edited, index=False)
+
+    def run(data, out):
+        return run_lora(
+            LoraJobConfig(
+                model=str(tiny_llama),
+                dataset=str(data),
+                out=out,
+                max_length=64,
+                linear_baseline=False,
+                train=TrainConfig(steps=2, batch_size=4, lr=1e-3, eval_interval=2),
+                ntps_settings=FAST_NTPS,
+            )
+        ).results
+
+    run(toy_csv, tmp_path / "same")
+    rerun = run(edited, tmp_path / "same")
+    fresh = run(edited, tmp_path / "fresh")
+    assert not rerun["ntps_before_reused_cache"]
+    assert rerun["ntps_before"]["n_tokens"] == fresh["ntps_before"]["n_tokens"]
+    assert np.allclose(rerun["ntps_before"]["ntps"], fresh["ntps_before"]["ntps"], rtol=1e-9)
 
 
 def test_statistics_made_elsewhere_are_reused_only_when_they_match(tiny_llama, tmp_path):

@@ -41,6 +41,7 @@ from perceptalign.ntps.finetune import (
     train_linear_head,
     training_figure,
 )
+from perceptalign.ntps.identity import CacheMismatchError
 from perceptalign.ntps.jobs import check_job_inputs
 from perceptalign.ntps.models import LoadedModel, backbone
 
@@ -409,9 +410,16 @@ def _ntps_before(
         except PerceptAlignError as exc:
             status(f"not reusing {shared} ({exc}); computing the statistics again")
     own = out / STATISTICS_BEFORE
-    scores, reused = measure_ntps(
-        loaded, train_ds, config.ntps_settings, cache=own, phase="ntps before", **kwargs
-    )
+    try:
+        scores, reused = measure_ntps(
+            loaded, train_ds, config.ntps_settings, cache=own, phase="ntps before", **kwargs
+        )
+    except CacheMismatchError as exc:
+        # Every other output of this job is rewritten by this run too, so its own stale cache is replaced.
+        status(f"{own} holds statistics of other inputs ({', '.join(exc.fields)}); computing them again")
+        scores, reused = measure_ntps(
+            loaded, train_ds, config.ntps_settings, cache=own, reuse=False, phase="ntps before", **kwargs
+        )
     return scores, reused, own
 
 
