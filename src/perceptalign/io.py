@@ -34,25 +34,31 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def ensure_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+def ensure_output_dir(path: str | os.PathLike[str], label: str = "--out") -> Path:
     """Create ``path`` if needed and prove that files can be written there, before any work is done.
 
     A job that finds out only at its end that its output folder is a file or read-only has wasted the
-    whole run; this check costs one empty temporary file.
+    whole run; this check costs one empty temporary file. ``label`` names the folder in messages (the
+    CLI option, or a description such as "output folder").
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise PerceptAlignError(f"the {what} {path} is an existing file, not a folder; choose a folder.")
+        raise PerceptAlignError(f"{label} {path} is an existing file; choose a folder.")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise PerceptAlignError(f"{label} {path} lies under {parent}, which is a file; choose a folder.")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
         os.close(fd)
         os.unlink(probe)
+    except PermissionError as exc:
+        raise PerceptAlignError(
+            f"cannot write to {path} (permission denied); choose another {label}."
+        ) from exc
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise PerceptAlignError(
-            f"cannot write to the {what} {path} ({reason}); choose a folder you can write to."
-        ) from exc
+        raise PerceptAlignError(f"cannot write to {path} ({reason}); choose another {label}.") from exc
     return path
 
 

@@ -111,6 +111,27 @@ def _case(
     return build
 
 
+def _empty_file(tmp: Path) -> Path:
+    path = tmp / "empty.csv"
+    path.write_text("")
+    return path
+
+
+def _latin1_file(tmp: Path) -> Path:
+    path = tmp / "latin1.csv"
+    rows = "".join(f"{text} café,{y}\n" for text, y in make_sentences(30, seed=12))
+    path.write_bytes(("text,label\n" + rows).encode("latin-1"))
+    return path
+
+
+def _ragged_file(tmp: Path) -> Path:
+    path = tmp / "ragged.csv"
+    rows = [f"{text},{y}" for text, y in make_sentences(30, seed=13)]
+    rows[4] += ",extra"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
 def _existing_file(tmp: Path) -> Path:
     path = tmp / "taken"
     path.write_text("not a folder")
@@ -118,11 +139,14 @@ def _existing_file(tmp: Path) -> Path:
 
 
 BAD_INPUTS: list[Case] = [
-    ("out-is-a-file", _case(out=_existing_file), 2, "is an existing file, not a folder"),
+    ("out-is-a-file", _case(out=_existing_file), 2, "is an existing file; choose a folder"),
     ("missing-model-folder", _case(model=lambda tmp, _t: "./no-such-model-dir"), 2, "no such model folder"),
     ("model-config-only", _case(model=_model_config_only), 2, "has no weight files"),
     ("model-without-tokenizer", _case(model=_model_without_tokenizer), 2, "has no tokenizer"),
     ("jsonl-dict-labels", _case(data=_jsonl_dict_labels), 2, "labels must be single values"),
+    ("empty-file", _case(data=_empty_file), 2, "is empty"),
+    ("latin1-file", _case(data=_latin1_file), 2, "is not UTF-8"),
+    ("ragged-row", _case(data=_ragged_file), 2, "has 3 fields but the header has 2"),
     ("three-text-csv", _case(data=_three_texts), 2, "has only 3 texts"),
     ("one-text-per-class", _case(data=_id_labels), 2, "is the label column an identifier?"),
     ("max-length-1", _case(extra=("--max-length", "1")), 2, "Invalid value for '--max-length'"),
@@ -158,8 +182,21 @@ def test_unwritable_output_folder_is_refused_before_any_work(monkeypatch, tmp_pa
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("perceptalign.io.tempfile.mkstemp", refuse)
-    with pytest.raises(PerceptAlignError, match=r"cannot write to the output folder .*Permission denied"):
+    with pytest.raises(PerceptAlignError, match=r"cannot write to .*read-only \(permission denied\)"):
         ensure_output_dir(tmp_path / "read-only")
+
+
+def test_tab_separated_csv_reads_like_the_tsv(tmp_path):
+    rows = make_sentences(20, seed=14)
+    frame = pd.DataFrame(rows, columns=["text", "label"])
+    frame.to_csv(tmp_path / "tabs.csv", sep="\t", index=False)
+    frame.to_csv(tmp_path / "tabs.tsv", sep="\t", index=False)
+    as_csv, as_tsv = (
+        load_text_dataset(str(tmp_path / "tabs.csv")),
+        load_text_dataset(str(tmp_path / "tabs.tsv")),
+    )
+    assert as_csv.texts == as_tsv.texts == [t for t, _ in rows]
+    assert as_csv.labels.tolist() == as_tsv.labels.tolist() == [y for _, y in rows]
 
 
 def test_numeric_texts_read_the_same_from_csv_and_jsonl(tmp_path):

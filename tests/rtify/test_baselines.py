@@ -150,7 +150,7 @@ def test_entropy_fixed_t0_and_errors() -> None:
         fitted.predict({1.0: probs}, {1.0: labels + 2})
     with pytest.raises(PerceptAlignError, match="same conditions"):
         fitted.predict({1.0: probs}, {2.0: labels})
-    with pytest.raises(PerceptAlignError, match=r"required condition\(s\) \[7.0\]"):
+    with pytest.raises(PerceptAlignError, match=r"no trials for condition\(s\) \[7.0\]"):
         EntropyThresholdRT(dt=0.02).fit({7.0: probs}, human, {7.0: labels})
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +12,6 @@ from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.figures import (
     psychometric_chronometric,
     quantile_probability_plot,
-    save_figure,
     signed_rt_histograms,
 )
 from perceptalign.rtify.metrics import rt_quantiles
@@ -123,17 +120,6 @@ def test_quantile_probability_plot_points() -> None:
     assert len(model_lines) == 5
     for line in model_lines:
         assert np.all(np.diff(line.get_xdata()) >= 0)  # lines run left to right through the cells
-
-
-def test_save_figure(tmp_path: Path) -> None:
-    fig = quantile_probability_plot(_trials(0), {})
-    out = save_figure(fig, tmp_path / "sub" / "qp.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
-    save_figure(fig, tmp_path / "qp.pdf")
-    assert (tmp_path / "qp.pdf").read_bytes()[:5] == b"%PDF-"
-    with pytest.raises(PerceptAlignError, match="suffixes"):
-        save_figure(fig, tmp_path / "qp.bmp")
 
 
 def test_psychometric_chronometric_accepts_a_model_that_never_decides() -> None:

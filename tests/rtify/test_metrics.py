@@ -154,7 +154,7 @@ def test_all_undecided_condition_gives_nan_distances() -> None:
 def test_fit_quality_errors() -> None:
     human = pd.DataFrame({"condition": [1.0, 2.0], "rt_s": [0.4, 0.5], "correct": [True, False]})
     model = pd.DataFrame({"condition": [1.0], "rt_s": [0.4], "correct": [True]})
-    with pytest.raises(PerceptAlignError, match=r"model trials: required condition\(s\) \[2.0\]"):
+    with pytest.raises(PerceptAlignError, match=r"model trials: no trials for condition\(s\) \[2.0\]"):
         fit_quality(model, human)
     with pytest.raises(PerceptAlignError, match="n_bins"):
         fit_quality(human, human, n_bins=0)

@@ -213,7 +213,7 @@ def test_cli_pixel_rdm(cli_files: tuple[Path, Path], tmp_path: Path) -> None:
         (["fit-ww", "--input", "pixels"], "--input must be one of"),
         (["fit-ww", "--input", "backbone"], "needs --backbone"),
         (["fit-ww", "--backbone", "x"], "only used with --input backbone"),
-        (["fit-ww", "--dt", "90"], "dt_ms"),
+        (["fit-ww", "--dt", "90"], "--dt must be in (0, 50] ms"),
         (["pixel-rdm", "--backbone", "/nonexistent"], "no outputs.safetensors"),
         (["pixel-rdm", "--backbone", "BACKBONE", "--heads", "ddm"], "unknown or no heads"),
     ],

@@ -129,17 +129,10 @@ def test_cli_repeated_flag_and_defaults(tmp_path: Path) -> None:
     assert len(doc["coherences"]) == 7
 
 
-def test_cli_help_documents_every_option() -> None:
-    result = CliRunner().invoke(app, ["rtify", "simulate-ww", "--help"], terminal_width=200)
-    assert result.exit_code == 0
-    for option in ("--coherences", "--trials", "--dt", "--out", "--seed", "--max-time", "--examples"):
-        assert option in result.output
-
-
 def test_cli_rejects_bad_input(tmp_path: Path) -> None:
     runner = CliRunner()
     bad_arg = runner.invoke(app, ["rtify", "simulate-ww", "--coherences", "3.2", "fast", "-o", str(tmp_path)])
     assert bad_arg.exit_code == 2 and "fast" in bad_arg.output
     bad_dt = runner.invoke(app, ["rtify", "simulate-ww", "--dt", "0", "-n", "5", "-o", str(tmp_path / "x")])
-    assert bad_dt.exit_code == 2 and "dt_ms" in bad_dt.output
+    assert bad_dt.exit_code == 2 and "--dt must be in (0, 50] ms" in " ".join(bad_dt.output.split())
     assert not (tmp_path / "x" / "simulation.json").exists()

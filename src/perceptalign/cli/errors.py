@@ -7,10 +7,7 @@ read as rich markup (which would swallow it and print "got .").
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -38,31 +35,3 @@ def exit_on_error(prefix: str = "") -> Iterator[None]:
         yield
     except PerceptAlignError as exc:
         fail(exc, prefix)
-
-
-def ensure_output_dir(path: Path, option: str = "--out") -> Path:
-    """Check, before any work, that ``path`` is (or can be made) a writable folder; return it.
-
-    Creates the folder if missing and proves it writable by creating and removing a temporary file.
-    Raises :class:`PerceptAlignError` naming the option (``--out``) when it is an existing file, lies
-    under a file, or cannot be written to.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise PerceptAlignError(f"{option} {path} is an existing file; choose a folder.")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise PerceptAlignError(f"{option} {path} lies under {parent}, which is a file; choose a folder.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except PermissionError as exc:
-        raise PerceptAlignError(
-            f"cannot write to {path} (permission denied); choose another {option}."
-        ) from exc
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise PerceptAlignError(f"cannot write to {path} ({reason}); choose another {option}.") from exc
-    return path

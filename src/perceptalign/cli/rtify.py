@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error, fail
 from perceptalign.cli.progress import progress_bar
-from perceptalign.io import PerceptAlignError, atomic_path, write_json_atomic
+from perceptalign.io import atomic_path, ensure_output_dir, write_json_atomic
 
 rtify_app = typer.Typer(
     help="RTify: differentiable decision times fitted to human reaction times.", no_args_is_help=True
@@ -25,7 +27,10 @@ def _collect_coherences(flagged: list[float] | None, extra: list[str]) -> list[f
 
     Click options take one value per flag, so ``--coherences 0.8 1.6`` leaves ``1.6`` as an extra
     argument; this command accepts only numbers there, so anything else is an error, not a coherence.
+    Every value must be a finite percentage in [0, 100] (the check every RTify command uses).
     """
+    from perceptalign.rtify.trials import check_coherences
+
     values = list(flagged or [])
     for arg in extra:
         try:
@@ -41,7 +46,24 @@ def _collect_coherences(flagged: list[float] | None, extra: list[str]) -> list[f
             f"unexpected arguments {extra}: put coherence values after --coherences.",
             param_hint="--coherences",
         )
-    return values or list(_DEFAULT_COHERENCES)
+    with exit_on_error():
+        checked = check_coherences(values or _DEFAULT_COHERENCES, name="--coherences")
+    repeated = sorted({c for c in checked if checked.count(c) > 1})
+    if repeated:
+        fail(f"--coherences lists {', '.join(f'{c:g}' for c in repeated)} more than once; give each once.")
+    return checked
+
+
+def check_step_ms(value: float, option: str, *, allow_zero: bool = False) -> None:
+    """An Euler-step option in ms must be in (0, 50] (``allow_zero``: 0 means "skip")."""
+    if allow_zero and value == 0:
+        return
+    if not (math.isfinite(value) and 0 < value <= 50):
+        skip = " or 0 to skip" if allow_zero else ""
+        fail(
+            f"{option} must be in (0, 50] ms{skip}, got {value:g} (1 ms is accurate; 26.67 ms is the "
+            "published step)."
+        )
 
 
 _SIMULATE_HELP = (
@@ -101,15 +123,36 @@ def simulate_ww(
     examples: Annotated[
         int, typer.Option("--examples", help="Example trajectories per coherence drawn in the figure.", min=0)
     ] = 3,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Run even when the estimated run time is long (coherences × trials × steps above about "
+            "30 min on 2 CPU cores); without it such runs are refused with the estimate.",
+        ),
+    ] = False,
 ) -> None:
     """Parse options, run :func:`simulate_coherences` with a progress bar, print a table, write files."""
-    from perceptalign.rtify.simulate import plot_simulation, simulate_coherences
+    from perceptalign.rtify.simulate import plot_simulation, simulate_coherences, simulation_cost
 
     values = _collect_coherences(coherences, list(ctx.args))
-    progress = progress_bar(console, label="simulating", field="last")
-    try:
+    check_step_ms(dt, "--dt")
+    if not (math.isfinite(max_time) and max_time > 0):
+        fail(f"--max-time must be a positive number of seconds, got {max_time:g}.")
+    with exit_on_error():
+        cost = simulation_cost(len(values), trials, dt_ms=dt, max_time_s=max_time)
+        if cost.too_large and not yes:
+            fail(
+                f"this run is large: {cost.describe()}. Lower --trials or --max-time, raise --dt, or pass "
+                "--yes to run it anyway."
+            )
+        ensure_output_dir(out)
+        if cost.seconds > 60:
+            console.print(f"estimated size: {cost.describe()}; progress below (Ctrl-C stops).")
+        progress = progress_bar(console, label="simulating", field="last", remaining=True)
         with progress:
-            task = progress.add_task("simulate", total=len(values), last="")
+            task = progress.add_task("simulate", total=cost.n_coherences * trials, last="")
             sweep = simulate_coherences(
                 values,
                 trials,
@@ -117,12 +160,8 @@ def simulate_ww(
                 seed=seed,
                 max_time_s=max_time,
                 n_examples=examples,
-                progress=lambda done, total, c: progress.update(task, completed=done, last=f"{c:g}% done"),
+                progress=lambda done, total, c: progress.update(task, completed=done, last=f"{c:g}%"),
             )
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "simulation.json", sweep.to_json())
     fig = plot_simulation(sweep)
     with atomic_path(out / "simulation.png") as tmp:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.progress import phase_progress
 from perceptalign.cli.rtify import console, rtify_app
-from perceptalign.io import PerceptAlignError, write_text_atomic
+from perceptalign.io import PerceptAlignError, ensure_output_dir, write_text_atomic
+
+if TYPE_CHECKING:
+    from perceptalign.rtify.fit import FitConfig
 
 _MODELS = ("gru",)
 
@@ -22,10 +27,26 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def load_splits(data: str, data_path: Path | None):  # -> tuple[DataFrame, DataFrame]
-    from perceptalign.rtify.trials import RT_DATASETS, load_rt_dataset, split_trials
+RTUnitOption = Annotated[
+    str,
+    typer.Option(
+        "--rt-unit",
+        help="Unit of the reaction times in a --data file: s (seconds) or ms (milliseconds, converted).",
+    ),
+]
 
-    if data not in RT_DATASETS and not Path(data).is_file():
+
+def load_splits(
+    data: str, data_path: Path | None, rt_unit: str = "s", windows: Sequence[FitConfig] = ()
+):  # -> tuple[DataFrame, DataFrame]
+    """The train and test splits of ``--data``, checked against each other (same coherences, in range)
+    and against the RT window of each fit setting in ``windows``, before any progress bar or work."""
+    from perceptalign.rtify.fit import check_human_window, check_split_tables
+    from perceptalign.rtify.trials import RT_DATASETS, RT_UNITS, load_rt_dataset, split_trials
+
+    if rt_unit not in RT_UNITS:
+        raise PerceptAlignError(f"--rt-unit must be s or ms, got {rt_unit!r}.")
+    if data not in RT_DATASETS and not Path(data).exists():
         raise PerceptAlignError(
             f"unknown data {data!r}: use a registered dataset ({', '.join(sorted(RT_DATASETS))}) or the path "
             "of a CSV file (columns split, coherence_pct, signed_rt_s; or split, condition, rt_s, correct)."
@@ -34,13 +55,21 @@ def load_splits(data: str, data_path: Path | None):  # -> tuple[DataFrame, DataF
         raise PerceptAlignError(
             "--data-path locates a registered dataset; with a CSV path in --data, drop it."
         )
-    table = load_rt_dataset(data, path=data_path)
+    if data in RT_DATASETS and rt_unit != "s":
+        raise PerceptAlignError(f"{data} is a registered dataset in seconds; drop --rt-unit {rt_unit}.")
+    table = load_rt_dataset(data, path=data_path, rt_unit=rt_unit)  # type: ignore[arg-type]
     if "split" not in table.columns:
         raise PerceptAlignError(
             f"{data}: the table has no 'split' column; RTify fits on 'train' and evaluates on 'test' trials, "
             "so add a split column with those values."
         )
-    return split_trials(table, "train"), split_trials(table, "test")
+    train, test = split_trials(table, "train"), split_trials(table, "test")
+    source = Path(data).name if data not in RT_DATASETS else data
+    check_split_tables(train, test, source=source)
+    for config in windows:
+        check_human_window(train, config, name=f"{source}: human training trials")
+        check_human_window(test, config, name=f"{source}: human test trials")
+    return train, test
 
 
 @rtify_app.command("fit")
@@ -69,7 +98,12 @@ def fit(
     lam: Annotated[float, typer.Option("--lam", help="Self-penalty weight λ (τ in steps).")] = 0.0035,
     steps: Annotated[int, typer.Option("--steps", help="Optimisation steps of the RTify head.", min=1)] = 200,
     gru_steps: Annotated[int, typer.Option("--gru-steps", help="GRU training steps (cached).", min=1)] = 600,
-    hidden_size: Annotated[int, typer.Option("--hidden-size", help="GRU hidden size.", min=1)] = 32,
+    hidden_size: Annotated[
+        int,
+        typer.Option(
+            "--hidden-size", help="Units of the GRU integrating the motion-energy channels (cached).", min=1
+        ),
+    ] = 32,
     trials: Annotated[
         int, typer.Option("--trials", help="Simulated training trials per coherence for the fits.", min=2)
     ] = 250,
@@ -90,12 +124,13 @@ def fit(
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Folder for trained GRU weights (default: toolkit cache).")
     ] = None,
+    rt_unit: RTUnitOption = "s",
 ) -> None:
     """Fit RTify on the abstract RDM task to human RTs (or self-penalised) and compare with baselines."""
     from perceptalign.rtify.fit import METHOD_LABELS, FitConfig, run_fit, write_fit_outputs
     from perceptalign.rtify.tasks import GRUTrainConfig
 
-    try:
+    with exit_on_error():
         if model not in _MODELS:
             raise PerceptAlignError(f"unknown model {model!r}: choose one of {list(_MODELS)}.")
         config = FitConfig(
@@ -110,16 +145,16 @@ def fit(
             seed=seed,
         )
         gru = GRUTrainConfig(hidden_size=hidden_size, steps=gru_steps, seed=seed)
-        human_train, human_test = load_splits(data, data_path)
+        human_train, human_test = load_splits(data, data_path, rt_unit, windows=[config])
+        ensure_output_dir(out)
+        if cache is not None:
+            ensure_output_dir(cache, label="--cache")
         progress, update = phase_progress(console, label_width=13)
         with progress:
             result = run_fit(
                 human_train, human_test, config, gru=gru, baselines=baselines, cache=cache, progress=update
             )
         paths = write_fit_outputs(result, human_test, out)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
 
     report = result.report
     table = Table(title=f"RTify ({objective}, loss {loss}) vs human test trials")
@@ -161,11 +196,12 @@ def compare(
     """One table per coherence (human vs every method: accuracy, median correct RT, W1) and the best fit."""
     from perceptalign.rtify.fit import compare_fits, comparison_markdown, verdict_line
 
-    try:
+    with exit_on_error():
         tables, summary, best = compare_fits(dirs)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        if out is not None:
+            if out.is_dir():
+                raise PerceptAlignError(f"--out {out} is a folder; give the path of a Markdown file.")
+            ensure_output_dir(out.parent)
     for cond, frame in tables.items():
         table = Table(title=f"coherence {cond:g}%")
         for name in ("method", "accuracy", "median correct RT (s)", "W1 (s)"):

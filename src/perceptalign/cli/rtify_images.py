@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.progress import phase_progress
 from perceptalign.cli.rtify import console, rtify_app
-from perceptalign.io import PerceptAlignError
+from perceptalign.io import ensure_output_dir
 
 _HELP = (
     "Train (or load from cache) a small recurrent CNN, fit RTify heads and a logit-driven Wong–Wang race "
@@ -59,15 +60,31 @@ def images(
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Retrain the CNN even if cached.")] = False,
+    rt_unit: Annotated[
+        str,
+        typer.Option(
+            "--rt-unit", help="Unit of the --rt-table reaction times: s (seconds) or ms (converted)."
+        ),
+    ] = "s",
 ) -> None:
     """Parse options, run the experiment with progress bars, print the summary."""
     import torch
 
-    from perceptalign.rtify.natural import BackboneConfig, ImagesExperiment, run_images_experiment
+    from perceptalign.io import PerceptAlignError
+    from perceptalign.rtify.natural import (
+        BackboneConfig,
+        ImagesExperiment,
+        read_rt_table,
+        run_images_experiment,
+    )
 
     if threads is not None:
         torch.set_num_threads(threads)
-    try:
+    with exit_on_error():
+        if rt_unit not in ("s", "ms"):
+            raise PerceptAlignError(f"--rt-unit must be s or ms, got {rt_unit!r}.")
+        if rt_table is None and rt_unit != "s":
+            raise PerceptAlignError("--rt-unit applies to --rt-table; without a table, drop it.")
         config = ImagesExperiment(
             dataset=dataset,
             data_path=None if data_path is None else str(data_path),
@@ -80,7 +97,11 @@ def images(
             ww_epochs=ww_epochs,
             use_cache=not no_cache,
             seed=seed,
+            rt_unit=rt_unit,
         )
+        if rt_table is not None:  # read here too, so that a bad table stops before any progress bar
+            read_rt_table(rt_table, rt_unit=rt_unit)
+        ensure_output_dir(out)
         bar, update = phase_progress(console)
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -88,9 +109,6 @@ def images(
 
         with bar:
             summary = run_images_experiment(config, out, progress=progress)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
 
     acc = ", ".join(f"{a:.3f}" for a in summary["accuracy_per_step"])
     console.print(f"{summary['dataset']}: test accuracy per step [{acc}]")

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.progress import progress_bar
 from perceptalign.cli.rtify import console, rtify_app
-from perceptalign.io import PerceptAlignError, atomic_path, write_json_atomic
+from perceptalign.io import atomic_path, ensure_output_dir, write_json_atomic
 
 _HELP = (
     "Train a video backbone (c3d: causal 3-D conv net; cnn-lstm: per-frame CNN + LSTM) on fresh random-dot "
@@ -30,7 +31,9 @@ def train_backbone_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     kind: Annotated[str, typer.Option("--kind", "-k", help="Backbone: c3d or cnn-lstm.")] = "c3d",
     epochs: Annotated[int, typer.Option(help="Training epochs (fresh stimuli every epoch).", min=1)] = 24,
-    batches_per_epoch: Annotated[int, typer.Option(help="Batches per epoch.", min=1)] = 50,
+    batches_per_epoch: Annotated[
+        int, typer.Option(help="Freshly generated stimulus batches per epoch (× --batch-size trials).", min=1)
+    ] = 50,
     batch_size: Annotated[int, typer.Option(help="Trials per batch (≥ 2 for batch norm).", min=2)] = 32,
     size: Annotated[int, typer.Option(help="Frame side in pixels (the paper's training scale is 42).")] = 32,
     frames: Annotated[int, typer.Option(help="Frames per clip, spanning the 2 s stimulus.", min=1)] = 24,
@@ -67,7 +70,7 @@ def train_backbone_command(
     )
 
     torch.set_num_threads(threads)
-    try:
+    with exit_on_error():
         config = BackboneTrainingConfig(
             kind=kind,
             stimulus=training_stimulus(size=size, n_frames=frames),
@@ -78,45 +81,37 @@ def train_backbone_command(
             epochs_per_stage=epochs_per_stage,
             seed=seed,
         )
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
-
-    out.mkdir(parents=True, exist_ok=True)
+        ensure_output_dir(out)
     progress = progress_bar(console, field="info", remaining=True)
     total_steps = epochs * batches_per_epoch
     t_start = time.perf_counter()
-    try:
-        with progress:
-            task = progress.add_task(f"training {kind}", total=total_steps, info="")
+    with exit_on_error(), progress:
+        task = progress.add_task(f"training {kind}", total=total_steps, info="")
 
-            def on_batch(event: TrainingProgress) -> None:
-                hardest = 100.0 * min(config.stages[event.stage])
-                progress.update(
-                    task,
-                    completed=event.epoch * event.batches_per_epoch + event.batch + 1,
-                    info=f"epoch {event.epoch + 1} stage {event.stage} (≥{hardest:g}%) loss {event.loss:.3f}",
-                )
+        def on_batch(event: TrainingProgress) -> None:
+            hardest = 100.0 * min(config.stages[event.stage])
+            progress.update(
+                task,
+                completed=event.epoch * event.batches_per_epoch + event.batch + 1,
+                info=f"epoch {event.epoch + 1} stage {event.stage} (≥{hardest:g}%) loss {event.loss:.3f}",
+            )
 
-            result = train_backbone(
-                kind, config, checkpoint=out / "checkpoint.safetensors", resume=resume, progress=on_batch
-            )
-            train_s = time.perf_counter() - t_start
-            progress.update(task, completed=total_steps)  # also when a finished checkpoint was resumed
-            coherences = (*PAPER_COHERENCES, CURRICULUM_EASY_COHERENCE)
-            n_eval = len(coherences) * 2 * trials_per_coherence
-            eval_task = progress.add_task("evaluating", total=n_eval, info="fresh test stimuli")
-            outputs = compute_backbone_outputs(
-                result.model,
-                config.stimulus,
-                coherences=coherences,
-                trials_per_condition=trials_per_coherence,
-                seed=seed,
-                progress=lambda done, total: progress.update(eval_task, completed=done),
-            )
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+        result = train_backbone(
+            kind, config, checkpoint=out / "checkpoint.safetensors", resume=resume, progress=on_batch
+        )
+        train_s = time.perf_counter() - t_start
+        progress.update(task, completed=total_steps)  # also when a finished checkpoint was resumed
+        coherences = (*PAPER_COHERENCES, CURRICULUM_EASY_COHERENCE)
+        n_eval = len(coherences) * 2 * trials_per_coherence
+        eval_task = progress.add_task("evaluating", total=n_eval, info="fresh test stimuli")
+        outputs = compute_backbone_outputs(
+            result.model,
+            config.stimulus,
+            coherences=coherences,
+            trials_per_condition=trials_per_coherence,
+            seed=seed,
+            progress=lambda done, total: progress.update(eval_task, completed=done),
+        )
 
     table = psychometric_table(outputs)
     digest = save_backbone(out / "backbone.safetensors", result.model, {"training": config.to_dict()})

@@ -10,10 +10,11 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.progress import PhaseUpdate, phase_progress
-from perceptalign.cli.rtify import console, rtify_app
-from perceptalign.cli.rtify_fit import load_splits
-from perceptalign.io import PerceptAlignError
+from perceptalign.cli.rtify import check_step_ms, console, rtify_app
+from perceptalign.cli.rtify_fit import RTUnitOption, load_splits
+from perceptalign.io import PerceptAlignError, ensure_output_dir
 
 _INPUTS = ("coherence", "backbone")
 _LOGITS = ("frames", "clip")
@@ -96,6 +97,7 @@ def fit_ww(
         int, typer.Option("--eval-trials", help="Simulated evaluation trials per coherence.", min=2)
     ] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    rt_unit: RTUnitOption = "s",
 ) -> None:
     """Fit the Wong–Wang model to human RTs (coherence- or backbone-driven) and evaluate on the test split.
 
@@ -105,7 +107,9 @@ def fit_ww(
     from perceptalign.rtify.pixel_rdm import backbone_trials, load_outputs_dir
     from perceptalign.rtify.ww_fit import WWFitConfig, run_ww_fit, write_ww_outputs
 
-    try:
+    check_step_ms(dt, "--dt")
+    check_step_ms(fine_dt, "--fine-dt", allow_zero=True)
+    with exit_on_error():
         if input_kind not in _INPUTS:
             raise PerceptAlignError(f"--input must be one of {list(_INPUTS)}, got {input_kind!r}.")
         if logit not in _LOGITS:
@@ -127,7 +131,7 @@ def fit_ww(
             n_eval=eval_trials,
             seed=seed,
         )
-        human_train, human_test = load_splits(data, data_path)
+        human_train, human_test = load_splits(data, data_path, rt_unit, windows=[config.hist_config()])
         fit_trials = eval_pool = None
         if input_kind == "backbone":
             assert backbone is not None
@@ -135,6 +139,7 @@ def fit_ww(
             conds = check_split_tables(human_train, human_test)
             fit_trials = backbone_trials(outputs, conds, logit=logit, part="fit")
             eval_pool = backbone_trials(outputs, conds, logit=logit, part="eval")
+        ensure_output_dir(out)
         progress, update = _progress()
         with progress:
             run = run_ww_fit(
@@ -147,9 +152,6 @@ def fit_ww(
                 progress=update,
             )
         paths = write_ww_outputs(run, human_test, out, seed=seed)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
 
     report = run.result.report
     entry = report["rtify"]
@@ -208,6 +210,7 @@ def pixel_rdm(
         int, typer.Option("--eval-trials", help="WW simulated evaluation trials per coherence.", min=2)
     ] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    rt_unit: RTUnitOption = "s",
 ) -> None:
     """Run every head on a trained backbone's cached outputs and write the pixel-RDM comparison table.
 
@@ -224,7 +227,9 @@ def pixel_rdm(
     )
     from perceptalign.rtify.ww_fit import WWFitConfig
 
-    try:
+    check_step_ms(dt, "--dt")
+    check_step_ms(fine_dt, "--fine-dt", allow_zero=True)
+    with exit_on_error():
         config = PixelRDMConfig(
             heads=tuple(h.strip() for h in heads.split(",") if h.strip()),
             ww=WWFitConfig(
@@ -240,14 +245,14 @@ def pixel_rdm(
             seed=seed,
         )
         outputs = load_outputs_dir(backbone)
-        human_train, human_test = load_splits(data, data_path)
+        human_train, human_test = load_splits(
+            data, data_path, rt_unit, windows=[config.head, config.ww.hist_config()]
+        )
+        ensure_output_dir(out)
         progress, update = _progress()
         with progress:
             run = run_pixel_rdm(outputs, human_train, human_test, config, progress=update)
         paths = write_pixel_rdm_outputs(run, human_test, out, seed=seed)
-    except PerceptAlignError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
 
     report = run.result.report
     entries = [

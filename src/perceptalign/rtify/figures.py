@@ -9,35 +9,19 @@ each model as a line, so any number of models stays readable against the same hu
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from perceptalign.io import PerceptAlignError, atomic_path
+from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.metrics import QUANTILES, decided_mask, quantile_label, rt_quantiles, signed_rt
 from perceptalign.rtify.trials import conditions as table_conditions
 from perceptalign.rtify.trials import normalise_conditions, validate_trials
 
 HUMAN_COLOR = "0.35"
-_SAVE_FORMATS = {".png", ".pdf", ".svg", ".jpg", ".jpeg"}
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix) via a temporary file renamed into place."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _SAVE_FORMATS:
-        raise PerceptAlignError(
-            f"cannot save a figure as {path.name!r}: use one of the suffixes {sorted(_SAVE_FORMATS)}."
-        )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix.lstrip(".").replace("jpg", "jpeg"), dpi=dpi, bbox_inches="tight")
-    return path
 
 
 def _validated(human: pd.DataFrame, models: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:

@@ -291,8 +291,8 @@ def run_pixel_rdm(
     runtime: dict[str, float] = {}
     ww_runs: dict[str, WWFitRun] = {}
     head_cfg = config.head
-    targets_train = HumanTargets.from_table(human_train, conds, head_cfg)
-    targets_test = HumanTargets.from_table(human_test, conds, head_cfg)
+    targets_train = HumanTargets.from_table(human_train, conds, head_cfg, name="human training trials")
+    targets_test = HumanTargets.from_table(human_test, conds, head_cfg, name="human test trials")
 
     def phase(name: str) -> PhaseProgress | None:
         if progress is None:
@@ -430,7 +430,7 @@ def write_pixel_rdm_outputs(
     run: PixelRDMRun, human_test: pd.DataFrame, out: Path, *, seed: int = 0
 ) -> list[Path]:
     """fit.json, the comparison figures, pixel_rdm.md / .csv and one WW trajectory figure per WW head."""
-    from perceptalign.rtify.figures import save_figure
+    from perceptalign.plotting import save_figure
 
     out = Path(out)
     labelled = FitResult(

@@ -22,14 +22,107 @@ import pandas as pd
 import torch
 
 from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.trials import check_coherences
 from perceptalign.rtify.wongwang import WongWang2
 
-__all__ = ["CoherenceSweep", "plot_simulation", "simulate_coherences"]
+__all__ = [
+    "MAX_TRIAL_STEPS",
+    "CoherenceSweep",
+    "SimulationCost",
+    "plot_simulation",
+    "simulate_coherences",
+    "simulation_cost",
+]
 
 # Trials per forward call: the (T, 2, B) trajectory buffer costs 16 kB per trial at dt = 1 ms, 2 s.
 _CHUNK = 16384
+# Time steps × trials of one forward call (the _CHUNK trials of 2 s at 1 ms); longer trials get fewer.
+_CHUNK_STEPS = _CHUNK * 2000
+#: Euler steps × trials that one CPU core pair simulates per second (measured on 2 cores; more is faster).
+REFERENCE_RATE = 2e6
+#: Runs estimated above this many trial-steps (about 30 min at REFERENCE_RATE) need an explicit go-ahead.
+MAX_TRIAL_STEPS = 3.6e9
+#: Euler steps of one trial (1000 s at 1 ms); a longer trajectory does not fit in memory.
+MAX_STEPS_PER_TRIAL = 1_000_000
 
 ProgressCallback = Callable[[int, int, float], None]
+"""``progress(trials done, total trials over all coherences, current coherence)``, after every chunk."""
+
+
+@dataclass(frozen=True)
+class SimulationCost:
+    """Size of a sweep: ``trial_steps`` = coherences × trials × Euler steps per trial."""
+
+    n_coherences: int
+    n_trials: int
+    n_steps: int
+    dt_ms: float
+
+    @property
+    def trial_steps(self) -> float:
+        return float(self.n_coherences) * self.n_trials * self.n_steps
+
+    @property
+    def seconds(self) -> float:
+        """Rough wall time at :data:`REFERENCE_RATE` (machine-dependent)."""
+        return self.trial_steps / REFERENCE_RATE
+
+    @property
+    def too_large(self) -> bool:
+        return self.trial_steps > MAX_TRIAL_STEPS
+
+    def describe(self) -> str:
+        """E.g. '7 coherences × 10000000 trials × 2000 steps of 1 ms = 1.4e+11 trial-steps, about 19 h'."""
+        return (
+            f"{self.n_coherences} coherence{'s' if self.n_coherences != 1 else ''} × {self.n_trials} trials "
+            "× "
+            f"{self.n_steps} steps of {self.dt_ms:g} ms = {self.trial_steps:.2g} trial-steps, about "
+            f"{_duration(self.seconds)} at {REFERENCE_RATE:.0e} trial-steps/s (2 CPU cores)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def check_grid(dt_ms: float, max_time_s: float) -> int:
+    """Euler steps per trial for a step of ``dt_ms`` over ``max_time_s``; both checked (dt in (0, 50] ms)."""
+    if not (isinstance(dt_ms, (int, float)) and math.isfinite(dt_ms) and 0 < dt_ms <= 50):
+        raise PerceptAlignError(
+            f"dt_ms (the Euler step) must be in (0, 50] ms, got {dt_ms!r} (1 ms is accurate; the published "
+            "26.67 ms is coarse)."
+        )
+    if not (isinstance(max_time_s, (int, float)) and math.isfinite(max_time_s) and max_time_s > 0):
+        raise PerceptAlignError(
+            f"max_time_s (simulated time per trial) must be a positive number of seconds, got {max_time_s!r}."
+        )
+    if max_time_s * 1000.0 < dt_ms:
+        raise PerceptAlignError(
+            f"the simulated time per trial ({max_time_s:g} s) is shorter than one Euler step ({dt_ms:g} ms); "
+            "lengthen it or use a smaller step."
+        )
+    n_steps = math.ceil(round(max_time_s * 1000.0 / dt_ms, 6))
+    if n_steps > MAX_STEPS_PER_TRIAL:
+        raise PerceptAlignError(
+            f"{max_time_s:g} s of simulated time per trial at {dt_ms:g} ms steps is {n_steps} steps, more "
+            f"than {MAX_STEPS_PER_TRIAL:.0e} (a trial's trajectory must fit in memory); shorten the "
+            "simulated time or use a larger step."
+        )
+    return n_steps
+
+
+def simulation_cost(
+    n_coherences: int, n_trials: int, *, dt_ms: float = 1.0, max_time_s: float = 2.0
+) -> SimulationCost:
+    """The size of :func:`simulate_coherences` with these settings, checked before any work starts."""
+    n_steps = check_grid(dt_ms, max_time_s)
+    return SimulationCost(n_coherences, n_trials, n_steps, float(dt_ms))
 
 
 @dataclass
@@ -87,14 +180,13 @@ def simulate_coherences(
     """Simulate ``n_trials`` trials per coherence (%) with the two-population model (default parameters).
 
     Each coherence gets its own generator seeded from (``seed``, the coherence value), so its results
-    do not depend on which other coherences are simulated or in what order. ``progress(done, total,
-    coherence)`` is called after each coherence.
+    do not depend on which other coherences are simulated or in what order. ``progress(trials done,
+    total trials, coherence)`` is called after every chunk of trials. Coherences are percentages in
+    [−100, 100] (negative: the other direction, choice 1 correct).
     """
-    coh = [float(c) for c in coherences]
+    coh = check_coherences(coherences, signed=True)
     if not coh:
-        raise PerceptAlignError("no coherences given; pass e.g. --coherences 0.8 1.6 3.2 6.4 12.8 25.6 51.2.")
-    if not all(math.isfinite(c) for c in coh):
-        raise PerceptAlignError(f"coherences must be finite numbers (percent), got {coh}.")
+        raise PerceptAlignError("no coherences given; give e.g. 0.8 1.6 3.2 6.4 12.8 25.6 51.2 (percent).")
     if len(set(coh)) != len(coh):
         raise PerceptAlignError(f"coherences contain duplicates: {coh}; list each coherence once.")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
@@ -103,7 +195,10 @@ def simulate_coherences(
         raise PerceptAlignError(f"n_examples must be a non-negative integer, got {n_examples!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PerceptAlignError(f"seed must be an integer, got {seed!r}.")
+    n_steps = check_grid(dt_ms, max_time_s)
     model = WongWang2(dt_ms=dt_ms, max_time_s=max_time_s) if model is None else model
+    chunk = max(1, min(_CHUNK, _CHUNK_STEPS // max(n_steps, 1)))
+    total = len(coh) * n_trials
     summary: list[dict[str, Any]] = []
     tables: list[pd.DataFrame] = []
     examples: dict[float, np.ndarray] = {}
@@ -113,13 +208,15 @@ def simulate_coherences(
             stream = (seed * 1_000_003 + round(c * 1000)) % (2**63)
             gen = torch.Generator(device=model.I0.device).manual_seed(stream)
             rts, choices, decided = [], [], []
-            for start in range(0, n_trials, _CHUNK):
-                batch = min(_CHUNK, n_trials - start)
+            for start in range(0, n_trials, chunk):
+                batch = min(chunk, n_trials - start)
                 coherence = torch.full((batch,), c, dtype=model.I0.dtype, device=model.I0.device)
                 out = model(coherence, generator=gen, dt_ms=dt_ms, max_time_s=max_time_s)
                 rts.append(out.rt_s.cpu().numpy())
                 choices.append(out.choice.cpu().numpy())
                 decided.append(out.decided.cpu().numpy())
+                if progress is not None:
+                    progress(i * n_trials + start + batch, total, c)
             rt = np.concatenate(rts).astype(float)
             choice = np.concatenate(choices)
             dec = np.concatenate(decided).astype(bool)
@@ -135,8 +232,6 @@ def simulate_coherences(
                 )
                 examples[c] = traj.S.cpu().numpy()
                 time_s = traj.time_s.cpu().numpy()
-            if progress is not None:
-                progress(i + 1, len(coh), c)
     return CoherenceSweep(
         dt_ms=float(dt_ms),
         trials_per_coherence=n_trials,

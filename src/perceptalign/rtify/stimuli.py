@@ -82,7 +82,7 @@ class RDMConfig:
                 isinstance(value, int | np.integer) and not isinstance(value, bool),
                 f"{name} must be an integer, got {value!r}; pass e.g. {name}={int(_default(name))}.",
             )
-        need(self.size >= _MIN_SIZE, f"size={self.size} is too small; use at least {_MIN_SIZE} pixels.")
+        need(self.size >= _MIN_SIZE, f"frames of {self.size} px are too small; use at least {_MIN_SIZE} px.")
         need(self.n_frames >= 1, f"n_frames={self.n_frames} must be ≥ 1.")
         need(self.dots_per_group >= 1, f"dots_per_group={self.dots_per_group} must be ≥ 1.")
         need(self.n_groups >= 1, f"n_groups={self.n_groups} must be ≥ 1 (the original display uses 3).")

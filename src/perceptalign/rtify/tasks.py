@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError, cache_dir, load_tensors, save_tensors_atomic
+from perceptalign.rtify.trials import check_coherences
 
 __all__ = [
     "HUMAN_COHERENCES",
@@ -67,12 +68,10 @@ class RDMTaskConfig:
     noise: float = 1.0
 
     def __post_init__(self) -> None:
-        coh = tuple(float(c) for c in self.coherences)
+        coh = tuple(check_coherences(self.coherences))
         object.__setattr__(self, "coherences", coh)
-        if not coh or any(not (math.isfinite(c) and 0 <= c <= 100) for c in coh):
-            raise PerceptAlignError(
-                f"coherences must be a non-empty list of percentages in [0, 100], got {coh}."
-            )
+        if not coh:
+            raise PerceptAlignError("coherences must be a non-empty list of percentages in [0, 100].")
         if len(set(coh)) != len(coh):
             raise PerceptAlignError(f"coherences must be distinct, got {coh}.")
         if not (math.isfinite(self.dt) and self.dt > 0):
@@ -246,7 +245,12 @@ def load_or_train_gru(
     path = folder / f"gru-{key}.safetensors"
     start = time.perf_counter()
     if path.is_file():
-        tensors = load_tensors(path)
+        try:
+            tensors = load_tensors(path)
+        except Exception as exc:  # a truncated or foreign file raises safetensors' own error types
+            raise PerceptAlignError(
+                f"cached GRU weights {path} cannot be read ({exc}); delete the file to retrain."
+            ) from exc
         model = GRUBackbone(2, config.hidden_size, 2)
         try:
             model.load_state_dict(tensors)

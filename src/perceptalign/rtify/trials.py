@@ -15,8 +15,9 @@ the problem and the fix.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from perceptalign.io import PerceptAlignError, sha256_file
+from perceptalign.tables import read_table
 
 TRIAL_COLUMNS = ("condition", "rt_s", "correct")
 OPTIONAL_COLUMNS = ("subject", "item", "split", "decided")
@@ -34,6 +36,11 @@ _COLUMN_MEANING = {
     "rt_s": "reaction time in seconds, > 0",
     "correct": "True for a correct response, False for an error",
 }
+#: A median reaction time above this many seconds means the RTs are almost surely in milliseconds.
+MAX_PLAUSIBLE_MEDIAN_RT_S = 20.0
+#: After a conversion from milliseconds, a median below this many seconds means they were seconds already.
+MIN_PLAUSIBLE_MEDIAN_RT_S = 0.02
+RT_UNITS = ("s", "ms")
 _TRUE_STRINGS = {"true", "t", "1", "yes", "y", "1.0"}
 _FALSE_STRINGS = {"false", "f", "0", "no", "n", "0.0"}
 
@@ -91,6 +98,83 @@ def _normalise_condition(series: pd.Series, name: str) -> pd.Series:
     return series.astype(str)
 
 
+def check_rt_unit(rt_s: np.ndarray | Sequence[float], *, name: str = "trials") -> None:
+    """Refuse reaction times in seconds whose median is implausible (> 20 s): they are milliseconds.
+
+    A choice task with a median RT of minutes does not exist, but a millisecond column read as seconds
+    gives exactly that, and every fit downstream would "work" on it and report nonsense.
+    """
+    values = np.asarray(rt_s, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    median = float(np.median(values))
+    if median > MAX_PLAUSIBLE_MEDIAN_RT_S:
+        raise PerceptAlignError(
+            f"{name}: reaction times look like milliseconds, not seconds (median {median:.4g}; a median "
+            f"above {MAX_PLAUSIBLE_MEDIAN_RT_S:g} s is implausible). Declare the RT unit as milliseconds "
+            "(command line: --rt-unit ms; Python: rt_unit 'ms') or convert the values to seconds."
+        )
+
+
+def check_ms_conversion(rt_s: pd.Series, name: str = "trials") -> None:
+    """Refuse RTs converted from milliseconds whose median is below 20 ms: they were seconds already."""
+    values = pd.to_numeric(rt_s, errors="coerce").abs().to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size and float(np.median(values)) < MIN_PLAUSIBLE_MEDIAN_RT_S:
+        median_ms = float(np.median(values)) * 1e3
+        raise PerceptAlignError(
+            f"{name}: with the RT unit set to milliseconds the median reaction time is {median_ms:.3g} ms, "
+            "implausibly short; the values look like seconds already. Use the RT unit 's' (the default)."
+        )
+
+
+def check_rt_window(
+    df: pd.DataFrame, max_rt_s: float, *, name: str = "trials", window: str = "", fix: str = ""
+) -> None:
+    """Refuse a (validated) trials table with reaction times beyond ``max_rt_s``, the longest RT a fit sees.
+
+    A model that simulates a fixed window cannot produce longer RTs and a histogram on that window
+    drops them, so such trials would be fitted silently wrong. ``window`` describes the limit and ``fix``
+    says how to change it, if it can be changed (both are appended to the message).
+    """
+    rt = df["rt_s"].to_numpy(dtype=float)
+    beyond = rt > max_rt_s
+    if beyond.any():
+        what = window or f"the model's RT window ends at {max_rt_s:g} s"
+        remedy = fix or "drop those trials (or check the RT unit)"
+        raise PerceptAlignError(
+            f"{name}: {int(beyond.sum())} of {len(rt)} trials have reaction times above {max_rt_s:g} s "
+            f"(longest {float(rt.max()):.4g} s), but {what}, so they cannot be fitted. Fix: {remedy}."
+        )
+
+
+def check_coherences(values: Iterable[Any], *, name: str = "coherences", signed: bool = False) -> list[float]:
+    """Motion coherences in percent as floats: each finite and in [0, 100] (``signed``: [−100, 100]).
+
+    The one check used by every RTify command that takes coherences (simulation, fits, data files).
+    """
+    raw = list(values)
+    out: list[float] = []
+    bad: list[str] = []
+    for value in raw:
+        try:
+            c = float(value)
+        except (TypeError, ValueError):
+            bad.append(repr(value))
+            continue
+        lo = -100.0 if signed else 0.0
+        if not (math.isfinite(c) and lo <= c <= 100.0):
+            bad.append(repr(value) if isinstance(value, str) else f"{c:g}")
+        out.append(c)
+    if bad:
+        bounds = "between -100 and 100" if signed else "between 0 and 100"
+        raise PerceptAlignError(
+            f"{name} must be finite percentages {bounds} (e.g. 6.4 or 51.2); got {', '.join(bad)}."
+        )
+    return out
+
+
 def validate_trials(
     df: pd.DataFrame, *, required_conditions: Sequence[Any] | None = None, name: str = "trials"
 ) -> pd.DataFrame:
@@ -107,8 +191,8 @@ def validate_trials(
         meaning = "; ".join(f"{c!r}: {_COLUMN_MEANING[c]}" for c in missing)
         raise PerceptAlignError(
             f"{name}: missing column(s) {missing} (have {list(df.columns)}). Required: {meaning}. "
-            "Rename your columns, or load the file with load_trials_csv(..., condition_column=..., "
-            "rt_column=..., correct_column=...)."
+            "Rename your columns (in Python, load_trials_csv maps other column names), or give signed RTs "
+            "as a table with columns coherence_pct and signed_rt_s (+correct, −error)."
         )
     if len(df) == 0:
         raise PerceptAlignError(f"{name}: the table is empty; it needs at least one trial.")
@@ -124,23 +208,25 @@ def validate_trials(
     if rt.isna().any():
         raise PerceptAlignError(
             f"{name}: column 'rt_s' has missing (NaN) reaction times in rows:\n{_show_rows(out, rt.isna())}\n"
-            "Drop trials without a response, or mark model trials that never decided with decided=False "
-            "and their censoring time as rt_s."
+            "Drop trials without a response (for model trials that never decided: a 'decided' column "
+            "set to False, and their censoring time as rt_s)."
         )
     rt = rt.astype(float)
     not_finite = ~np.isfinite(rt.to_numpy())
     if not_finite.any():
         raise PerceptAlignError(
             f"{name}: column 'rt_s' has infinite reaction times in rows:\n{_show_rows(out, not_finite)}\n"
-            "Use the censoring time with decided=False for trials that never decided."
+            "For trials that never decided, use their censoring time as rt_s with a 'decided' column set "
+            "to False."
         )
     non_positive = rt <= 0
     if non_positive.any():
         raise PerceptAlignError(
             f"{name}: reaction times must be > 0 seconds; zero or negative values in rows:\n"
-            f"{_show_rows(out, non_positive)}\nIf these are signed RTs (negative = error), load them with "
-            "trials_from_signed_rt()."
+            f"{_show_rows(out, non_positive)}\nIf these are signed RTs (+correct, −error), give them as a "
+            "signed-RT table (columns coherence_pct and signed_rt_s) instead of rt_s and correct."
         )
+    check_rt_unit(rt.to_numpy(), name=name)
     out["rt_s"] = rt
     out["correct"] = _to_bool(out["correct"], column="correct", name=name)
     if "decided" in out.columns:
@@ -154,9 +240,9 @@ def validate_trials(
         absent = [c for c in wanted.tolist() if c not in present]
         if absent:
             raise PerceptAlignError(
-                f"{name}: required condition(s) {absent} have no trials "
-                f"(present: {sorted(present, key=str)}). "
-                "Simulate or collect trials for every condition you compare, or restrict required_conditions."
+                f"{name}: no trials for condition(s) {absent} (present: {sorted(present, key=str)}). "
+                "Every compared condition needs trials: add trials for these conditions, or leave them out "
+                "of the comparison."
             )
     return out
 
@@ -167,30 +253,33 @@ def trials_from_signed_rt(
     condition_column: str = "coherence_pct",
     signed_rt_column: str = "signed_rt_s",
     split_column: str | None = "split",
+    name: str = "signed-RT table",
 ) -> pd.DataFrame:
     """Convert a signed-RT table (+RT correct, −RT error, the published RTify format) into a trials table.
 
     A signed RT of exactly zero carries no choice and no time, so it is rejected rather than guessed.
+    ``name`` (e.g. the file name) starts every error message.
     """
     if not isinstance(df, pd.DataFrame):
         raise PerceptAlignError(f"expected a pandas DataFrame, got {type(df).__name__}.")
     missing = [c for c in (condition_column, signed_rt_column) if c not in df.columns]
     if missing:
         raise PerceptAlignError(
-            f"signed-RT table: missing column(s) {missing} (have {list(df.columns)}). Pass condition_column= "
-            "and signed_rt_column= naming your condition and signed reaction time (+correct, −error) columns."
+            f"{name}: missing column(s) {missing} (have {list(df.columns)}). Name the columns that hold "
+            "the condition and the signed reaction time (+correct, −error) (condition_column and "
+            "signed_rt_column)."
         )
     signed = pd.to_numeric(df[signed_rt_column], errors="coerce")
     bad = signed.isna().to_numpy()
     if bad.any():
         raise PerceptAlignError(
-            f"signed-RT table: column {signed_rt_column!r} has non-numeric or missing values in rows:\n"
+            f"{name}: column {signed_rt_column!r} has non-numeric or missing values in rows:\n"
             f"{_show_rows(df, bad)}\nFix or drop these rows."
         )
     zero = (signed == 0).to_numpy()
     if zero.any():
         raise PerceptAlignError(
-            f"signed-RT table: a signed RT of 0 has no sign (correct/error) and no duration; rows:\n"
+            f"{name}: a signed RT of 0 has no sign (correct/error) and no duration; rows:\n"
             f"{_show_rows(df, zero)}\nDrop these trials or recover their true RT and outcome."
         )
     out = pd.DataFrame(
@@ -202,7 +291,7 @@ def trials_from_signed_rt(
     )
     if split_column is not None and split_column in df.columns:
         out["split"] = df[split_column].astype(str).to_numpy()
-    return validate_trials(out, name="signed-RT table")
+    return validate_trials(out, name=name)
 
 
 def load_trials_csv(
@@ -217,12 +306,14 @@ def load_trials_csv(
     subject_column: str | None = None,
     item_column: str | None = None,
 ) -> pd.DataFrame:
-    """Read any CSV of trials: either ``rt_column`` + ``correct_column`` or one ``signed_rt_column``."""
+    """Read any CSV/TSV of trials: either ``rt_column`` + ``correct_column`` or one ``signed_rt_column``.
+
+    The file is read by :func:`perceptalign.tables.read_table` (delimiter sniffed, UTF-8 required).
+    ``rt_unit="ms"`` converts milliseconds to seconds; RTs in seconds with a median above 20 s are refused
+    as milliseconds in disguise.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise PerceptAlignError(f"trials file {str(path)!r} does not exist; check the path.")
-    if rt_unit not in ("s", "ms"):
-        raise PerceptAlignError(f"rt_unit must be 's' or 'ms', got {rt_unit!r}.")
+    check_rt_unit_name(rt_unit)
     if (signed_rt_column is None) == (rt_column is None):
         raise PerceptAlignError(
             "give either signed_rt_column= (one column, + correct / − error) or rt_column= together with "
@@ -232,7 +323,7 @@ def load_trials_csv(
         raise PerceptAlignError(
             "rt_column= needs correct_column= (which column says whether a trial was correct)."
         )
-    raw = pd.read_csv(path)
+    raw = read_table(path, what="trials file")
     optional = {"split": split_column, "subject": subject_column, "item": item_column}
     wanted = [condition_column, rt_column, correct_column, signed_rt_column, *optional.values()]
     missing = [c for c in wanted if c is not None and c not in raw.columns]
@@ -240,26 +331,41 @@ def load_trials_csv(
         raise PerceptAlignError(
             f"{path.name}: column(s) {missing} not found (have {list(raw.columns)}). Fix the column names."
         )
-    scale = 1e-3 if rt_unit == "ms" else 1.0
     if signed_rt_column is not None:
         tmp = pd.DataFrame(
             {
                 "condition": raw[condition_column],
-                "signed": pd.to_numeric(raw[signed_rt_column], errors="coerce") * scale,
+                "signed": _to_seconds(raw[signed_rt_column], rt_unit, path.name),
             }
         )
         out = trials_from_signed_rt(
-            tmp, condition_column="condition", signed_rt_column="signed", split_column=None
+            tmp, condition_column="condition", signed_rt_column="signed", split_column=None, name=path.name
         )
     else:
-        numeric = pd.to_numeric(raw[rt_column], errors="coerce")
-        # Keep the raw column when it has non-numeric entries so that validation can show them.
-        rt = raw[rt_column] if (numeric.isna() & raw[rt_column].notna()).any() else numeric * scale
+        rt = _to_seconds(raw[rt_column], rt_unit, path.name)
         out = pd.DataFrame({"condition": raw[condition_column], "rt_s": rt, "correct": raw[correct_column]})
     for target, source in optional.items():
         if source is not None:
             out[target] = raw[source].to_numpy()
     return validate_trials(out, name=path.name)
+
+
+def check_rt_unit_name(rt_unit: str) -> None:
+    """The unit of a file's reaction times must be one of :data:`RT_UNITS` ('s' or 'ms')."""
+    if rt_unit not in RT_UNITS:
+        raise PerceptAlignError(f"rt_unit (the RT unit) must be 's' or 'ms', got {rt_unit!r}.")
+
+
+def _to_seconds(column: pd.Series, rt_unit: str, name: str) -> pd.Series:
+    """An RT column in seconds (a column with non-numeric entries is returned as is for validation)."""
+    if rt_unit == "s":
+        return column
+    numeric = pd.to_numeric(column, errors="coerce")
+    if (numeric.isna() & column.notna()).any():
+        return column
+    seconds = numeric * 1e-3
+    check_ms_conversion(seconds, name)
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -318,7 +424,9 @@ def _resolve_registered(record: DatasetRecord, path: str | os.PathLike[str] | No
     if path is not None:
         resolved = Path(path)
         if not resolved.is_file():
-            raise PerceptAlignError(f"{record.name}: file {str(resolved)!r} given as path= does not exist.")
+            raise PerceptAlignError(
+                f"{record.name}: the file {str(resolved)!r} given as its path does not exist."
+            )
         return resolved
     if record.env_var and os.environ.get(record.env_var):
         resolved = Path(os.environ[record.env_var])
@@ -334,25 +442,37 @@ def _resolve_registered(record: DatasetRecord, path: str | os.PathLike[str] | No
             return candidate
     raise PerceptAlignError(
         f"{record.name}: data file not found. Get it from {record.source_url} (converted to CSV with columns "
-        f"split, coherence_pct, signed_rt_s; sha256 {record.sha256}) and either pass path=, set "
-        f"${record.env_var}, or put it at {candidates[-1]}. Searched: "
+        f"split, coherence_pct, signed_rt_s; sha256 {record.sha256}) and either give its path "
+        f"(--data-path; path in Python), set ${record.env_var}, or put it at {candidates[-1]}. Searched: "
         + ", ".join(str(c) for c in candidates[:3])
         + ", ..."
     )
 
 
 def load_rt_dataset(
-    name_or_path: str = "rdm-human", *, split: str | None = None, path: str | os.PathLike[str] | None = None
+    name_or_path: str = "rdm-human",
+    *,
+    split: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    rt_unit: Literal["s", "ms"] = "s",
 ) -> pd.DataFrame:
-    """Load a registered dataset (checksum-verified) or a CSV file as a validated trials table.
+    """Load a registered dataset (checksum-verified) or a CSV/TSV file as a validated trials table.
 
     A registered name is resolved from ``path=``, else its environment variable (``$PERCEPTALIGN_RDM_HUMAN``
     for ``rdm-human``), else ``shared/data/<file>`` under any ancestor of the working directory or of the
-    installed package (the repository layout), else ``<cache>/data/<file>``. A plain CSV path is read as a
-    signed-RT table if it has ``coherence_pct`` and ``signed_rt_s`` columns, otherwise as a trials table.
+    installed package (the repository layout), else ``<cache>/data/<file>``. A plain file path is read by
+    :func:`perceptalign.tables.read_table` as a signed-RT table if it has ``coherence_pct`` and
+    ``signed_rt_s`` columns, otherwise as a trials table (``condition``, ``rt_s``, ``correct``).
+    ``rt_unit="ms"`` converts a file's millisecond RTs to seconds (registered datasets are in seconds).
     """
+    check_rt_unit_name(rt_unit)
     if name_or_path in RT_DATASETS:
         record = RT_DATASETS[name_or_path]
+        if rt_unit != "s":
+            raise PerceptAlignError(
+                f"{record.name} is a registered dataset with reaction times in seconds; drop the RT unit "
+                "'ms' (it is only for your own files)."
+            )
         file = _resolve_registered(record, path)
         actual = sha256_file(file)
         if actual != record.sha256:
@@ -361,23 +481,32 @@ def load_rt_dataset(
                 "The file is not the registered data (modified or a different version); restore it from "
                 f"{record.source_url}."
             )
-        raw = pd.read_csv(file)
+        raw = read_table(file, what=f"{record.name} data file", string_columns=("split",))
         if record.file_format == "signed-rt":
-            table = trials_from_signed_rt(raw)
+            table = trials_from_signed_rt(raw, name=record.name)
         else:
             table = validate_trials(raw, name=record.name)
     else:
         file = Path(name_or_path)
-        if not file.is_file():
+        if not file.exists():
             raise PerceptAlignError(
                 f"{name_or_path!r} is neither a registered dataset ({sorted(RT_DATASETS)}) nor an existing "
                 "CSV file."
             )
-        raw = pd.read_csv(file)
-        if {"coherence_pct", "signed_rt_s"} <= set(raw.columns):
-            table = trials_from_signed_rt(raw)
-        else:
+        raw = read_table(file, what="trials file", string_columns=("split",))
+        columns = set(raw.columns)
+        if {"coherence_pct", "signed_rt_s"} <= columns:
+            raw = raw.assign(signed_rt_s=_to_seconds(raw["signed_rt_s"], rt_unit, file.name))
+            table = trials_from_signed_rt(raw, name=file.name)
+        elif set(TRIAL_COLUMNS) <= columns:
+            raw = raw.assign(rt_s=_to_seconds(raw["rt_s"], rt_unit, file.name))
             table = validate_trials(raw, name=file.name)
+        else:
+            raise PerceptAlignError(
+                f"{file.name}: not a trials table (columns {list(raw.columns)}). Use either the columns "
+                "condition, rt_s, correct (one row per trial) or coherence_pct, signed_rt_s (+RT correct, "
+                "−RT error); a split column (train/test) is optional."
+            )
     return split_trials(table, split) if split is not None else table
 
 

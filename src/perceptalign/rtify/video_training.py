@@ -143,7 +143,9 @@ class BackboneTrainingConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in BACKBONE_KINDS:
-            raise PerceptAlignError(f"kind={self.kind!r} is unknown; choose one of {list(BACKBONE_KINDS)}.")
+            raise PerceptAlignError(
+                f"backbone kind {self.kind!r} is unknown; choose one of {list(BACKBONE_KINDS)}."
+            )
         if not isinstance(self.stimulus, RDMConfig):
             raise PerceptAlignError(
                 "stimulus must be an RDMConfig, e.g. training_stimulus(size=32, n_frames=24)."
@@ -288,8 +290,9 @@ def train_backbone(
         start, history = _load_checkpoint(ckpt, config, model, optimizer)
         if start > config.epochs:
             raise PerceptAlignError(
-                f"checkpoint {ckpt} already holds {start} epochs, more than epochs={config.epochs}; ask for "
-                f"at least {start} epochs, or start over with resume=False (CLI: --no-resume)."
+                f"checkpoint {ckpt} already holds {start} epochs, more than the {config.epochs} asked for; "
+                f"ask for at least {start} epochs, or start over without resuming (command line: "
+                "--no-resume)."
             )
     stream = RDMStream(
         config.stimulus, config.stages[0], config.batch_size, config.batches_per_epoch, seed=config.seed
@@ -307,8 +310,8 @@ def train_backbone(
             loss, acc = _loss(model, batch.videos, batch.label, loss_on)
             if not torch.isfinite(loss):
                 raise PerceptAlignError(
-                    f"training diverged at epoch {epoch}, batch {i} (loss {loss.item()}); lower lr "
-                    f"(now {config.lr}) or keep grad_clip on."
+                    f"training diverged at epoch {epoch}, batch {i} (loss {loss.item()}); lower the learning "
+                    f"rate (now {config.lr}) or keep gradient clipping on."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -423,14 +426,14 @@ def _load_checkpoint(
     if meta.get("format") != _CHECKPOINT_FORMAT:
         raise PerceptAlignError(
             f"{path} is not a backbone training checkpoint (format {meta.get('format')!r}); "
-            "point checkpoint= elsewhere or delete the file."
+            "delete the file, or write the checkpoint elsewhere (another output folder)."
         )
     saved = json.loads(meta["config"])
     diffs = _config_differences(saved, config.to_dict(), ignore={"epochs"})
     if diffs:
         raise PerceptAlignError(
             f"checkpoint {path} was written with other settings ({'; '.join(diffs)}); rerun with the same "
-            "settings, or start over with resume=False (CLI: --no-resume)."
+            "settings, or start over without resuming (command line: --no-resume)."
         )
     tensors = load_tensors(path)
     model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})

@@ -60,7 +60,7 @@ from perceptalign.rtify.fit import (
     write_fit_outputs,
 )
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
-from perceptalign.rtify.trials import validate_trials
+from perceptalign.rtify.trials import check_coherences, validate_trials
 from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WWOutput
 
 __all__ = [
@@ -259,9 +259,9 @@ class WWTrials:
 
 def coherence_trials(conditions: Sequence[float], n_per_condition: int) -> WWTrials:
     """``n_per_condition`` trials per coherence (%), positive coherence: population 1 is always correct."""
-    conds = [float(c) for c in conditions]
-    if not conds or any(not 0 <= c <= 100 for c in conds):
-        raise PerceptAlignError(f"coherences must be percentages in [0, 100], got {conds}.")
+    conds = check_coherences(conditions)
+    if not conds:
+        raise PerceptAlignError("coherences must be a non-empty list of percentages in [0, 100].")
     k = torch.arange(len(conds)).repeat_interleave(n_per_condition)
     drive = torch.tensor(conds, dtype=torch.float32)[k]
     return WWTrials(drive, k, torch.zeros_like(k), conds)
@@ -618,8 +618,10 @@ def run_ww_fit(
     conds = check_split_tables(human_train, human_test)
     runtime: dict[str, float] = {}
     torch.manual_seed(config.seed)
-    targets_train = HumanTargets.from_table(human_train, conds, config.hist_config())
-    targets_test = HumanTargets.from_table(human_test, conds, config.hist_config())
+    targets_train = HumanTargets.from_table(
+        human_train, conds, config.hist_config(), name="human training trials"
+    )
+    targets_test = HumanTargets.from_table(human_test, conds, config.hist_config(), name="human test trials")
     ww = build_ww(config)
     if (fit_trials is None) != (eval_trials is None):
         raise PerceptAlignError("give both fit_trials and eval_trials (backbone-driven) or neither.")
@@ -675,7 +677,7 @@ def run_ww_fit(
 
 def write_ww_outputs(run: WWFitRun, human_test: pd.DataFrame, out: Path, *, seed: int = 0) -> list[Path]:
     """fit.json and the comparison figures (as ``rtify fit``) plus ``ww_trajectories.png``."""
-    from perceptalign.rtify.figures import save_figure
+    from perceptalign.plotting import save_figure
 
     paths = write_fit_outputs(run.result, human_test, out)
     fig = trajectory_figure(run.model, run.eval_trials, seed=seed)

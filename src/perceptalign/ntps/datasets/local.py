@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from perceptalign.io import PerceptAlignError, sha256_file
+from perceptalign.tables import read_table
 
 from .core import TextDataset, encode_integer_labels, encode_string_labels
 
@@ -29,8 +30,9 @@ def _read_table(path: Path, text_column: str) -> pd.DataFrame:
     try:
         if kind in (".csv", ".tsv"):
             # The text column is read as strings so that "123" stays a text; empty cells stay NaN and are
-            # reported by validation as missing texts.
-            return pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype={text_column: "object"})
+            # reported by validation as missing texts. Bad files (empty, not UTF-8, ragged rows, a
+            # tab-separated .csv) are handled by the one reader the RTify trial files use too.
+            return read_table(path, what="dataset file", string_columns=[text_column])
         if kind == ".jsonl":
             return pd.read_json(path, lines=True, dtype=False)
         if kind == ".json":

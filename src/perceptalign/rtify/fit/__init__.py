@@ -53,6 +53,7 @@ from perceptalign.rtify.fit.experiment import FitResult, check_split_tables, run
 from perceptalign.rtify.fit.head import IncrementEvidence, build_head, init_threshold, p_correct
 from perceptalign.rtify.fit.human import (
     HumanTargets,
+    check_human_window,
     expected_signed_histograms,
     fit_head_to_human,
     objective_value,
@@ -77,6 +78,7 @@ __all__ = [
     "PhaseProgress",
     "SimulatedTrials",
     "build_head",
+    "check_human_window",
     "check_split_tables",
     "coherence_markdown",
     "compare_fits",

@@ -16,14 +16,42 @@ from perceptalign.rtify.fit.config import METHOD_LABELS
 _COMPARE_COLUMNS = ("accuracy", "median_rt_correct", "wasserstein")
 
 
+_ROW_KEYS = frozenset(
+    {
+        "condition",
+        "accuracy_human",
+        "median_rt_correct_human",
+        "accuracy_model",
+        "median_rt_correct_model",
+        "wasserstein",
+    }
+)
+
+
 def _load_fit(path: Path) -> dict[str, Any]:
     path = Path(path)
     file = path / "fit.json" if path.is_dir() else path
     if not file.is_file():
         raise PerceptAlignError(f"{path}: no fit.json found; pass a directory written by `rtify fit`.")
-    report = read_json(file)
+    try:
+        report = read_json(file)
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PerceptAlignError(
+            f"{file} cannot be read as JSON ({exc}); it is not a fit.json written by `perceptalign rtify "
+            "fit` (rerun the fit to rewrite it)."
+        ) from exc
     if not isinstance(report, Mapping) or "rtify" not in report or "model" not in report:
         raise PerceptAlignError(f"{file} is not a fit.json written by `perceptalign rtify fit`.")
+    entries = [report["rtify"], *dict(report.get("baselines") or {}).values()]
+    for entry in entries:
+        rows = entry.get("per_condition") if isinstance(entry, Mapping) else None
+        if not isinstance(rows, list) or not all(
+            isinstance(r, Mapping) and set(r) >= _ROW_KEYS for r in rows
+        ):
+            raise PerceptAlignError(
+                f"{file} is incomplete: a method lacks per-condition results "
+                f"({', '.join(sorted(_ROW_KEYS))}); rerun the fit to rewrite it."
+            )
     return dict(report)
 
 

@@ -23,8 +23,8 @@ from perceptalign.rtify.tasks import (
     RDMTaskConfig,
     load_or_train_gru,
 )
+from perceptalign.rtify.trials import check_coherences, validate_trials
 from perceptalign.rtify.trials import conditions as table_conditions
-from perceptalign.rtify.trials import validate_trials
 
 
 @dataclass
@@ -36,21 +36,37 @@ class FitResult:
     head: RTifyHead | None = None
 
 
-def check_split_tables(human_train: pd.DataFrame, human_test: pd.DataFrame) -> list[float]:
-    """Validated numeric (coherence %) conditions of the training split; every test one must be there."""
-    train = validate_trials(human_train, name="human training trials")
-    test = validate_trials(human_test, name="human test trials")
+def check_split_tables(
+    human_train: pd.DataFrame, human_test: pd.DataFrame, *, source: str = ""
+) -> list[float]:
+    """Validated numeric (coherence %) conditions of the training split; the test split must have the same.
+
+    ``source`` (e.g. the data file) starts the messages. Every training coherence is evaluated on the
+    test split and every test coherence needs a fit, so both splits must hold the same coherences.
+    """
+    prefix = f"{source}: " if source else ""
+    train = validate_trials(human_train, name=f"{prefix}human training trials")
+    test = validate_trials(human_test, name=f"{prefix}human test trials")
     conds = table_conditions(train)
     if any(isinstance(c, str) for c in conds):
         raise PerceptAlignError(
-            f"the RDM task needs numeric coherence conditions (in %), got {conds}; relabel the conditions."
+            f"{prefix}the RDM task needs numeric coherence conditions (in %), got {conds}; relabel the "
+            "conditions."
         )
-    if any(not 0 <= c <= 100 for c in conds):
-        raise PerceptAlignError(f"coherence conditions must be percentages in [0, 100], got {conds}.")
-    missing = [c for c in table_conditions(test) if c not in conds]
+    conds = check_coherences(conds, name=f"{prefix}coherence conditions")
+    test_conds = table_conditions(test)
+    missing = [c for c in test_conds if c not in conds]
     if missing:
         raise PerceptAlignError(
-            f"test conditions {missing} have no training trials; every test coherence needs training data."
+            f"{prefix}test coherence(s) {missing} have no training trials; every test coherence needs "
+            "training trials: add them to the train split, or drop those test trials."
+        )
+    untested = [c for c in conds if c not in test_conds]
+    if untested:
+        raise PerceptAlignError(
+            f"{prefix}the test split has no trials for coherence(s) {untested} of the train split; every "
+            "fitted coherence is evaluated on the test split: add test trials for them, or drop their "
+            "training trials."
         )
     return [float(c) for c in conds]
 
@@ -69,6 +85,9 @@ def run_fit(
     """Train (or load) the GRU, fit the RTify head (human or self-penalty objective), fit the baselines,
     and evaluate every method on ``human_test``. The task's coherences are the human conditions."""
     conds = check_split_tables(human_train, human_test)
+    # Human targets first: bad human data must stop the run before the GRU is trained.
+    targets_train = HumanTargets.from_table(human_train, conds, config, name="human training trials")
+    targets_test = HumanTargets.from_table(human_test, conds, config, name="human test trials")
     task = task or RDMTaskConfig()
     task = RDMTaskConfig(
         coherences=tuple(conds), dt=task.dt, n_steps=task.n_steps, gain=task.gain, noise=task.noise
@@ -104,8 +123,6 @@ def run_fit(
         for k, c in enumerate(conds)
     }
 
-    targets_train = HumanTargets.from_table(human_train, conds, config)
-    targets_test = HumanTargets.from_table(human_test, conds, config)
     head = build_head(backbone, task, config)
     start = time.perf_counter()
     if config.objective == "human":
@@ -184,10 +201,10 @@ def run_fit(
 
 def write_fit_outputs(result: FitResult, human_test: pd.DataFrame, out: Path) -> list[Path]:
     """Write ``fit.json`` and the three comparison figures (human test vs every method) into ``out``."""
+    from perceptalign.plotting import save_figure
     from perceptalign.rtify.figures import (
         psychometric_chronometric,
         quantile_probability_plot,
-        save_figure,
         signed_rt_histograms,
     )
 

@@ -21,7 +21,7 @@ from perceptalign.rtify.losses import (
     wasserstein1_from_histograms,
 )
 from perceptalign.rtify.metrics import QUANTILES
-from perceptalign.rtify.trials import validate_trials
+from perceptalign.rtify.trials import check_rt_window, validate_trials
 
 
 def _hazen(values: np.ndarray) -> np.ndarray:
@@ -41,8 +41,12 @@ class HumanTargets:
     median_rt: float
 
     @classmethod
-    def from_table(cls, human: pd.DataFrame, conds: Sequence[float], config: FitConfig) -> HumanTargets:
-        human = validate_trials(human, required_conditions=list(conds), name="human trials")
+    def from_table(
+        cls, human: pd.DataFrame, conds: Sequence[float], config: FitConfig, *, name: str = "human trials"
+    ) -> HumanTargets:
+        """Targets of ``conds`` from a trials table; RTs beyond the fit's window are refused, not dropped."""
+        human = validate_trials(human, required_conditions=list(conds), name=name)
+        check_human_window(human, config, name=name)
         hists, accs, qc, qe = [], [], [], []
         for cond in conds:
             sub = human[human["condition"] == cond]
@@ -63,6 +67,29 @@ class HumanTargets:
             q_error=torch.tensor(np.array(qe), dtype=torch.float32),
             median_rt=float(human["rt_s"].median()),
         )
+
+
+#: Human RTs up to this fraction beyond the fit's window are kept: the window's edge is soft (models add
+#: a motor delay after their simulated time, histograms are Gaussian-smoothed). Longer RTs are refused.
+WINDOW_TOLERANCE = 0.1
+
+
+def check_human_window(human: pd.DataFrame, config: FitConfig, *, name: str = "human trials") -> None:
+    """Refuse human RTs well beyond the fit's window (the signed-RT histogram range, which the models'
+    simulated time does not exceed by more than a motor delay): such trials would be dropped from the
+    histograms and could never be produced by the model, so the fit would be silently wrong."""
+    human = validate_trials(human, name=name)
+    window = min(config.hi, -config.lo)
+    check_rt_window(
+        human,
+        round(window * (1 + WINDOW_TOLERANCE), 6),
+        name=name,
+        window=(
+            f"the fit only sees reaction times up to about {window:g} s (signed-RT histograms on "
+            f"[{config.lo:g}, {config.hi:g}] s, and the models simulate no longer)"
+        ),
+        fix="drop those trials from the data (or check that the RTs are in seconds)",
+    )
 
 
 def expected_signed_histograms(

@@ -29,7 +29,8 @@ class ImagesExperiment:
     """Settings of :func:`run_images_experiment`.
 
     ``items``: test images given generated RTs (ignored with ``rt_table``); ``self_penalised_train``:
-    training images for the λ sweep (features of a frozen backbone, so cheap).
+    training images for the λ sweep (features of a frozen backbone, so cheap); ``rt_unit``: unit of the
+    ``rt_table``'s ``rt_s`` column, ``"s"`` or ``"ms"``.
     """
 
     dataset: str = "fashion-mnist"
@@ -45,6 +46,7 @@ class ImagesExperiment:
     saliency_images: int = 4
     use_cache: bool = True
     seed: int = 0
+    rt_unit: str = "s"
 
 
 def run_images_experiment(
@@ -57,7 +59,7 @@ def run_images_experiment(
     import time
 
     from perceptalign.io import write_json_atomic, write_text_atomic
-    from perceptalign.rtify.figures import save_figure
+    from perceptalign.plotting import save_figure
     from perceptalign.rtify.images import load_image_dataset
 
     out = Path(out)
@@ -70,6 +72,8 @@ def run_images_experiment(
         timings[name] = round(now - clock, 2)
         clock = now
 
+    # A bad RT table must stop the run before the backbone is trained.
+    given = None if config.rt_table is None else read_rt_table(config.rt_table, rt_unit=config.rt_unit)
     dataset = load_image_dataset(config.dataset, config.data_path)
     lap("load_data_s")
     backbone, weights, cached = load_or_train_backbone(
@@ -79,8 +83,8 @@ def run_images_experiment(
     accuracy = step_accuracy(backbone, dataset.test)
     lap("accuracy_s")
 
-    if config.rt_table is not None:
-        table = read_rt_table(config.rt_table)
+    if given is not None:
+        table = given
         rt_source: dict[str, Any] = {"kind": "table", "path": str(config.rt_table), "n_images": len(table)}
         items = dataset.test
     else:

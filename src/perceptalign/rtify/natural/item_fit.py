@@ -287,7 +287,8 @@ def fit_item_rts(
     if 0 < n_val < 3 or fit_rows.size - n_val < 3:
         raise PerceptAlignError(
             f"{fit_rows.size} fit images cannot be split into training and validation "
-            f"(val_fraction={val_fraction}); give more images or set val_fraction=0."
+            f"(validation fraction {val_fraction}); give more images (RT table rows), or no validation "
+            "fraction (0)."
         )
     order = torch.as_tensor(rng.permutation(fit_rows.size))
     train_part, val_part = order[n_val:], order[:n_val]

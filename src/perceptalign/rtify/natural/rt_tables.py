@@ -15,21 +15,27 @@ from torch import Tensor
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.images import ImageSplit
 from perceptalign.rtify.natural.backbone import check_split
+from perceptalign.rtify.trials import check_ms_conversion, check_rt_unit, check_rt_unit_name
+from perceptalign.tables import read_table
 
 
-def read_rt_table(table: pd.DataFrame | str | os.PathLike[str]) -> pd.Series:
+def read_rt_table(table: pd.DataFrame | str | os.PathLike[str], *, rt_unit: str = "s") -> pd.Series:
     """Per-image RT (s) indexed by ``image_id``, from a DataFrame or CSV with columns ``image_id, rt_s``.
 
     Several rows per image (one per subject or trial) are reduced to the MEDIAN, the per-item statistic
-    RTify fits (rtify.md §2b), which is robust to the long right tail of RTs.
+    RTify fits (rtify.md §2b), which is robust to the long right tail of RTs. ``rt_unit="ms"`` converts
+    milliseconds to seconds; RTs in seconds with a median above 20 s are refused as milliseconds.
     """
+    check_rt_unit_name(rt_unit)
+    name = "RT table"
     if not isinstance(table, pd.DataFrame):
         path = Path(table)
-        if not path.is_file():
+        if not path.exists():
             raise PerceptAlignError(
                 f"RT table {path} does not exist; pass a CSV with columns image_id, rt_s."
             )
-        table = pd.read_csv(path, dtype={"image_id": str})
+        table = read_table(path, what="RT table", string_columns=("image_id",))
+        name = f"RT table {path.name}"
     missing = [c for c in ("image_id", "rt_s") if c not in table.columns]
     if missing:
         raise PerceptAlignError(
@@ -48,6 +54,10 @@ def read_rt_table(table: pd.DataFrame | str | os.PathLike[str]) -> pd.Series:
         )
     if table["image_id"].isna().any():
         raise PerceptAlignError("RT table: image_id has missing values; every row needs an image id.")
+    if rt_unit == "ms":
+        rt = rt * 1e-3
+        check_ms_conversion(rt, name)
+    check_rt_unit(rt.to_numpy(dtype=float), name=name)
     series = pd.Series(rt.to_numpy(dtype=float), index=table["image_id"].astype(str).to_numpy())
     return series.groupby(level=0).median().rename("rt_s")
 
