@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perceptalign.ntps.datasets import load_text_dataset, stratified_split
     from perceptalign.ntps.features import extract_features
     from perceptalign.ntps.finetune import EncodedTexts, SequenceClassifier, TrainConfig, train_classifier
-    from perceptalign.ntps.lora import LoraSettings, apply_lora
+    from perceptalign.ntps.jobs.lora import LoraSettings, apply_lora
+    from perceptalign.ntps.measure import compute_statistics, resolve_layers
     from perceptalign.ntps.models import load_causal_lm
     from perceptalign.ntps.probes import probe_layers
-    from perceptalign.ntps.score import compute_statistics, resolve_layers
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
 
     dataset = load_text_dataset(args.dataset, "train", max_samples=args.n, seed=0)

@@ -300,8 +300,9 @@ def _published_pipeline(loaded, texts: list[str], labels: torch.Tensor, layers: 
 def section_end_to_end(quick: bool) -> dict[str, float]:
     """`ntps score` statistics pass vs the published pipeline shape on the same real texts."""
     from perceptalign.ntps.datasets import load_text_dataset
+    from perceptalign.ntps.jobs.score import ScoreConfig
+    from perceptalign.ntps.measure import compute_statistics
     from perceptalign.ntps.models import load_causal_lm, token_budget_batches, tokenize
-    from perceptalign.ntps.score import ScoreConfig, compute_statistics
 
     loaded = load_causal_lm("smollm2-135m")
     dataset = load_text_dataset("vader-movie", "train", max_samples=128 if quick else 384, seed=0)

@@ -37,16 +37,16 @@ from perceptalign.ntps.distributed import (
     rank_checkpoint_path,
     shard_batches,
 )
-from perceptalign.ntps.models import load_causal_lm, token_budget_batches
-from perceptalign.ntps.score import (
+from perceptalign.ntps.jobs.score import (
     CHECKPOINT_FILE,
     RESULTS_FILE,
     STATISTICS_FILE,
     ScoreConfig,
-    compute_statistics,
     run_score,
     statistics_metadata,
 )
+from perceptalign.ntps.measure import compute_statistics
+from perceptalign.ntps.models import load_causal_lm, token_budget_batches
 from perceptalign.ntps.statistics import STAT_KEYS, StatisticsAccumulator
 
 MAX_LENGTH = 64

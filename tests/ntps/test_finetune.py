@@ -45,7 +45,7 @@ def test_cosine_schedule_with_warmup_matches_closed_form(total):
     assert warmup == max(1, round(0.05 * total))  # 5% warm-up, never zero steps
     config = TrainConfig(steps=total, lr=3e-3)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=config.lr)
-    scheduler = make_scheduler(optimizer, config)
+    scheduler = make_scheduler(optimizer, config.steps, config.warmup_steps)
     seen = []
     for _ in range(total):
         seen.append(optimizer.param_groups[0]["lr"])

@@ -13,12 +13,17 @@ import pytest
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.datasets import load_text_dataset
 from perceptalign.ntps.finetune import FinetuneJobConfig, TrainConfig, job_record, load_train_eval
-from perceptalign.ntps.jobs import EXTRACTION_SETTINGS, extraction_settings, load_job_dataset, load_job_model
-from perceptalign.ntps.peers_job import PeersConfig
-from perceptalign.ntps.prescreen import PrescreenConfig
-from perceptalign.ntps.probes import ProbeConfig
-from perceptalign.ntps.score import ScoreConfig
-from perceptalign.ntps.study import StudyConfig
+from perceptalign.ntps.jobs.common import (
+    EXTRACTION_SETTINGS,
+    extraction_settings,
+    load_job_dataset,
+    load_job_model,
+)
+from perceptalign.ntps.jobs.peers import PeersConfig
+from perceptalign.ntps.jobs.prescreen import PrescreenConfig
+from perceptalign.ntps.jobs.probe import ProbeConfig
+from perceptalign.ntps.jobs.score import ScoreConfig
+from perceptalign.ntps.jobs.study import StudyConfig
 
 
 def _fields(cls: type) -> set[str]:

@@ -25,7 +25,7 @@ from perceptalign.ntps.finetune import (
     measure_ntps,
     train_classifier,
 )
-from perceptalign.ntps.lora import (
+from perceptalign.ntps.jobs.lora import (
     LoraJobConfig,
     LoraSettings,
     adaptable_modules,
@@ -272,7 +272,7 @@ def test_rerun_on_other_data_recomputes_the_before_statistics(tiny_llama, toy_cs
 def test_statistics_made_elsewhere_are_reused_only_when_they_match(tiny_llama, tmp_path):
     import pandas as pd
 
-    from perceptalign.ntps.score import ScoreConfig, run_score
+    from perceptalign.ntps.jobs.score import ScoreConfig, run_score
     from tests.conftest import make_sentences
 
     data = pd.DataFrame(make_sentences(120, seed=4), columns=["text", "label"])

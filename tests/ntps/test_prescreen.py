@@ -12,7 +12,7 @@ import pytest
 import scipy.stats
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.ntps.prescreen import (
+from perceptalign.ntps.jobs.prescreen import (
     BENCHMARK_SOURCE,
     GainFit,
     PrescreenConfig,

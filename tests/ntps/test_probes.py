@@ -18,14 +18,8 @@ from perceptalign.cli import app
 from perceptalign.io import PerceptAlignError, write_json_atomic
 from perceptalign.ntps.datasets import load_text_dataset, stratified_split
 from perceptalign.ntps.features import FeatureCache
-from perceptalign.ntps.probes import (
-    LogisticProbe,
-    OneHotRegressionProbe,
-    ProbeConfig,
-    best_layer,
-    probe_layers,
-    run_probe,
-)
+from perceptalign.ntps.jobs.probe import ProbeConfig, run_probe
+from perceptalign.ntps.probes import LogisticProbe, OneHotRegressionProbe, best_layer, probe_layers
 
 
 def gaussian_classes(n: int, d: int, n_classes: int, seed: int, shift: float = 1.0):
@@ -273,30 +267,3 @@ def test_cli_eval_split_missing_from_a_split_column(tiny_llama, tmp_path):
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "no rows with split 'dev'" in text and "--test-fraction" in text
-
-
-def test_cli_help_documents_every_option():
-    result = CliRunner().invoke(app, ["ntps", "probe", "--help"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0
-    for option in (
-        "--model",
-        "--dataset",
-        "--split",
-        "--eval-split",
-        "--test-fraction",
-        "--layers",
-        "--max-samples",
-        "--max-length",
-        "--cv",
-        "--out",
-        "--token-budget",
-        "--dtype",
-        "--max-iter",
-        "--ntps-fraction",
-        "--text-column",
-        "--label-column",
-        "--revision",
-        "--trust-remote-code",
-        "--seed",
-    ):
-        assert option in result.output

@@ -11,7 +11,7 @@ import pytest
 
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.analysis import correlate
-from perceptalign.ntps.report import ReportConfig, build_report
+from perceptalign.ntps.jobs.report import ReportConfig, build_report
 from perceptalign.ntps.store import ResultsStore
 
 from ..conftest import make_sentences
@@ -279,7 +279,7 @@ def test_report_errors_name_the_fix(tmp_path):
 @pytest.mark.slow
 def test_real_miniature_study_then_report_end_to_end(tiny_llama, tiny_gpt2_left, tmp_path):
     """2 tiny models × 4 tiny datasets (ntps, probe, peers) → report with Fig 1 from a real model."""
-    from perceptalign.ntps.study import StudyConfig, run_study
+    from perceptalign.ntps.jobs.study import StudyConfig, run_study
 
     datasets = []
     for i, noise in enumerate((0.0, 0.15, 0.3, 0.45)):

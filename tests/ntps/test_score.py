@@ -12,14 +12,9 @@ from typer.testing import CliRunner
 from perceptalign.cli import app
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.datasets import load_text_dataset
+from perceptalign.ntps.jobs.score import CHECKPOINT_FILE, ScoreConfig, run_score
+from perceptalign.ntps.measure import compute_statistics, resolve_layers
 from perceptalign.ntps.models import forward_hidden_states, load_causal_lm, tokenize
-from perceptalign.ntps.score import (
-    CHECKPOINT_FILE,
-    ScoreConfig,
-    compute_statistics,
-    resolve_layers,
-    run_score,
-)
 from perceptalign.ntps.statistics import dense_reference_statistics
 from tests.conftest import build_tiny_model
 
@@ -178,24 +173,3 @@ def test_cli_reports_bad_input_without_traceback(tiny_llama, tmp_path):
     )
     assert result.exit_code == 2
     assert "class" in result.output.lower()
-
-
-def test_cli_help_documents_every_option():
-    result = CliRunner().invoke(app, ["ntps", "score", "--help"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0
-    for option in (
-        "--model",
-        "--dataset",
-        "--split",
-        "--layers",
-        "--max-samples",
-        "--max-length",
-        "--out",
-        "--token-budget",
-        "--dtype",
-        "--fractions",
-        "--k",
-        "--trust-remote-code",
-        "--text-column",
-    ):
-        assert option in result.output

@@ -14,8 +14,8 @@ import perceptalign.cli.ntps_train  # noqa: F401  (registers `ntps lora` / `ntps
 from perceptalign.cli import app
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.finetune import TrainConfig
+from perceptalign.ntps.jobs.scratch import ScratchJobConfig, random_init_like, run_scratch
 from perceptalign.ntps.models import load_causal_lm
-from perceptalign.ntps.scratch import ScratchJobConfig, random_init_like, run_scratch
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -127,7 +129,19 @@ def test_duplicate_keys_in_one_cell_are_refused(tmp_path):
 def test_slugs_of_same_named_paths_differ():
     a, b = slug("/tmp/a/model"), slug("/tmp/b/model")
     assert a != b and a.startswith("model-") and b.startswith("model-")
-    assert "/" not in slug("owner/name") and slug("owner/name") == slug("owner/name")
+    assert "/" not in slug("owner/name") and slug("owner/name") != slug("other/name")
+
+
+def test_slugs_are_the_same_in_another_process():
+    """A rerun (a new interpreter, another hash seed) must find the cells an earlier run wrote."""
+    import subprocess
+    import sys
+
+    names = ["owner/name", "/tmp/a/model", "vader-movie"]
+    code = f"from perceptalign.ntps.store import slug; print([slug(n) for n in {names!r}])"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert other.stdout.strip() == str([slug(n) for n in names])
 
 
 def test_empty_store_gives_empty_typed_table(tmp_path):

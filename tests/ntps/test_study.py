@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.ntps import study as study_mod
+from perceptalign.ntps.jobs import study as study_mod
+from perceptalign.ntps.jobs.study import StudyConfig, cell_dir, run_study
 from perceptalign.ntps.store import ResultsStore
-from perceptalign.ntps.study import StudyConfig, cell_dir, run_study
 
 from ..conftest import make_sentences
 

@@ -130,7 +130,7 @@ def score(
     both spectra): it is numerically ill-posed and only meant for comparison with published numbers.
     """
     from perceptalign.ntps.distributed import launch_rank
-    from perceptalign.ntps.score import ScoreConfig, run_score
+    from perceptalign.ntps.jobs.score import ScoreConfig, run_score
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
     ks = parse_int_list(k, "--k", positive=True)

@@ -93,7 +93,7 @@ def probe(
     and reused on reruns with the same model, data and tokenisation; a cache made otherwise is refused
     (naming what differs) unless --overwrite recomputes it.
     """
-    from perceptalign.ntps.probes import ProbeConfig, run_probe
+    from perceptalign.ntps.jobs.probe import ProbeConfig, run_probe
 
     config = ProbeConfig(
         model=model,

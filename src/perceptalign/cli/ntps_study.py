@@ -92,7 +92,7 @@ def peers(
     NCE and LEEP come from the model's own next-token distribution after the last real token of each text
     (one full-LM pass, cached as lm_probs_<split>.safetensors) and are shown on the last layer's row.
     """
-    from perceptalign.ntps.peers_job import PeersConfig, run_peers
+    from perceptalign.ntps.jobs.peers import PeersConfig, run_peers
 
     config = PeersConfig(
         model=model,
@@ -167,7 +167,7 @@ def study(
     lora_steps: Annotated[int, typer.Option(help="LoRA optimizer steps (the paper: 5000).")] = 5000,
     lora_batch_size: Annotated[int, typer.Option(help="LoRA batch size (the paper: 1).")] = 1,
     lora_lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-4,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 32,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank r of the adapters (the paper: 32).")] = 32,
     lora_max_eval_samples: Annotated[
         int | None, typer.Option(help="Score LoRA on at most this many held-out texts.")
     ] = None,
@@ -186,7 +186,7 @@ def study(
     Each finished cell is stored atomically; an interrupted study resumes where it stopped (the per-cell
     jobs also reuse their caches). Settings are fixed per study directory.
     """
-    from perceptalign.ntps.study import StudyConfig, iter_cells, run_study
+    from perceptalign.ntps.jobs.study import StudyConfig, iter_cells, run_study
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
     config = StudyConfig(
@@ -262,7 +262,7 @@ def report(
     figures: Annotated[bool, typer.Option(help="Draw the figures (off: numbers and tables only).")] = True,
 ) -> None:
     """Write DIR/report.html (self-contained) and DIR/report.json from a study's results."""
-    from perceptalign.ntps.report import ReportConfig, build_report
+    from perceptalign.ntps.jobs.report import ReportConfig, build_report
 
     def layer(value: str) -> str | int:
         return value if value in ("last", "middle") else int(value) if value.isdigit() else value
@@ -314,7 +314,7 @@ def prescreen(
     trust_remote_code: TrustRemoteCodeOption = False,
 ) -> None:
     """Rank candidate datasets (and their best layers) by NTPS; predict the LoRA gain; say what it saved."""
-    from perceptalign.ntps.prescreen import PrescreenConfig, run_prescreen
+    from perceptalign.ntps.jobs.prescreen import PrescreenConfig, run_prescreen
 
     chosen: str | int = layer if layer in ("last", "middle") else int(layer) if layer.isdigit() else layer
     config = PrescreenConfig(

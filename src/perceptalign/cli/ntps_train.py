@@ -101,7 +101,7 @@ def lora(
     lr: LrOption = 1e-4,
     eval_interval: EvalIntervalOption = 500,
     seed: TrainSeedOption = 0,
-    r: Annotated[int, typer.Option("--r", help="LoRA rank.")] = 32,
+    r: Annotated[int, typer.Option("--r", help="LoRA rank r of the adapters (the paper: 32).")] = 32,
     alpha: Annotated[float, typer.Option(help="LoRA scaling α (update = α/r · B·A).")] = 32.0,
     lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapter input.")] = 0.05,
     target_modules: Annotated[
@@ -149,7 +149,7 @@ def lora(
     OUT/lora_training.png, OUT/ntps_before_after.png and the NTPS statistics of both models.
     """
     from perceptalign.ntps.finetune import NTPSSettings
-    from perceptalign.ntps.lora import LoraJobConfig, LoraSettings, run_lora
+    from perceptalign.ntps.jobs.lora import LoraJobConfig, LoraSettings, run_lora
 
     targets = [t for t in (target_modules or "").replace(" ", "").split(",") if t] or None
     config = LoraJobConfig(
@@ -251,7 +251,7 @@ def scratch(
     Writes OUT/scratch.json, OUT/scratch_head.safetensors and OUT/scratch_training.png (and the model with
     --save-model). Same optimizer, schedule and batches as `ntps lora`, for the comparison.
     """
-    from perceptalign.ntps.scratch import ScratchJobConfig, run_scratch
+    from perceptalign.ntps.jobs.scratch import ScratchJobConfig, run_scratch
 
     config = ScratchJobConfig(
         model=model,

@@ -93,7 +93,7 @@ SubsetSeedOption = Annotated[int, typer.Option(help="Seed of the --max-samples s
 
 TrainOutOption = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 StepsOption = Annotated[int, typer.Option(help="Optimizer steps (the paper: 5000 at batch size 1).")]
-BatchSizeOption = Annotated[int, typer.Option(help="Texts per step.")]
+BatchSizeOption = Annotated[int, typer.Option(help="Texts per optimizer step (the paper: 1).")]
 LrOption = Annotated[
     float, typer.Option(help="Peak learning rate of Adafactor (cosine schedule, 5% warm-up).")
 ]

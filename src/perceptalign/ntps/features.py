@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from perceptalign.callbacks import BatchCallback
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic, write_json_atomic
 from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.identity import check_identity, jsonable, statistics_metadata
+from perceptalign.ntps.measure import resolve_layers
 from perceptalign.ntps.models import LoadedModel, iter_hidden_states, token_budget_batches, tokenize
-from perceptalign.ntps.score import resolve_layers
-
-BatchCallback = Callable[[int, int], None]
-"""Called after each batch with (texts in the batch, real tokens in the batch)."""
 
 FEATURES_KIND = "mean_pooled_features"
 FEATURES_FORMAT = 1

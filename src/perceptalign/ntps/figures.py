@@ -1,27 +1,14 @@
-"""NTPS figures (matplotlib, Agg): layer × k heat maps and per-layer curves."""
+"""NTPS figures: layer × k heat maps and per-layer curves."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from perceptalign.io import atomic_path
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:
-    """Write a figure atomically (format from the suffix) and release it."""
-    suffix = os.path.splitext(str(path))[1].lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
-    plt.close(fig)
+from perceptalign.plotting import subplots
 
 
 def ntps_heatmap(results: Mapping[str, Any], keys: tuple[str, ...] = ("ntps", "ntps_orthonormal")) -> Figure:
@@ -29,7 +16,7 @@ def ntps_heatmap(results: Mapping[str, Any], keys: tuple[str, ...] = ("ntps", "n
     layers = list(results["layers"])
     columns = results.get("fractions") or results["ks"]
     column_label = "fraction f of rank(V)" if results.get("fractions") else "k_V"
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 0.18 * len(layers) + 2.4), squeeze=False)
+    fig, axes = subplots(1, len(keys), figsize=(5.2 * len(keys), 0.18 * len(layers) + 2.4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         table = np.asarray(results[key], dtype=float)
         image = ax.imshow(table, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis")

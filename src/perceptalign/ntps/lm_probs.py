@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import scipy.sparse
 import torch
 from safetensors import safe_open
 
+from perceptalign.callbacks import BatchCallback
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic
 from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.identity import check_identity, statistics_metadata
@@ -36,7 +36,6 @@ from perceptalign.ntps.models import LoadedModel, pad_batch, token_budget_batche
 DEFAULT_TOP_K = 256
 _META_KEY = "perceptalign_lm_probs"
 
-BatchCallback = Callable[[int, int], None]
 
 
 @dataclass

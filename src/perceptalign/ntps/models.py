@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -247,22 +248,50 @@ def load_causal_lm(
                 "(CLI: --trust-remote-code) if you trust it."
             ) from exc
         raise PerceptAlignError(f"could not load model {name!r}: {str(exc)[:300]}") from exc
+    if fingerprint is None:
+        fingerprint = "revision:" + str(getattr(model.config, "_commit_hash", None) or revision or "unknown")
+    return as_loaded_model(model, tokenizer, model_id=name, fingerprint=fingerprint, dtype=dtype)
+
+
+def as_loaded_model(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    model_id: str | None = None,
+    fingerprint: str | None = None,
+    dtype: str | None = None,
+) -> LoadedModel:
+    """Wrap a causal LM and tokenizer the caller already loaded (any Hugging Face model) for extraction.
+
+    A missing pad token falls back to EOS (only positions the mask marks as real are ever read); the model
+    is put in eval mode. ``model_id`` and ``fingerprint`` default to the model's config name and commit.
+    """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PerceptAlignError(
-                f"the tokenizer of {name!r} has neither a pad nor an EOS token; cannot batch."
+                f"the tokenizer of {model_id!r} has neither a pad nor an EOS token; cannot batch."
             )
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     config = model.config
-    hidden_size = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or config.d_model)
+    hidden_size = int(
+        getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or getattr(config, "d_model", 0)
+    )
     n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+    if not hidden_size or not n_layers:
+        raise PerceptAlignError(
+            f"cannot read the hidden size and layer count of {type(model).__name__} from its config "
+            "(hidden_size / num_hidden_layers); NTPS needs a decoder-only causal LM."
+        )
+    model_id = model_id or str(getattr(config, "_name_or_path", "") or type(model).__name__)
     if fingerprint is None:
-        fingerprint = "revision:" + str(getattr(config, "_commit_hash", None) or revision or "unknown")
+        fingerprint = "revision:" + str(getattr(config, "_commit_hash", None) or "unknown")
+    if dtype is None:
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        model_id=name,
+        model_id=model_id,
         fingerprint=fingerprint,
         n_hidden_states=n_layers + 1,
         hidden_size=hidden_size,

@@ -12,7 +12,6 @@ seeded batches), ``classifier``, ``training`` (the loop), ``linear_head`` (froze
 
 from __future__ import annotations
 
-from perceptalign.ntps.finetune.callbacks import ProgressCallback, StatusCallback
 from perceptalign.ntps.finetune.classifier import (
     SequenceClassifier,
     active_dropout,
@@ -57,9 +56,7 @@ __all__ = [
     "FeatureRows",
     "FinetuneJobConfig",
     "NTPSSettings",
-    "ProgressCallback",
     "SequenceClassifier",
-    "StatusCallback",
     "TrainConfig",
     "TrainResult",
     "active_dropout",

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from perceptalign.callbacks import PhaseCallback, StatusCallback
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.datasets import TextDataset
-from perceptalign.ntps.finetune.callbacks import ProgressCallback, StatusCallback
 from perceptalign.ntps.finetune.config import TrainConfig
 from perceptalign.ntps.finetune.data import load_train_eval
 from perceptalign.ntps.finetune.schedule import OPTIMIZER_DESCRIPTION
@@ -63,7 +63,7 @@ def load_job_inputs(
     config: FinetuneJobConfig, status: StatusCallback
 ) -> tuple[TextDataset, TextDataset, str, LoadedModel]:
     """Datasets (train, held-out, where held-out came from) and the pretrained model of a job."""
-    from perceptalign.ntps.jobs import load_job_model
+    from perceptalign.ntps.jobs.common import load_job_model
 
     status(f"loading dataset {config.dataset}")
     train_ds, eval_ds, eval_source = load_train_eval(
@@ -134,7 +134,7 @@ def measure_ntps(
     cache: Path | None = None,
     reuse: bool = True,
     phase: str = "ntps",
-    progress: ProgressCallback | None = None,
+    progress: PhaseCallback | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """NTPS tables of ``loaded`` on ``dataset`` with the statistics and subspace code of `ntps score`.
 
@@ -144,7 +144,7 @@ def measure_ntps(
     ``ntps_all_layers`` dict (plus ``n_tokens``) and whether the cache was reused.
     """
     from perceptalign.ntps.identity import statistics_metadata
-    from perceptalign.ntps.score import compute_statistics, resolve_layers
+    from perceptalign.ntps.measure import compute_statistics, resolve_layers
     from perceptalign.ntps.statistics import load_statistics, save_statistics
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perceptalign.ntps.finetune.callbacks import ProgressCallback
+from perceptalign.callbacks import PhaseCallback
 from perceptalign.ntps.finetune.classifier import SequenceClassifier
 from perceptalign.ntps.finetune.config import TrainConfig
 from perceptalign.ntps.finetune.data import EncodedTexts
@@ -24,7 +24,7 @@ def pooled_features(
     token_budget: int,
     *,
     device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
+    progress: PhaseCallback | None = None,
     phase: str = "features",
 ) -> torch.Tensor:
     """Mean-pooled last-layer features of every text (N×d, float32), computed once in eval mode."""
@@ -86,7 +86,7 @@ def train_linear_head(
     config: TrainConfig,
     *,
     name: str = "linear head",
-    progress: ProgressCallback | None = None,
+    progress: PhaseCallback | None = None,
 ) -> tuple[nn.Linear, TrainResult]:
     """Train a linear head on frozen pooled features with the loop, optimizer and batches of the others.
 

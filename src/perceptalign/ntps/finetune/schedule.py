@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:  # config imports this module (warm-up length)
-    from perceptalign.ntps.finetune.config import TrainConfig
 
 
 def warmup_steps_for(total_steps: int, fraction: float) -> int:
@@ -48,7 +45,9 @@ def make_optimizer(params: Sequence[nn.Parameter] | Any, lr: float) -> torch.opt
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    total, warmup = config.steps, config.warmup_steps
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_warmup_factor(s, total, warmup))
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_warmup_factor(s, steps, warmup_steps)
+    )

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from perceptalign.callbacks import PhaseCallback
 from perceptalign.io import PerceptAlignError
-from perceptalign.ntps.finetune.callbacks import ProgressCallback
 from perceptalign.ntps.finetune.classifier import trainable_parameters
 from perceptalign.ntps.finetune.config import TrainConfig
 from perceptalign.ntps.finetune.data import Batches, BatchSampler
@@ -97,7 +97,7 @@ def train_classifier(
     *,
     name: str,
     device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
+    progress: PhaseCallback | None = None,
     train_mode: bool = True,
 ) -> TrainResult:
     """Train the parameters of ``model`` that require grad, scoring ``held_out`` as it goes.
@@ -110,7 +110,7 @@ def train_classifier(
         raise PerceptAlignError(f"{name}: the model has no trainable parameters.")
     model.to(device)
     optimizer = make_optimizer(params, config.lr)
-    scheduler = make_scheduler(optimizer, config)
+    scheduler = make_scheduler(optimizer, config.steps, config.warmup_steps)
     sampler = BatchSampler(len(train), config.batch_size, config.seed)
     evals = _eval_steps(config)
     losses: list[float] = []

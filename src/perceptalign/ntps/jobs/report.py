@@ -23,9 +23,7 @@ Outputs: ``DIR/report.html`` (self-contained: figures embedded as base64 PNG) an
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import pandas as pd
 
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
 from perceptalign.ntps.analysis import SelectionResult, select_and_correlate
+from perceptalign.ntps.jobs.report_grid import NO_CONFIG, dataset_label, score_grid
 from perceptalign.ntps.peers import PEER_METRICS
 from perceptalign.ntps.store import NO_LAYER, ResultsStore
 
@@ -55,7 +54,6 @@ TARGETS = {
     "lora_gain": ("LoRA gain: acc(LoRA + head) − acc(frozen + head)", "negative"),
 }
 NTPS_VARIANTS = ("ntps", "ntps_orthonormal", "ntps_probe")
-NO_CONFIG = "-"
 ALPHA = 0.05
 
 
@@ -103,12 +101,6 @@ class ReportResult:
 # tables out of the store
 
 
-def dataset_label(name: str) -> str:
-    """Short display name: a file path shows as its stem."""
-    path = Path(name)
-    return path.stem if path.suffix in {".csv", ".tsv", ".jsonl", ".parquet", ".json"} else name
-
-
 def resolve_layer(choice: str | int, layers: list[int]) -> int:
     """'last' → deepest stored layer, 'middle' → the middle one, an int → itself (must be stored)."""
     layers = sorted(layers)
@@ -119,30 +111,6 @@ def resolve_layer(choice: str | int, layers: list[int]) -> int:
     if choice not in layers:
         raise PerceptAlignError(f"layer {choice} is not in the study (layers {layers}); pick a stored layer.")
     return int(choice)
-
-
-def score_grid(table: pd.DataFrame, model: str, method: str, metric: str) -> pd.DataFrame:
-    """Long (dataset, layer, config, score) rows of one metric; config ``"-"`` when it has none.
-
-    Configurations not scored on every dataset, and NaN values, are dropped (the selection procedures need
-    a complete grid).
-    """
-    rows = table[(table["model"] == model) & (table["method"] == method) & (table["metric"] == metric)]
-    rows = rows[np.isfinite(rows["value"].to_numpy(float))]
-    if rows.empty:
-        return pd.DataFrame(columns=["dataset", "layer", "config", "score"])
-    config = rows["config"].map(lambda c: NO_CONFIG if not np.isfinite(c) else float(c))
-    grid = pd.DataFrame(
-        {
-            "dataset": rows["dataset"].to_numpy(),
-            "layer": rows["layer"].to_numpy(int),
-            "config": config.to_numpy(),
-            "score": rows["value"].to_numpy(float),
-        }
-    )
-    n_datasets = grid["dataset"].nunique()
-    counts = grid.groupby(["layer", "config"])["dataset"].transform("nunique")
-    return grid[counts == n_datasets].reset_index(drop=True)
 
 
 def targets_for_model(table: pd.DataFrame, model: str, probe_layer: str | int) -> dict[str, dict[str, float]]:
@@ -444,7 +412,7 @@ def build_report(config: ReportConfig, on_status: Callable[[str], None] | None =
         report["models"][model] = analysis
         report["statements"] += statements(model, analysis)
     status("drawing figures")
-    from perceptalign.ntps import report_figures
+    from perceptalign.ntps.jobs import report_figures
 
     figures = report_figures.all_figures(table, report, config, status) if config.figures else {}
     json_path = directory / REPORT_JSON
@@ -470,17 +438,6 @@ def _json_clean(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # HTML
-
-
-def figure_to_base64(fig: Any) -> str:
-    """PNG of a matplotlib figure as base64 (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    # No bbox_inches="tight": it draws every figure twice; the figure functions lay themselves out.
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _fmt(value: Any, digits: int = 2, signed: bool = True) -> str:

@@ -9,21 +9,21 @@ next to probe accuracy across layers.
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scipy.stats
 from matplotlib.figure import Figure
 
 from perceptalign.io import PerceptAlignError, read_json
+from perceptalign.ntps.jobs.report_grid import dataset_label, score_grid
 from perceptalign.ntps.store import NO_LAYER
+from perceptalign.plotting import subplots
 
 POSITIVE_WORDS = (
     "good",
@@ -79,8 +79,6 @@ FUNCTION_WORDS = (
 
 
 def _label(name: str) -> str:
-    from perceptalign.ntps.report import dataset_label
-
     return dataset_label(name)
 
 
@@ -97,7 +95,7 @@ def _spearman_text(x: list[float], y: list[float]) -> str:
 
 def rank_figure(ntps: dict[str, float], targets: dict[str, dict[str, float]], title: str) -> Figure:
     """rank(NTPS) vs rank(target) over datasets, one panel per target (Fig 2 / Fig 3)."""
-    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.4), squeeze=False)
+    fig, axes = subplots(1, len(targets), figsize=(5.2 * len(targets), 4.4), squeeze=False)
     for ax, (name, values) in zip(axes[0], targets.items(), strict=True):
         common = [d for d in ntps if d in values]
         x = [ntps[d] for d in common]
@@ -118,7 +116,7 @@ def rank_figure(ntps: dict[str, float], targets: dict[str, dict[str, float]], ti
 
 def before_after_figure(change: dict[str, dict[str, float]], gains: dict[str, float], title: str) -> Figure:
     """NTPS before vs after LoRA per dataset (colour = LoRA gain)."""
-    fig, ax = plt.subplots(figsize=(5, 4.4))
+    fig, ax = subplots(figsize=(5, 4.4))
     names = list(change)
     before = [change[d]["before"] for d in names]
     after = [change[d]["after"] for d in names]
@@ -141,7 +139,7 @@ def heatmaps_figure(grid: pd.DataFrame, title: str) -> Figure:
     datasets = list(pd.unique(grid["dataset"]))
     cols = min(4, len(datasets))
     rows = int(np.ceil(len(datasets) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
     fig.subplots_adjust(hspace=0.6, wspace=0.35)
     for ax in axes.ravel()[len(datasets) :]:
         ax.axis("off")
@@ -170,7 +168,7 @@ def correlation_heatmap(grid: pd.DataFrame, target: dict[str, float], title: str
         return None
     corr = correlation_by_config(sub, {d: target[d] for d in pd.unique(sub["dataset"])}, method="spearman")
     wide = corr.pivot(index="layer", columns="config", values="spearman").sort_index()
-    fig, ax = plt.subplots(figsize=(6, 4.4))
+    fig, ax = subplots(figsize=(6, 4.4))
     image = ax.imshow(wide.to_numpy(float), aspect="auto", origin="lower", vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(len(wide.columns)))
     ax.set_xticklabels([f"{c:g}" for c in wide.columns], rotation=90, fontsize=7)
@@ -187,7 +185,7 @@ def correlation_heatmap(grid: pd.DataFrame, target: dict[str, float], title: str
 
 def layers_figure(grid: pd.DataFrame, probe: pd.DataFrame, fraction: float, title: str) -> Figure:
     """NTPS at f and held-out probe accuracy across layers, one line per dataset."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    fig, axes = subplots(1, 2, figsize=(11, 4), sharex=True)
     at = grid[np.isclose(grid["config"].astype(float), fraction)]
     for i, d in enumerate(pd.unique(grid["dataset"])):
         colour = f"C{i % 10}"
@@ -246,7 +244,7 @@ def words_figure(model: str, cell: Path, layer: int, status: Callable[[str], Non
     ds = TextDataset("words", "all", words, labels, ["negative", "positive", "function"], "report")
     X = extract_features(loaded, ds, [layer], max_length=16, token_budget=4096)[layer].astype(np.float64)
     on_u, on_v = word_projection(X, U, V)
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6))
+    fig, axes = subplots(1, 2, figsize=(10.5, 4.6))
     names = ("negative words", "positive words", "function words")
     for ax, coords, space in ((axes[0], on_u, "U (perception)"), (axes[1], on_v, "V (next token)")):
         for c, (name, colour) in enumerate(zip(names, ("C3", "C2", "C7"), strict=True)):
@@ -266,7 +264,7 @@ def words_figure(model: str, cell: Path, layer: int, status: Callable[[str], Non
 
 def _sentiment_cell(directory: Path, model: str, datasets: list[str]) -> Path | None:
     """The NTPS cell of a two-class dataset, preferring class names that look like sentiment."""
-    from perceptalign.ntps.study import cell_dir
+    from perceptalign.ntps.jobs.study import cell_dir
 
     best: tuple[int, Path] | None = None
     for d in datasets:
@@ -289,7 +287,6 @@ def all_figures(
     table: pd.DataFrame, report: dict[str, Any], config: Any, status: Callable[[str], None]
 ) -> dict[str, dict[str, str]]:
     """model → {title: base64 PNG}. A figure that cannot be drawn is noted in ``report`` and skipped."""
-    from perceptalign.ntps.report import figure_to_base64, score_grid
 
     out: dict[str, dict[str, str]] = {}
     notes: list[str] = report.setdefault("figure_notes", [])
@@ -366,3 +363,11 @@ __all__ = [
     "word_projection",
     "words_figure",
 ]
+
+
+def figure_to_base64(fig: Any) -> str:
+    """PNG of a matplotlib figure as base64."""
+    buffer = io.BytesIO()
+    # No bbox_inches="tight": it draws every figure twice; the figure functions lay themselves out.
+    fig.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

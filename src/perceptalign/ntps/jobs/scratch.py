@@ -16,13 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from perceptalign.callbacks import PhaseCallback, StatusCallback
 from perceptalign.io import atomic_directory, write_json_atomic
 from perceptalign.ntps.finetune import (
     EncodedTexts,
     FinetuneJobConfig,
-    ProgressCallback,
     SequenceClassifier,
-    StatusCallback,
     TrainResult,
     active_dropout,
     job_record,
@@ -32,7 +31,7 @@ from perceptalign.ntps.finetune import (
     train_classifier,
     training_figure,
 )
-from perceptalign.ntps.jobs import check_job_inputs
+from perceptalign.ntps.jobs.common import check_job_inputs
 from perceptalign.ntps.models import DTYPES, LoadedModel
 
 RESULTS_FILE = "scratch.json"
@@ -71,7 +70,7 @@ def run_scratch(
     config: ScratchJobConfig,
     *,
     on_status: StatusCallback | None = None,
-    progress: ProgressCallback | None = None,
+    progress: PhaseCallback | None = None,
 ) -> ScratchJobResult:
     """Train a randomly initialised copy of the model with the head; write ``scratch.json`` and figures."""
     status = on_status or (lambda _msg: None)
@@ -117,7 +116,7 @@ def run_scratch(
             model.to("cpu").save_pretrained(str(tmp))
             loaded.tokenizer.save_pretrained(str(tmp))
             save_head(tmp / "head.safetensors", classifier.head, metadata)
-    from perceptalign.ntps.figures import save_figure
+    from perceptalign.plotting import save_figure
 
     save_figure(
         training_figure([scratch], f"{loaded.model_id} (random init) on {train_ds.name}"),

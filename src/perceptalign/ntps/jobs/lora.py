@@ -20,14 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from perceptalign.callbacks import PhaseCallback, StatusCallback
 from perceptalign.io import PerceptAlignError, atomic_directory, sha256_file, write_json_atomic
 from perceptalign.ntps.finetune import (
     EncodedTexts,
     FinetuneJobConfig,
     NTPSSettings,
-    ProgressCallback,
     SequenceClassifier,
-    StatusCallback,
     TrainResult,
     active_dropout,
     job_record,
@@ -42,7 +41,7 @@ from perceptalign.ntps.finetune import (
     training_figure,
 )
 from perceptalign.ntps.identity import CacheMismatchError
-from perceptalign.ntps.jobs import check_job_inputs
+from perceptalign.ntps.jobs.common import check_job_inputs
 from perceptalign.ntps.models import LoadedModel, backbone
 
 RESULTS_FILE = "lora.json"
@@ -239,7 +238,7 @@ def run_lora(
     config: LoraJobConfig,
     *,
     on_status: StatusCallback | None = None,
-    progress: ProgressCallback | None = None,
+    progress: PhaseCallback | None = None,
 ) -> LoraJobResult:
     """Linear-head baseline, LoRA training, adapter/head saving and NTPS before/after, into ``config.out``."""
     status = on_status or (lambda _msg: None)
@@ -342,7 +341,7 @@ def run_lora(
         write_json_atomic(out / NTPS_AFTER_FILE, ntps_after)
         seconds["ntps_after"] = time.perf_counter() - t0
 
-    from perceptalign.ntps.figures import save_figure
+    from perceptalign.plotting import save_figure
 
     runs = [r for r in (lora, linear) if r is not None]
     save_figure(training_figure(runs, f"{loaded.model_id} on {train_ds.name}"), out / TRAINING_FIGURE)
@@ -394,7 +393,7 @@ def _ntps_before(
     train_ds: Any,
     out: Path,
     status: StatusCallback,
-    progress: ProgressCallback | None,
+    progress: PhaseCallback | None,
 ) -> tuple[dict[str, Any], bool, Path]:
     """NTPS of the base model, from ``config.statistics_before`` when it matches, else OUT's cache.
 

@@ -78,8 +78,8 @@ def run_peers(
 ) -> PeersResult:
     """Load (or extract) the features, compute the metrics per layer, write peers.json and peers.csv."""
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.jobs import check_job_inputs, load_job_dataset, load_job_model
-    from perceptalign.ntps.score import resolve_layers
+    from perceptalign.ntps.jobs.common import check_job_inputs, load_job_dataset, load_job_model
+    from perceptalign.ntps.measure import resolve_layers
 
     status = on_status or (lambda _msg: None)
     metrics = resolve_metrics(config.metrics)

@@ -8,10 +8,10 @@ so loading them (with the same status messages) is written once here. The grid r
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from perceptalign.callbacks import StatusCallback
 from perceptalign.io import ensure_output_dir
 from perceptalign.ntps.datasets import TextDataset, load_text_dataset
 from perceptalign.ntps.datasets.core import check_enough_texts
@@ -19,7 +19,6 @@ from perceptalign.ntps.datasets.core import check_enough_texts
 if TYPE_CHECKING:
     from perceptalign.ntps.models import LoadedModel
 
-StatusCallback = Callable[[str], None]
 
 #: Settings of the feature/statistics extraction that a study or pre-screen passes to each job unchanged.
 EXTRACTION_SETTINGS = (

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
-from perceptalign.ntps.jobs import extraction_settings
+from perceptalign.ntps.jobs.common import extraction_settings
 from perceptalign.ntps.lm_probs import DEFAULT_TOP_K
 from perceptalign.ntps.store import NO_LAYER, ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
@@ -86,7 +86,7 @@ class StudyConfig:
         if self.max_samples is not None and self.max_samples < 2:
             raise PerceptAlignError(f"--max-samples must be ≥ 2 (got {self.max_samples}).")
         if "peers" in self.measures:
-            from perceptalign.ntps.peers_job import resolve_metrics
+            from perceptalign.ntps.jobs.peers import resolve_metrics
 
             resolve_metrics(self.peer_metrics)
 
@@ -297,7 +297,7 @@ def _grid_rows(
 def _run_ntps(
     config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
 ) -> list[dict[str, Any]]:
-    from perceptalign.ntps.score import STATISTICS_FILE, ScoreConfig, run_score
+    from perceptalign.ntps.jobs.score import STATISTICS_FILE, ScoreConfig, run_score
 
     out = cell_dir(config.out, model, dataset)
     result = run_score(
@@ -321,7 +321,7 @@ def _run_ntps(
 def _run_probe(
     config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
 ) -> list[dict[str, Any]]:
-    from perceptalign.ntps.probes import ProbeConfig, run_probe
+    from perceptalign.ntps.jobs.probe import ProbeConfig, run_probe
 
     out = cell_dir(config.out, model, dataset)
     result = run_probe(
@@ -354,7 +354,7 @@ def _run_probe(
 def _run_peers(
     config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
 ) -> list[dict[str, Any]]:
-    from perceptalign.ntps.peers_job import PeersConfig, run_peers
+    from perceptalign.ntps.jobs.peers import PeersConfig, run_peers
 
     out = cell_dir(config.out, model, dataset)
     result = run_peers(
@@ -390,8 +390,8 @@ def _run_lora(
     config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
 ) -> list[dict[str, Any]]:
     from perceptalign.ntps.finetune import NTPSSettings, TrainConfig
-    from perceptalign.ntps.lora import LoraJobConfig, LoraSettings, run_lora
-    from perceptalign.ntps.score import STATISTICS_FILE
+    from perceptalign.ntps.jobs.lora import LoraJobConfig, LoraSettings, run_lora
+    from perceptalign.ntps.jobs.score import STATISTICS_FILE
 
     out = cell_dir(config.out, model, dataset) / "lora"
     job = LoraJobConfig(

@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.stats
 
 from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
-from perceptalign.ntps.jobs import extraction_settings
+from perceptalign.ntps.jobs.common import extraction_settings
 from perceptalign.ntps.store import ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
@@ -144,7 +144,7 @@ def _value_at(rows: pd.DataFrame, layer: int, fraction: float) -> float:
 
 
 def _resolve_layer(choice: str | int, layers: list[int]) -> int:
-    from perceptalign.ntps.report import resolve_layer
+    from perceptalign.ntps.jobs.report import resolve_layer
 
     return resolve_layer(choice, layers)
 
@@ -217,7 +217,7 @@ def run_prescreen(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> PrescreenResult:
     """NTPS per candidate dataset (study rows reused when present), ranking, expected gain and cost."""
-    from perceptalign.ntps.score import ScoreConfig, run_score
+    from perceptalign.ntps.jobs.score import ScoreConfig, run_score
 
     status = on_status or (lambda _msg: None)
     config.validate()

@@ -7,39 +7,28 @@ accumulated so that an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from perceptalign.callbacks import BatchCallback
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic
-from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.distributed import (
     DistributedContext,
     init_distributed,
     main_process_first,
     rank_checkpoint_path,
-    resume_shard,
-    shard_plan,
 )
 from perceptalign.ntps.identity import check_identity, data_identity, statistics_metadata
-from perceptalign.ntps.jobs import check_job_inputs, load_job_dataset, load_job_model
+from perceptalign.ntps.jobs.common import check_job_inputs, load_job_dataset, load_job_model
+from perceptalign.ntps.measure import compute_statistics, resolve_layers, validate_extraction_settings
 from perceptalign.ntps.models import (
-    LoadedModel,
-    iter_hidden_states,
     resolve_model_path,
-    token_budget_batches,
-    tokenize,
 )
 from perceptalign.ntps.statistics import (
-    DEFAULT_BLOCK_PAIRS,
     LayerStatistics,
-    StatisticsAccumulator,
     load_statistics,
     save_statistics,
 )
@@ -49,9 +38,6 @@ STATISTICS_FILE = "statistics.safetensors"
 CHECKPOINT_FILE = ".statistics.checkpoint.safetensors"
 RESULTS_FILE = "ntps.json"
 HEATMAP_FILE = "ntps_heatmap.png"
-
-BatchCallback = Callable[[int, int], None]
-"""Called after each batch with (texts in the batch, real tokens in the batch)."""
 
 
 @dataclass
@@ -91,112 +77,6 @@ class ScoreConfig:
             raise PerceptAlignError(f"ridge must be a finite number ≥ 0, got {self.ridge}.")
         if not self.checkpoint_seconds > 0:
             raise PerceptAlignError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}.")
-
-
-def validate_extraction_settings(*, max_length: int, token_budget: int) -> None:
-    """The tokenisation settings every extraction job shares: at least one next-token pair per text."""
-    if max_length < 2:
-        raise PerceptAlignError(
-            f"max_length must be ≥ 2 tokens (got {max_length}): NTPS needs a next token after the first."
-        )
-    if token_budget < 1:
-        raise PerceptAlignError(f"token_budget must be ≥ 1 token per batch (got {token_budget}).")
-
-
-def resolve_layers(requested: Sequence[int] | None, n_hidden_states: int) -> list[int]:
-    """Validate requested layer indices (negative counts from the end); default all, 0 = embeddings."""
-    if not requested:
-        return list(range(n_hidden_states))
-    layers = []
-    for layer in requested:
-        index = layer + n_hidden_states if layer < 0 else layer
-        if not 0 <= index < n_hidden_states:
-            raise PerceptAlignError(
-                f"layer {layer} does not exist: the model has hidden states 0..{n_hidden_states - 1} "
-                "(0 = embedding output)."
-            )
-        layers.append(index)
-    return sorted(set(layers))
-
-
-def compute_statistics(
-    loaded: LoadedModel,
-    dataset: TextDataset,
-    layers: Sequence[int],
-    *,
-    max_length: int,
-    token_budget: int,
-    checkpoint_path: Path | None = None,
-    checkpoint_seconds: float = 60.0,
-    identity: dict[str, Any] | None = None,
-    on_batch: BatchCallback | None = None,
-    on_resume: Callable[[int, int], None] | None = None,
-    distributed: DistributedContext | None = None,
-    on_shard: Callable[[int, int], None] | None = None,
-    block_pairs: int = DEFAULT_BLOCK_PAIRS,
-) -> StatisticsAccumulator:
-    """Stream the dataset through the model once and accumulate per-layer moments.
-
-    With a checkpoint path, partial sums are saved atomically at most every ``checkpoint_seconds`` and
-    a rerun with the same identity resumes after the last saved batch; batches are deterministic
-    (length-sorted), so the resumed result equals an uninterrupted run.
-
-    With a ``distributed`` context of several processes, this rank streams only its round-robin share of
-    the batches (``on_shard`` gets its number of texts and the total), checkpoints to its own
-    ``.rank{r}`` file (resuming only with the same world size), and every rank returns the all-reduced
-    statistics of the whole dataset. ``block_pairs``: see :class:`StatisticsAccumulator`.
-    """
-    token_ids = tokenize(loaded, dataset.texts, max_length)
-    if all(len(ids) < 2 for ids in token_ids):
-        raise PerceptAlignError(
-            f"all {len(token_ids)} texts are a single token after tokenisation (max_length {max_length}), so "
-            "there is no next token to predict and C0, C1 would be zero: use texts of at least two tokens."
-        )
-    batches = token_budget_batches([len(x) for x in token_ids], token_budget)
-    labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-    plan = {
-        **(identity or {}),
-        "token_budget": token_budget,
-        "n_batches": len(batches),
-        "block_pairs": block_pairs,
-    }
-    accumulator = StatisticsAccumulator(
-        layers, loaded.hidden_size, dataset.n_classes, block_pairs=block_pairs
-    )
-    start = 0
-    sharded = distributed is not None and distributed.world_size > 1
-    if sharded:
-        assert distributed is not None
-        batches, plan = distributed.shard(batches), shard_plan(plan, distributed)
-        if on_shard:
-            on_shard(sum(len(batch) for batch in batches), len(token_ids))
-        if checkpoint_path is not None:
-            saved_shard, start = resume_shard(distributed, checkpoint_path, plan)
-            checkpoint_path = rank_checkpoint_path(checkpoint_path, distributed.rank)
-            if saved_shard is not None:
-                accumulator = saved_shard
-                if on_resume:
-                    on_resume(start, len(batches))
-    elif checkpoint_path is not None and checkpoint_path.is_file():
-        saved, extra = StatisticsAccumulator.load_checkpoint(checkpoint_path)
-        if extra.get("plan") == json.loads(json.dumps(plan)):
-            accumulator, start = saved, int(extra["next_batch"])
-            if on_resume:
-                on_resume(start, len(batches))
-    last_save = time.monotonic()
-    for number, batch in iter_hidden_states(loaded, token_ids, batches, layers, start_batch=start):
-        accumulator.update(batch.hidden_states, batch.attention_mask, labels[batch.indices])
-        if on_batch:
-            on_batch(len(batch.indices), batch.n_tokens)
-        # Saved only between product blocks, so a resumed run flushes exactly where this one does.
-        due = time.monotonic() - last_save >= checkpoint_seconds and accumulator.at_block_boundary
-        if checkpoint_path is not None and due and number + 1 < len(batches):
-            accumulator.save_checkpoint(checkpoint_path, {"plan": plan, "next_batch": number + 1})
-            last_save = time.monotonic()
-    if sharded:
-        assert distributed is not None
-        distributed.all_reduce_statistics(accumulator)
-    return accumulator
 
 
 def refuse_other_data(cache: Path, identity: dict[str, Any]) -> None:
@@ -346,7 +226,8 @@ def _run_score(
         },
     }
     write_json_atomic(out / RESULTS_FILE, results)
-    from perceptalign.ntps.figures import ntps_heatmap, save_figure
+    from perceptalign.ntps.figures import ntps_heatmap
+    from perceptalign.plotting import save_figure
 
     save_figure(ntps_heatmap(results), out / HEATMAP_FILE)
     if context is not None:

@@ -1,0 +1,140 @@
+"""NTPS from Python: from hidden states a user already has, from moment statistics, or from any loaded LM.
+
+These are the functions behind ``perceptalign.ntps``; the CLI's ``ntps score`` job runs the same
+statistics engine (:func:`perceptalign.ntps.measure.compute_statistics`) and the same solver
+(:func:`perceptalign.ntps.subspace.ntps_all_layers`), adding caching, checkpoints and files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.ntps.datasets.core import (
+    TextDataset,
+    encode_integer_labels,
+    encode_string_labels,
+    validate_text_dataset,
+)
+from perceptalign.ntps.result import NTPSResult
+from perceptalign.ntps.statistics import LayerStatistics, StatisticsAccumulator
+from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
+
+
+def ntps_from_statistics(
+    statistics: Mapping[int, LayerStatistics],
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    ks: Sequence[int] | None = None,
+    ridge: float = 0.0,
+    info: Mapping[str, Any] | None = None,
+) -> NTPSResult:
+    """Solve the subspaces of per-layer moments (``{layer: LayerStatistics}``, e.g. from
+    :meth:`StatisticsAccumulator.finalize` or a statistics cache) and return the result tables."""
+    tables = ntps_all_layers(statistics, fractions=fractions, ks=ks, ridge=ridge)
+    return NTPSResult(tables=tables, info=dict(info or {}))
+
+
+def ntps_from_hidden(
+    hidden_states: Tensor | Sequence[Tensor],
+    attention_mask: Tensor,
+    labels: Tensor | Sequence[int] | np.ndarray,
+    *,
+    n_classes: int | None = None,
+    layers: Sequence[int] | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    ks: Sequence[int] | None = None,
+    ridge: float = 0.0,
+) -> NTPSResult:
+    """NTPS of hidden states the caller computed: one ``B×T×d`` tensor, or one per layer.
+
+    ``attention_mask`` is ``B×T`` of 0/1 (1 = real token; each row's real tokens contiguous, padding on
+    either side, rows may differ); ``labels`` are ``B`` integer classes in ``[0, n_classes)``
+    (``n_classes`` defaults to ``max(labels) + 1``). ``layers`` names the tensors (default 0, 1, …). The
+    moments are accumulated in float64 exactly as ``ntps score`` does; for data that do not fit in memory
+    at once, feed batches to a :class:`StatisticsAccumulator` and call :func:`ntps_from_statistics`.
+    """
+    states = [hidden_states] if isinstance(hidden_states, Tensor) else list(hidden_states)
+    if not states:
+        raise PerceptAlignError("hidden_states is empty; pass one B×T×d tensor or one per layer.")
+    names = list(range(len(states))) if layers is None else [int(layer) for layer in layers]
+    if len(names) != len(states):
+        raise PerceptAlignError(f"got {len(states)} hidden-state tensors but {len(names)} layer names.")
+    labels_t = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, Tensor) else labels
+    if n_classes is None:
+        if labels_t.numel() == 0 or labels_t.is_floating_point():
+            raise PerceptAlignError("labels must be a non-empty 1-D array of integer classes.")
+        n_classes = int(labels_t.max()) + 1
+    if states[0].dim() != 3:
+        raise PerceptAlignError(f"hidden states must be B×T×d tensors, got shape {tuple(states[0].shape)}.")
+    accumulator = StatisticsAccumulator(names, int(states[0].shape[-1]), n_classes)
+    accumulator.update(states, attention_mask, labels_t)
+    info = {"n_texts": accumulator.n_texts, "n_tokens": accumulator.n_tokens, "n_classes": n_classes}
+    return ntps_from_statistics(accumulator.finalize(), fractions=fractions, ks=ks, ridge=ridge, info=info)
+
+
+def score(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[Any] | np.ndarray,
+    *,
+    layers: Sequence[int] | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    ks: Sequence[int] | None = None,
+    ridge: float = 0.0,
+    max_length: int = 512,
+    token_budget: int = 2048,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> NTPSResult:
+    """NTPS of a loaded Hugging Face causal LM on labelled texts, for every layer (or ``layers``).
+
+    ``labels``: class names (strings) or integer classes. One forward pass of the base model over
+    length-sorted token-budget batches; ``layers`` are hidden-state indices (0 = embeddings, negative
+    from the end). ``on_batch(n_texts, n_tokens)`` is called after each batch (for a progress bar).
+    """
+    from perceptalign.ntps.measure import compute_statistics, resolve_layers, validate_extraction_settings
+    from perceptalign.ntps.models import as_loaded_model
+
+    validate_extraction_settings(max_length=max_length, token_budget=token_budget)
+    dataset = _text_dataset(texts, labels)
+    loaded = as_loaded_model(model, tokenizer)
+    resolved = resolve_layers(layers, loaded.n_hidden_states)
+    accumulator = compute_statistics(
+        loaded, dataset, resolved, max_length=max_length, token_budget=token_budget, on_batch=on_batch
+    )
+    info = {
+        "model": loaded.model_id,
+        "n_texts": len(dataset),
+        "n_tokens": accumulator.n_tokens,
+        "n_classes": dataset.n_classes,
+        "class_names": dataset.class_names,
+        "max_length": max_length,
+    }
+    return ntps_from_statistics(accumulator.finalize(), fractions=fractions, ks=ks, ridge=ridge, info=info)
+
+
+def _text_dataset(texts: Sequence[str], labels: Sequence[Any] | np.ndarray) -> TextDataset:
+    values = np.asarray(labels)
+    if values.ndim != 1:
+        raise PerceptAlignError(f"labels must be one value per text, got shape {values.shape}.")
+    where = "labels"
+    if values.dtype.kind in "iuf":
+        encoded, class_names = encode_integer_labels(values, where)
+    elif values.dtype.kind == "b":
+        encoded, class_names = values.astype(np.int64), ["False", "True"]
+    else:
+        encoded, class_names = encode_string_labels(list(labels), where)
+    dataset = TextDataset(
+        name="texts", split="all", texts=list(texts), labels=encoded, class_names=class_names, source="python"
+    )
+    validate_text_dataset(dataset)
+    return dataset
+
+
+__all__ = ["ntps_from_hidden", "ntps_from_statistics", "score"]
