@@ -3,7 +3,8 @@
 Baseline ("published shape"): explicit Euler in a Python time loop over (B, 2) states that writes
 every step into preallocated (B, T + 1, 2) trajectory tensors, the naive H formula, one randn call per
 step, and autograd through the whole loop (its backward copies the trajectory buffer once per step).
-Both implementations simulate the same model (rtify.md §3, 2-s stimulus, exact OU noise) on a batch
+Both implementations simulate the same model (docs/rtify.md, "The Wong–Wang model", 2-s stimulus, exact
+OU noise) on a batch
 that mixes the 7 standard coherences, and both decide with ``first_crossing_multiclass``; forward+
 backward differentiates the mean RT of decided trials w.r.t. all learnable parameters.
 

@@ -3,4 +3,4 @@
 NTPS for causal LMs, RTify for reaction times.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

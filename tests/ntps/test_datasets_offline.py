@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 _BASE_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)  # C loader when libyaml is present (faster)
 
-# Row counts of the archives as documented in docs/offline.md.
+# Row counts of the archives as documented in the offline registry.
 RAW_ROWS = {
     "vader-movie": 10605,
     "vader-tweets": 4200,

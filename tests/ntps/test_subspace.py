@@ -68,7 +68,8 @@ def _sequences(
 
 
 def _stats(seqs: list[np.ndarray], labels: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
-    """Direct per-sequence moments of ntps.md §2 (a slow independent reference of statistics.py)."""
+    """Direct per-sequence moments of docs/ntps.md, "Definitions" (a slow independent reference of
+    statistics.py)."""
     d = seqs[0].shape[1]
     M_xx, M_xy = np.zeros((d, d)), np.zeros((d, n_classes))
     C0, C1 = np.zeros((d, d)), np.zeros((d, d))

@@ -34,10 +34,11 @@ from perceptalign.rtify.heads import inverse_softplus
 from perceptalign.rtify.losses import soft_histogram
 from perceptalign.rtify.metrics import fit_quality
 from perceptalign.rtify.tasks import GRUBackbone, GRUTrainConfig, RDMTaskConfig, load_or_train_gru
+from perceptalign.rtify.trials import packaged_data_path
 
 TASK = RDMTaskConfig(coherences=(3.2, 12.8, 51.2), dt=0.05, n_steps=40)
 GRU = GRUTrainConfig(hidden_size=16, steps=150, batch_size=64, lr=1e-2, seed=0)
-HUMAN_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "rdm_human_rt.csv"
+HUMAN_CSV = packaged_data_path("rdm_human_rt.csv.gz")
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +337,6 @@ def test_compare_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HUMAN_CSV.is_file(), reason="human RDM data not available")
 def test_real_human_fit_beats_initial_head(tmp_path: Path) -> None:
     from perceptalign.rtify.trials import load_rt_dataset
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -16,13 +17,13 @@ from perceptalign.rtify.trials import (
     load_rt_dataset,
     load_trials_csv,
     normalise_conditions,
+    packaged_data_path,
     split_trials,
     trials_from_signed_rt,
     validate_trials,
 )
 
-HUMAN_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "rdm_human_rt.csv"
-needs_human = pytest.mark.skipif(not HUMAN_CSV.is_file(), reason="shared human RT data not present")
+HUMAN_CSV = packaged_data_path("rdm_human_rt.csv.gz")  # ships with the package: never skipped
 
 
 def _table(**overrides: object) -> pd.DataFrame:
@@ -184,7 +185,6 @@ def test_split_trials_and_conditions() -> None:
     assert normalise_conditions([1, "2.5"]) == [1.0, 2.5]
 
 
-@needs_human
 def test_rdm_human_dataset() -> None:
     record = RT_DATASETS["rdm-human"]
     assert "serre-lab/RTify" in record.source_url and len(record.sha256) == 64
@@ -200,24 +200,35 @@ def test_rdm_human_dataset() -> None:
     assert train.loc[~train["correct"], "rt_s"].mean() > train.loc[train["correct"], "rt_s"].mean()
 
 
-@needs_human
-def test_rdm_human_resolution_via_env_and_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(HUMAN_CSV))
+def _plain_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "rdm_human_rt.csv"
+    with gzip.open(HUMAN_CSV, "rb") as src, copy.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return copy
+
+
+def test_rdm_human_loads_in_a_bare_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No repository around, an empty cache, no environment variable: the packaged copy is used."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERCEPTALIGN_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("PERCEPTALIGN_RDM_HUMAN", raising=False)
+    table = load_rt_dataset("rdm-human")
+    assert len(table) == 58_438 and (table["split"] == "train").sum() == 46_644
+    assert HUMAN_CSV.parent.name == "data" and HUMAN_CSV.parent.parent.name == "perceptalign"
+
+
+def test_rdm_human_resolution_via_env_and_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    copy = _plain_copy(tmp_path)  # an uncompressed copy verifies against the same checksum
+    monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(copy))
     assert len(load_rt_dataset("rdm-human")) == 46_644 + 11_794
-    monkeypatch.delenv("PERCEPTALIGN_RDM_HUMAN")
-    monkeypatch.chdir(tmp_path)  # no data under the working directory: found next to the installed package
-    assert len(load_rt_dataset("rdm-human", split="test")) == 11_794
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # repository root: ../shared/data is found
-    assert len(load_rt_dataset("rdm-human", split="test")) == 11_794
     monkeypatch.setenv("PERCEPTALIGN_RDM_HUMAN", str(tmp_path / "missing.csv"))
     with pytest.raises(PerceptAlignError, match=r"PERCEPTALIGN_RDM_HUMAN.*does not exist"):
         load_rt_dataset("rdm-human")
+    assert len(load_rt_dataset("rdm-human", split="test", path=copy)) == 11_794
 
 
-@needs_human
 def test_rdm_human_checksum_mismatch(tmp_path: Path) -> None:
-    copy = tmp_path / "rdm_human_rt.csv"
-    shutil.copy(HUMAN_CSV, copy)
+    copy = _plain_copy(tmp_path)
     with copy.open("a") as fh:
         fh.write("test,0.8,0.5\n")
     with pytest.raises(PerceptAlignError, match=r"checksum mismatch.*restore it from https://github\.com"):
@@ -226,16 +237,12 @@ def test_rdm_human_checksum_mismatch(tmp_path: Path) -> None:
     assert len(load_rt_dataset(str(copy))) == 46_644 + 11_794 + 1
 
 
-def test_rdm_human_not_found_says_where(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_rdm_human_missing_packaged_copy_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import perceptalign.rtify.trials as trials_module
 
     monkeypatch.delenv("PERCEPTALIGN_RDM_HUMAN", raising=False)
-    monkeypatch.setattr(
-        trials_module, "_candidate_paths", lambda record: [tmp_path / "a.csv", tmp_path / "b.csv"]
-    )
-    with pytest.raises(
-        PerceptAlignError, match=r"not found.*give its path \(--data-path.*PERCEPTALIGN_RDM_HUMAN.*b\.csv"
-    ):
+    monkeypatch.setattr(trials_module, "packaged_data_path", lambda name: tmp_path / name)
+    with pytest.raises(PerceptAlignError, match=r"packaged copy .* is missing.*reinstall"):
         load_rt_dataset("rdm-human")
 
 

@@ -351,8 +351,9 @@ def test_classic_behaviour_at_fine_dt_fast() -> None:
 
 
 def test_coarse_dt_loses_accuracy_at_12_8_percent() -> None:
-    # rtify.md: ≈ .82 at dt = 26.67 ms vs ≈ .99 at 1 ms. The coarse step holds each (nearly white) noise
-    # sample for 26.67 ms instead of τ_A = 2 ms, inflating the integrated noise ~7×. s.e. ≈ .012 here.
+    # At the published dt (docs/rtify.md): ≈ .82 at dt = 26.67 ms vs ≈ .99 at 1 ms. The coarse step holds
+    # each (nearly white) noise sample for 26.67 ms instead of τ_A = 2 ms, inflating the integrated noise
+    # ~7×. s.e. ≈ .012 here.
     m = WongWang2()
     fine, _, _ = _summary(m, 12.8, 800, 0, 1.0)
     coarse, _, _ = _summary(m, 12.8, 800, 0, 26.67)

@@ -1,6 +1,7 @@
 """Data-parallel NTPS statistics: several processes share the batches and all-reduce their sums.
 
-Why this is cheap to get right: the moments of ntps.md §2 are float64 SUMS with integer counts, so the
+Why this is cheap to get right: the moments of docs/ntps.md, "Definitions" are float64 SUMS with integer
+counts, so the
 statistics of the whole dataset are the element-wise sum of the statistics of any partition of it. Each
 process streams its own share of the (deterministic, length-sorted) batches through its own copy of the
 model, and one SUM all-reduce per tensor at the end gives every process the statistics of the whole data.

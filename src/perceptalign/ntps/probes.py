@@ -1,7 +1,8 @@
 """Linear probes on mean-pooled features, scored on held-out data (the `ntps probe` job is in
 :mod:`perceptalign.ntps.jobs.probe`).
 
-NTPS is validated against how well a linear read-out of a layer's sentence vectors performs (ntps.md §5):
+NTPS is validated against how well a linear read-out of a layer's sentence vectors performs
+(docs/ntps.md, "The paper's protocol"):
 (a) standardize + L2 logistic regression (C = 1) → accuracy and log-loss, (b) standardize + least squares on
 one-hot targets → MSE. The published probes were scored on the data they were fit on, which saturates as
 soon as d ≳ n (any labelling of n points in general position is linearly separable in d ≥ n dimensions).

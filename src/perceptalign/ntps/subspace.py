@@ -1,4 +1,4 @@
-"""NTPS subspaces, scores and the linear-setting bounds (method notes: docs/ntps.md §3).
+"""NTPS subspaces, scores and the linear-setting bounds (method notes: docs/ntps.md, "Definitions").
 
 Everything here is float64 numpy. Statistics may arrive as torch tensors or numpy arrays of any float
 dtype; they are converted once at the boundary. The two subspaces are generalized eigenproblems of the form
@@ -645,7 +645,8 @@ def ntps_all_layers(
 
 
 def linear_setting_bounds(X: Any, Y: Any, P: Any) -> dict[str, float]:
-    """Bounds on the excess MSE of a linear probe restricted to an encoder subspace (ntps.md §3).
+    """Bounds on the excess MSE of a linear probe restricted to an encoder subspace (docs/ntps.md,
+    "Definitions").
 
     Σ = XᵀX/N (uncentered), W* = Σ⁻¹Σ_xy (the least-squares solution, computed by lstsq on X), P an orthogonal
     projector (d×d, symmetric, idempotent). The restricted predictor sees P x only, so its coefficients are

@@ -1,0 +1,77 @@
+"""RTify: differentiable decision times for recurrent networks, fitted to human reaction times.
+
+The front door::
+
+    from perceptalign.rtify import load_rt_dataset, RTifyHead, fit_quality
+
+    human = load_rt_dataset("rdm-human", split="train")   # ships with the package
+    head = RTifyHead(hidden_size=32, n_classes=2)           # wraps any B×T×H hidden states
+    fit_quality(human_test, model_trials)                   # per-condition accuracy, quantiles, KS, W1
+
+Trials tables (``condition``, ``rt_s``, ``correct``, optional ``split``/``decided``) are the one format in
+which human data, models and baselines exchange reaction times (:mod:`perceptalign.rtify.trials`). The
+command-line experiments (``perceptalign rtify fit`` …) compose these parts.
+"""
+
+from perceptalign.rtify.baselines import DDMBaseline, EntropyThresholdRT, EvidentialRT
+from perceptalign.rtify.decision import (
+    Decision,
+    first_crossing,
+    first_crossing_multiclass,
+    first_crossing_two_bound,
+)
+from perceptalign.rtify.figures import (
+    psychometric_chronometric,
+    quantile_probability_plot,
+    signed_rt_histograms,
+)
+from perceptalign.rtify.heads import RTifyHead, RTifyOutput
+from perceptalign.rtify.losses import (
+    neg_pearson,
+    quantile_loss,
+    rt_histogram_loss,
+    self_penalty_loss,
+    soft_histogram,
+)
+from perceptalign.rtify.metrics import fit_quality, rt_quantiles, summarize_fit
+from perceptalign.rtify.trials import (
+    RT_DATASETS,
+    load_rt_dataset,
+    load_trials_csv,
+    split_trials,
+    trials_from_signed_rt,
+    validate_trials,
+)
+from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WongWangN
+
+__all__ = [
+    "RT_DATASETS",
+    "WW_DEFAULTS",
+    "DDMBaseline",
+    "Decision",
+    "EntropyThresholdRT",
+    "EvidentialRT",
+    "RTifyHead",
+    "RTifyOutput",
+    "WongWang2",
+    "WongWangN",
+    "first_crossing",
+    "first_crossing_multiclass",
+    "first_crossing_two_bound",
+    "fit_quality",
+    "load_rt_dataset",
+    "load_trials_csv",
+    "neg_pearson",
+    "psychometric_chronometric",
+    "quantile_loss",
+    "quantile_probability_plot",
+    "rt_histogram_loss",
+    "rt_quantiles",
+    "self_penalty_loss",
+    "signed_rt_histograms",
+    "soft_histogram",
+    "split_trials",
+    "summarize_fit",
+    "trials_from_signed_rt",
+    "validate_trials",
+]

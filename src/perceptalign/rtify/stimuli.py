@@ -1,6 +1,6 @@
 """Random-dot-motion (RDM) stimuli: a seeded, fully vectorised generator and a per-frame reference loop.
 
-Semantics follow the Shadlen-lab dot display that the RTify experiments use (rtify.md §4):
+Semantics follow the Shadlen-lab dot display that the RTify experiments use (docs/rtify.md, "Experiments"):
 
 * Dots live in a circular aperture. They are split into ``n_groups`` interleaved groups; frame ``f``
   shows only group ``f mod n_groups``, so a group reappears every ``n_groups`` frames.

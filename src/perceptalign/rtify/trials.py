@@ -15,10 +15,13 @@ the problem and the fix.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -370,15 +373,15 @@ def _to_seconds(column: pd.Series, rt_unit: str, name: str) -> pd.Series:
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """A registered reaction-time dataset: where it was published and how to verify a local copy."""
+    """A registered reaction-time dataset: where it was published, its packaged copy, how to verify a file."""
 
     name: str
     description: str
     source_url: str
-    sha256: str
+    sha256: str  # of the uncompressed CSV, so a packaged .gz and a plain copy verify alike
     citation: str
-    default_path: str  # looked up under every ancestor of the working directory and of this package
-    env_var: str = ""  # environment variable that may point at the file
+    packaged_file: str  # inside perceptalign/data (see its README for provenance)
+    env_var: str = ""  # environment variable that may point at another copy
     file_format: Literal["signed-rt", "trials"] = "signed-rt"
 
 
@@ -387,40 +390,42 @@ RT_DATASETS: dict[str, DatasetRecord] = {
         name="rdm-human",
         description=(
             "Human reaction times in a random-dot-motion direction task: 46,644 train and 11,794 test "
-            "trials, "
-            "7 coherences 0.8-51.2%, CSV columns split, coherence_pct, signed_rt_s (+correct, -error)."
+            "trials, 7 coherences 0.8-51.2%, CSV columns split, coherence_pct, signed_rt_s "
+            "(+correct, -error)."
         ),
         # The published copy is a pickle in the RTify authors' repository. This toolkit never loads pickles:
-        # it reads a CSV holding the same numbers, verified by the checksum below.
+        # it ships a CSV holding the same numbers, verified by the checksum below.
         source_url="https://github.com/serre-lab/RTify/blob/main/dataset/human_rt_dataset.pkl",
         sha256="b7c3cbc2a1ec86dea0a6654e3e1cfbbb4f64e33c99558c55b4358621981151c0",
         citation=(
             "Cheng, Rodriguez, Chen, Kar, Watanabe, Serre. RTify: Aligning Deep Neural Networks with Human "
             "Behavioral Decisions. NeurIPS 2024 (arXiv:2411.03630)."
         ),
-        default_path="shared/data/rdm_human_rt.csv",
+        packaged_file="rdm_human_rt.csv.gz",
         env_var="PERCEPTALIGN_RDM_HUMAN",
     )
 }
 
 
-def _candidate_paths(record: DatasetRecord) -> list[Path]:
-    """Where a registered dataset is looked for when no explicit path or environment variable is given."""
-    bases: list[Path] = []
-    for start in (Path.cwd(), Path(__file__).resolve().parent):
-        for base in (start, *start.parents):
-            if base not in bases:
-                bases.append(base)
-    candidates = [base / record.default_path for base in bases]
-    candidates.append(
-        Path(os.environ.get("PERCEPTALIGN_CACHE", Path.home() / ".cache" / "perceptalign"))
-        / "data"
-        / Path(record.default_path).name
-    )
-    return candidates
+def packaged_data_path(file_name: str) -> Path:
+    """Path of a data file that ships inside the package (``perceptalign/data``)."""
+    return Path(str(resources.files("perceptalign.data").joinpath(file_name)))
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, decompressed first for ``.gz`` (what a registry checksum covers)."""
+    if path.suffix != ".gz":
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _resolve_registered(record: DatasetRecord, path: str | os.PathLike[str] | None) -> Path:
+    """The file of a registered dataset: an explicit path, else its environment variable, else the copy
+    that ships with the package."""
     if path is not None:
         resolved = Path(path)
         if not resolved.is_file():
@@ -433,20 +438,17 @@ def _resolve_registered(record: DatasetRecord, path: str | os.PathLike[str] | No
         if not resolved.is_file():
             raise PerceptAlignError(
                 f"{record.name}: ${record.env_var} points at {str(resolved)!r}, which does not exist. "
-                "Fix the variable or unset it."
+                "Fix the variable or unset it (the copy that ships with the package is then used)."
             )
         return resolved
-    candidates = _candidate_paths(record)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise PerceptAlignError(
-        f"{record.name}: data file not found. Get it from {record.source_url} (converted to CSV with columns "
-        f"split, coherence_pct, signed_rt_s; sha256 {record.sha256}) and either give its path "
-        f"(--data-path; path in Python), set ${record.env_var}, or put it at {candidates[-1]}. Searched: "
-        + ", ".join(str(c) for c in candidates[:3])
-        + ", ..."
-    )
+    packaged = packaged_data_path(record.packaged_file)
+    if not packaged.is_file():
+        raise PerceptAlignError(
+            f"{record.name}: the packaged copy {packaged} is missing, so this installation of perceptalign "
+            f"is incomplete: reinstall it, or give the path of a copy (sha256 {record.sha256}, from "
+            f"{record.source_url} converted to CSV)."
+        )
+    return packaged
 
 
 def load_rt_dataset(
@@ -458,9 +460,9 @@ def load_rt_dataset(
 ) -> pd.DataFrame:
     """Load a registered dataset (checksum-verified) or a CSV/TSV file as a validated trials table.
 
-    A registered name is resolved from ``path=``, else its environment variable (``$PERCEPTALIGN_RDM_HUMAN``
-    for ``rdm-human``), else ``shared/data/<file>`` under any ancestor of the working directory or of the
-    installed package (the repository layout), else ``<cache>/data/<file>``. A plain file path is read by
+    A registered name is read from the copy that ships with the package (``perceptalign/data``), or from
+    ``path`` or its environment variable (``$PERCEPTALIGN_RDM_HUMAN`` for ``rdm-human``) when given; every
+    copy is checksum-verified. A plain file path is read by
     :func:`perceptalign.tables.read_table` as a signed-RT table if it has ``coherence_pct`` and
     ``signed_rt_s`` columns, otherwise as a trials table (``condition``, ``rt_s``, ``correct``).
     ``rt_unit="ms"`` converts a file's millisecond RTs to seconds (registered datasets are in seconds).
@@ -474,7 +476,7 @@ def load_rt_dataset(
                 "'ms' (it is only for your own files)."
             )
         file = _resolve_registered(record, path)
-        actual = sha256_file(file)
+        actual = content_sha256(file)
         if actual != record.sha256:
             raise PerceptAlignError(
                 f"{record.name}: checksum mismatch for {file}: expected {record.sha256}, got {actual}. "

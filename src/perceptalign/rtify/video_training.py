@@ -1,6 +1,7 @@
 """Training video backbones on random-dot motion with an easy-to-hard curriculum, and caching their outputs.
 
-Training (rtify.md §4): BCE on "rightward", Adam, fresh stimuli every epoch (:class:`RDMStream`, seeded by
+Training (docs/rtify.md, "Experiments"): BCE on "rightward", Adam, fresh stimuli every epoch
+(:class:`RDMStream`, seeded by
 ``(seed, epoch)`` so a rerun or a resumed run sees the same videos), and a curriculum that starts with
 the near-perfect 99.9 % coherence alone and adds 51.2, 25.6, … 0.8 % one stage at a time (easy trials stay,
 so the clean signal is not forgotten). A checkpoint after every epoch makes training resumable with a

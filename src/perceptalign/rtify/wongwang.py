@@ -55,7 +55,7 @@ __all__ = [
     "wong_wang_rate",
 ]
 
-# Wong & Wang (2006) reduced model, as listed in rtify.md §3.
+# Wong & Wang (2006) reduced model, as listed in docs/rtify.md, "The Wong–Wang model".
 WW_DEFAULTS: dict[str, float] = {
     "a": 270.0,  # Hz/nA
     "b": 108.0,  # Hz

@@ -17,7 +17,8 @@ from perceptalign.io import PerceptAlignError
 
 #: Split names an offline dataset accepts ("all" = train + test, in a fixed order).
 OFFLINE_SPLITS = ("train", "test", "all")
-#: Fraction and seed of the deterministic split used when a dataset publishes no test split (ntps.md §5).
+#: Fraction and seed of the deterministic split used when a dataset publishes no test split
+#: (docs/ntps.md, "The paper's protocol").
 TEST_FRACTION = 0.3
 SPLIT_SEED = 42
 _SHOW = 5  # how many offending row indices an error message lists

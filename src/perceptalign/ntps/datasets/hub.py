@@ -1,4 +1,5 @@
-"""The 12 Hugging Face hub datasets of the NTPS paper (ntps.md §5), loaded as users with the hub run them.
+"""The 12 Hugging Face hub datasets of the NTPS paper (docs/ntps.md, "The paper's protocol"), loaded as
+users with the hub run them.
 
 Preprocessing follows the published protocol with its known defects fixed:
 - medical_questions_pairs: ``question_1 + " " + question_2`` for EVERY row (the published batched map

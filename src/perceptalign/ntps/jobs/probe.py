@@ -41,7 +41,8 @@ class ProbeConfig:
 
     Evaluation data: ``eval_split`` if given (it must exist and differ from ``split``); else the
     dataset's "test" split when it has one; else — and always when ``test_fraction`` is given — a
-    stratified ``test_fraction`` of the train split held out by content hash (seed 42, ntps.md §5), so a
+    stratified ``test_fraction`` of the train split held out by content hash (seed 42, docs/ntps.md, "The
+    paper's protocol"), so a
     single local file without a ``split`` column still gets an honest held-out score.
     """
 

@@ -2,7 +2,8 @@
 
 Per model, NTPS is correlated over datasets with (a) held-out linear-probe accuracy, (b) −MSE of the
 one-hot least-squares probe and (c) the LoRA gain over a frozen linear head. NTPS depends on a layer and a
-fraction f of rank(V); which (layer, f) to use is chosen in three DECLARED ways (ntps.md §4):
+fraction f of rank(V); which (layer, f) to use is chosen in three DECLARED ways (docs/ntps.md, "Selecting
+the layer and k"):
 
 * ``fixed`` — chosen a priori, before any result: the LAST hidden state and f = 0.5. The last layer is
   where the LoRA/linear-head comparison reads its features (mean pool of the last hidden state) and the

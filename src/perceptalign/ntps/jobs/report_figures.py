@@ -1,4 +1,4 @@
-"""Figures of the study report (ntps.md §7), as base64 PNGs for the self-contained HTML page.
+"""Figures of the study report (docs/ntps.md), as base64 PNGs for the self-contained HTML page.
 
 Fig 1 projects single words of two sentiment classes and function words on the top-2 perception (U) and
 top-2 autoregressive (V) directions of a layer; Fig 2/3 plot ranks over datasets (NTPS vs probe accuracy /

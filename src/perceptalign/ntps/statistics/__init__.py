@@ -1,4 +1,4 @@
-"""Streaming per-layer second moments for NTPS (ntps.md §2): M_xx, M_xy, C0, C1.
+"""Streaming per-layer second moments for NTPS (docs/ntps.md, "Definitions"): M_xx, M_xy, C0, C1.
 
 Why this module exists: the published code builds, per text, an L×(L−1) triangular matrix and a shift
 matrix and multiplies them with the hidden states, which costs O(L²) memory and time per text. Here the
@@ -22,7 +22,7 @@ over batches, shards and processes, so merging is addition and the division by N
 Pairs: for each text, the prefix sum at each real token is paired with the NEXT REAL token, whatever the
 padding side; a mask with holes is read as "these positions are not part of the text", i.e. the real rows
 are compacted first, exactly as the per-text definition with L_n real rows. (For masks without holes this
-is the same as the weight w_t = m_t·m_{t+1} of ntps.md.)
+is the same as the weight w_t = m_t·m_{t+1} of the masked-sum formula.)
 
 Modules: ``common`` (keys, :class:`LayerStatistics`), ``kernels`` (scan, pair products, block-upper
 Gram), ``accumulator`` (:class:`StatisticsAccumulator`, checkpoints), ``cache`` (save/load with identity

@@ -481,7 +481,7 @@ class StatisticsAccumulator:
         return acc
 
     def finalize(self) -> dict[int, LayerStatistics]:
-        """Moments divided by N = number of texts (ntps.md §2 divides C0/C1 by N too)."""
+        """Moments divided by N = number of texts (docs/ntps.md, "Definitions" divides C0/C1 by N too)."""
         self.flush()
         if self.n_texts == 0:
             raise PerceptAlignError("no texts were accumulated; call update() with at least one batch first.")

@@ -1,7 +1,8 @@
 """RTify on natural images: a recurrent CNN, decision heads fitted to per-image RTs, self-penalised
 training, a Wong–Wang race driven by the CNN's logits, and saliency of the class vs of the decision time.
 
-Pipeline (rtify.md §3–4): train :class:`~perceptalign.rtify.backbones.RecurrentCNN` with cross-entropy
+Pipeline (docs/rtify.md, "The Wong–Wang model" and "Experiments"): train
+:class:`~perceptalign.rtify.backbones.RecurrentCNN` with cross-entropy
 on EVERY step's readout (so an early decision reads a usable classifier; training on the last step only
 leaves early readouts near chance and the head could only decide late); freeze it; then
 

@@ -67,7 +67,8 @@ def set_threshold_from_data(head: RTifyHead, features: Tensor, quantile: float =
 class LogitWongWang(nn.Module):
     """n-population Wong–Wang race whose inputs are |W·logits| (W learnable, initialised ``mix_init``·I).
 
-    rtify.md §3 (CNN integration, multi-class): a frozen classifier's logits replace the coherence.
+    docs/rtify.md, "The Wong–Wang model" (a network's logit as input): a frozen classifier's logits
+    replace the coherence.
     ``logits`` (B, C) drive the populations for the whole stimulus; (B, T, C) per-step logits of a
     recurrent backbone are presented as a time series, one frame per step. Learnable: W and the
     Wong–Wang J, J_ext, I₀, σ, θ. ``dt_ms`` is coarse by default (10 ms) to keep fitting cheap; evaluate

@@ -23,7 +23,8 @@ def read_rt_table(table: pd.DataFrame | str | os.PathLike[str], *, rt_unit: str 
     """Per-image RT (s) indexed by ``image_id``, from a DataFrame or CSV with columns ``image_id, rt_s``.
 
     Several rows per image (one per subject or trial) are reduced to the MEDIAN, the per-item statistic
-    RTify fits (rtify.md §2b), which is robust to the long right tail of RTs. ``rt_unit="ms"`` converts
+    RTify fits (docs/rtify.md, "Losses"), which is robust to the long right tail of RTs. ``rt_unit="ms"``
+    converts
     milliseconds to seconds; RTs in seconds with a median above 20 s are refused as milliseconds.
     """
     check_rt_unit_name(rt_unit)
