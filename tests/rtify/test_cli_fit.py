@@ -136,3 +136,29 @@ def test_fit_error_without_split(tmp_path: Path) -> None:
 def test_compare_error_on_missing_fit(tmp_path: Path) -> None:
     result = runner.invoke(rtify_app, ["compare", str(tmp_path)])
     assert result.exit_code == 2 and "no fit.json" in " ".join(result.output.split())
+
+
+def test_fit_table_is_readable_at_80_columns() -> None:
+    """Every method on one line, no value cut short (rich truncates with '…' when a table is too wide)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from perceptalign.cli.rtify_fit import fit_table
+
+    summary = {
+        "mean_accuracy_model": 0.7123,
+        "mean_wasserstein": 0.0512,
+        "mean_ks": 0.1834,
+        "hist_mse_sum": 2.9e-4,
+    }
+    entry = {"summary": summary, "test_loss": 1.5921, "no_decision_rate": 0.0141}
+    names = ("entropy", "evidential", "ddm")
+    report = {"model": "rtify-self-penalty", "rtify": entry, "baselines": dict.fromkeys(names, entry)}
+    buffer = StringIO()
+    Console(file=buffer, width=80, color_system=None).print(fit_table(report, title="fit"))
+    text = buffer.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for label in ("RTify-SP", "entropy", "evidential", "DDM"):
+        assert any(line.startswith(("│ " + label, "┃ " + label)) for line in text.splitlines()), label
+    assert "0.712" in text and "1.592" in text

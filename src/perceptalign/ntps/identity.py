@@ -43,8 +43,8 @@ PROVENANCE_KEYS = frozenset(
 
 #: What a differing key most likely means, so that a refusal tells the user what they changed.
 _MEANING = {
-    "data_sha256": "the texts or labels differ (an edited file, another text/label column, split, seed or "
-    "subset)",
+    "data_sha256": "the texts or labels differ: an edited file, another text/label column, split, seed "
+    "or subset",
     "n_texts": "another number of texts",
     "model": "another model",
     "model_fingerprint": "the model's weights or configuration changed",
