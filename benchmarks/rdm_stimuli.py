@@ -3,7 +3,8 @@
 Run:  python benchmarks/rdm_stimuli.py [--quick] [--threads 1] [--dtype float32|uint8]
 
 Prints videos/s for both implementations and their ratio, measured in the same run (target ≥ 10×).
-Both produce the same stimulus semantics (see perceptalign.rtify.stimuli); only the speed differs.
+Both produce the same stimulus semantics (see perceptalign.rtify.experiments.pixel.stimuli); only the
+speed differs.
 The "positions" column times the vectorised dot simulation alone: the gap between it and the full
 generator is the cost of writing the dense (B, F, H, W) output, i.e. memory bandwidth and page faults,
 which bounds the ratio for large float32 videos (uint8 output is 4× smaller).
@@ -17,7 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from perceptalign.rtify.stimuli import RDMConfig, generate_rdm, generate_rdm_loop, simulate_rdm_positions
+from perceptalign.rtify.experiments.pixel.stimuli import (
+    RDMConfig,
+    generate_rdm,
+    generate_rdm_loop,
+    simulate_rdm_positions,
+)
 
 
 def _best_time(fn: Callable[[], object], repeats: int) -> float:

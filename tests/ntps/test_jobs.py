@@ -13,7 +13,7 @@ import pytest
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.datasets import load_text_dataset
 from perceptalign.ntps.finetune import FinetuneJobConfig, TrainConfig, job_record, load_train_eval
-from perceptalign.ntps.jobs.common import (
+from perceptalign.ntps.jobs.inputs import (
     EXTRACTION_SETTINGS,
     extraction_settings,
     load_job_dataset,

@@ -9,8 +9,8 @@ import scipy.linalg
 import scipy.stats
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.ntps import peers
-from perceptalign.ntps.peers import (
+from perceptalign.ntps import peer_metrics as peers
+from perceptalign.ntps.peer_metrics import (
     PEER_METRICS,
     alpha_req,
     compute_peer_metrics,

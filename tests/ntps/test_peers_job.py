@@ -13,7 +13,7 @@ from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.features import FeatureCache
 from perceptalign.ntps.jobs.peers import PeersConfig, run_peers
 from perceptalign.ntps.lm_probs import NextTokenCache
-from perceptalign.ntps.peers import fisher_ratio, leep, logme, nce
+from perceptalign.ntps.peer_metrics import fisher_ratio, leep, logme, nce
 from tests.conftest import make_sentences
 
 

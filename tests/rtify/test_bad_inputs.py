@@ -21,7 +21,7 @@ import perceptalign.io as perceptalign_io
 import perceptalign.rtify.simulate as simulate_module
 from perceptalign.cli import app
 from perceptalign.io import PerceptAlignError, ensure_output_dir
-from perceptalign.rtify.fit import check_split_tables
+from perceptalign.rtify.experiments.rdm import check_split_tables
 from perceptalign.rtify.simulate import simulate_coherences, simulation_cost
 from perceptalign.rtify.trials import check_coherences, load_rt_dataset, split_trials
 
@@ -465,7 +465,7 @@ def test_unwritable_out_stops_the_cli_before_work(tmp_path: Path, monkeypatch: p
 
 
 def test_item_rt_table_in_ms_reads_as_seconds_with_the_unit(tmp_path: Path) -> None:
-    from perceptalign.rtify.natural import read_rt_table
+    from perceptalign.rtify.experiments.natural import read_rt_table
 
     path = ITEM_RTS_MS(tmp_path)
     assert read_rt_table(path, rt_unit="ms").to_dict() == {"test-00001": 0.65, "test-00002": 0.72}
@@ -474,7 +474,7 @@ def test_item_rt_table_in_ms_reads_as_seconds_with_the_unit(tmp_path: Path) -> N
 
 
 def test_rt_window_edge_is_soft_but_bounded() -> None:
-    from perceptalign.rtify.fit import FitConfig, check_human_window
+    from perceptalign.rtify.experiments.rdm import FitConfig, check_human_window
 
     table = _trials()
     table.loc[0, "rt_s"] = 2.6  # a motor delay past the 2.5 s window: models produce such RTs too

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from perceptalign.io import PerceptAlignError, read_json
-from perceptalign.rtify.fit import (
+from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     HumanTargets,
     build_head,
@@ -30,10 +30,15 @@ from perceptalign.rtify.fit import (
     weighted_quantiles,
     write_fit_outputs,
 )
+from perceptalign.rtify.experiments.rdm.task import (
+    GRUBackbone,
+    GRUTrainConfig,
+    RDMTaskConfig,
+    load_or_train_gru,
+)
 from perceptalign.rtify.heads import inverse_softplus
 from perceptalign.rtify.losses import soft_histogram
 from perceptalign.rtify.metrics import fit_quality
-from perceptalign.rtify.tasks import GRUBackbone, GRUTrainConfig, RDMTaskConfig, load_or_train_gru
 from perceptalign.rtify.trials import packaged_data_path
 
 TASK = RDMTaskConfig(coherences=(3.2, 12.8, 51.2), dt=0.05, n_steps=40)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import perceptalign.rtify.experiments.natural.image_data as im
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify import images as im
 
 
 def write_idx(path: Path, array: np.ndarray, code: int, *, compress: bool) -> Path:

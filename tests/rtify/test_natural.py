@@ -15,10 +15,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+import perceptalign.rtify.experiments.natural as nat
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify import natural as nat
-from perceptalign.rtify.backbones import RecurrentCNN
-from perceptalign.rtify.images import load_digits_28
+from perceptalign.rtify.experiments.natural.image_data import load_digits_28
+from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
 from perceptalign.rtify.wongwang import WW_DEFAULTS
 
 CONFIG = nat.BackboneConfig(width=8, n_steps=6, epochs=6, batch_size=128, lr=1e-2, seed=0)

@@ -15,8 +15,8 @@ import perceptalign.cli.rtify_fit
 import perceptalign.cli.rtify_ww  # noqa: F401  (registers fit-ww / pixel-rdm on rtify_app)
 from perceptalign.cli.rtify import rtify_app
 from perceptalign.io import PerceptAlignError, read_json
-from perceptalign.rtify.fit import FitConfig, compare_fits
-from perceptalign.rtify.pixel_rdm import (
+from perceptalign.rtify.experiments.pixel.backbone_training import BackboneOutputs, save_backbone_outputs
+from perceptalign.rtify.experiments.pixel.pixel_experiment import (
     PixelRDMConfig,
     backbone_sim,
     backbone_trials,
@@ -25,8 +25,8 @@ from perceptalign.rtify.pixel_rdm import (
     run_pixel_rdm,
     write_pixel_rdm_outputs,
 )
-from perceptalign.rtify.video_training import BackboneOutputs, save_backbone_outputs
-from perceptalign.rtify.ww_fit import WWFitConfig
+from perceptalign.rtify.experiments.rdm import FitConfig, compare_fits
+from perceptalign.rtify.experiments.rdm.wongwang_fit import WWFitConfig
 
 COH = (6.4, 51.2)
 FRAMES, HIDDEN, PER_CELL = 6, 5, 10

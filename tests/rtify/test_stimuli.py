@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.stimuli import (
+from perceptalign.rtify.experiments.pixel.stimuli import (
     PAPER_COHERENCES,
     PAPER_COHERENCES_PCT,
     RDMBatch,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perceptalign.io import PerceptAlignError, load_tensors
-from perceptalign.rtify.tasks import (
+from perceptalign.rtify.experiments.rdm.task import (
     GRUBackbone,
     GRUTrainConfig,
     RDMTaskConfig,
@@ -110,6 +110,6 @@ def test_gru_weights_are_cached_and_keyed(trained: tuple[GRUBackbone, dict]) -> 
     stored = load_tensors(info["path"])
     assert set(stored) == set(model.state_dict())
     other = GRUTrainConfig(hidden_size=16, steps=151, batch_size=64, lr=1e-2, seed=0)
-    from perceptalign.rtify.tasks import _cache_key
+    from perceptalign.rtify.experiments.rdm.task import _cache_key
 
     assert _cache_key(TINY_TASK, other) != _cache_key(TINY_TASK, TINY_GRU)

@@ -14,19 +14,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from perceptalign.io import PerceptAlignError, save_tensors_atomic
-from perceptalign.rtify import stimuli
-from perceptalign.rtify.stimuli import RDMConfig, generate_rdm
-from perceptalign.rtify.video import (
-    C3DNet,
-    CausalConv3d,
-    FrameCNNLSTM,
-    build_backbone,
-    load_backbone,
-    recalibrate_batchnorm,
-    save_backbone,
-    weights_sha256,
-)
-from perceptalign.rtify.video_training import (
+from perceptalign.rtify.experiments.pixel import stimuli
+from perceptalign.rtify.experiments.pixel.backbone_training import (
     BackboneTrainingConfig,
     _eval_trials,
     compute_backbone_outputs,
@@ -35,6 +24,17 @@ from perceptalign.rtify.video_training import (
     save_backbone_outputs,
     train_backbone,
     training_stimulus,
+)
+from perceptalign.rtify.experiments.pixel.stimuli import RDMConfig, generate_rdm
+from perceptalign.rtify.experiments.pixel.video_backbones import (
+    C3DNet,
+    CausalConv3d,
+    FrameCNNLSTM,
+    build_backbone,
+    load_backbone,
+    recalibrate_batchnorm,
+    save_backbone,
+    weights_sha256,
 )
 
 TINY = {"c3d": {"channels": (4, 8)}, "cnn-lstm": {"channels": (4, 8), "hidden_size": 8}}
@@ -541,7 +541,10 @@ def test_cli_train_backbone_end_to_end(tmp_path: Path) -> None:
 
 
 def test_figures_draw_the_tables_they_are_given() -> None:
-    from perceptalign.rtify.video_training import plot_psychometric, plot_training_history
+    from perceptalign.rtify.experiments.pixel.backbone_training import (
+        plot_psychometric,
+        plot_training_history,
+    )
 
     table = pd.DataFrame(
         {

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from perceptalign.io import PerceptAlignError, read_json
-from perceptalign.rtify.fit import HumanTargets, compare_fits
-from perceptalign.rtify.ww_fit import (
+from perceptalign.rtify.experiments.rdm import HumanTargets, compare_fits
+from perceptalign.rtify.experiments.rdm.wongwang_fit import (
     CoherenceWW,
     LogitWW,
     WWFitConfig,

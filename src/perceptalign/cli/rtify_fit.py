@@ -16,7 +16,7 @@ from perceptalign.cli.rtify import console, rtify_app
 from perceptalign.io import PerceptAlignError, ensure_output_dir, write_text_atomic
 
 if TYPE_CHECKING:
-    from perceptalign.rtify.fit import FitConfig
+    from perceptalign.rtify.experiments.rdm import FitConfig
 
 _MODELS = ("gru",)
 
@@ -41,7 +41,7 @@ def load_splits(
 ):  # -> tuple[DataFrame, DataFrame]
     """The train and test splits of ``--data``, checked against each other (same coherences, in range)
     and against the RT window of each fit setting in ``windows``, before any progress bar or work."""
-    from perceptalign.rtify.fit import check_human_window, check_split_tables
+    from perceptalign.rtify.experiments.rdm import check_human_window, check_split_tables
     from perceptalign.rtify.trials import RT_DATASETS, RT_UNITS, load_rt_dataset, split_trials
 
     if rt_unit not in RT_UNITS:
@@ -127,8 +127,8 @@ def fit(
     rt_unit: RTUnitOption = "s",
 ) -> None:
     """Fit RTify on the abstract RDM task to human RTs (or self-penalised) and compare with baselines."""
-    from perceptalign.rtify.fit import FitConfig, run_fit, write_fit_outputs
-    from perceptalign.rtify.tasks import GRUTrainConfig
+    from perceptalign.rtify.experiments.rdm import FitConfig, run_fit, write_fit_outputs
+    from perceptalign.rtify.experiments.rdm.task import GRUTrainConfig
 
     with exit_on_error():
         if model not in _MODELS:
@@ -176,7 +176,7 @@ TERMINAL_LABELS = {
 
 def fit_table(report: dict, title: str) -> Table:
     """Means over coherences per method, readable at 80 columns (the caption explains the short headers)."""
-    from perceptalign.rtify.fit.config import METHOD_LABELS
+    from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS
 
     table = Table(
         title=title,
@@ -209,7 +209,7 @@ def compare(
     ] = None,
 ) -> None:
     """One table per coherence (human vs every method: accuracy, median correct RT, W1) and the best fit."""
-    from perceptalign.rtify.fit import compare_fits, comparison_markdown, verdict_line
+    from perceptalign.rtify.experiments.rdm import compare_fits, comparison_markdown, verdict_line
 
     with exit_on_error():
         tables, summary, best = compare_fits(dirs)

@@ -71,7 +71,7 @@ def images(
     import torch
 
     from perceptalign.io import PerceptAlignError
-    from perceptalign.rtify.natural import (
+    from perceptalign.rtify.experiments.natural import (
         BackboneConfig,
         ImagesExperiment,
         read_rt_table,

@@ -55,9 +55,7 @@ def train_backbone_command(
     """Parse options, train with a progress bar, evaluate, cache outputs, write files and print a table."""
     import torch
 
-    from perceptalign.rtify.stimuli import CURRICULUM_EASY_COHERENCE, PAPER_COHERENCES
-    from perceptalign.rtify.video import save_backbone
-    from perceptalign.rtify.video_training import (
+    from perceptalign.rtify.experiments.pixel.backbone_training import (
         BackboneTrainingConfig,
         TrainingProgress,
         compute_backbone_outputs,
@@ -68,6 +66,8 @@ def train_backbone_command(
         train_backbone,
         training_stimulus,
     )
+    from perceptalign.rtify.experiments.pixel.stimuli import CURRICULUM_EASY_COHERENCE, PAPER_COHERENCES
+    from perceptalign.rtify.experiments.pixel.video_backbones import save_backbone
 
     torch.set_num_threads(threads)
     with exit_on_error():

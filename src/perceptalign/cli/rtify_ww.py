@@ -103,9 +103,9 @@ def fit_ww(
 
     fit.json has the same method schema as `rtify fit`, so `rtify compare` puts WW next to RTify and DDM.
     """
-    from perceptalign.rtify.fit import check_split_tables
-    from perceptalign.rtify.pixel_rdm import backbone_trials, load_outputs_dir
-    from perceptalign.rtify.ww_fit import WWFitConfig, run_ww_fit, write_ww_outputs
+    from perceptalign.rtify.experiments.pixel.pixel_experiment import backbone_trials, load_outputs_dir
+    from perceptalign.rtify.experiments.rdm import check_split_tables
+    from perceptalign.rtify.experiments.rdm.wongwang_fit import WWFitConfig, run_ww_fit, write_ww_outputs
 
     check_step_ms(dt, "--dt")
     check_step_ms(fine_dt, "--fine-dt", allow_zero=True)
@@ -217,15 +217,15 @@ def pixel_rdm(
     Writes fit.json (compatible with `rtify compare`), pixel_rdm.md / pixel_rdm.csv (per coherence: human
     vs each head, accuracy, median correct RT, W1 on the test split) and figures.
     """
-    from perceptalign.rtify.fit import FitConfig
-    from perceptalign.rtify.pixel_rdm import (
+    from perceptalign.rtify.experiments.pixel.pixel_experiment import (
         HEAD_LABELS,
         PixelRDMConfig,
         load_outputs_dir,
         run_pixel_rdm,
         write_pixel_rdm_outputs,
     )
-    from perceptalign.rtify.ww_fit import WWFitConfig
+    from perceptalign.rtify.experiments.rdm import FitConfig
+    from perceptalign.rtify.experiments.rdm.wongwang_fit import WWFitConfig
 
     check_step_ms(dt, "--dt")
     check_step_ms(fine_dt, "--fine-dt", allow_zero=True)

@@ -152,7 +152,7 @@ def resolve_model_path(name: str, progress: Callable[[str], None] | None = None)
     if name in EMBEDDED_MODELS:
         path = prepare_embedded_model(name, progress)
         return str(path), _directory_fingerprint(path)
-    from perceptalign.ntps.pretrain import resolve_pretrained_alias  # lazy: pretrain imports this module
+    from perceptalign.ntps.pretrain import resolve_pretrained_alias  # lazy: pretraining code is heavy
 
     if (zoo := resolve_pretrained_alias(name)) is not None:
         return str(zoo), _directory_fingerprint(zoo)

@@ -32,7 +32,6 @@ from perceptalign.io import PerceptAlignError, sha256_file
 from perceptalign.tables import read_table
 
 TRIAL_COLUMNS = ("condition", "rt_s", "correct")
-OPTIONAL_COLUMNS = ("subject", "item", "split", "decided")
 
 _COLUMN_MEANING = {
     "condition": "experimental condition (e.g. coherence in %), float or str",

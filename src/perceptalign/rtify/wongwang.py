@@ -90,11 +90,6 @@ def _g_series(v: Tensor) -> Tensor:
     return 1.0 + v / 2.0 + v2 / 12.0 - v2 * v2 / 720.0 + v2 * v2 * v2 / 30240.0
 
 
-def _g_slope_series(v: Tensor) -> Tensor:
-    v2 = v * v
-    return 0.5 + v / 6.0 - v * v2 / 180.0 + v * v2 * v2 / 5040.0
-
-
 def _g_stable(v: Tensor) -> Tensor:
     """g(v) = v/(1 − e^{−v}) for any finite v, with finite gradients everywhere (autograd path).
 
@@ -708,11 +703,6 @@ def _reference_trajectory(
         s = s + dt * (-s / tau_s + (1.0 - s) * gamma * rate / 1000.0)
         states.append(s)
     return torch.stack(states), z_all
-
-
-def _as_param(value: float | Tensor, learn: bool) -> nn.Parameter | Tensor:
-    t = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
-    return nn.Parameter(t) if learn else t
 
 
 class _WongWangBase(nn.Module):

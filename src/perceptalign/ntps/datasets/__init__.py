@@ -22,7 +22,6 @@ __all__ = [
     "OFFLINE_SPECS",
     "DatasetInfo",
     "TextDataset",
-    "class_balance",
     "fetch_offline_datasets",
     "list_datasets",
     "load_text_dataset",
@@ -103,9 +102,3 @@ def load_text_dataset(
         ds.info["subset_seed"] = seed
         validate_text_dataset(ds)
     return ds
-
-
-def class_balance(ds: TextDataset) -> dict[str, float]:
-    """Fraction of rows per class name (for listings and sanity checks)."""
-    fractions = ds.class_counts() / max(len(ds), 1)
-    return {c: float(f) for c, f in zip(ds.class_names, fractions, strict=True)}

@@ -7,7 +7,8 @@ what is trained: nothing of the backbone (linear head), low-rank adapters (LoRA)
 
 Modules: ``config`` and ``schedule`` (settings, Adafactor, warm-up + cosine), ``data`` (tokenized texts,
 seeded batches), ``classifier``, ``training`` (the loop), ``linear_head`` (frozen-backbone baseline),
-``figures``, ``job`` (job inputs/records and the NTPS re-measurement of `ntps lora` / `ntps scratch`).
+``training_figures``, ``job`` (job inputs/records and the NTPS re-measurement of `ntps lora` /
+`ntps scratch`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from perceptalign.ntps.finetune.data import (
     EncodedTexts,
     load_train_eval,
 )
-from perceptalign.ntps.finetune.figures import ntps_change_figure, training_figure
 from perceptalign.ntps.finetune.job import (
     FinetuneJobConfig,
     NTPSSettings,
@@ -46,6 +46,7 @@ from perceptalign.ntps.finetune.schedule import (
     warmup_steps_for,
 )
 from perceptalign.ntps.finetune.training import TrainResult, evaluate, loss_curve, train_classifier
+from perceptalign.ntps.finetune.training_figures import ntps_change_figure, training_figure
 
 __all__ = [
     "EVAL_SPLIT_SEED",

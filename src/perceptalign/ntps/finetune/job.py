@@ -63,7 +63,7 @@ def load_job_inputs(
     config: FinetuneJobConfig, status: StatusCallback
 ) -> tuple[TextDataset, TextDataset, str, LoadedModel]:
     """Datasets (train, held-out, where held-out came from) and the pretrained model of a job."""
-    from perceptalign.ntps.jobs.common import load_job_model
+    from perceptalign.ntps.jobs.inputs import load_job_model
 
     status(f"loading dataset {config.dataset}")
     train_ds, eval_ds, eval_source = load_train_eval(

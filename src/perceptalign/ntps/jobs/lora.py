@@ -41,7 +41,7 @@ from perceptalign.ntps.finetune import (
     training_figure,
 )
 from perceptalign.ntps.identity import CacheMismatchError
-from perceptalign.ntps.jobs.common import check_job_inputs
+from perceptalign.ntps.jobs.inputs import check_job_inputs
 from perceptalign.ntps.models import LoadedModel, backbone
 
 RESULTS_FILE = "lora.json"

@@ -20,7 +20,7 @@ import pandas as pd
 
 from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
 from perceptalign.ntps.lm_probs import DEFAULT_TOP_K, NextTokenCache
-from perceptalign.ntps.peers import PEER_METRICS, compute_peer_metrics
+from perceptalign.ntps.peer_metrics import PEER_METRICS, compute_peer_metrics
 
 RESULTS_FILE = "peers.json"
 TABLE_FILE = "peers.csv"
@@ -78,7 +78,7 @@ def run_peers(
 ) -> PeersResult:
     """Load (or extract) the features, compute the metrics per layer, write peers.json and peers.csv."""
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.jobs.common import check_job_inputs, load_job_dataset, load_job_model
+    from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.measure import resolve_layers
 
     status = on_status or (lambda _msg: None)

@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.stats
 
 from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
-from perceptalign.ntps.jobs.common import extraction_settings
+from perceptalign.ntps.jobs.inputs import extraction_settings
 from perceptalign.ntps.store import ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 

@@ -223,7 +223,7 @@ def run_probe(
     after each batch.
     """
     from perceptalign.ntps.features import FeatureCache, feature_metadata
-    from perceptalign.ntps.jobs.common import check_job_inputs, load_job_dataset, load_job_model
+    from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.measure import resolve_layers
 
     status = on_status or (lambda _msg: None)

@@ -37,7 +37,7 @@ import pandas as pd
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
 from perceptalign.ntps.analysis import SelectionResult, select_and_correlate
 from perceptalign.ntps.jobs.report_grid import NO_CONFIG, dataset_label, score_grid
-from perceptalign.ntps.peers import PEER_METRICS
+from perceptalign.ntps.peer_metrics import PEER_METRICS
 from perceptalign.ntps.store import NO_LAYER, ResultsStore
 
 REPORT_HTML = "report.html"

@@ -217,7 +217,7 @@ def word_projection(features: np.ndarray, U: np.ndarray, V: np.ndarray) -> tuple
 
 def separation(coords: np.ndarray, labels: np.ndarray) -> float:
     """Fisher ratio between the positive and negative words in a 2-D projection (function words excluded)."""
-    from perceptalign.ntps.peers import fisher_ratio
+    from perceptalign.ntps.peer_metrics import fisher_ratio
 
     keep = labels < 2
     return fisher_ratio(coords[keep], labels[keep])

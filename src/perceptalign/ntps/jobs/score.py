@@ -22,7 +22,7 @@ from perceptalign.ntps.distributed import (
     rank_checkpoint_path,
 )
 from perceptalign.ntps.identity import check_identity, data_identity, statistics_metadata
-from perceptalign.ntps.jobs.common import check_job_inputs, load_job_dataset, load_job_model
+from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
 from perceptalign.ntps.measure import compute_statistics, resolve_layers, validate_extraction_settings
 from perceptalign.ntps.models import (
     resolve_model_path,

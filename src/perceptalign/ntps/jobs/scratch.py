@@ -31,7 +31,7 @@ from perceptalign.ntps.finetune import (
     train_classifier,
     training_figure,
 )
-from perceptalign.ntps.jobs.common import check_job_inputs
+from perceptalign.ntps.jobs.inputs import check_job_inputs
 from perceptalign.ntps.models import DTYPES, LoadedModel
 
 RESULTS_FILE = "scratch.json"

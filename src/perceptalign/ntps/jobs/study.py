@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
-from perceptalign.ntps.jobs.common import extraction_settings
+from perceptalign.ntps.jobs.inputs import extraction_settings
 from perceptalign.ntps.lm_probs import DEFAULT_TOP_K
 from perceptalign.ntps.store import NO_LAYER, ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS

@@ -10,18 +10,22 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.natural._common import Decider, Progress
-from perceptalign.rtify.natural.backbone import (
+from perceptalign.rtify.experiments.natural._common import Decider, Progress
+from perceptalign.rtify.experiments.natural.cnn_training import (
     BackboneConfig,
     features_of,
     load_or_train_backbone,
     step_accuracy,
 )
-from perceptalign.rtify.natural.item_fit import ItemRTFit, fit_item_rts
-from perceptalign.rtify.natural.rt_tables import read_rt_table, synthetic_item_rts, teacher_difficulty
-from perceptalign.rtify.natural.saliency import rt_scatter_figure, saliency, saliency_figure
-from perceptalign.rtify.natural.self_penalty import train_self_penalised
+from perceptalign.rtify.experiments.natural.item_fit import ItemRTFit, fit_item_rts
+from perceptalign.rtify.experiments.natural.rt_tables import (
+    read_rt_table,
+    synthetic_item_rts,
+    teacher_difficulty,
+)
+from perceptalign.rtify.experiments.natural.saliency import rt_scatter_figure, saliency, saliency_figure
+from perceptalign.rtify.experiments.natural.self_penalised_items import train_self_penalised
+from perceptalign.rtify.heads import RTifyHead
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ def run_images_experiment(
 
     from perceptalign.io import write_json_atomic, write_text_atomic
     from perceptalign.plotting import save_figure
-    from perceptalign.rtify.images import load_image_dataset
+    from perceptalign.rtify.experiments.natural.image_data import load_image_dataset
 
     out = Path(out)
     timings: dict[str, float] = {}

@@ -6,12 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.fit.config import FitConfig
-from perceptalign.rtify.heads import RTifyHead, inverse_softplus
-from perceptalign.rtify.tasks import (
+from perceptalign.rtify.experiments.rdm.config import FitConfig
+from perceptalign.rtify.experiments.rdm.task import (
     GRUBackbone,
     RDMTaskConfig,
 )
+from perceptalign.rtify.heads import RTifyHead, inverse_softplus
 
 
 class IncrementEvidence(nn.Module):

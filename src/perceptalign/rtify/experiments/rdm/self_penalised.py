@@ -7,12 +7,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from perceptalign.rtify.fit.config import FitConfig, PhaseProgress
-from perceptalign.rtify.fit.head import init_threshold
-from perceptalign.rtify.fit.trials import SimulatedTrials, simulate
+from perceptalign.rtify.experiments.rdm.config import FitConfig, PhaseProgress
+from perceptalign.rtify.experiments.rdm.decision_head import init_threshold
+from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials, simulate
+from perceptalign.rtify.experiments.rdm.task import GRUBackbone, RDMTaskConfig
 from perceptalign.rtify.heads import RTifyHead
 from perceptalign.rtify.losses import self_penalty_loss
-from perceptalign.rtify.tasks import GRUBackbone, RDMTaskConfig
 
 
 def train_self_penalised(

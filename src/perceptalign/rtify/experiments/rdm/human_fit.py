@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.fit.config import ChoiceRule, FitConfig, PhaseProgress
-from perceptalign.rtify.fit.head import init_threshold, p_correct
-from perceptalign.rtify.fit.trials import SimulatedTrials
+from perceptalign.rtify.experiments.rdm.config import ChoiceRule, FitConfig, PhaseProgress
+from perceptalign.rtify.experiments.rdm.decision_head import init_threshold, p_correct
+from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.heads import RTifyHead
 from perceptalign.rtify.losses import (
     histogram_mse,

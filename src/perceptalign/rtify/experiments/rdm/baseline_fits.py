@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from perceptalign.rtify.fit.config import FitConfig, PhaseProgress
-from perceptalign.rtify.fit.human import HumanTargets, table_loss
-from perceptalign.rtify.fit.trials import SimulatedTrials
+from perceptalign.rtify.experiments.rdm.config import FitConfig, PhaseProgress
+from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, table_loss
+from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
 
 

@@ -3,8 +3,9 @@ ideal observer, fit the baselines on the same data, and evaluate everything on t
 
 Choices and why:
 
-* The GRU (see :mod:`perceptalign.rtify.tasks`) is trained once and FROZEN for every method, so that all
-  methods share one sensory representation and differ only in how they turn it into a decision time.
+* The GRU (see :mod:`perceptalign.rtify.experiments.rdm.task`) is trained once and FROZEN for every
+  method, so that all methods share one sensory representation and differ only in how they turn it into
+  a decision time.
 * Choice rule of the human fit: the model's choice is a draw from the read-out probability p (the
   softmax of ``choice_logits``). The signed-RT histogram loss is then taken in EXPECTATION over that draw:
   each trial puts mass p at +RT and 1 − p at −RT (``weights`` of :func:`soft_histogram`). This makes the
@@ -16,22 +17,23 @@ Choices and why:
   cross-entropy trains). Its non-decision time cannot be learned without human data: it is FIXED at
   ``t0_fixed`` = 0.3 s (the order of the non-decision times of DDM fits to RDM data, e.g. Palmer, Huk &
   Shadlen 2005) and reported raw.
-* Evidence: ``"increment"`` (default) uses e_t = w·(h_t − h_{t−1}) + b, so the accumulator equals the
-  linear read-out w·h_t + b·(t + 1): the bound sits on the network's own decision variable (its log-odds
-  at initialisation), plus a learnable urgency drift b. A GRU state already integrates the stream, so the
-  published ``"linear"`` evidence e_t = w·h_t + b integrates it a second time; it is offered for comparison.
+* Evidence: the default is the published ``"linear"`` evidence e_t = w·h_t + b. ``"increment"`` uses
+  e_t = w·(h_t − h_{t−1}) + b, so the accumulator equals the linear read-out w·h_t + b·(t + 1): the bound
+  sits on the network's own decision variable (its log-odds at initialisation), plus a learnable urgency
+  drift b; since a GRU state already integrates the stream, ``"linear"`` integrates it a second time.
 * Positive quantities (θ, t₀) are softplus-parametrised in :class:`RTifyHead`; the initial θ is chosen so
   that the median decision time matches the target (human median RT − t₀ for the human fit).
 
-Modules: ``config``, ``trials`` (simulation through the frozen GRU), ``head``, ``human`` (targets and
-the human-fit objective), ``self_penalty``, ``baselines``, ``experiment`` (`rtify fit`), ``compare``
-(`rtify compare`).
+Modules: ``task`` (the abstract RDM task and its GRU), ``config``, ``simulated_trials`` (simulation
+through the frozen GRU), ``decision_head``, ``human_fit`` (targets and the human-fit objective),
+``self_penalised``, ``baseline_fits``, ``fit_experiment`` (`rtify fit`), ``compare`` (`rtify compare`),
+``wongwang_fit`` (`rtify fit-ww`).
 """
 
 from __future__ import annotations
 
-from perceptalign.rtify.fit.baselines import evaluate_method, run_baselines
-from perceptalign.rtify.fit.compare import (
+from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, run_baselines
+from perceptalign.rtify.experiments.rdm.compare import (
     coherence_markdown,
     compare_fits,
     comparison_markdown,
@@ -39,7 +41,7 @@ from perceptalign.rtify.fit.compare import (
     summary_markdown,
     verdict_line,
 )
-from perceptalign.rtify.fit.config import (
+from perceptalign.rtify.experiments.rdm.config import (
     METHOD_LABELS,
     ChoiceRule,
     EvidenceKind,
@@ -49,9 +51,19 @@ from perceptalign.rtify.fit.config import (
     PenaltyKind,
     PhaseProgress,
 )
-from perceptalign.rtify.fit.experiment import FitResult, check_split_tables, run_fit, write_fit_outputs
-from perceptalign.rtify.fit.head import IncrementEvidence, build_head, init_threshold, p_correct
-from perceptalign.rtify.fit.human import (
+from perceptalign.rtify.experiments.rdm.decision_head import (
+    IncrementEvidence,
+    build_head,
+    init_threshold,
+    p_correct,
+)
+from perceptalign.rtify.experiments.rdm.fit_experiment import (
+    FitResult,
+    check_split_tables,
+    run_fit,
+    write_fit_outputs,
+)
+from perceptalign.rtify.experiments.rdm.human_fit import (
     HumanTargets,
     check_human_window,
     expected_signed_histograms,
@@ -61,8 +73,8 @@ from perceptalign.rtify.fit.human import (
     table_loss,
     weighted_quantiles,
 )
-from perceptalign.rtify.fit.self_penalty import train_self_penalised, train_self_penalised_on
-from perceptalign.rtify.fit.trials import SimulatedTrials, simulate
+from perceptalign.rtify.experiments.rdm.self_penalised import train_self_penalised, train_self_penalised_on
+from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials, simulate
 
 __all__ = [
     "METHOD_LABELS",

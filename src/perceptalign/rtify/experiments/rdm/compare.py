@@ -11,10 +11,7 @@ import numpy as np
 import pandas as pd
 
 from perceptalign.io import PerceptAlignError, read_json
-from perceptalign.rtify.fit.config import METHOD_LABELS
-
-_COMPARE_COLUMNS = ("accuracy", "median_rt_correct", "wasserstein")
-
+from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS
 
 _ROW_KEYS = frozenset(
     {

@@ -1,7 +1,8 @@
 """Pixel-level RDM: every decision head on one frozen video backbone, compared with humans per coherence.
 
 Input is the backbone's cached outputs on its fixed evaluation set (``BackboneOutputs`` of
-:mod:`perceptalign.rtify.video_training`: per-frame logits (N, F) for "rightward", the clip logit (N,),
+:mod:`perceptalign.rtify.experiments.pixel.backbone_training`: per-frame logits (N, F) for "rightward",
+the clip logit (N,),
 LSTM states (N, F, H) for the CNN+LSTM, coherence as a fraction and direction ±1 per trial). Heads:
 
 * ``ww-frames`` — Wong–Wang driven by w·frame logit (a time series, one value per frame);
@@ -38,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError, atomic_path, write_text_atomic
-from perceptalign.rtify.fit import (
+from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     FitResult,
     HumanTargets,
@@ -54,14 +55,14 @@ from perceptalign.rtify.fit import (
     train_self_penalised_on,
     write_fit_outputs,
 )
-from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.ww_fit import (
+from perceptalign.rtify.experiments.rdm.wongwang_fit import (
     WWFitConfig,
     WWFitRun,
     WWTrials,
     run_ww_fit,
     trajectory_figure,
 )
+from perceptalign.rtify.heads import RTifyHead
 
 __all__ = [
     "HEADS",
@@ -118,7 +119,7 @@ class PixelRDMConfig:
 
 def load_outputs_dir(path: str | Path) -> Any:
     """``BackboneOutputs`` from a ``rtify train-backbone`` directory (or its outputs.safetensors file)."""
-    from perceptalign.rtify.video_training import load_backbone_outputs
+    from perceptalign.rtify.experiments.pixel.backbone_training import load_backbone_outputs
 
     path = Path(path)
     file = path / "outputs.safetensors" if path.is_dir() else path

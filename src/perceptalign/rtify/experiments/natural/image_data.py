@@ -17,7 +17,6 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -39,7 +38,6 @@ __all__ = [
     "read_idx",
 ]
 
-DatasetName = Literal["fashion-mnist", "digits"]
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits")
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -11,9 +11,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.backbones import RecurrentCNN
+from perceptalign.rtify.experiments.natural.item_fit import ItemRTFit
+from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.natural.item_fit import ItemRTFit
 
 
 @dataclass

@@ -11,18 +11,23 @@ import pandas as pd
 import torch
 
 from perceptalign.io import PerceptAlignError, write_json_atomic
-from perceptalign.rtify.fit.baselines import evaluate_method, run_baselines
-from perceptalign.rtify.fit.config import METHOD_LABELS, ChoiceRule, FitConfig, PhaseProgress
-from perceptalign.rtify.fit.head import build_head, p_correct
-from perceptalign.rtify.fit.human import HumanTargets, fit_head_to_human, objective_value, predict_table
-from perceptalign.rtify.fit.self_penalty import train_self_penalised
-from perceptalign.rtify.fit.trials import simulate
-from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.tasks import (
+from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, run_baselines
+from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, ChoiceRule, FitConfig, PhaseProgress
+from perceptalign.rtify.experiments.rdm.decision_head import build_head, p_correct
+from perceptalign.rtify.experiments.rdm.human_fit import (
+    HumanTargets,
+    fit_head_to_human,
+    objective_value,
+    predict_table,
+)
+from perceptalign.rtify.experiments.rdm.self_penalised import train_self_penalised
+from perceptalign.rtify.experiments.rdm.simulated_trials import simulate
+from perceptalign.rtify.experiments.rdm.task import (
     GRUTrainConfig,
     RDMTaskConfig,
     load_or_train_gru,
 )
+from perceptalign.rtify.heads import RTifyHead
 from perceptalign.rtify.trials import check_coherences, validate_trials
 from perceptalign.rtify.trials import conditions as table_conditions
 

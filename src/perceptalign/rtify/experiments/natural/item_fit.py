@@ -15,14 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.backbones import RecurrentCNN
+from perceptalign.rtify.experiments.natural._common import Decider, Progress, report_progress
+from perceptalign.rtify.experiments.natural.cnn_training import FeatureSet, check_split, features_of
+from perceptalign.rtify.experiments.natural.deciders import (
+    LogitWongWang,
+    make_item_head,
+    set_threshold_from_data,
+)
+from perceptalign.rtify.experiments.natural.image_data import ImageSplit
+from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
+from perceptalign.rtify.experiments.natural.rt_tables import read_rt_table
 from perceptalign.rtify.heads import RTifyHead, RTifyOutput
-from perceptalign.rtify.images import ImageSplit
 from perceptalign.rtify.losses import neg_pearson
-from perceptalign.rtify.natural._common import Decider, Progress, report_progress
-from perceptalign.rtify.natural.backbone import FeatureSet, check_split, features_of
-from perceptalign.rtify.natural.deciders import LogitWongWang, make_item_head, set_threshold_from_data
-from perceptalign.rtify.natural.rt_tables import read_rt_table
 
 
 @dataclass

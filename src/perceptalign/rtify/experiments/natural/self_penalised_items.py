@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.backbones import RecurrentCNN
+from perceptalign.rtify.experiments.natural._common import PenaltyKind, Progress, report_progress
+from perceptalign.rtify.experiments.natural.cnn_training import FeatureSet, features_of
+from perceptalign.rtify.experiments.natural.deciders import make_item_head, set_threshold_from_data
+from perceptalign.rtify.experiments.natural.image_data import ImageSplit
+from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.images import ImageSplit
 from perceptalign.rtify.losses import self_penalty_loss
-from perceptalign.rtify.natural._common import PenaltyKind, Progress, report_progress
-from perceptalign.rtify.natural.backbone import FeatureSet, features_of
-from perceptalign.rtify.natural.deciders import make_item_head, set_threshold_from_data
 
 
 @dataclass

@@ -2,7 +2,7 @@
 training, a Wong–Wang race driven by the CNN's logits, and saliency of the class vs of the decision time.
 
 Pipeline (docs/rtify.md, "The Wong–Wang model" and "Experiments"): train
-:class:`~perceptalign.rtify.backbones.RecurrentCNN` with cross-entropy
+:class:`~perceptalign.rtify.experiments.natural.recurrent_cnn.RecurrentCNN` with cross-entropy
 on EVERY step's readout (so an early decision reads a usable classifier; training on the last step only
 leaves early readouts near chance and the head could only decide late); freeze it; then
 
@@ -18,14 +18,15 @@ No per-image human RTs ship with the project (Kar et al. 2019 is not available),
 difficulty being the predictive entropy of an independent teacher (logistic regression on pixels).
 Recovering that ranking on held-out images is the end-to-end check; any real table plugs in instead.
 
-Modules: ``backbone``, ``rt_tables``, ``deciders``, ``item_fit``, ``self_penalty``, ``saliency`` (and
-figures), ``experiment`` (`rtify images`).
+Modules: ``image_data`` (Fashion-MNIST, digits), ``recurrent_cnn`` and ``cnn_training``, ``rt_tables``,
+``deciders``, ``item_fit``, ``self_penalised_items``, ``saliency`` (and figures), ``image_experiment``
+(`rtify images`).
 """
 
 from __future__ import annotations
 
-from perceptalign.rtify.natural._common import Decider, PenaltyKind, Progress
-from perceptalign.rtify.natural.backbone import (
+from perceptalign.rtify.experiments.natural._common import Decider, PenaltyKind, Progress
+from perceptalign.rtify.experiments.natural.cnn_training import (
     BackboneConfig,
     FeatureSet,
     extract,
@@ -34,12 +35,24 @@ from perceptalign.rtify.natural.backbone import (
     step_accuracy,
     train_backbone,
 )
-from perceptalign.rtify.natural.deciders import LogitWongWang, make_item_head
-from perceptalign.rtify.natural.experiment import ImagesExperiment, run_images_experiment
-from perceptalign.rtify.natural.item_fit import ItemRTFit, fit_item_rts
-from perceptalign.rtify.natural.rt_tables import read_rt_table, synthetic_item_rts, teacher_difficulty
-from perceptalign.rtify.natural.saliency import SaliencyMaps, rt_scatter_figure, saliency, saliency_figure
-from perceptalign.rtify.natural.self_penalty import SelfPenalisedResult, train_self_penalised
+from perceptalign.rtify.experiments.natural.deciders import LogitWongWang, make_item_head
+from perceptalign.rtify.experiments.natural.image_experiment import ImagesExperiment, run_images_experiment
+from perceptalign.rtify.experiments.natural.item_fit import ItemRTFit, fit_item_rts
+from perceptalign.rtify.experiments.natural.rt_tables import (
+    read_rt_table,
+    synthetic_item_rts,
+    teacher_difficulty,
+)
+from perceptalign.rtify.experiments.natural.saliency import (
+    SaliencyMaps,
+    rt_scatter_figure,
+    saliency,
+    saliency_figure,
+)
+from perceptalign.rtify.experiments.natural.self_penalised_items import (
+    SelfPenalisedResult,
+    train_self_penalised,
+)
 
 __all__ = [
     "BackboneConfig",

@@ -42,7 +42,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic
-from perceptalign.rtify.stimuli import (
+from perceptalign.rtify.experiments.pixel.stimuli import (
     CURRICULUM_EASY_COHERENCE,
     PAPER_COHERENCES,
     RDMConfig,
@@ -50,7 +50,7 @@ from perceptalign.rtify.stimuli import (
     easy_to_hard_curriculum,
     generate_rdm,
 )
-from perceptalign.rtify.video import (
+from perceptalign.rtify.experiments.pixel.video_backbones import (
     BACKBONE_KINDS,
     VideoBackbone,
     build_backbone,
@@ -124,7 +124,8 @@ class BackboneTrainingConfig:
     logit; 'frames' for the CNN + LSTM: BCE averaged over every frame's logit, so that its evidence is
     readable at every step). ``grad_clip`` bounds the global gradient norm (None: off).
     ``bn_calibration_batches`` fresh batches of the final stage re-estimate the batch-norm statistics
-    after training (:func:`~perceptalign.rtify.video.recalibrate_batchnorm`; 0: keep the running averages).
+    after training (:func:`~perceptalign.rtify.experiments.pixel.video_backbones.recalibrate_batchnorm`;
+    0: keep the running averages).
     """
 
     kind: str = "c3d"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perceptalign.rtify.tasks import (
+from perceptalign.rtify.experiments.rdm.task import (
     GRUBackbone,
     RDMTaskConfig,
     make_trials,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.backbones import RecurrentCNN
+from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
 from perceptalign.rtify.heads import RTifyHead
 from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWangN, WWOutput
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.images import ImageSplit
-from perceptalign.rtify.natural.backbone import check_split
+from perceptalign.rtify.experiments.natural.cnn_training import check_split
+from perceptalign.rtify.experiments.natural.image_data import ImageSplit
 from perceptalign.rtify.trials import check_ms_conversion, check_rt_unit, check_rt_unit_name
 from perceptalign.tables import read_table
 

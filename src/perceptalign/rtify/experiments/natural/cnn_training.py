@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError, cache_dir, load_tensors, save_tensors_atomic
-from perceptalign.rtify.backbones import RecurrentCNN, RecurrentCNNOutput
-from perceptalign.rtify.images import ImageDataset, ImageSplit
-from perceptalign.rtify.natural._common import Progress, report_progress
+from perceptalign.rtify.experiments.natural._common import Progress, report_progress
+from perceptalign.rtify.experiments.natural.image_data import ImageDataset, ImageSplit
+from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN, RecurrentCNNOutput
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class BackboneConfig:
 
 def check_split(split: ImageSplit, name: str = "images") -> None:
     if not isinstance(split, ImageSplit):
-        raise PerceptAlignError(f"{name} must be an ImageSplit (see perceptalign.rtify.images).")
+        raise PerceptAlignError(
+            f"{name} must be an ImageSplit (see perceptalign.rtify.experiments.natural.image_data)."
+        )
     if len(split) == 0:
         raise PerceptAlignError(f"{name} is empty; pass at least one image.")
 

@@ -16,7 +16,7 @@ Choices and why:
   probability: its VALUE is the hard outcome (1 correct, 0 error), so the loss is exactly the one of
   the trials the evaluated model produces, and its GRADIENT is that of the soft choice
   p̃ = sigmoid(k·(S_correct − S_wrong) at τ) (``choice_sharpness`` k), which tells which way the
-  parameters move the race's margin at the decision. The loss is :func:`perceptalign.rtify.fit.
+  parameters move the race's margin at the decision. The loss is :func:`perceptalign.rtify.experiments.rdm.
   objective_value` (W1 / MSE / quantile distance on expected signed-RT histograms + the Bernoulli
   KL accuracy term), the one the RTify GRU head is fitted with, so the methods are comparable.
 * Every optimisation step draws fresh noise (seed + step): WW is a stochastic model and a fixed noise
@@ -49,7 +49,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.fit import (
+from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     FitResult,
     HumanTargets,
@@ -84,8 +84,6 @@ __all__ = [
 ]
 
 LossKind = Literal["mse", "wasserstein", "quantile"]
-InputKind = Literal["coherence", "backbone"]
-LogitKind = Literal["frames", "clip"]
 
 PARAM_NAMES: tuple[str, ...] = ("J11", "J12", "J_ext", "I0", "sigma", "threshold", "motor_delay_s")
 # Relative sensitivity of the dynamics to each parameter (see the module docstring): I₀ and J₁₁ shift the
@@ -611,7 +609,8 @@ def run_ww_fit(
 
     Without trials the model is coherence-driven (``config.n_train`` / ``n_eval`` trials per coherence).
     With backbone trials (``fit_trials`` and ``eval_trials``, e.g. from
-    :func:`perceptalign.rtify.pixel_rdm.backbone_trials`) it is logit-driven; each step uses the fit pool
+    :func:`perceptalign.rtify.experiments.pixel.pixel_experiment.backbone_trials`) it is logit-driven;
+    each step uses the fit pool
     repeated to about ``n_train`` trials per condition, and evaluation the eval pool repeated to
     ``n_eval``.
     """

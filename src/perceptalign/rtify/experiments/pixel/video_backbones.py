@@ -26,7 +26,7 @@ Default widths (C3D 8-16-16 channels, ~11k parameters; CNN 8-16 + LSTM 32, ~8k) 
 training step on 32 trials of 24 frames at 32×32 px costs ~0.25 CPU-seconds on one core.
 
 Videos are ``(B, F, H, W)`` with lit pixels 1 (float or uint8), as produced by
-:func:`perceptalign.rtify.stimuli.generate_rdm`. The logit is for "rightward" (label 1).
+:func:`perceptalign.rtify.experiments.pixel.stimuli.generate_rdm`. The logit is for "rightward" (label 1).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ __all__ = [
     "weights_sha256",
 ]
 
-BackboneKind = Literal["c3d", "cnn-lstm"]
 BACKBONE_KINDS: tuple[str, ...] = ("c3d", "cnn-lstm")
 _FILE_FORMAT = "perceptalign-video-backbone-v1"
 
