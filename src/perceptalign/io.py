@@ -34,12 +34,12 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def ensure_output_dir(path: str | os.PathLike[str], label: str = "--out") -> Path:
+def ensure_output_dir(path: str | os.PathLike[str], label: str = "`out`") -> Path:
     """Create ``path`` if needed and prove that files can be written there, before any work is done.
 
     A job that finds out only at its end that its output folder is a file or read-only has wasted the
     whole run; this check costs one empty temporary file. ``label`` names the folder in messages (the
-    CLI option, or a description such as "output folder").
+    parameter in backticks, which the CLI shows as its flag).
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():

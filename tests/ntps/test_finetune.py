@@ -191,18 +191,18 @@ def test_split_column_provides_the_held_out_set(tmp_path):
 
 def test_bad_training_options_are_refused(toy_csv):
     cases = [
-        ({"steps": 0}, "--steps"),
-        ({"batch_size": 0}, "--batch-size"),
-        ({"lr": 0.0}, "--lr"),
-        ({"lr": float("nan")}, "--lr"),
-        ({"eval_interval": 0}, "--eval-interval"),
+        ({"steps": 0}, "`steps`"),
+        ({"batch_size": 0}, "`batch_size`"),
+        ({"lr": 0.0}, "`lr`"),
+        ({"lr": float("nan")}, "`lr`"),
+        ({"eval_interval": 0}, "`eval_interval`"),
     ]
     for kwargs, option in cases:
         with pytest.raises(PerceptAlignError, match=option):
             TrainConfig(**kwargs).validate()
-    with pytest.raises(PerceptAlignError, match="--eval-fraction"):
+    with pytest.raises(PerceptAlignError, match="`eval_fraction`"):
         load_train_eval(str(toy_csv), eval_fraction=1.0)
-    with pytest.raises(PerceptAlignError, match="--device"):
+    with pytest.raises(PerceptAlignError, match="`device`"):
         resolve_device("warp-drive")
     if not torch.cuda.is_available():
         with pytest.raises(PerceptAlignError, match="no CUDA"):

@@ -64,7 +64,7 @@ def test_unknown_architecture_asks_for_target_modules():
             self.mix = nn.Linear(4, 4)
             self.read = nn.Linear(4, 2)
 
-    with pytest.raises(PerceptAlignError, match=r"--target-modules") as info:
+    with pytest.raises(PerceptAlignError, match=r"`target_modules`") as info:
         detect_target_modules(Odd())
     assert "mix" in str(info.value) and "read" in str(info.value)
     assert resolve_target_modules(Odd(), ["mix"]) == ["mix"]
@@ -308,9 +308,9 @@ def test_statistics_made_elsewhere_are_reused_only_when_they_match(tiny_llama, t
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (LoraSettings(r=0), "--r"),
-        (LoraSettings(alpha=0), "--alpha"),
-        (LoraSettings(dropout=1.0), "--lora-dropout"),
+        (LoraSettings(r=0), "`r`"),
+        (LoraSettings(alpha=0), "`alpha`"),
+        (LoraSettings(dropout=1.0), "`dropout`"),
     ],
 )
 def test_bad_lora_settings_are_refused(settings, message):
@@ -322,7 +322,7 @@ def test_bad_job_options_fail_before_any_work(tiny_llama, toy_csv, tmp_path):
     config = LoraJobConfig(
         model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "x", train=TrainConfig(steps=0)
     )
-    with pytest.raises(PerceptAlignError, match="--steps"):
+    with pytest.raises(PerceptAlignError, match="`steps`"):
         run_lora(config)
     assert not (tmp_path / "x").exists()
 

@@ -111,7 +111,7 @@ def test_bad_model_inputs(tiny_llama, tmp_path):
     weights.write_bytes(b"GGUF")
     with pytest.raises(PerceptAlignError, match="is a file"):
         load_causal_lm(str(weights))
-    with pytest.raises(PerceptAlignError, match="max-length"):
+    with pytest.raises(PerceptAlignError, match="`max_length`"):
         tokenize(load_causal_lm(str(tiny_llama)), ["a b"], max_length=0)
 
 
@@ -125,7 +125,7 @@ def test_remote_code_is_refused_unless_asked(tiny_llama, tmp_path):
     }
     config["model_type"] = "evil-unknown"
     (remote / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PerceptAlignError, match="trust-remote-code"):
+    with pytest.raises(PerceptAlignError, match="`trust_remote_code`"):
         load_causal_lm(str(remote))
 
 

@@ -123,9 +123,9 @@ def test_prescreen_computes_ntps_itself_without_a_study(tiny_llama, toy_csv, tmp
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"datasets": ["a", "a"]}, "--datasets"),
-        ({"fraction": 1.5}, "--fraction"),
-        ({"study": "nowhere"}, "--study"),
+        ({"datasets": ["a", "a"]}, "`datasets`"),
+        ({"fraction": 1.5}, "`fraction`"),
+        ({"study": "nowhere"}, "`study`"),
     ],
 )
 def test_bad_prescreen_input_is_refused(tmp_path, kw, message):
@@ -136,7 +136,7 @@ def test_bad_prescreen_input_is_refused(tmp_path, kw, message):
 
 def test_fraction_the_study_lacks_is_refused(tmp_path):
     synthetic_study(tmp_path / "s", n_datasets=3, lora=False)
-    with pytest.raises(PerceptAlignError, match="--fraction"):
+    with pytest.raises(PerceptAlignError, match="`fraction`"):
         run_prescreen(
             PrescreenConfig(
                 model="mA", datasets=["data0"], out=tmp_path / "p", study=tmp_path / "s", fraction=0.3

@@ -216,9 +216,9 @@ def test_config_validation_and_sizes() -> None:
     assert tiny.steps == 7 and tiny.lr == PretrainConfig.for_size("tiny").lr
     with pytest.raises(PerceptAlignError, match="unknown model size"):
         PretrainConfig.for_size("huge")
-    with pytest.raises(PerceptAlignError, match="--steps"):
+    with pytest.raises(PerceptAlignError, match="`steps`"):
         PretrainConfig.for_size("tiny", steps=0)
-    with pytest.raises(PerceptAlignError, match="--seq-len"):
+    with pytest.raises(PerceptAlignError, match="`seq_len`"):
         PretrainConfig.for_size("tiny", seq_len=4096)
 
 

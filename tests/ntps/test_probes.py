@@ -122,7 +122,7 @@ def test_probe_input_errors():
     X, y = gaussian_classes(40, 3, 2, seed=4)
     with pytest.raises(PerceptAlignError, match="class 1 has only 3"):
         probe_layers({0: X}, np.r_[np.zeros(37, int), np.ones(3, int)], {0: X}, y, n_classes=2, cv=5)
-    with pytest.raises(PerceptAlignError, match="--cv must be an integer ≥ 2"):
+    with pytest.raises(PerceptAlignError, match="`cv` must be an integer ≥ 2"):
         probe_layers({0: X}, y, {0: X}, y, n_classes=2, cv=1)
     with pytest.raises(PerceptAlignError, match="only class 0"):
         probe_layers({0: X}, np.zeros(40, int), {0: X}, y, n_classes=2)

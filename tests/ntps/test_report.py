@@ -268,11 +268,11 @@ def test_report_errors_name_the_fix(tmp_path):
     with pytest.raises(PerceptAlignError, match="ntps study"):
         build_report(ReportConfig(tmp_path / "empty", **FAST))
     synthetic_study(tmp_path / "s", n_datasets=3, lora=False)
-    with pytest.raises(PerceptAlignError, match="--fixed-fraction"):
+    with pytest.raises(PerceptAlignError, match="`fixed_fraction`"):
         build_report(ReportConfig(tmp_path / "s", fixed_fraction=0.3, **FAST))
-    with pytest.raises(PerceptAlignError, match="--fixed-layer"):
+    with pytest.raises(PerceptAlignError, match="`fixed_layer`"):
         build_report(ReportConfig(tmp_path / "s", fixed_layer="deepest", **FAST))
-    with pytest.raises(PerceptAlignError, match="--score-metric"):
+    with pytest.raises(PerceptAlignError, match="`score_metric`"):
         build_report(ReportConfig(tmp_path / "s", score_metric="ntps_reference", **FAST))
 
 

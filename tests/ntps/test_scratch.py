@@ -72,7 +72,7 @@ def test_scratch_rejects_bad_options(tiny_llama, toy_csv, tmp_path):
     config = ScratchJobConfig(
         model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "s", train=TrainConfig(batch_size=0)
     )
-    with pytest.raises(PerceptAlignError, match="--batch-size"):
+    with pytest.raises(PerceptAlignError, match="`batch_size`"):
         run_scratch(config)
 
 

@@ -394,7 +394,7 @@ def test_load_statistics_refuses_other_settings(tmp_path: Path, key: str, value:
     with pytest.raises(PerceptAlignError) as info:
         load_statistics(tmp_path, expected={**METADATA, key: value})
     message = str(info.value)
-    assert key in message and repr(value) in message and "--overwrite" in message
+    assert key in message and repr(value) in message and "`overwrite`" in message
 
 
 def test_load_statistics_missing_layers_and_broken_cache(tmp_path: Path) -> None:
@@ -429,7 +429,7 @@ def test_nan_and_inf_errors_name_layer_and_hint_dtype() -> None:
     half = [h.to(torch.float16) for h in hidden]
     half[0][0, 5, 1] = float("inf")  # first layer: nothing was added, the accumulator stays usable
     acc = StatisticsAccumulator(LAYERS, D, C)
-    with pytest.raises(PerceptAlignError, match=r"layer 0.*--dtype float32 or --dtype bfloat16"):
+    with pytest.raises(PerceptAlignError, match=r"layer 0.*`dtype` float32 or `dtype` bfloat16"):
         acc.update(half, mask, labels)
     assert acc.n_texts == 0 and all(torch.count_nonzero(v) == 0 for v in acc.sums().values())
     acc.update(hidden, mask, labels)

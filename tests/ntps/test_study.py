@@ -136,10 +136,10 @@ def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"models": []}, "--models"),
+        ({"models": []}, "`models`"),
         ({"datasets": ["a", "a"]}, "twice"),
-        ({"measures": ["ntps", "finetune"]}, "--measure"),
-        ({"fractions": [0.0]}, "--fractions"),
+        ({"measures": ["ntps", "finetune"]}, "`measure`"),
+        ({"fractions": [0.0]}, "`fractions`"),
         ({"peer_metrics": ["nope"]}, "unknown peer metrics"),
     ],
 )

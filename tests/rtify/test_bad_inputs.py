@@ -437,7 +437,7 @@ def test_ensure_output_dir_creates_and_checks(tmp_path: Path, monkeypatch: pytes
     assert made.is_dir() and list(made.iterdir()) == []  # the write probe is removed
     a_file = tmp_path / "f"
     a_file.write_text("x")
-    with pytest.raises(PerceptAlignError, match=r"--out .*f is an existing file; choose a folder"):
+    with pytest.raises(PerceptAlignError, match=r"`out` .*f is an existing file; choose a folder"):
         ensure_output_dir(a_file)
     with pytest.raises(PerceptAlignError, match="which is a file; choose a folder"):
         ensure_output_dir(a_file / "sub")
@@ -447,7 +447,7 @@ def test_ensure_output_dir_creates_and_checks(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(perceptalign_io.tempfile, "mkstemp", denied)
     with pytest.raises(
-        PerceptAlignError, match=r"cannot write to .*ro \(permission denied\); choose another --out"
+        PerceptAlignError, match=r"cannot write to .*ro \(permission denied\); choose another `out`"
     ):
         ensure_output_dir(tmp_path / "ro")
 

@@ -148,7 +148,7 @@ def fit(
         human_train, human_test = load_splits(data, data_path, rt_unit, windows=[config])
         ensure_output_dir(out)
         if cache is not None:
-            ensure_output_dir(cache, label="--cache")
+            ensure_output_dir(cache, label="`cache`")
         progress, update = phase_progress(console, label_width=13)
         with progress:
             result = run_fit(

@@ -74,7 +74,7 @@ def extract_features(
             if not bool(torch.isfinite(pooled).all()):
                 raise PerceptAlignError(
                     f"layer {layer} produced non-finite hidden states (dtype {loaded.dtype}); rerun with "
-                    "--dtype float32."
+                    "`dtype` float32."
                 )
             out[layer][rows] = pooled.to(torch.float32).numpy()
         if on_batch:
@@ -164,7 +164,7 @@ class FeatureCache:
                 if missing:
                     raise PerceptAlignError(
                         f"the feature cache {path} holds layers {cached_layers} but layers {missing} were "
-                        f"requested (key 'layers'); use another --out directory, or delete {path.name} to "
+                        f"requested (key 'layers'); use another `out` directory, or delete {path.name} to "
                         "extract all requested layers."
                     )
         tensors = load_tensors(path)
@@ -229,7 +229,7 @@ def _read_header(path: Path) -> dict[str, Any]:
     if _META_KEY not in header:
         raise PerceptAlignError(
             f"{path} was not written by perceptalign's feature cache (no metadata); delete it or use "
-            "another --out directory."
+            "another `out` directory."
         )
     return json.loads(header[_META_KEY])
 

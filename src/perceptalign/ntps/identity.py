@@ -112,7 +112,7 @@ def check_identity(
         parts.append(f"{key}: cached {_short(have)}, now {_short(want)}{meaning}")
     raise CacheMismatchError(
         f"{what} at {path} was computed from other inputs and is not reused: " + "; ".join(parts) + ". "
-        "Recompute it in place with overwrite (CLI: --overwrite), or write to another output folder.",
+        "Recompute it in place with `overwrite`, or write to another output folder.",
         list(differing),
     )
 

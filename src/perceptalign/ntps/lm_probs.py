@@ -96,7 +96,7 @@ def next_token_probs(
         logits = last_position_logits(loaded, [token_ids[i] for i in batch])
         if not bool(torch.isfinite(logits).all()):
             raise PerceptAlignError(
-                f"the model produced non-finite logits (dtype {loaded.dtype}); rerun with --dtype float32."
+                f"the model produced non-finite logits (dtype {loaded.dtype}); rerun with `dtype` float32."
             )
         probs = torch.softmax(logits.to(torch.float64), dim=-1)
         if vocab is None:

@@ -244,8 +244,8 @@ def load_causal_lm(
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise PerceptAlignError(
-                f"model {name!r} needs custom code from its repository; rerun with trust_remote_code "
-                "(CLI: --trust-remote-code) if you trust it."
+                f"model {name!r} needs custom code from its repository; rerun with `trust_remote_code` "
+                "if you trust it."
             ) from exc
         raise PerceptAlignError(f"could not load model {name!r}: {str(exc)[:300]}") from exc
     if fingerprint is None:
@@ -302,7 +302,7 @@ def as_loaded_model(
 def tokenize(loaded: LoadedModel, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text, truncated to ``max_length``, with the tokenizer's own special tokens."""
     if max_length < 1:
-        raise PerceptAlignError(f"--max-length must be ≥ 1 (got {max_length}).")
+        raise PerceptAlignError(f"`max_length` must be ≥ 1 (got {max_length}).")
     encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
     ids = [list(x) for x in encoded["input_ids"]]
     empty = [i for i, x in enumerate(ids) if not x]

@@ -119,10 +119,10 @@ class PretrainConfig:
 
     def validated(self) -> PretrainConfig:
         checks = [
-            (self.steps >= 1, "--steps must be ≥ 1"),
-            (self.batch_size >= 1, "--batch-size must be ≥ 1"),
-            (2 <= self.seq_len <= self.max_position_embeddings, "--seq-len must be in [2, 1024]"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
+            (self.steps >= 1, "`steps` must be ≥ 1"),
+            (self.batch_size >= 1, "`batch_size` must be ≥ 1"),
+            (2 <= self.seq_len <= self.max_position_embeddings, "`seq_len` must be in [2, 1024]"),
+            (self.lr > 0 and math.isfinite(self.lr), "`lr` must be a positive number"),
             (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.hidden_size % self.num_heads == 0, "hidden_size must be divisible by num_heads"),
@@ -199,7 +199,7 @@ class PackedWindows:
         if self.n_windows < 1:
             raise PerceptAlignError(
                 f"the token stream has {self.stream.numel()} tokens, fewer than one window of "
-                f"{seq_len + 1}: lower --seq-len or use a larger corpus."
+                f"{seq_len + 1}: lower `seq_len` or use a larger corpus."
             )
         self._perm_epoch = -1
         self._perm = torch.empty(0, dtype=torch.long)

@@ -171,15 +171,15 @@ def check_cv(cv: int | None, y_train: np.ndarray) -> int | None:
         return None
     if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
         raise PerceptAlignError(
-            f"--cv must be an integer ≥ 2 folds (got {cv!r}); omit it to skip cross-validation."
+            f"`cv` must be an integer ≥ 2 folds (got {cv!r}); omit it to skip cross-validation."
         )
     classes, counts = np.unique(y_train, return_counts=True)
     if counts.min() < cv:
         worst = int(classes[np.argmin(counts)])
         raise PerceptAlignError(
-            f"--cv {cv} needs at least {cv} training samples of every class, but class {worst} has only "
-            f"{int(counts.min())}: lower --cv to ≤ {int(counts.min())} (it must stay ≥ 2) or use more data "
-            "(--max-samples)."
+            f"`cv` {cv} needs at least {cv} training samples of every class, but class {worst} has only "
+            f"{int(counts.min())}: lower `cv` to ≤ {int(counts.min())} (it must stay ≥ 2) or use more data "
+            "(`max_samples`)."
         )
     return int(cv)
 

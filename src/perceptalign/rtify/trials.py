@@ -115,7 +115,7 @@ def check_rt_unit(rt_s: np.ndarray | Sequence[float], *, name: str = "trials") -
         raise PerceptAlignError(
             f"{name}: reaction times look like milliseconds, not seconds (median {median:.4g}; a median "
             f"above {MAX_PLAUSIBLE_MEDIAN_RT_S:g} s is implausible). Declare the RT unit as milliseconds "
-            "(command line: --rt-unit ms; Python: rt_unit 'ms') or convert the values to seconds."
+            "(`rt_unit` ms) or convert the values to seconds."
         )
 
 

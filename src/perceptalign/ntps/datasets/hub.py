@@ -148,7 +148,7 @@ def _columns_or_error(ds: Any, spec: HubSpec, split: str, needed: list[str]) -> 
     if missing:
         raise PerceptAlignError(
             f"hub dataset {spec.hub_id!r} split {split!r} has no column(s) {missing}; available columns: "
-            f"{ds.column_names}. Pass text_column=/label_column= (CLI: --text-column/--label-column)."
+            f"{ds.column_names}. Pass `text_column` / `label_column`."
         )
 
 

@@ -115,7 +115,7 @@ def load_local(
     if missing:
         raise PerceptAlignError(
             f"{path} has no column(s) {missing}; available columns: {[str(c) for c in frame.columns]}. "
-            "Pass text_column=/label_column= (CLI: --text-column/--label-column)."
+            "Pass `text_column` / `label_column`."
         )
     where = f"{path.name}, column {label_column!r}"
     labels, class_names = _encode(frame[label_column], where)

@@ -26,20 +26,20 @@ class TrainConfig:
         checks = [
             (
                 isinstance(self.steps, int) and self.steps >= 1,
-                f"--steps must be an integer ≥ 1 (got {self.steps!r}).",
+                f"`steps` must be an integer ≥ 1 (got {self.steps!r}).",
             ),
             (
                 isinstance(self.batch_size, int) and self.batch_size >= 1,
-                f"--batch-size must be an integer ≥ 1 (got {self.batch_size!r}).",
+                f"`batch_size` must be an integer ≥ 1 (got {self.batch_size!r}).",
             ),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr!r})."),
+            (math.isfinite(self.lr) and self.lr > 0, f"`lr` must be a positive number (got {self.lr!r})."),
             (
                 0.0 <= self.warmup_fraction < 1.0,
                 f"the warm-up fraction must lie in [0, 1) (got {self.warmup_fraction!r}).",
             ),
             (
                 isinstance(self.eval_interval, int) and self.eval_interval >= 1,
-                f"--eval-interval must be an integer ≥ 1 (got {self.eval_interval!r}); "
+                f"`eval_interval` must be an integer ≥ 1 (got {self.eval_interval!r}); "
                 "it is counted in steps.",
             ),
             (

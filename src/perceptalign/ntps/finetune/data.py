@@ -71,7 +71,7 @@ class BatchSampler:
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
         if n < 1:
-            raise PerceptAlignError("the training set is empty; check the split and --max-samples.")
+            raise PerceptAlignError("the training set is empty; check the split and `max_samples`.")
         self.n, self.batch_size = n, batch_size
         self._generator = torch.Generator().manual_seed(seed)
         self._order: list[int] = []
@@ -103,7 +103,7 @@ def load_train_eval(
     text never lands on both sides.
     """
     if not 0.0 < eval_fraction < 1.0:
-        raise PerceptAlignError(f"--eval-fraction must lie in (0, 1) (got {eval_fraction!r}).")
+        raise PerceptAlignError(f"`eval_fraction` must lie in (0, 1) (got {eval_fraction!r}).")
     columns = {"text_column": text_column, "label_column": label_column}
     train = load_text_dataset(dataset, split, **columns)
     held_out: TextDataset | None = None

@@ -42,7 +42,7 @@ class FinetuneJobConfig:
     def validate(self) -> None:
         self.train.validate()
         if self.max_length < 1:
-            raise PerceptAlignError(f"--max-length must be ≥ 1 (got {self.max_length}).")
+            raise PerceptAlignError(f"`max_length` must be ≥ 1 (got {self.max_length}).")
         resolve_device(self.device)
 
 
@@ -51,11 +51,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise PerceptAlignError(f"unknown --device {name!r}; use cpu, cuda, cuda:0 or mps.") from exc
+        raise PerceptAlignError(f"unknown `device` {name!r}; use cpu, cuda, cuda:0 or mps.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PerceptAlignError(f"--device {name} requested but torch sees no CUDA device; use --device cpu.")
+        raise PerceptAlignError(f"`device` {name} requested but torch sees no CUDA device; use `device` cpu.")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PerceptAlignError(f"--device {name} requested but MPS is unavailable; use --device cpu.")
+        raise PerceptAlignError(f"`device` {name} requested but MPS is unavailable; use `device` cpu.")
     return device
 
 

@@ -126,8 +126,8 @@ def train_classifier(
         loss = F.cross_entropy(model(input_ids.to(device), mask.to(device)).float(), labels.to(device))
         if not torch.isfinite(loss):
             raise PerceptAlignError(
-                f"{name}: the training loss became {float(loss)} at step {step}; lower --lr or use "
-                "--dtype float32."
+                f"{name}: the training loss became {float(loss)} at step {step}; lower `lr` or use "
+                "`dtype` float32."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -64,7 +64,7 @@ def check_job_inputs(config: OutputSource) -> Path:
     local model folder is complete. Returns the output folder (created)."""
     from perceptalign.ntps.models import check_model_source
 
-    out = ensure_output_dir(config.out, "output folder (--out)")
+    out = ensure_output_dir(config.out)
     check_model_source(config.model)
     return out
 

@@ -103,8 +103,8 @@ def detect_target_modules(model: nn.Module) -> list[str]:
     raise PerceptAlignError(
         f"cannot tell which layers of {architecture} are the attention projections: none of the known "
         f"patterns ({', '.join('/'.join(n) for _, n in KNOWN_ATTENTION_TARGETS)}) matches. Its linear "
-        f"layers are named {sorted(available)}; pass the ones to adapt with --target-modules, e.g. "
-        f"--target-modules {','.join(sorted(available)[:3]) or 'q,k,v'}."
+        f"layers are named {sorted(available)}; pass the ones to adapt with `target_modules`, e.g. "
+        f"`target_modules` {','.join(sorted(available)[:3]) or 'q,k,v'}."
     )
 
 
@@ -116,7 +116,7 @@ def resolve_target_modules(model: nn.Module, requested: Sequence[str] | None) ->
     unknown = [name for name in requested if name not in available]
     if unknown:
         raise PerceptAlignError(
-            f"--target-modules {unknown} match no linear layer of {type(model).__name__}; its linear layers "
+            f"`target_modules` {unknown} match no linear layer of {type(model).__name__}; its linear layers "
             f"are named {sorted(available)}."
         )
     return list(dict.fromkeys(requested))
@@ -137,11 +137,11 @@ class LoraSettings:
 
     def validate(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
-            raise PerceptAlignError(f"--r (the LoRA rank) must be an integer ≥ 1 (got {self.r!r}).")
+            raise PerceptAlignError(f"`r` (the LoRA rank) must be an integer ≥ 1 (got {self.r!r}).")
         if not self.alpha > 0:
-            raise PerceptAlignError(f"--alpha must be positive (got {self.alpha!r}).")
+            raise PerceptAlignError(f"`alpha` must be positive (got {self.alpha!r}).")
         if not 0.0 <= self.dropout < 1.0:
-            raise PerceptAlignError(f"--lora-dropout must lie in [0, 1) (got {self.dropout!r}).")
+            raise PerceptAlignError(f"`dropout` must lie in [0, 1) (got {self.dropout!r}).")
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> Any:

@@ -63,12 +63,12 @@ class PrescreenConfig:
 
     def validate(self) -> None:
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
-            raise PerceptAlignError(f"--datasets must list each candidate once (got {self.datasets}).")
+            raise PerceptAlignError(f"`datasets` must list each candidate once (got {self.datasets}).")
         if not 0 < self.fraction <= 1:
-            raise PerceptAlignError(f"--fraction must lie in (0, 1] (got {self.fraction}).")
+            raise PerceptAlignError(f"`fraction` must lie in (0, 1] (got {self.fraction}).")
         if self.study is not None and not (Path(self.study) / "cells").is_dir():
             raise PerceptAlignError(
-                f"--study {self.study} holds no study results; pass a directory written by `ntps study`."
+                f"`study` {self.study} holds no study results; pass a directory written by `ntps study`."
             )
 
 
@@ -103,7 +103,7 @@ class GainFit:
         if len(x) < 3 or np.ptp(x) == 0:
             raise PerceptAlignError(
                 f"a gain model needs ≥ 3 datasets with distinct NTPS and a LoRA gain, got {len(x)}; run the "
-                "study with --measure lora on more datasets."
+                "study with LoRA (`perceptalign ntps study … --measure lora`) on more datasets."
             )
         slope, intercept = np.polyfit(x, y, 1)
         residuals = y - (intercept + slope * x)
@@ -155,7 +155,10 @@ def fit_gain_model(
     """(NTPS at the declared config, LoRA gain) pairs from a study: this model's, else every model's."""
     gains = table[(table["method"] == "lora") & (table["metric"] == "gain")]
     if gains.empty:
-        raise PerceptAlignError("the study has no LoRA results; run it with --measure lora to predict gains.")
+        raise PerceptAlignError(
+            "the study has no LoRA results; run it with `perceptalign ntps study … --measure lora` to "
+            "predict gains."
+        )
     own = gains[gains["model"] == model]
     use, source = (
         (own, f"this model's {len(own)} datasets")
@@ -267,7 +270,7 @@ def run_prescreen(
         at_f = rows[np.isclose(rows["config"].astype(float).fillna(-1.0), config.fraction)]
         if at_f.empty:
             raise PerceptAlignError(
-                f"no NTPS at f = {config.fraction} for {dataset}; pass a --fraction the study computed."
+                f"no NTPS at f = {config.fraction} for {dataset}; pass a `fraction` the study computed."
             )
         layer = _resolve_layer(config.layer, sorted(set(at_f["layer"])))
         curve = {int(r.layer): float(r.value) for r in at_f.itertuples()}
@@ -313,7 +316,7 @@ def run_prescreen(
             if fit.n < 8:
                 gain_info["warning"] = f"fitted on only {fit.n} points: the intervals are wide for a reason"
     else:
-        gain_info["reason"] = "no --study given: nothing to fit the NTPS → LoRA-gain relation on"
+        gain_info["reason"] = "no `study` given: nothing to fit the NTPS → LoRA-gain relation on"
 
     ratios, cost_source = cost_ratios(study, config.model)
     total = float(table["ntps_seconds"].sum())

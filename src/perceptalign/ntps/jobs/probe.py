@@ -90,20 +90,20 @@ def _validate_config(config: ProbeConfig) -> None:
     if config.test_fraction is not None:
         if not 0 < config.test_fraction < 1:
             raise PerceptAlignError(
-                f"--test-fraction must lie strictly between 0 and 1 (got {config.test_fraction})."
+                f"`test_fraction` must lie strictly between 0 and 1 (got {config.test_fraction})."
             )
         if config.eval_split is not None:
             raise PerceptAlignError(
-                "--eval-split and --test-fraction both choose the evaluation data: pass only one "
-                "(--test-fraction holds out part of --split)."
+                "`eval_split` and `test_fraction` both choose the evaluation data: pass only one "
+                "(`test_fraction` holds out part of `split`)."
             )
     if config.eval_split is not None and config.eval_split == config.split:
         raise PerceptAlignError(
-            f"--eval-split {config.eval_split!r} equals --split: probes scored on their own training data "
-            "saturate (train scores are reported anyway). Choose another split, or --test-fraction 0.3."
+            f"`eval_split` {config.eval_split!r} equals `split`: probes scored on their own training data "
+            "saturate (train scores are reported anyway). Choose another split, or `test_fraction` 0.3."
         )
     if not 0 < config.ntps_fraction <= 1:
-        raise PerceptAlignError(f"--ntps-fraction must lie in (0, 1] (got {config.ntps_fraction}).")
+        raise PerceptAlignError(f"`ntps_fraction` must lie in (0, 1] (got {config.ntps_fraction}).")
     if config.C <= 0 or config.max_iter < 1:
         raise PerceptAlignError(
             f"C must be > 0 and max_iter ≥ 1 (got C={config.C}, max_iter={config.max_iter})."
@@ -121,7 +121,7 @@ def _held_out(train: TextDataset, fraction: float, reason: str) -> _Evaluation:
         raise PerceptAlignError(
             f"holding out {fraction:.0%} of {len(train)} {train.split!r} texts leaves {len(test_rows)} "
             f"test and {len(fit_rows)} training texts with {len(np.unique(train.labels[fit_rows]))} "
-            "class(es); use more data (--max-samples) or another --test-fraction."
+            "class(es); use more data (`max_samples`) or another `test_fraction`."
         )
     info = {
         "kind": "held_out_fraction",
@@ -139,7 +139,7 @@ def _resolve_evaluation(
     config: ProbeConfig, train: TextDataset, status: Callable[[str], None]
 ) -> _Evaluation:
     if config.test_fraction is not None:
-        return _held_out(train, config.test_fraction, "--test-fraction given")
+        return _held_out(train, config.test_fraction, "`test_fraction` given")
     name = config.eval_split or "test"
     explicit = config.eval_split is not None
     try:
@@ -154,8 +154,8 @@ def _resolve_evaluation(
     except PerceptAlignError as exc:
         if explicit:
             raise PerceptAlignError(
-                f"eval split {name!r} is not available: {exc} Pass an existing --eval-split, or "
-                "--test-fraction 0.3 to hold out part of the train split."
+                f"eval split {name!r} is not available: {exc} Pass an existing `eval_split`, or "
+                "`test_fraction` 0.3 to hold out part of the train split."
             ) from exc
         status(f"no {name!r} split ({str(exc)[:120]}…); holding out {TEST_FRACTION:.0%} of {train.split!r}")
         return _held_out(train, TEST_FRACTION, f"dataset has no usable {name!r} split")
@@ -165,7 +165,7 @@ def _resolve_evaluation(
             raise PerceptAlignError(
                 f"eval split {name!r} holds exactly the same texts as split {train.split!r} (a local file "
                 "without a 'split' column is used whole for every split): add a 'split' column, or pass "
-                "--test-fraction 0.3 to hold out part of it."
+                "`test_fraction` 0.3 to hold out part of it."
             )
         status(f"{config.dataset} has no separate {name!r} split; holding out {TEST_FRACTION:.0%} of it")
         return _held_out(train, TEST_FRACTION, f"split {name!r} is the same data as {train.split!r}")

@@ -78,17 +78,17 @@ class ReportConfig:
             value = getattr(self, name)
             if not (value in ("last", "middle") or (isinstance(value, int) and value >= 0)):
                 raise PerceptAlignError(
-                    f"--{name.replace('_', '-')} must be 'last', 'middle' or a layer index ≥ 0 "
+                    f"`{name}` must be 'last', 'middle' or a layer index ≥ 0 "
                     f"(got {value!r})."
                 )
         if not 0 < self.fixed_fraction <= 1:
-            raise PerceptAlignError(f"--fixed-fraction must lie in (0, 1] (got {self.fixed_fraction}).")
+            raise PerceptAlignError(f"`fixed_fraction` must lie in (0, 1] (got {self.fixed_fraction}).")
         if self.score_metric not in NTPS_VARIANTS:
             raise PerceptAlignError(
-                f"--score-metric must be one of {NTPS_VARIANTS} (got {self.score_metric!r})."
+                f"`score_metric` must be one of {NTPS_VARIANTS} (got {self.score_metric!r})."
             )
         if self.n_permutations < 1 or self.n_bootstrap < 0:
-            raise PerceptAlignError("--permutations must be ≥ 1 and --bootstrap ≥ 0.")
+            raise PerceptAlignError("`permutations` must be ≥ 1 and `bootstrap` ≥ 0.")
 
 
 @dataclass
@@ -221,7 +221,7 @@ def _fixed_config(grid: pd.DataFrame, config: ReportConfig, fractions: bool) -> 
         raise PerceptAlignError(
             f"the declared fraction {config.fixed_fraction} is not in the study (fractions "
             f"{available}); pass "
-            "--fixed-fraction with one of them."
+            "`fixed_fraction` with one of them."
         )
     return layer, float(config.fixed_fraction)
 

@@ -71,7 +71,7 @@ class StudyConfig:
     keep_going: bool = True
 
     def validate(self) -> None:
-        for what, values in (("--models", self.models), ("--datasets", self.datasets)):
+        for what, values in (("`models`", self.models), ("`datasets`", self.datasets)):
             if not values or any(not str(v).strip() for v in values):
                 raise PerceptAlignError(f"{what} needs at least one non-empty name, e.g. {what} a,b.")
             if len(set(values)) != len(values):
@@ -79,12 +79,12 @@ class StudyConfig:
         unknown = [m for m in self.measures if m not in MEASURES]
         if unknown or not self.measures:
             raise PerceptAlignError(
-                f"--measure {unknown or '(empty)'} unknown; choose from {','.join(MEASURES)}."
+                f"`measure` {unknown or '(empty)'} unknown; choose from {','.join(MEASURES)}."
             )
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
-            raise PerceptAlignError(f"--fractions must lie in (0, 1] (got {self.fractions}).")
+            raise PerceptAlignError(f"`fractions` must lie in (0, 1] (got {self.fractions}).")
         if self.max_samples is not None and self.max_samples < 2:
-            raise PerceptAlignError(f"--max-samples must be ≥ 2 (got {self.max_samples}).")
+            raise PerceptAlignError(f"`max_samples` must be ≥ 2 (got {self.max_samples}).")
         if "peers" in self.measures:
             from perceptalign.ntps.jobs.peers import resolve_metrics
 
@@ -147,7 +147,7 @@ def _check_settings(config: StudyConfig) -> None:
             detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}" for k in differing)
             raise PerceptAlignError(
                 f"{config.out} holds a study made with other settings ({detail}). Pass the same settings to "
-                "resume it, or use another --out directory for the new settings."
+                "resume it, or use another `out` directory for the new settings."
             )
         previous = read_json(path)
         grid = {

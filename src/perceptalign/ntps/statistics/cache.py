@@ -90,7 +90,7 @@ def load_statistics(
         if len(missing) == 1:
             raise PerceptAlignError(
                 f"the statistics cache at {tensor_path.parent} is incomplete ({missing[0]} is missing), so "
-                "it cannot be trusted; recompute it with overwrite (CLI: --overwrite), or delete "
+                "it cannot be trusted; recompute it with `overwrite`, or delete "
                 f"{tensor_path.name if missing[0] == json_path.name else json_path.name}."
             )
         raise PerceptAlignError(
@@ -113,7 +113,7 @@ def load_statistics(
             if missing:
                 raise PerceptAlignError(
                     f"the statistics cache at {path} holds layers {layers} but layers {missing} were "
-                    "requested; recompute with those layers (use another --out, or delete the cache)."
+                    "requested; recompute with those layers (use another `out`, or delete the cache)."
                 )
             layers = requested
     tensors = load_tensors(tensor_path)

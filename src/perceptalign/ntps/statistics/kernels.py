@@ -261,9 +261,9 @@ def _upper_gram(A: Tensor, out: Tensor, *, accumulate: bool = False) -> Tensor:
 def _non_finite_error(layer: int, dtype: torch.dtype, what: str) -> PerceptAlignError:
     hint = (
         " The model ran in float16, whose range (±65504) hidden states often exceed: rerun with "
-        "--dtype float32 or --dtype bfloat16."
+        "`dtype` float32 or `dtype` bfloat16."
         if dtype == torch.float16
-        else " Check the model weights and inputs, or rerun with --dtype float32 if a reduced precision "
+        else " Check the model weights and inputs, or rerun with `dtype` float32 if a reduced precision "
         "was used."
     )
     return PerceptAlignError(
