@@ -17,4 +17,11 @@ BatchCallback = Callable[[int, int], None]
 PhaseCallback = Callable[[str, int, int], None]
 """Progress of a named phase: (phase, done, total)."""
 
-__all__ = ["BatchCallback", "PhaseCallback", "StatusCallback"]
+PhaseStatusCallback = Callable[[str, int, int, str], None]
+"""Progress of a named phase with a free-text status: (phase, done, total, status)."""
+
+StepCallback = Callable[[int, int, float], None]
+"""Progress of one loop with the number it is tracking: (done, total, value), e.g. (step, steps, loss) of a
+training run or (trials, total trials, current coherence) of a simulation sweep."""
+
+__all__ = ["BatchCallback", "PhaseCallback", "PhaseStatusCallback", "StatusCallback", "StepCallback"]

@@ -107,7 +107,7 @@ def test_score_refuses_bad_labels_and_settings(tiny_llama):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     with pytest.raises(PerceptAlignError, match="at least 2 classes"):
         ntps.score(model, tokenizer, ["a film", "the plot"], [1, 1])
-    with pytest.raises(PerceptAlignError, match="max_length must be ≥ 2"):
+    with pytest.raises(PerceptAlignError, match="`max_length` must be ≥ 2"):
         ntps.score(model, tokenizer, ["a film", "the plot"], [0, 1], max_length=1)
 
 

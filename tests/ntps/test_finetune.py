@@ -199,7 +199,7 @@ def test_bad_training_options_are_refused(toy_csv):
     ]
     for kwargs, option in cases:
         with pytest.raises(PerceptAlignError, match=option):
-            TrainConfig(**kwargs).validate()
+            TrainConfig(**kwargs)
     with pytest.raises(PerceptAlignError, match="`eval_fraction`"):
         load_train_eval(str(toy_csv), eval_fraction=1.0)
     with pytest.raises(PerceptAlignError, match="`device`"):

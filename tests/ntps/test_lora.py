@@ -307,23 +307,18 @@ def test_statistics_made_elsewhere_are_reused_only_when_they_match(tiny_llama, t
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [
-        (LoraSettings(r=0), "`r`"),
-        (LoraSettings(alpha=0), "`alpha`"),
-        (LoraSettings(dropout=1.0), "`dropout`"),
-    ],
+    [({"r": 0}, "`r`"), ({"alpha": 0}, "`alpha`"), ({"dropout": 1.0}, "`dropout`")],
 )
-def test_bad_lora_settings_are_refused(settings, message):
+def test_bad_lora_settings_are_refused_at_construction(settings, message):
     with pytest.raises(PerceptAlignError, match=message):
-        settings.validate()
+        LoraSettings(**settings)
 
 
 def test_bad_job_options_fail_before_any_work(tiny_llama, toy_csv, tmp_path):
-    config = LoraJobConfig(
-        model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "x", train=TrainConfig(steps=0)
-    )
     with pytest.raises(PerceptAlignError, match="`steps`"):
-        run_lora(config)
+        LoraJobConfig(
+            model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "x", train=TrainConfig(steps=0)
+        )
     assert not (tmp_path / "x").exists()
 
 

@@ -69,11 +69,10 @@ def test_scratch_job_trains_every_weight_and_lowers_the_loss(tiny_llama, toy_csv
 
 
 def test_scratch_rejects_bad_options(tiny_llama, toy_csv, tmp_path):
-    config = ScratchJobConfig(
-        model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "s", train=TrainConfig(batch_size=0)
-    )
     with pytest.raises(PerceptAlignError, match="`batch_size`"):
-        run_scratch(config)
+        ScratchJobConfig(
+            model=str(tiny_llama), dataset=str(toy_csv), out=tmp_path / "s", train=TrainConfig(batch_size=0)
+        )
 
 
 def test_cli_scratch_end_to_end(tiny_llama, toy_csv, tmp_path):

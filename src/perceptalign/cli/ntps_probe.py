@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.ntps import console, ntps_app, parse_int_list, run_with_progress
 from perceptalign.cli.options import (
     DatasetOption,
@@ -95,28 +96,29 @@ def probe(
     """
     from perceptalign.ntps.jobs.probe import ProbeConfig, run_probe
 
-    config = ProbeConfig(
-        model=model,
-        dataset=dataset,
-        out=out,
-        split=split,
-        eval_split=eval_split,
-        test_fraction=test_fraction,
-        layers=parse_int_list(layers, "--layers"),
-        max_samples=max_samples,
-        max_length=max_length,
-        token_budget=token_budget,
-        dtype=dtype,
-        cv=cv,
-        max_iter=max_iter,
-        text_column=text_column,
-        label_column=label_column,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        seed=seed,
-        ntps_fraction=ntps_fraction,
-        overwrite=overwrite,
-    )
+    with exit_on_error():
+        config = ProbeConfig(
+            model=model,
+            dataset=dataset,
+            out=out,
+            split=split,
+            eval_split=eval_split,
+            test_fraction=test_fraction,
+            layers=parse_int_list(layers, "--layers"),
+            max_samples=max_samples,
+            max_length=max_length,
+            token_budget=token_budget,
+            dtype=dtype,
+            cv=cv,
+            max_iter=max_iter,
+            text_column=text_column,
+            label_column=label_column,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            ntps_fraction=ntps_fraction,
+            overwrite=overwrite,
+        )
     started = time.perf_counter()
     result = run_with_progress(lambda **callbacks: run_probe(config, **callbacks), "features")
     print_probe_table(result.results)

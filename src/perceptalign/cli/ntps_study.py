@@ -94,25 +94,26 @@ def peers(
     """
     from perceptalign.ntps.jobs.peers import PeersConfig, run_peers
 
-    config = PeersConfig(
-        model=model,
-        dataset=dataset,
-        out=out,
-        split=split,
-        layers=parse_int_list(layers, "--layers"),
-        metrics=_names(metrics, "--metrics") if metrics else None,
-        max_samples=max_samples,
-        max_length=max_length,
-        token_budget=token_budget,
-        dtype=dtype,
-        top_k=top_k or None,
-        text_column=text_column,
-        label_column=label_column,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    with exit_on_error():
+        config = PeersConfig(
+            model=model,
+            dataset=dataset,
+            out=out,
+            split=split,
+            layers=parse_int_list(layers, "--layers"),
+            metrics=_names(metrics, "--metrics") if metrics else None,
+            max_samples=max_samples,
+            max_length=max_length,
+            token_budget=token_budget,
+            dtype=dtype,
+            top_k=top_k or None,
+            text_column=text_column,
+            label_column=label_column,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            overwrite=overwrite,
+        )
     started = time.perf_counter()
     result = run_with_progress(lambda **callbacks: run_peers(config, **callbacks), "forward passes")
     table = Table(
@@ -189,34 +190,34 @@ def study(
     from perceptalign.ntps.jobs.study import StudyConfig, iter_cells, run_study
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
-    config = StudyConfig(
-        models=_names(models, "--models"),
-        datasets=_names(datasets, "--datasets"),
-        out=out,
-        measures=_names(measure, "--measure"),
-        layers=parse_int_list(layers, "--layers"),
-        fractions=parse_float_list(fractions, "--fractions") or list(DEFAULT_FRACTIONS),
-        max_samples=max_samples,
-        max_length=max_length,
-        token_budget=token_budget,
-        dtype=dtype,
-        peer_metrics=_names(peer_metrics, "--peer-metrics") if peer_metrics else None,
-        top_k=top_k or None,
-        lora_steps=lora_steps,
-        lora_batch_size=lora_batch_size,
-        lora_lr=lora_lr,
-        lora_r=lora_r,
-        lora_alpha=float(lora_r),
-        lora_max_eval_samples=lora_max_eval_samples,
-        device=device,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-        keep_going=not stop_on_error,
-    )
+    with exit_on_error():
+        config = StudyConfig(
+            models=_names(models, "--models"),
+            datasets=_names(datasets, "--datasets"),
+            out=out,
+            measures=_names(measure, "--measure"),
+            layers=parse_int_list(layers, "--layers"),
+            fractions=parse_float_list(fractions, "--fractions") or list(DEFAULT_FRACTIONS),
+            max_samples=max_samples,
+            max_length=max_length,
+            token_budget=token_budget,
+            dtype=dtype,
+            peer_metrics=_names(peer_metrics, "--peer-metrics") if peer_metrics else None,
+            top_k=top_k or None,
+            lora_steps=lora_steps,
+            lora_batch_size=lora_batch_size,
+            lora_lr=lora_lr,
+            lora_r=lora_r,
+            lora_alpha=float(lora_r),
+            lora_max_eval_samples=lora_max_eval_samples,
+            device=device,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            keep_going=not stop_on_error,
+        )
     started = time.perf_counter()
     progress = progress_bar(console, label="cells", field="where")
     with exit_on_error():
-        config.validate()
         total = len(list(iter_cells(config)))
         with progress:
             task = progress.add_task("cells", total=total, where="")
@@ -267,18 +268,19 @@ def report(
     def layer(value: str) -> str | int:
         return value if value in ("last", "middle") else int(value) if value.isdigit() else value
 
-    config = ReportConfig(
-        directory=directory,
-        fixed_layer=layer(fixed_layer),
-        fixed_fraction=fixed_fraction,
-        probe_layer=layer(probe_layer),
-        score_metric=score_metric,
-        n_permutations=permutations,
-        n_bootstrap=bootstrap,
-        seed=seed,
-        words_figure=words_figure,
-        figures=figures,
-    )
+    with exit_on_error():
+        config = ReportConfig(
+            directory=directory,
+            fixed_layer=layer(fixed_layer),
+            fixed_fraction=fixed_fraction,
+            probe_layer=layer(probe_layer),
+            score_metric=score_metric,
+            n_permutations=permutations,
+            n_bootstrap=bootstrap,
+            seed=seed,
+            words_figure=words_figure,
+            figures=figures,
+        )
     with exit_on_error():
         result = build_report(config, on_status=print_status)
     for line in result.report["statements"]:
@@ -317,21 +319,22 @@ def prescreen(
     from perceptalign.ntps.jobs.prescreen import PrescreenConfig, run_prescreen
 
     chosen: str | int = layer if layer in ("last", "middle") else int(layer) if layer.isdigit() else layer
-    config = PrescreenConfig(
-        model=model,
-        datasets=_names(datasets, "--datasets"),
-        out=out,
-        study=study_dir,
-        layer=chosen,
-        fraction=fraction,
-        layers=parse_int_list(layers, "--layers"),
-        max_samples=max_samples,
-        max_length=max_length,
-        token_budget=token_budget,
-        dtype=dtype,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-    )
+    with exit_on_error():
+        config = PrescreenConfig(
+            model=model,
+            datasets=_names(datasets, "--datasets"),
+            out=out,
+            study=study_dir,
+            layer=chosen,
+            fraction=fraction,
+            layers=parse_int_list(layers, "--layers"),
+            max_samples=max_samples,
+            max_length=max_length,
+            token_budget=token_budget,
+            dtype=dtype,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+        )
     # run_prescreen takes no on_start: the bar counts texts without a total (several NTPS runs).
     result = run_with_progress(lambda on_start, **callbacks: run_prescreen(config, **callbacks), "statistics")
     res = result.results

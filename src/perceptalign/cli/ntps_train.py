@@ -73,10 +73,19 @@ class PhaseProgress:
         self.close()
 
 
-def _train_config(steps: int, batch_size: int, lr: float, eval_interval: int, seed: int) -> Any:
+def _train_config(
+    steps: int, batch_size: int, lr: float, eval_interval: int, seed: int, eval_token_budget: int
+) -> Any:
     from perceptalign.ntps.finetune import TrainConfig
 
-    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_interval=eval_interval, seed=seed)
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        eval_interval=eval_interval,
+        seed=seed,
+        eval_token_budget=eval_token_budget,
+    )
 
 
 def _run(job: Any) -> Any:
@@ -152,33 +161,33 @@ def lora(
     from perceptalign.ntps.jobs.lora import LoraJobConfig, LoraSettings, run_lora
 
     targets = [t for t in (target_modules or "").replace(" ", "").split(",") if t] or None
-    config = LoraJobConfig(
-        model=model,
-        dataset=dataset,
-        out=out,
-        split=split,
-        eval_split=eval_split,
-        eval_fraction=eval_fraction,
-        max_samples=max_samples,
-        max_eval_samples=max_eval_samples,
-        max_length=max_length,
-        dtype=dtype,
-        text_column=text_column,
-        label_column=label_column,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        device=device,
-        train=_train_config(steps, batch_size, lr, eval_interval, seed),
-        lora=LoraSettings(r=r, alpha=alpha, dropout=lora_dropout, target_modules=targets),
-        linear_baseline=linear_baseline,
-        ntps=ntps,
-        ntps_settings=NTPSSettings(
-            layers=parse_int_list(layers, "--layers"),
-            fractions=parse_float_list(fractions, "--fractions"),
-            token_budget=token_budget,
-        ),
-    )
-    config.train.eval_token_budget = token_budget
+    with exit_on_error():
+        config = LoraJobConfig(
+            model=model,
+            dataset=dataset,
+            out=out,
+            split=split,
+            eval_split=eval_split,
+            eval_fraction=eval_fraction,
+            max_samples=max_samples,
+            max_eval_samples=max_eval_samples,
+            max_length=max_length,
+            dtype=dtype,
+            text_column=text_column,
+            label_column=label_column,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            train=_train_config(steps, batch_size, lr, eval_interval, seed, token_budget),
+            lora=LoraSettings(r=r, alpha=alpha, dropout=lora_dropout, target_modules=targets),
+            linear_baseline=linear_baseline,
+            ntps=ntps,
+            ntps_settings=NTPSSettings(
+                layers=parse_int_list(layers, "--layers"),
+                fractions=parse_float_list(fractions, "--fractions"),
+                token_budget=token_budget,
+            ),
+        )
     started = time.perf_counter()
     result = _run(lambda **kw: run_lora(config, **kw)).results
     table = Table(
@@ -253,26 +262,26 @@ def scratch(
     """
     from perceptalign.ntps.jobs.scratch import ScratchJobConfig, run_scratch
 
-    config = ScratchJobConfig(
-        model=model,
-        dataset=dataset,
-        out=out,
-        split=split,
-        eval_split=eval_split,
-        eval_fraction=eval_fraction,
-        max_samples=max_samples,
-        max_eval_samples=max_eval_samples,
-        max_length=max_length,
-        dtype=dtype,
-        text_column=text_column,
-        label_column=label_column,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        device=device,
-        train=_train_config(steps, batch_size, lr, eval_interval, seed),
-        save_model=save_model,
-    )
-    config.train.eval_token_budget = token_budget
+    with exit_on_error():
+        config = ScratchJobConfig(
+            model=model,
+            dataset=dataset,
+            out=out,
+            split=split,
+            eval_split=eval_split,
+            eval_fraction=eval_fraction,
+            max_samples=max_samples,
+            max_eval_samples=max_eval_samples,
+            max_length=max_length,
+            dtype=dtype,
+            text_column=text_column,
+            label_column=label_column,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            train=_train_config(steps, batch_size, lr, eval_interval, seed, token_budget),
+            save_model=save_model,
+        )
     started = time.perf_counter()
     result = _run(lambda **kw: run_scratch(config, **kw)).results
     console.print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -15,6 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from perceptalign.callbacks import PhaseStatusCallback
 
 
 def progress_bar(
@@ -68,11 +69,10 @@ class RateProgress:
         self._progress.update(self._task, advance=items, rates=rates)
 
 
-PhaseUpdate = Callable[[str, int, int, str], None]
 """``update(phase, done, total, status)``: the progress callback of the RTify fitting jobs."""
 
 
-def phase_progress(console: Console, label_width: int = 13) -> tuple[Progress, PhaseUpdate]:
+def phase_progress(console: Console, label_width: int = 13) -> tuple[Progress, PhaseStatusCallback]:
     """One bar per named phase (created on its first update), with a free-text status column."""
     progress = progress_bar(console, label=f"{{task.description:<{label_width}}}", field="status")
     bars: dict[str, int] = {}

@@ -10,8 +10,9 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.cli.errors import exit_on_error
-from perceptalign.cli.progress import PhaseUpdate, phase_progress
+from perceptalign.cli.progress import phase_progress
 from perceptalign.cli.rtify import check_step_ms, console, rtify_app
 from perceptalign.cli.rtify_fit import RTUnitOption, load_splits
 from perceptalign.io import PerceptAlignError, ensure_output_dir
@@ -26,7 +27,7 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _progress() -> tuple[Progress, PhaseUpdate]:
+def _progress() -> tuple[Progress, PhaseStatusCallback]:
     return phase_progress(console, label_width=20)
 
 

@@ -34,10 +34,10 @@ def validate_extraction_settings(*, max_length: int, token_budget: int) -> None:
     """The tokenisation settings every extraction job shares: at least one next-token pair per text."""
     if max_length < 2:
         raise PerceptAlignError(
-            f"max_length must be ≥ 2 tokens (got {max_length}): NTPS needs a next token after the first."
+            f"`max_length` must be ≥ 2 tokens (got {max_length}): NTPS needs a next token after the first."
         )
     if token_budget < 1:
-        raise PerceptAlignError(f"token_budget must be ≥ 1 token per batch (got {token_budget}).")
+        raise PerceptAlignError(f"`token_budget` must be ≥ 1 token per batch (got {token_budget}).")
 
 
 def resolve_layers(requested: Sequence[int] | None, n_hidden_states: int) -> list[int]:

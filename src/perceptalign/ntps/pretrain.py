@@ -115,9 +115,9 @@ class PretrainConfig:
             steps=shape.steps,
             lr=shape.lr,
         )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None}).validated()
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
-    def validated(self) -> PretrainConfig:
+    def __post_init__(self) -> None:
         checks = [
             (self.steps >= 1, "`steps` must be ≥ 1"),
             (self.batch_size >= 1, "`batch_size` must be ≥ 1"),
@@ -132,7 +132,6 @@ class PretrainConfig:
         for ok, message in checks:
             if not ok:
                 raise PerceptAlignError(f"invalid pretraining setting: {message} (config: {self}).")
-        return self
 
     @property
     def warmup_steps(self) -> int:
@@ -356,7 +355,6 @@ def train_causal_lm(
     removed and ``out_dir`` appears atomically. ``provenance`` (corpus description) goes into the record.
     An exception raised by ``progress`` interrupts training like a crash would.
     """
-    config = config.validated()
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     checkpoint = partial / CHECKPOINT_FILE

@@ -13,7 +13,7 @@ decided trials only; undecided trials (no crossing within ``max_time_s``) are co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from perceptalign.callbacks import StepCallback
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.trials import check_coherences
 from perceptalign.rtify.wongwang import WongWang2
@@ -45,8 +46,6 @@ MAX_TRIAL_STEPS = 3.6e9
 #: Euler steps of one trial (1000 s at 1 ms); a longer trajectory does not fit in memory.
 MAX_STEPS_PER_TRIAL = 1_000_000
 
-ProgressCallback = Callable[[int, int, float], None]
-"""``progress(trials done, total trials over all coherences, current coherence)``, after every chunk."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def simulate_coherences(
     max_time_s: float = 2.0,
     model: WongWang2 | None = None,
     n_examples: int = 3,
-    progress: ProgressCallback | None = None,
+    progress: StepCallback | None = None,
 ) -> CoherenceSweep:
     """Simulate ``n_trials`` trials per coherence (%) with the two-population model (default parameters).
 

@@ -9,7 +9,7 @@ from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.finetune.schedule import warmup_steps_for
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by every head/backbone training run of one comparison."""
 
@@ -21,7 +21,7 @@ class TrainConfig:
     eval_token_budget: int = 4096
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise a PerceptAlignError naming the option to fix (the CLI option names are used)."""
         checks = [
             (

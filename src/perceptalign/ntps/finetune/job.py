@@ -18,7 +18,7 @@ from perceptalign.ntps.finetune.schedule import OPTIMIZER_DESCRIPTION
 from perceptalign.ntps.models import LoadedModel
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneJobConfig:
     """Model, data and optimisation of one training job (the CLI fills it from its options)."""
 
@@ -39,8 +39,7 @@ class FinetuneJobConfig:
     device: str = "cpu"
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> None:
-        self.train.validate()
+    def __post_init__(self) -> None:
         if self.max_length < 1:
             raise PerceptAlignError(f"`max_length` must be ≥ 1 (got {self.max_length}).")
         resolve_device(self.device)
@@ -113,7 +112,7 @@ def job_record(
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class NTPSSettings:
     """Which layers and k to score when NTPS is re-measured after training."""
 
@@ -122,6 +121,15 @@ class NTPSSettings:
     ks: list[int] | None = None
     token_budget: int = 4096
     ridge: float = 0.0
+
+    def __post_init__(self) -> None:
+        from perceptalign.ntps.measure import validate_extraction_settings
+
+        validate_extraction_settings(max_length=2, token_budget=self.token_budget)
+        if self.fractions is not None and any(not 0 < float(f) <= 1 for f in self.fractions):
+            raise PerceptAlignError(f"`fractions` must lie in (0, 1] (got {self.fractions}).")
+        if not self.ridge >= 0:
+            raise PerceptAlignError(f"`ridge` must be ≥ 0 (got {self.ridge}).")
 
 
 def measure_ntps(

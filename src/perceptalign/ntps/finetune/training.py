@@ -104,7 +104,6 @@ def train_classifier(
 
     ``train_mode=False`` keeps dropout off while training (a frozen feature extractor under a trained head).
     """
-    config.validate()
     params = [p for _, p in trainable_parameters(model)]
     if not params:
         raise PerceptAlignError(f"{name}: the model has no trainable parameters.")

@@ -126,7 +126,7 @@ def resolve_target_modules(model: nn.Module, requested: Sequence[str] | None) ->
 # adapters
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraSettings:
     """LoRA hyper-parameters (paper defaults: r = α = 32, dropout 0.05, attention projections, all layers)."""
 
@@ -135,7 +135,7 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: list[str] | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
             raise PerceptAlignError(f"`r` (the LoRA rank) must be an integer ≥ 1 (got {self.r!r}).")
         if not self.alpha > 0:
@@ -152,7 +152,6 @@ def apply_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> Any:
     """
     from peft import LoraConfig, get_peft_model
 
-    settings.validate()
     targets = resolve_target_modules(model, settings.target_modules)
     modules = adaptable_modules(model)
     conv1d = [
@@ -203,7 +202,7 @@ def merged_loaded_model(peft_model: Any, base: LoadedModel, adapter_hash: str) -
 # the job
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraJobConfig(FinetuneJobConfig):
     """`ntps lora`: data/model/optimisation (see :class:`FinetuneJobConfig`), adapters and NTPS settings."""
 
@@ -216,9 +215,8 @@ class LoraJobConfig(FinetuneJobConfig):
     #: OUT as usual.
     statistics_before: Path | None = None
 
-    def validate(self) -> None:
-        super().validate()
-        self.lora.validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
 
 
 @dataclass
@@ -242,7 +240,6 @@ def run_lora(
 ) -> LoraJobResult:
     """Linear-head baseline, LoRA training, adapter/head saving and NTPS before/after, into ``config.out``."""
     status = on_status or (lambda _msg: None)
-    config.validate()
     device = resolve_device(config.device)
     out = check_job_inputs(config)
     seconds: dict[str, float] = {}

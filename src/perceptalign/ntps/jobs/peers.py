@@ -28,7 +28,7 @@ LM_METRICS = tuple(name for name, m in PEER_METRICS.items() if m.needs_lm_probs)
 FEATURE_METRICS = tuple(name for name, m in PEER_METRICS.items() if not m.needs_lm_probs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PeersConfig:
     """One `ntps peers` run (the CLI fills it from its options)."""
 
@@ -49,6 +49,9 @@ class PeersConfig:
     trust_remote_code: bool = False
     seed: int = 0
     overwrite: bool = False  # recompute the feature and next-token caches in ``out``
+
+    def __post_init__(self) -> None:
+        resolve_metrics(self.metrics)  # unknown metric names are refused before any work
 
 
 @dataclass

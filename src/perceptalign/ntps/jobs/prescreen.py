@@ -42,7 +42,7 @@ BENCHMARK_RATIOS = {
 BENCHMARK_SOURCE = "estimated from benchmarks/ntps_cost.py ratios (smollm2-135m, 1,000 texts, CPU)"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrescreenConfig:
     """One `ntps prescreen` run (the CLI fills it from its options)."""
 
@@ -61,7 +61,7 @@ class PrescreenConfig:
     seed: int = 0
     trust_remote_code: bool = False
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise PerceptAlignError(f"`datasets` must list each candidate once (got {self.datasets}).")
         if not 0 < self.fraction <= 1:
@@ -223,7 +223,6 @@ def run_prescreen(
     from perceptalign.ntps.jobs.score import ScoreConfig, run_score
 
     status = on_status or (lambda _msg: None)
-    config.validate()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     study = ResultsStore(config.study).table() if config.study is not None else None

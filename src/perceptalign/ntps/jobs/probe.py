@@ -35,7 +35,7 @@ FIGURE_FILE = "probe_layers.png"
 NTPS_FILE = "ntps.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeConfig:
     """Everything that defines one `ntps probe` run (the CLI fills it from its options).
 
@@ -68,6 +68,30 @@ class ProbeConfig:
     ntps_fraction: float = 0.5
     overwrite: bool = False  # recompute the feature caches in ``out`` instead of reusing or refusing them
 
+    def __post_init__(self) -> None:
+        """Settings that cannot work are refused at construction, before any data or model loads."""
+        if self.test_fraction is not None:
+            if not 0 < self.test_fraction < 1:
+                raise PerceptAlignError(
+                    f"`test_fraction` must lie strictly between 0 and 1 (got {self.test_fraction})."
+                )
+            if self.eval_split is not None:
+                raise PerceptAlignError(
+                    "`eval_split` and `test_fraction` both choose the evaluation data: pass only one "
+                    "(`test_fraction` holds out part of `split`)."
+                )
+        if self.eval_split is not None and self.eval_split == self.split:
+            raise PerceptAlignError(
+                f"`eval_split` {self.eval_split!r} equals `split`: probes scored on their own training data "
+                "saturate (train scores are reported anyway). Choose another split, or `test_fraction` 0.3."
+            )
+        if not 0 < self.ntps_fraction <= 1:
+            raise PerceptAlignError(f"`ntps_fraction` must lie in (0, 1] (got {self.ntps_fraction}).")
+        if self.C <= 0 or self.max_iter < 1:
+            raise PerceptAlignError(
+                f"C must be > 0 and max_iter ≥ 1 (got C={self.C}, max_iter={self.max_iter})."
+            )
+
 
 @dataclass
 class ProbeResult:
@@ -84,30 +108,6 @@ class _Evaluation:
     test: TextDataset | None  # a separate split (None: held out from train)
     test_rows: np.ndarray  # rows of the test features (or of the train features when held out)
     info: dict[str, Any]
-
-
-def _validate_config(config: ProbeConfig) -> None:
-    if config.test_fraction is not None:
-        if not 0 < config.test_fraction < 1:
-            raise PerceptAlignError(
-                f"`test_fraction` must lie strictly between 0 and 1 (got {config.test_fraction})."
-            )
-        if config.eval_split is not None:
-            raise PerceptAlignError(
-                "`eval_split` and `test_fraction` both choose the evaluation data: pass only one "
-                "(`test_fraction` holds out part of `split`)."
-            )
-    if config.eval_split is not None and config.eval_split == config.split:
-        raise PerceptAlignError(
-            f"`eval_split` {config.eval_split!r} equals `split`: probes scored on their own training data "
-            "saturate (train scores are reported anyway). Choose another split, or `test_fraction` 0.3."
-        )
-    if not 0 < config.ntps_fraction <= 1:
-        raise PerceptAlignError(f"`ntps_fraction` must lie in (0, 1] (got {config.ntps_fraction}).")
-    if config.C <= 0 or config.max_iter < 1:
-        raise PerceptAlignError(
-            f"C must be > 0 and max_iter ≥ 1 (got C={config.C}, max_iter={config.max_iter})."
-        )
 
 
 def _data_key(ds: TextDataset) -> list[tuple[str, int]]:
@@ -227,7 +227,6 @@ def run_probe(
     from perceptalign.ntps.measure import resolve_layers
 
     status = on_status or (lambda _msg: None)
-    _validate_config(config)
     out = check_job_inputs(config)
     train = load_job_dataset(config, status)
     evaluation = _resolve_evaluation(config, train, status)

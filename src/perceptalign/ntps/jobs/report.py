@@ -58,7 +58,7 @@ NTPS_VARIANTS = ("ntps", "ntps_orthonormal", "ntps_probe")
 ALPHA = 0.05
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportConfig:
     """Declared analysis choices of one report (all fixed before the numbers are looked at)."""
 
@@ -73,7 +73,7 @@ class ReportConfig:
     words_figure: bool = True
     figures: bool = True
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("fixed_layer", "probe_layer"):
             value = getattr(self, name)
             if not (value in ("last", "middle") or (isinstance(value, int) and value >= 0)):
@@ -375,7 +375,6 @@ def statements(model: str, analysis: dict[str, Any]) -> list[str]:
 def build_report(config: ReportConfig, on_status: Callable[[str], None] | None = None) -> ReportResult:
     """Analyse the study in ``config.directory`` and write report.json and report.html."""
     status = on_status or (lambda _msg: None)
-    config.validate()
     directory = Path(config.directory)
     store = ResultsStore(directory)
     table = store.table()

@@ -40,7 +40,7 @@ RESULTS_FILE = "ntps.json"
 HEATMAP_FILE = "ntps_heatmap.png"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoreConfig:
     """Everything that defines one `ntps score` run (the CLI fills it from its options)."""
 
@@ -68,15 +68,15 @@ class ScoreConfig:
         """Reject settings that cannot work before any model or data is loaded."""
         validate_extraction_settings(max_length=self.max_length, token_budget=self.token_budget)
         if self.ks is not None and (not self.ks or any(int(k) < 1 for k in self.ks)):
-            raise PerceptAlignError(f"ks must be positive integers, got {self.ks}.")
+            raise PerceptAlignError(f"`ks` must be positive integers, got {self.ks}.")
         if self.fractions is not None and (
             not self.fractions or any(not 0 < float(f) <= 1 for f in self.fractions)
         ):
-            raise PerceptAlignError(f"fractions must lie in (0, 1], got {self.fractions}.")
+            raise PerceptAlignError(f"`fractions` must lie in (0, 1], got {self.fractions}.")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
-            raise PerceptAlignError(f"ridge must be a finite number ≥ 0, got {self.ridge}.")
+            raise PerceptAlignError(f"`ridge` must be a finite number ≥ 0, got {self.ridge}.")
         if not self.checkpoint_seconds > 0:
-            raise PerceptAlignError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}.")
+            raise PerceptAlignError(f"`checkpoint_seconds` must be > 0, got {self.checkpoint_seconds}.")
 
 
 def refuse_other_data(cache: Path, identity: dict[str, Any]) -> None:

@@ -52,7 +52,7 @@ def random_init_like(loaded: LoadedModel, seed: int, trust_remote_code: bool = F
     return model
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScratchJobConfig(FinetuneJobConfig):
     """`ntps scratch`: data/model/optimisation (see :class:`FinetuneJobConfig`), whether to keep the model."""
 
@@ -74,7 +74,6 @@ def run_scratch(
 ) -> ScratchJobResult:
     """Train a randomly initialised copy of the model with the head; write ``scratch.json`` and figures."""
     status = on_status or (lambda _msg: None)
-    config.validate()
     device = resolve_device(config.device)
     out = check_job_inputs(config)
     seconds: dict[str, float] = {}

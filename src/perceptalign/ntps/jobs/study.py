@@ -43,7 +43,7 @@ LORA_SCALARS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyConfig:
     """The grid and the settings shared by every cell (the CLI fills it from its options)."""
 
@@ -70,7 +70,7 @@ class StudyConfig:
     trust_remote_code: bool = False
     keep_going: bool = True
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for what, values in (("`models`", self.models), ("`datasets`", self.datasets)):
             if not values or any(not str(v).strip() for v in values):
                 raise PerceptAlignError(f"{what} needs at least one non-empty name, e.g. {what} a,b.")
@@ -188,7 +188,6 @@ def run_study(
     is recorded and the grid goes on; any other exception (including KeyboardInterrupt) stops the study,
     leaving every finished cell stored.
     """
-    config.validate()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(config)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
-Progress = Callable[[str, int, int], None]
+from perceptalign.callbacks import PhaseCallback as Progress
+
 Decider = Literal["rtify", "wong-wang"]
 PenaltyKind = Literal["margin", "tau", "p_correct"]
 

@@ -38,12 +38,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError, atomic_path, write_text_atomic
 from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     FitResult,
     HumanTargets,
-    PhaseProgress,
     SimulatedTrials,
     check_split_tables,
     coherence_markdown,
@@ -245,7 +245,7 @@ def build_readout_head(sim: SimulatedTrials, frame_s: float, config: FitConfig, 
 
 
 def train_self_penalised_cached(
-    head: RTifyHead, sim: SimulatedTrials, config: FitConfig, *, progress: PhaseProgress | None = None
+    head: RTifyHead, sim: SimulatedTrials, config: FitConfig, *, progress: PhaseStatusCallback | None = None
 ) -> list[dict[str, float]]:
     """CE + λ·mean(penalty·τ) on the cached fit pool (full batch; the backbone is frozen, no human data).
 
@@ -280,7 +280,7 @@ def run_pixel_rdm(
     human_test: pd.DataFrame,
     config: PixelRDMConfig,
     *,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> PixelRDMRun:
     """Fit every head in ``config.heads`` on the frozen backbone's cache and evaluate on ``human_test``."""
     conds = check_split_tables(human_train, human_test)
@@ -295,7 +295,7 @@ def run_pixel_rdm(
     targets_train = HumanTargets.from_table(human_train, conds, head_cfg, name="human training trials")
     targets_test = HumanTargets.from_table(human_test, conds, head_cfg, name="human test trials")
 
-    def phase(name: str) -> PhaseProgress | None:
+    def phase(name: str) -> PhaseStatusCallback | None:
         if progress is None:
             return None
         return lambda _p, done, total, status: progress(name, done, total, status)

@@ -49,7 +49,6 @@ from perceptalign.rtify.experiments.rdm.config import (
     LossKind,
     Objective,
     PenaltyKind,
-    PhaseProgress,
 )
 from perceptalign.rtify.experiments.rdm.decision_head import (
     IncrementEvidence,
@@ -87,7 +86,6 @@ __all__ = [
     "LossKind",
     "Objective",
     "PenaltyKind",
-    "PhaseProgress",
     "SimulatedTrials",
     "build_head",
     "check_human_window",

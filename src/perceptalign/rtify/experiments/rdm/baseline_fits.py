@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from perceptalign.rtify.experiments.rdm.config import FitConfig, PhaseProgress
+from perceptalign.callbacks import PhaseStatusCallback
+from perceptalign.rtify.experiments.rdm.config import FitConfig
 from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, table_loss
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
@@ -28,7 +29,7 @@ def run_baselines(
     *,
     seed: int,
     objective: Literal["hist_mse", "wasserstein"] = "wasserstein",
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Entropy threshold and evidential RT on the frozen GRU's outputs, and a PyDDM drift-diffusion model,
     each fitted on the human training trials; returns {name: {table, params, seconds}}.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -14,7 +13,6 @@ LossKind = Literal["mse", "wasserstein", "quantile"]
 PenaltyKind = Literal["margin", "tau", "p_correct"]
 EvidenceKind = Literal["increment", "linear"]
 ChoiceRule = Literal["sample", "argmax"]
-PhaseProgress = Callable[[str, int, int, str], None]
 """Progress callback: (phase name, steps done, total steps, short status text)."""
 
 METHOD_LABELS = {

@@ -10,9 +10,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError, write_json_atomic
 from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, run_baselines
-from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, ChoiceRule, FitConfig, PhaseProgress
+from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, ChoiceRule, FitConfig
 from perceptalign.rtify.experiments.rdm.decision_head import build_head, p_correct
 from perceptalign.rtify.experiments.rdm.human_fit import (
     HumanTargets,
@@ -85,7 +86,7 @@ def run_fit(
     gru: GRUTrainConfig | None = None,
     baselines: bool = True,
     cache: Path | None = None,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> FitResult:
     """Train (or load) the GRU, fit the RTify head (human or self-penalty objective), fit the baselines,
     and evaluate every method on ``human_test``. The task's coherences are the human conditions."""

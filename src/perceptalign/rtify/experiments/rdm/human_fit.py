@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.experiments.rdm.config import ChoiceRule, FitConfig, PhaseProgress
+from perceptalign.rtify.experiments.rdm.config import ChoiceRule, FitConfig
 from perceptalign.rtify.experiments.rdm.decision_head import init_threshold, p_correct
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.heads import RTifyHead
@@ -210,7 +211,7 @@ def fit_head_to_human(
     targets: HumanTargets,
     config: FitConfig,
     *,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> list[dict[str, float]]:
     """Adam on the human-fit objective over a fixed pool of simulated trials (the head has ~100 weights).
 

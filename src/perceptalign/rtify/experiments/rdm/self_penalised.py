@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from perceptalign.rtify.experiments.rdm.config import FitConfig, PhaseProgress
+from perceptalign.callbacks import PhaseStatusCallback
+from perceptalign.rtify.experiments.rdm.config import FitConfig
 from perceptalign.rtify.experiments.rdm.decision_head import init_threshold
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials, simulate
 from perceptalign.rtify.experiments.rdm.task import GRUBackbone, RDMTaskConfig
@@ -21,7 +22,7 @@ def train_self_penalised(
     task: RDMTaskConfig,
     config: FitConfig,
     *,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> list[dict[str, float]]:
     """Train the head (backbone frozen) with CE + λ·mean(penalty·τ), τ in steps, on fresh trials each step.
 
@@ -45,7 +46,7 @@ def train_self_penalised_on(
     target_step: float,
     config: FitConfig,
     *,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> list[dict[str, float]]:
     """The self-penalty loop, whatever the trials come from: ``trials(step)`` gives each step's batch
     (fresh simulations, or one cached pool every step). θ starts where the median decision of

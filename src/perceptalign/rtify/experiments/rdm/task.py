@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceptalign.callbacks import StepCallback
 from perceptalign.io import PerceptAlignError, cache_dir, load_tensors, save_tensors_atomic
 from perceptalign.rtify.trials import check_coherences
 
@@ -53,8 +54,6 @@ __all__ = [
 
 HUMAN_COHERENCES: tuple[float, ...] = (0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2)
 
-Progress = Callable[[int, int, float], None]
-"""Training progress callback: (steps done, total steps, current loss)."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ class GRUTrainConfig:
 
 
 def train_gru(
-    task: RDMTaskConfig, config: GRUTrainConfig, *, progress: Progress | None = None
+    task: RDMTaskConfig, config: GRUTrainConfig, *, progress: StepCallback | None = None
 ) -> tuple[GRUBackbone, list[float]]:
     """Train a fresh GRU on the task; returns the model (eval mode) and the per-step loss history.
 
@@ -232,7 +231,7 @@ def load_or_train_gru(
     config: GRUTrainConfig,
     *,
     cache: Path | None = None,
-    progress: Progress | None = None,
+    progress: StepCallback | None = None,
 ) -> tuple[GRUBackbone, dict]:
     """The trained GRU for these settings: loaded from ``cache`` (default: the toolkit cache) if present.
 

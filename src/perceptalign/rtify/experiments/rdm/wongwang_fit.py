@@ -48,12 +48,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     FitResult,
     HumanTargets,
-    PhaseProgress,
     check_split_tables,
     evaluate_method,
     objective_value,
@@ -415,7 +415,7 @@ def fit_ww_to_human(
     config: WWFitConfig,
     *,
     max_delay_s: float | None = None,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> list[dict[str, float]]:
     """Adam on the human-fit objective, fresh WW noise every step; returns the loss/parameter history.
 
@@ -603,7 +603,7 @@ def run_ww_fit(
     fit_trials: WWTrials | None = None,
     eval_trials: WWTrials | None = None,
     name: str | None = None,
-    progress: PhaseProgress | None = None,
+    progress: PhaseStatusCallback | None = None,
 ) -> WWFitRun:
     """Fit WW to ``human_train`` and evaluate on ``human_test``.
 
