@@ -37,13 +37,13 @@ from perceptalign.ntps.distributed import (
     rank_checkpoint_path,
     shard_batches,
 )
+from perceptalign.ntps.identity import statistics_metadata
 from perceptalign.ntps.jobs.score import (
     CHECKPOINT_FILE,
     RESULTS_FILE,
     STATISTICS_FILE,
     ScoreConfig,
     run_score,
-    statistics_metadata,
 )
 from perceptalign.ntps.measure import compute_statistics
 from perceptalign.ntps.models import load_causal_lm, token_budget_batches

@@ -1,7 +1,7 @@
 """NTPS from Python: from hidden states a user already has, from moment statistics, or from any loaded LM.
 
 These are the functions behind ``perceptalign.ntps``; the CLI's ``ntps score`` job runs the same
-statistics engine (:func:`perceptalign.ntps.measure.compute_statistics`) and the same solver
+statistics engine (:func:`perceptalign.ntps.measure.cached_or_computed_statistics`) and the same solver
 (:func:`perceptalign.ntps.subspace.ntps_all_layers`), adding caching, checkpoints and files.
 """
 
@@ -98,25 +98,34 @@ def score(
     length-sorted token-budget batches; ``layers`` are hidden-state indices (0 = embeddings, negative
     from the end). ``on_batch(n_texts, n_tokens)`` is called after each batch (for a progress bar).
     """
-    from perceptalign.ntps.measure import compute_statistics, resolve_layers, validate_extraction_settings
+    from perceptalign.ntps.measure import (
+        cached_or_computed_statistics,
+        resolve_layers,
+        validate_extraction_settings,
+    )
     from perceptalign.ntps.models import as_loaded_model
 
     validate_extraction_settings(max_length=max_length, token_budget=token_budget)
     dataset = _text_dataset(texts, labels)
     loaded = as_loaded_model(model, tokenizer)
-    resolved = resolve_layers(layers, loaded.n_hidden_states)
-    accumulator = compute_statistics(
-        loaded, dataset, resolved, max_length=max_length, token_budget=token_budget, on_batch=on_batch
+    measured = cached_or_computed_statistics(
+        loaded,
+        dataset,
+        resolve_layers(layers, loaded.n_hidden_states),
+        max_length=max_length,
+        max_samples=None,
+        token_budget=token_budget,
+        on_batch=on_batch,
     )
     info = {
         "model": loaded.model_id,
         "n_texts": len(dataset),
-        "n_tokens": accumulator.n_tokens,
+        "n_tokens": measured.metadata["n_tokens"],
         "n_classes": dataset.n_classes,
         "class_names": dataset.class_names,
         "max_length": max_length,
     }
-    return ntps_from_statistics(accumulator.finalize(), fractions=fractions, ks=ks, ridge=ridge, info=info)
+    return ntps_from_statistics(measured.statistics, fractions=fractions, ks=ks, ridge=ridge, info=info)
 
 
 def _text_dataset(texts: Sequence[str], labels: Sequence[Any] | np.ndarray) -> TextDataset:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,14 @@ from perceptalign.ntps.distributed import (
     resume_shard,
     shard_plan,
 )
+from perceptalign.ntps.identity import statistics_metadata
 from perceptalign.ntps.models import LoadedModel, iter_hidden_states, token_budget_batches, tokenize
-from perceptalign.ntps.statistics import DEFAULT_BLOCK_PAIRS, StatisticsAccumulator
+from perceptalign.ntps.statistics import (
+    DEFAULT_BLOCK_PAIRS,
+    LayerStatistics,
+    StatisticsAccumulator,
+    load_statistics,
+)
 
 
 def validate_extraction_settings(*, max_length: int, token_budget: int) -> None:
@@ -136,4 +143,60 @@ def compute_statistics(
     return accumulator
 
 
-__all__ = ["compute_statistics", "resolve_layers", "validate_extraction_settings"]
+@dataclass
+class MeasuredStatistics:
+    """Per-layer moments with the identity they were made from (``metadata``, including ``n_tokens``)."""
+
+    statistics: dict[int, LayerStatistics]
+    metadata: dict[str, Any]
+    reused: bool
+
+
+def cached_or_computed_statistics(
+    loaded: LoadedModel,
+    dataset: TextDataset,
+    layers: Sequence[int],
+    *,
+    max_length: int,
+    max_samples: int | None,
+    token_budget: int,
+    cache: Path | None = None,
+    reuse: bool = True,
+    on_compute: Callable[[], None] | None = None,
+    **compute_options: Any,
+) -> MeasuredStatistics:
+    """The moments of ``loaded`` on ``dataset``: from ``cache`` when its identity matches (a cache made
+    from other inputs is refused, naming what differs), else one pass through the model.
+
+    The one "load or compute" behind ``ntps score``, the LoRA job's measurements and
+    ``perceptalign.ntps.score``. Nothing is saved here: each caller saves once its own work succeeded, so
+    a failed run leaves no cache. ``on_compute`` is called just before a pass starts;
+    ``compute_options`` go to :func:`compute_statistics` (checkpoints, callbacks, distribution).
+    """
+    metadata = statistics_metadata(loaded, dataset, layers, max_length, max_samples)
+    if reuse and cache is not None and (cache.is_file() or cache.with_suffix(".json").is_file()):
+        cached, cached_meta = load_statistics(cache, expected=metadata)
+        metadata["n_tokens"] = cached_meta["n_tokens"]
+        return MeasuredStatistics({layer: cached[layer] for layer in layers}, metadata, reused=True)
+    if on_compute is not None:
+        on_compute()
+    accumulator = compute_statistics(
+        loaded,
+        dataset,
+        layers,
+        max_length=max_length,
+        token_budget=token_budget,
+        identity=metadata,
+        **compute_options,
+    )
+    metadata["n_tokens"] = accumulator.n_tokens
+    return MeasuredStatistics(accumulator.finalize(), metadata, reused=False)
+
+
+__all__ = [
+    "MeasuredStatistics",
+    "cached_or_computed_statistics",
+    "compute_statistics",
+    "resolve_layers",
+    "validate_extraction_settings",
+]

@@ -151,41 +151,33 @@ def measure_ntps(
     (``reuse=False`` always recomputes and overwrites: trained weights change every run). Returns the
     ``ntps_all_layers`` dict (plus ``n_tokens``) and whether the cache was reused.
     """
-    from perceptalign.ntps.identity import statistics_metadata
-    from perceptalign.ntps.measure import compute_statistics, resolve_layers
-    from perceptalign.ntps.statistics import load_statistics, save_statistics
+    from perceptalign.ntps.measure import cached_or_computed_statistics, resolve_layers
+    from perceptalign.ntps.statistics import save_statistics
     from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
 
-    layers = resolve_layers(settings.layers, loaded.n_hidden_states)
-    metadata = statistics_metadata(loaded, dataset, layers, max_length, max_samples)
-    statistics = None
-    if reuse and cache is not None and cache.is_file():
-        statistics, cached_meta = load_statistics(cache, expected=metadata)
-        metadata["n_tokens"] = cached_meta["n_tokens"]
-    reused = statistics is not None
-    if statistics is None:
-        done = 0
+    done = 0
+
+    def on_batch(n_texts: int, _n_tokens: int) -> None:
+        nonlocal done
+        done += n_texts
         if progress:
-            progress(phase, 0, len(dataset))
+            progress(phase, done, len(dataset))
 
-        def on_batch(n_texts: int, _n_tokens: int) -> None:
-            nonlocal done
-            done += n_texts
-            if progress:
-                progress(phase, done, len(dataset))
-
-        accumulator = compute_statistics(
-            loaded,
-            dataset,
-            layers,
-            max_length=max_length,
-            token_budget=settings.token_budget,
-            on_batch=on_batch,
-        )
-        statistics = accumulator.finalize()
-        metadata["n_tokens"] = accumulator.n_tokens
-        if cache is not None:
-            save_statistics(cache, statistics, metadata)
+    measured = cached_or_computed_statistics(
+        loaded,
+        dataset,
+        resolve_layers(settings.layers, loaded.n_hidden_states),
+        max_length=max_length,
+        max_samples=max_samples,
+        token_budget=settings.token_budget,
+        cache=cache,
+        reuse=reuse,
+        on_compute=(lambda: progress(phase, 0, len(dataset))) if progress else None,
+        on_batch=on_batch,
+    )
+    statistics, metadata, reused = measured.statistics, measured.metadata, measured.reused
+    if not reused and cache is not None:
+        save_statistics(cache, statistics, metadata)
     fractions = None if settings.ks else (settings.fractions or list(DEFAULT_FRACTIONS))
     scores = ntps_all_layers(
         statistics, fractions=fractions or DEFAULT_FRACTIONS, ks=settings.ks, ridge=settings.ridge

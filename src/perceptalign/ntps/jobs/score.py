@@ -21,15 +21,18 @@ from perceptalign.ntps.distributed import (
     main_process_first,
     rank_checkpoint_path,
 )
-from perceptalign.ntps.identity import check_identity, data_identity, statistics_metadata
+from perceptalign.ntps.identity import check_identity, data_identity
 from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
-from perceptalign.ntps.measure import compute_statistics, resolve_layers, validate_extraction_settings
+from perceptalign.ntps.measure import (
+    cached_or_computed_statistics,
+    resolve_layers,
+    validate_extraction_settings,
+)
 from perceptalign.ntps.models import (
     resolve_model_path,
 )
 from perceptalign.ntps.statistics import (
     LayerStatistics,
-    load_statistics,
     save_statistics,
 )
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
@@ -153,36 +156,29 @@ def _run_score(
     loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     check_ks_fit(config.ks, loaded.hidden_size)
-    metadata = statistics_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
-    statistics: dict[int, LayerStatistics] | None = None
-    if not config.overwrite and (cache.is_file() or cache.with_suffix(".json").is_file()):
-        cached, cached_meta = load_statistics(cache, expected=metadata)
-        statistics = {layer: cached[layer] for layer in layers}
-        metadata["n_tokens"] = cached_meta["n_tokens"]
+    measured = cached_or_computed_statistics(
+        loaded,
+        dataset,
+        layers,
+        max_length=config.max_length,
+        max_samples=config.max_samples,
+        token_budget=config.token_budget,
+        cache=cache,
+        reuse=not config.overwrite,
+        on_compute=(lambda: on_start(len(dataset), 0)) if on_start and context is None else None,
+        checkpoint_path=out / CHECKPOINT_FILE,
+        checkpoint_seconds=config.checkpoint_seconds,
+        on_batch=on_batch,
+        on_resume=lambda done, total: status(f"resuming from checkpoint: batch {done}/{total}"),
+        distributed=context,
+        on_shard=lambda n_shard, n_total: (
+            status(f"rank 0 streams {n_shard} of {n_total} texts; progress shows rank 0's share"),
+            on_start(n_shard, 0) if on_start else None,
+        ),
+    )
+    statistics, metadata, reused = measured.statistics, measured.metadata, measured.reused
+    if reused:
         status(f"reusing statistics cache {cache}")
-    reused = statistics is not None
-    if statistics is None:
-        if on_start and context is None:
-            on_start(len(dataset), 0)
-        accumulator = compute_statistics(
-            loaded,
-            dataset,
-            layers,
-            max_length=config.max_length,
-            token_budget=config.token_budget,
-            checkpoint_path=out / CHECKPOINT_FILE,
-            checkpoint_seconds=config.checkpoint_seconds,
-            identity=metadata,
-            on_batch=on_batch,
-            on_resume=lambda done, total: status(f"resuming from checkpoint: batch {done}/{total}"),
-            distributed=context,
-            on_shard=lambda n_shard, n_total: (
-                status(f"rank 0 streams {n_shard} of {n_total} texts; progress shows rank 0's share"),
-                on_start(n_shard, 0) if on_start else None,
-            ),
-        )
-        statistics = accumulator.finalize()
-        metadata["n_tokens"] = accumulator.n_tokens
     if not main:
         assert context is not None
         context.barrier()  # rank 0 has saved the cache: the partial sums may go
