@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,9 +23,9 @@ from perceptalign.rtify.baselines import (
     softmax_entropy,
 )
 from perceptalign.rtify.metrics import fit_quality
-from perceptalign.rtify.trials import conditions
+from perceptalign.rtify.trials import conditions, packaged_data_path
 
-HUMAN_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "rdm_human_rt.csv"
+HUMAN_CSV = packaged_data_path("rdm_human_rt.csv.gz")  # ships with the package
 
 
 # ---------------------------------------------------------------- entropy threshold
@@ -315,7 +314,6 @@ def test_plain_likelihood_is_biased_on_data_without_timeouts() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HUMAN_CSV.is_file(), reason="shared human RT data not present")
 def test_ddm_on_human_rdm_train_split() -> None:
     from perceptalign.rtify.trials import load_rt_dataset
 
