@@ -11,16 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.ntps.datasets.core import (
-    TextDataset,
-    encode_integer_labels,
-    encode_string_labels,
-    validate_text_dataset,
-)
+from perceptalign.ntps.datasets.core import TextDataset, validate_text_dataset
+from perceptalign.ntps.datasets.local import encode_label_column
 from perceptalign.ntps.result import NTPSResult
 from perceptalign.ntps.statistics import LayerStatistics, StatisticsAccumulator
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
@@ -129,16 +126,9 @@ def score(
 
 
 def _text_dataset(texts: Sequence[str], labels: Sequence[Any] | np.ndarray) -> TextDataset:
-    values = np.asarray(labels)
-    if values.ndim != 1:
-        raise PerceptAlignError(f"labels must be one value per text, got shape {values.shape}.")
-    where = "labels"
-    if values.dtype.kind in "iuf":
-        encoded, class_names = encode_integer_labels(values, where)
-    elif values.dtype.kind == "b":
-        encoded, class_names = values.astype(np.int64), ["False", "True"]
-    else:
-        encoded, class_names = encode_string_labels(list(labels), where)
+    if np.ndim(labels) != 1:
+        raise PerceptAlignError(f"labels must be one value per text, got shape {np.shape(labels)}.")
+    encoded, class_names = encode_label_column(pd.Series(list(labels)), "labels")
     dataset = TextDataset(
         name="texts", split="all", texts=list(texts), labels=encoded, class_names=class_names, source="python"
     )

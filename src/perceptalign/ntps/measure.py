@@ -10,6 +10,7 @@ all-reduced sums).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,14 +38,28 @@ from perceptalign.ntps.statistics import (
 )
 
 
-def validate_extraction_settings(*, max_length: int, token_budget: int) -> None:
-    """The tokenisation settings every extraction job shares: at least one next-token pair per text."""
-    if max_length < 2:
+def validate_extraction_settings(*, max_length: int | None = None, token_budget: int | None = None) -> None:
+    """The tokenisation settings every extraction job shares: at least one next-token pair per text
+    (a setting passed as None is not checked)."""
+    if max_length is not None and max_length < 2:
         raise PerceptAlignError(
             f"`max_length` must be ≥ 2 tokens (got {max_length}): NTPS needs a next token after the first."
         )
-    if token_budget < 1:
+    if token_budget is not None and token_budget < 1:
         raise PerceptAlignError(f"`token_budget` must be ≥ 1 token per batch (got {token_budget}).")
+
+
+def validate_solver_settings(
+    *, fractions: Sequence[float] | None, ks: Sequence[int] | None, ridge: float
+) -> None:
+    """The subspace settings every NTPS measurement shares, checked before any data or model loads (ks
+    are checked against each layer's rank once the statistics exist)."""
+    if ks is not None and (not ks or any(int(k) < 1 for k in ks)):
+        raise PerceptAlignError(f"`ks` must be positive integers, got {ks}.")
+    if fractions is not None and (not fractions or any(not 0 < float(f) <= 1 for f in fractions)):
+        raise PerceptAlignError(f"`fractions` must lie in (0, 1], got {fractions}.")
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise PerceptAlignError(f"`ridge` must be a finite number ≥ 0, got {ridge}.")
 
 
 def resolve_layers(requested: Sequence[int] | None, n_hidden_states: int) -> list[int]:
@@ -199,4 +214,5 @@ __all__ = [
     "compute_statistics",
     "resolve_layers",
     "validate_extraction_settings",
+    "validate_solver_settings",
 ]

@@ -74,8 +74,9 @@ def _text_values(column: pd.Series) -> list[object]:
     ]
 
 
-def _encode(column: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
-    """String (or mixed) labels → sorted unique names; numeric/bool labels → classes 0..max."""
+def encode_label_column(column: pd.Series, where: str) -> tuple[np.ndarray, list[str]]:
+    """Single-valued labels → class indices: string labels → sorted unique names, numeric/bool → 0..max;
+    nested values (dicts, lists) and mixed types are refused."""
     _check_scalar_labels(column, where)
     if column.dtype == bool:
         return column.to_numpy(dtype=np.int64), ["False", "True"]
@@ -118,7 +119,7 @@ def load_local(
             "Pass `text_column` / `label_column`."
         )
     where = f"{path.name}, column {label_column!r}"
-    labels, class_names = _encode(frame[label_column], where)
+    labels, class_names = encode_label_column(frame[label_column], where)
     texts = _text_values(frame[text_column])
     if SPLIT_COLUMN in frame.columns and split != "all":
         values = frame[SPLIT_COLUMN].astype(str)

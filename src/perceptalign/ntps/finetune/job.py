@@ -123,13 +123,10 @@ class NTPSSettings:
     ridge: float = 0.0
 
     def __post_init__(self) -> None:
-        from perceptalign.ntps.measure import validate_extraction_settings
+        from perceptalign.ntps.measure import validate_extraction_settings, validate_solver_settings
 
-        validate_extraction_settings(max_length=2, token_budget=self.token_budget)
-        if self.fractions is not None and any(not 0 < float(f) <= 1 for f in self.fractions):
-            raise PerceptAlignError(f"`fractions` must lie in (0, 1] (got {self.fractions}).")
-        if not self.ridge >= 0:
-            raise PerceptAlignError(f"`ridge` must be ≥ 0 (got {self.ridge}).")
+        validate_extraction_settings(token_budget=self.token_budget)
+        validate_solver_settings(fractions=self.fractions, ks=self.ks, ridge=self.ridge)
 
 
 def measure_ntps(

@@ -7,7 +7,6 @@ accumulated so that an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from perceptalign.ntps.measure import (
     cached_or_computed_statistics,
     resolve_layers,
     validate_extraction_settings,
+    validate_solver_settings,
 )
 from perceptalign.ntps.models import (
     resolve_model_path,
@@ -70,14 +70,7 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         """Reject settings that cannot work before any model or data is loaded."""
         validate_extraction_settings(max_length=self.max_length, token_budget=self.token_budget)
-        if self.ks is not None and (not self.ks or any(int(k) < 1 for k in self.ks)):
-            raise PerceptAlignError(f"`ks` must be positive integers, got {self.ks}.")
-        if self.fractions is not None and (
-            not self.fractions or any(not 0 < float(f) <= 1 for f in self.fractions)
-        ):
-            raise PerceptAlignError(f"`fractions` must lie in (0, 1], got {self.fractions}.")
-        if not (math.isfinite(self.ridge) and self.ridge >= 0):
-            raise PerceptAlignError(f"`ridge` must be a finite number ≥ 0, got {self.ridge}.")
+        validate_solver_settings(fractions=self.fractions, ks=self.ks, ridge=self.ridge)
         if not self.checkpoint_seconds > 0:
             raise PerceptAlignError(f"`checkpoint_seconds` must be > 0, got {self.checkpoint_seconds}.")
 
