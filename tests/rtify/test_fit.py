@@ -20,8 +20,8 @@ from perceptalign.rtify.experiments.rdm import (
     comparison_markdown,
     expected_signed_histograms,
     fit_head_to_human,
+    head_sample,
     init_threshold,
-    p_correct,
     predict_table,
     run_fit,
     simulate,
@@ -68,7 +68,7 @@ def planted_head(backbone: GRUBackbone, t0: float = 0.35, target_step: float = 1
 
 def human_like(head, backbone: GRUBackbone, n: int, seed: int) -> pd.DataFrame:
     """Synthetic "human" trials from a head: responses only (undecided trials dropped), like human data."""
-    table = predict_table(head, simulate(backbone, TASK, n, seed=seed), choice_rule="sample", seed=seed)
+    table = predict_table(head, simulate(backbone, TASK, n, seed=seed))
     return table[table["decided"]].drop(columns="decided").reset_index(drop=True)
 
 
@@ -169,11 +169,11 @@ def test_fit_recovers_a_planted_head(backbone: GRUBackbone) -> None:
     sim_train = simulate(backbone, TASK, cfg.n_train, seed=21)
     sim_test = simulate(backbone, TASK, 1500, seed=22)
     init_threshold(head, sim_train.hidden, (targets.median_rt - cfg.t0_init) / TASK.dt)
-    before = fit_quality(predict_table(head, sim_test, choice_rule="sample", seed=0), human_test)
+    before = fit_quality(predict_table(head, sim_test), human_test)
     fit_head_to_human(head, sim_train, targets, cfg)
-    after = fit_quality(predict_table(head, sim_test, choice_rule="sample", seed=0), human_test)
-    # Recovered up to the sampling-noise floor plus 0.03 s of optimisation / finite-training-set error
-    # (the RTs live on a 50 ms grid here), and much closer than where the fit started.
+    after = fit_quality(predict_table(head, sim_test), human_test)
+    # Recovered up to the sampling-noise floor plus 0.03 s of optimisation / finite-training-set error,
+    # and much closer than where the fit started.
     assert after["wasserstein"].mean() < floor["wasserstein"].mean() + 0.03
     assert after["wasserstein"].mean() < 0.6 * before["wasserstein"].mean()
     # Accuracy per condition within 0.06: the SE of a difference of two accuracies over 1500 sampled
@@ -181,39 +181,46 @@ def test_fit_recovers_a_planted_head(backbone: GRUBackbone) -> None:
     np.testing.assert_array_less(np.abs(after["accuracy_model"] - after["accuracy_human"]), 0.06)
 
 
-def test_accuracy_is_fitted(backbone: GRUBackbone) -> None:
-    """Planted case: human data as fast as the model, but only ~50 % correct at 51.2 % coherence.
+def test_accuracy_is_fitted_through_the_choice_mass(backbone: GRUBackbone) -> None:
+    """Planted case: human-like trials from a known head with 15 % of the choices flipped (less accurate).
 
-    A hard trial's sign gets no gradient; here the expected signed histogram carries accuracy by itself
-    (mass p at +RT, 1 − p at −RT), and the quantile loss with the KL term fits it too.
+    The choice is the accumulator's, so only the soft first-passage estimator gives it a gradient; with
+    the quantile loss + accuracy KL it must close most of the accuracy gap at every coherence, while the
+    published implicit rule (no choice gradient) leaves the gap at the strongest coherence where it was.
     """
-    truth = planted_head(backbone, sharpness=1.0)
+    truth = planted_head(backbone)
     human = human_like(truth, backbone, 400, seed=31)
-    high = human["condition"] == 51.2
     rng = np.random.default_rng(0)
-    human.loc[high, "correct"] = rng.random(int(high.sum())) < 0.5
-    target = float(human.loc[high, "correct"].mean())
+    flip = rng.random(len(human)) < 0.15
+    human.loc[flip, "correct"] = ~human.loc[flip, "correct"]
+    target = human.groupby("condition")["correct"].mean().to_numpy()
     sim = simulate(backbone, TASK, 200, seed=32)
 
-    def expected_accuracy(head) -> float:
+    def accuracy(head) -> np.ndarray:
+        head.estimator = "soft"  # measure every head's expected accuracy the same way
         with torch.no_grad():
-            p = p_correct(head(sim.hidden).choice_logits, sim.labels)
-        return float(p[sim.cond_idx == 2].mean())
+            sample = head_sample(head(sim.hidden), head, sim)
+        correct = torch.zeros(3).index_add(0, sample.cond_idx, sample.w_correct.float())
+        error = torch.zeros(3).index_add(0, sample.cond_idx, sample.w_error.float())
+        return (correct / (correct + error)).numpy()
 
-    start_head = build_head(backbone, TASK, FitConfig())
-    targets = HumanTargets.from_table(human, list(TASK.coherences), FitConfig())
-    init_threshold(start_head, sim.hidden, (targets.median_rt - FitConfig().t0_init) / TASK.dt)
-    start = expected_accuracy(start_head)
-    assert start > target + 0.2  # the network is far more accurate than the planted humans
-    results = {}
-    for loss, weight in (("mse", 0.0), ("quantile", 1.0)):
-        cfg = FitConfig(loss=loss, acc_weight=weight, head_steps=80, lr=0.03)
+    gaps = {}
+    for estimator in ("soft", "implicit"):
+        cfg = FitConfig(loss="quantile", acc_weight=1.0, head_steps=80, lr=0.03, estimator=estimator)
         head = build_head(backbone, TASK, cfg)
-        fit_head_to_human(head, sim, HumanTargets.from_table(human, list(TASK.coherences), cfg), cfg)
-        results[loss, weight] = expected_accuracy(head)
-    # 0.05: optimisation error only (the target is computed from the very trials that are fitted).
-    assert abs(results["mse", 0.0] - target) < 0.05
-    assert abs(results["quantile", 1.0] - target) < 0.05
+        targets = HumanTargets.from_table(human, list(TASK.coherences), cfg)
+        init_threshold(head, sim.hidden, (targets.median_rt - cfg.t0_init) / TASK.dt)
+        start = np.abs(accuracy(head) - target)
+        head.estimator = estimator
+        fit_head_to_human(head, sim, targets, cfg)
+        gaps[estimator] = (start, np.abs(accuracy(head) - target))
+    start, soft_end = gaps["soft"]
+    assert (start > 0.09).all()  # the network starts far more accurate than the planted humans
+    # Measured: the gaps shrink to 0.4–0.6 of where they started in 80 steps (0.06 → 0.04, 0.12 → 0.03,
+    # 0.16 → 0.10); 0.75 leaves room for thread-count rounding while still failing a rule without gradient.
+    assert (soft_end < 0.75 * start).all()
+    implicit_start, implicit_end = gaps["implicit"]
+    assert implicit_end[2] > 0.9 * implicit_start[2]
 
 
 def test_self_penalty_trades_speed_for_accuracy(backbone: GRUBackbone) -> None:
@@ -226,7 +233,7 @@ def test_self_penalty_trades_speed_for_accuracy(backbone: GRUBackbone) -> None:
         torch.manual_seed(0)
         head = build_head(backbone, TASK, cfg)
         train_self_penalised(head, backbone, TASK, cfg)
-        table = predict_table(head, sim, choice_rule="argmax", seed=0)
+        table = predict_table(head, sim)
         stats[lam] = (float(table["rt_s"].mean()), float(table["correct"].mean()))
         assert float(head.t0.detach()) == pytest.approx(cfg.t0_fixed, rel=1e-5)  # t₀ fixed, not learned
     (rt0, acc0), (rt1, acc1) = stats[0.0], stats[0.05]

@@ -1,8 +1,6 @@
-"""RTify head: RT = τ·dt + t₀ against the decision functions, read-out formulas, gradients, modes, errors."""
+"""RTify head: RT = t*·dt + t₀ against the decision functions, causal read-out, gradients, modes, errors."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -36,9 +34,11 @@ def test_multiclass_rt_matches_closed_form_and_gradients() -> None:
     head = RTifyHead(1, 2, dt=0.02, nonnegative=False, threshold_init=1.3, t0_init=0.2)
     _set_linear(head.evidence, [0.0, 0.0], [0.3, 0.1])  # e = (0.3, 0.1) every step → class 0 wins
     out = head(_ramp_hidden(2, 40))
-    tau = math.floor(1.3 / 0.3 - 1) + 1  # Φ_t = 0.3·(t + 1) > 1.3 first at t = 4
-    assert out.decision.tau.tolist() == [tau, tau] and out.decision.choice.tolist() == [0, 0]
-    torch.testing.assert_close(out.rt_s, torch.full((2,), tau * 0.02 + 0.2))
+    # Φ_t = 0.3·(t + 1) is the state at time t + 1 steps: Φ(u) = 0.3u crosses 1.3 at u = 1.3/0.3 (step 4)
+    t_star = 1.3 / 0.3
+    assert out.decision.step.tolist() == [4, 4] and out.decision.choice.tolist() == [0, 0]
+    torch.testing.assert_close(out.decision.tau, torch.full((2,), t_star))
+    torch.testing.assert_close(out.rt_s, torch.full((2,), t_star * 0.02 + 0.2))
     out.rt_s.sum().backward()
     # dRT/draw_θ = dt·(1/Φ̇)·softplus'(raw) with Φ̇ = 0.3; dRT/draw_t₀ = softplus'(raw_t₀); two trials each.
     sig = torch.sigmoid
@@ -46,8 +46,8 @@ def test_multiclass_rt_matches_closed_form_and_gradients() -> None:
         2 * 0.02 / 0.3 * sig(head.raw_threshold).item(), rel=1e-5
     )
     assert head.raw_t0.grad.item() == pytest.approx(2 * sig(head.raw_t0).item(), rel=1e-6)
-    # evidence bias of the winning class: ∂Φ_τ/∂b = τ + 1 → dτ/db = −(τ + 1)/Φ̇; the losing class gets 0.
-    assert head.evidence.bias.grad[0].item() == pytest.approx(-2 * 0.02 * (tau + 1) / 0.3, rel=1e-5)
+    # evidence bias of the winning class: t* = θ/b → dt*/db = −θ/b² (exact); the losing class gets 0.
+    assert head.evidence.bias.grad[0].item() == pytest.approx(-2 * 0.02 * 1.3 / 0.3**2, rel=1e-5)
     assert head.evidence.bias.grad[1].item() == 0.0
 
 
@@ -60,6 +60,7 @@ def test_head_agrees_with_direct_decision_call() -> None:
         torch.cumsum(nn.functional.softplus(head.evidence(hidden)), 1), head.threshold
     )
     assert torch.equal(out.decision.tau, direct.tau) and torch.equal(out.decision.choice, direct.choice)
+    assert torch.equal(out.choice, direct.choice)  # the choice IS the race winner
     assert (out.phi.diff(dim=1) >= 0).all()  # non-negative evidence: every race accumulator is monotone
     assert out.choice_logits.shape == (16, 3) and out.phi.shape == (16, 30, 3)
 
@@ -71,12 +72,15 @@ def test_readout_formula_and_its_dependence_on_tau(readout: str) -> None:
     hidden = torch.randn(4, 25, 5)
     out = head(hidden)
     steps = torch.arange(25.0)
+    step = out.decision.step
 
     def readout_of(tau: torch.Tensor) -> torch.Tensor:  # written from the spec, independently of the head
+        offset = tau[:, None] - (steps + 1)  # index t is the state at time t + 1
         if readout == "soft_mask":
-            w = torch.sigmoid(2.0 * (tau[:, None] - steps + 0.5))
-        else:
-            w = torch.exp(-((steps - tau[:, None]) ** 2) / (2 * 1.5**2))
+            w = torch.sigmoid(2.0 * (offset + 0.5))
+        else:  # one-sided window ending at the decision
+            w = torch.exp(-(offset.clamp_min(0) ** 2) / (2 * 1.5**2))
+        w = w * (steps[None, :] <= step[:, None])  # causal: nothing after the decision step
         z = head.classifier(hidden).detach()
         return (w[:, :, None] * z).sum(1) / w.sum(1, keepdim=True)
 
@@ -89,12 +93,47 @@ def test_readout_formula_and_its_dependence_on_tau(readout: str) -> None:
     grads = torch.autograd.grad(out.choice_logits[:, 0].sum(), head.raw_threshold)[0]
     eps = 1e-3
     d_read = (readout_of(tau + eps)[:, 0] - readout_of(tau - eps)[:, 0]) / (2 * eps)
-    idx = tau.long()
+    idx = step
     phi_w = out.phi.detach()[torch.arange(4), :, out.decision.choice]
     prev = torch.where(idx > 0, phi_w.gather(1, (idx - 1).clamp_min(0)[:, None]).squeeze(1), torch.zeros(4))
     slope = (phi_w.gather(1, idx[:, None]).squeeze(1) - prev).clamp_min(1e-3)
     expected = (d_read / slope * decided).sum() * torch.sigmoid(head.raw_threshold.detach())
     assert grads.item() == pytest.approx(expected.item(), rel=5e-3, abs=1e-6)
+
+
+def test_readout_never_reads_states_after_the_decision() -> None:
+    torch.manual_seed(4)
+    head = RTifyHead(3, 2, mode="two_bound", threshold_init=1.5)
+    hidden = torch.randn(8, 40, 3)
+    out = head(hidden)
+    assert out.decision.decided.all()
+    later = hidden.clone()
+    for i, s in enumerate(out.decision.step.tolist()):
+        later[i, s + 1 :] = torch.randn(40 - s - 1, 3) * 5  # rewrite the future after each decision step
+    again = head(later)
+    # the evidence up to the decision is unchanged, so the decision is; and nothing else may move
+    assert torch.equal(again.decision.step, out.decision.step)
+    torch.testing.assert_close(again.choice_logits, out.choice_logits, rtol=0, atol=0)
+    assert torch.equal(again.choice, out.choice)
+
+
+def test_soft_estimator_returns_a_first_passage_that_agrees_with_the_hard_decision() -> None:
+    torch.manual_seed(5)
+    hidden = torch.randn(64, 60, 3)
+    soft = RTifyHead(3, 2, mode="two_bound", threshold_init=2.0, temperature=1e-6)
+    out = soft(hidden)
+    assert out.passage is not None and out.passage.mass.shape == (64, 60, 2)
+    # with a vanishing temperature, each trial's mass sits on its hard (step, choice) at its RT
+    decided = out.decision.decided
+    p_choice = out.passage.choice_probability.gather(1, out.choice[:, None]).squeeze(1)
+    torch.testing.assert_close(p_choice[decided], torch.ones(int(decided.sum())), rtol=0, atol=1e-4)
+    rt_cells = out.passage_rt_s(soft.dt, soft.t0)
+    expected = (out.passage.mass * rt_cells).sum((1, 2))[decided] / out.passage.decided_mass[decided]
+    torch.testing.assert_close(expected, out.rt_s[decided], rtol=0, atol=1e-4)
+    implicit = RTifyHead(3, 2, mode="two_bound", estimator="implicit")
+    assert implicit(hidden).passage is None
+    with pytest.raises(PerceptAlignError, match="estimator"):
+        RTifyHead(3, 2, estimator="score-function")
 
 
 def test_two_bound_mode_choice_is_the_bound_hit() -> None:

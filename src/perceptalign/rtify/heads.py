@@ -1,10 +1,19 @@
 """The RTify head: hidden states → evidence → accumulator → threshold → decision time → reaction time.
 
 Any recurrent model's per-step states (a GRU/LSTM output, per-frame backbone features) become a
-human-comparable reaction time: RT = τ·dt + t₀, where τ is the accumulator's first threshold crossing
-(differentiable through :mod:`perceptalign.rtify.decision`) and t₀ a learnable non-decision time (the
-published heads had none, so their RTs could not match the ~0.16 s floor of human RTs). The choice is
-read from a per-step classifier around τ, so that the choice itself depends on when the model stops.
+human-comparable reaction time: RT = t*·dt + t₀ (:func:`perceptalign.rtify.decision.rt_seconds`), where t*
+is the accumulator's interpolated first threshold crossing (continuous, not on the step grid) and t₀ a
+learnable non-decision time (the published heads had none, so their RTs could not match the ~0.16 s floor
+of human RTs).
+
+The choice is made by the accumulator: the race winner, or the bound that was crossed. An optional
+per-step classifier ("read-out") is kept for objectives that need choice logits (self-penalised
+training); it only reads states up to the decision step, never after it.
+
+Gradients: with ``estimator="soft"`` (default) the head also returns each trial's soft first-passage
+distribution (:func:`perceptalign.rtify.decision.first_passage`), which distributional losses use so that
+probability mass moving between steps gets its gradient; ``"interpolated"`` and ``"implicit"`` (the
+published rule) give pathwise gradients of t* only.
 """
 
 from __future__ import annotations
@@ -21,14 +30,18 @@ from torch import Tensor, nn
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.decision import (
     Decision,
+    FirstPassage,
     first_crossing_multiclass,
     first_crossing_two_bound,
+    first_passage,
+    rt_seconds,
 )
 
 __all__ = ["RTifyHead", "RTifyOutput", "TrialPredictions", "inverse_softplus"]
 
 Mode = Literal["multiclass", "two_bound"]
 Readout = Literal["soft_mask", "gaussian"]
+Estimator = Literal["soft", "interpolated", "implicit"]
 
 
 def inverse_softplus(value: float) -> float:
@@ -48,11 +61,18 @@ class RTifyOutput:
     step_logits: Tensor
     phi: Tensor
     threshold: Tensor
+    passage: FirstPassage | None = None
 
     @property
     def choice(self) -> Tensor:
-        """The read-out choice (argmax of ``choice_logits``)."""
-        return self.choice_logits.argmax(dim=-1)
+        """The choice the accumulator made (race winner / bound crossed)."""
+        return self.decision.choice
+
+    def passage_rt_s(self, dt: float, t0: Tensor) -> Tensor:
+        """(B, T, C) reaction time of each soft first-passage (step, choice) cell."""
+        if self.passage is None:
+            raise PerceptAlignError("this output has no first-passage distribution; use estimator='soft'.")
+        return rt_seconds(self.passage.time, dt, t0)
 
 
 @dataclass
@@ -69,9 +89,11 @@ class RTifyHead(nn.Module):
 
     ``mode="multiclass"``: one accumulator per class racing to a shared threshold (evidence made
     non-negative with softplus by default, so the race is monotone). ``mode="two_bound"`` (2 classes
-    only): one signed accumulator between ±θ, class 1 = upper bound. The per-step classifier is a
-    separate linear layer (``classifier="linear"``, as in the published RNN heads) or the evidence itself
-    (``classifier="evidence"``, so the read-out agrees with the accumulator race).
+    only): one signed accumulator between ±θ, class 1 = upper bound. The choice is the accumulator's. The
+    per-step classifier (for choice logits) is a separate linear layer (``classifier="linear"``, as in
+    the published RNN heads) or the evidence itself (``classifier="evidence"``); it reads steps ≤ the
+    decision step only. ``estimator`` picks the gradient (module docstring); ``temperature`` is the soft
+    first passage's, in units of the accumulator's median per-step change.
     """
 
     def __init__(
@@ -92,6 +114,8 @@ class RTifyHead(nn.Module):
         t0_init: float = 0.25,
         learn_t0: bool = True,
         min_slope: float = 1e-3,
+        estimator: Estimator = "soft",
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if not (isinstance(hidden_size, int) and hidden_size > 0):
@@ -118,6 +142,12 @@ class RTifyHead(nn.Module):
             raise PerceptAlignError(f"classifier must be 'linear' or 'evidence', got {classifier!r}.")
         if not (readout_sharpness > 0 and readout_width > 0):
             raise PerceptAlignError("readout_sharpness and readout_width must be positive.")
+        if estimator not in ("soft", "interpolated", "implicit"):
+            raise PerceptAlignError(
+                f"`estimator` must be 'soft', 'interpolated' or 'implicit', got {estimator!r}."
+            )
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise PerceptAlignError(f"`temperature` must be a positive number, got {temperature!r}.")
 
         self.hidden_size = hidden_size
         self.n_classes = n_classes
@@ -129,6 +159,8 @@ class RTifyHead(nn.Module):
         self.readout_sharpness = float(readout_sharpness)
         self.readout_width = float(readout_width)
         self.min_slope = float(min_slope)
+        self.estimator: Estimator = estimator
+        self.temperature = float(temperature)
         n_evidence = n_classes if mode == "multiclass" else 1
 
         if isinstance(evidence, nn.Module):
@@ -171,13 +203,22 @@ class RTifyHead(nn.Module):
         if not torch.isfinite(hidden.detach()).all():
             raise PerceptAlignError("hidden states contain NaN or infinite values.")
 
-    def _readout_weights(self, tau: Tensor, steps: int) -> Tensor:
-        """(B, T) weights over steps, differentiable in τ, that emphasise what was seen up to the decision."""
+    def _readout_weights(self, decision: Decision, steps: int) -> Tensor:
+        """(B, T) weights over steps up to the decision step (causal), differentiable in t*.
+
+        Index t holds the state at time t + 1 (in steps), so ``offset`` = t* − (t + 1) ≥ −1 for t ≤ step;
+        steps after the decision step get weight exactly 0, whatever the window shape.
+        """
+        tau = decision.tau
         t = torch.arange(steps, device=tau.device, dtype=tau.dtype)
-        offset = tau.unsqueeze(1) - t.unsqueeze(0)
+        offset = tau.unsqueeze(1) - (t.unsqueeze(0) + 1.0)
         if self.readout == "soft_mask":
-            return torch.sigmoid(self.readout_sharpness * (offset + 0.5))
-        return torch.exp(-0.5 * (offset / self.readout_width) ** 2)
+            weights = torch.sigmoid(self.readout_sharpness * (offset + 0.5))
+        else:  # one-sided Gaussian window ending at the decision
+            weights = torch.exp(-0.5 * (offset.clamp_min(0.0) / self.readout_width) ** 2)
+        assert decision.step is not None
+        causal = t.unsqueeze(0) <= decision.step.unsqueeze(1).to(t.dtype)
+        return weights * causal
 
     def forward(self, hidden: Tensor) -> RTifyOutput:
         """Run the head on hidden states (B, T, H)."""
@@ -191,11 +232,21 @@ class RTifyHead(nn.Module):
         ev = F.softplus(raw) if self.nonnegative else raw
         phi = torch.cumsum(ev, dim=1)
         theta = self.threshold
+        gradient = "implicit" if self.estimator == "implicit" else "interpolated"
         if self.mode == "multiclass":
-            decision = first_crossing_multiclass(phi, theta, min_slope=self.min_slope)
+            decision = first_crossing_multiclass(phi, theta, min_slope=self.min_slope, gradient=gradient)
         else:
             phi = phi.squeeze(-1)
-            decision = first_crossing_two_bound(phi, theta, min_slope=self.min_slope)
+            decision = first_crossing_two_bound(phi, theta, min_slope=self.min_slope, gradient=gradient)
+        passage = None
+        if self.estimator == "soft":
+            passage = first_passage(
+                phi,
+                theta,
+                mode="race" if self.mode == "multiclass" else "two_bound",
+                temperature=self.temperature,
+                min_slope=self.min_slope,
+            )
 
         if self.classifier is not None:
             step_logits = self.classifier(hidden)
@@ -203,11 +254,11 @@ class RTifyHead(nn.Module):
             step_logits = ev
         else:  # signed evidence → logit difference e between "upper" (class 1) and "lower" (class 0)
             step_logits = torch.cat([-0.5 * ev, 0.5 * ev], dim=-1)
-        weights = self._readout_weights(decision.tau, hidden.shape[1])
+        weights = self._readout_weights(decision, hidden.shape[1])
         # Weighted MEAN (not sum) so the logit scale does not grow with τ: otherwise CE alone would
         # reward slow decisions.
         choice_logits = (weights.unsqueeze(-1) * step_logits).sum(1) / weights.sum(1, keepdim=True)
-        rt_s = decision.tau * self.dt + self.t0
+        rt_s = rt_seconds(decision.tau, self.dt, self.t0)
         return RTifyOutput(
             decision=decision,
             rt_s=rt_s,
@@ -215,6 +266,7 @@ class RTifyHead(nn.Module):
             step_logits=step_logits,
             phi=phi,
             threshold=theta,
+            passage=passage,
         )
 
     @torch.no_grad()
@@ -222,12 +274,13 @@ class RTifyHead(nn.Module):
         self,
         hidden: Tensor,
         *,
-        choice_from: Literal["readout", "accumulator"] = "readout",
+        choice_from: Literal["readout", "accumulator"] = "accumulator",
         batch_size: int | None = None,
     ) -> TrialPredictions:
         """RTs (s), choices and decided flags as numpy arrays, in batches of ``batch_size`` trials.
 
-        ``choice_from="accumulator"`` reports the race winner / bound hit instead of the read-out argmax.
+        ``choice_from="accumulator"`` (default) reports the race winner / bound hit; ``"readout"`` the
+        argmax of the causal read-out's logits.
         """
         if choice_from not in ("readout", "accumulator"):
             raise PerceptAlignError(f"choice_from must be 'readout' or 'accumulator', got {choice_from!r}.")
@@ -239,7 +292,8 @@ class RTifyHead(nn.Module):
         for start in range(0, hidden.shape[0], step):
             out = self(hidden[start : start + step])
             rts.append(out.rt_s.cpu().numpy())
-            choices.append((out.choice if choice_from == "readout" else out.decision.choice).cpu().numpy())
+            chosen = out.choice_logits.argmax(-1) if choice_from == "readout" else out.decision.choice
+            choices.append(chosen.cpu().numpy())
             decided.append(out.decision.decided.cpu().numpy())
         return TrialPredictions(
             rt_s=np.concatenate(rts), choice=np.concatenate(choices), decided=np.concatenate(decided)

@@ -9,13 +9,16 @@ All losses are plain differentiable tensor functions; bad input raises PerceptAl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError
+
+if TYPE_CHECKING:
+    from perceptalign.rtify.heads import RTifyOutput
 
 __all__ = [
     "histogram_mse",
@@ -25,6 +28,7 @@ __all__ = [
     "rt_histogram_loss",
     "sample_quantiles",
     "self_penalty_loss",
+    "self_penalty_objective",
     "signed_rt",
     "soft_histogram",
     "wasserstein1_from_histograms",
@@ -352,3 +356,33 @@ def self_penalty_loss(
         others = choice_logits.masked_fill(F.one_hot(labels, choice_logits.shape[1]).bool(), -torch.inf)
         penalty = correct - others.amax(dim=1)
     return ce + lam * torch.mean(penalty * tau)
+
+
+def self_penalty_objective(
+    out: RTifyOutput, labels: Tensor, *, lam: float, kind: Literal["margin", "tau", "p_correct"] = "margin"
+) -> Tensor:
+    """The self-penalised objective on the choice the accumulator makes, for an RTify head's output.
+
+    With the soft estimator, the cost of Bogacz et al. (2006): expected error rate + λ·mean(penalty·E[t*]),
+    both from the first-passage distribution (mass still undecided at the end of the window guesses at
+    chance, at time T). The error rate replaces cross-entropy because a hard choice's likelihood is ~0 on
+    every error (the CE is unbounded there, and a few confident errors would dominate). Penalties: "tau" 1,
+    "p_correct" P(correct), "margin" P(correct) − max P(other) (bounded analogues of the logit forms).
+    Pathwise estimators keep the published form (:func:`self_penalty_loss` on the causal read-out).
+    """
+    if out.passage is None:
+        return self_penalty_loss(out.choice_logits, labels, out.decision.tau, lam=lam, kind=kind)
+    if kind not in ("margin", "tau", "p_correct"):
+        raise PerceptAlignError(f"kind must be 'margin', 'tau' or 'p_correct', got {kind!r}.")
+    if not lam >= 0:
+        raise PerceptAlignError(f"lam must be ≥ 0, got {lam!r}.")
+    probs = out.passage.log_choice_probability().exp()
+    p_correct = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    if kind == "tau":
+        penalty = torch.ones_like(p_correct)
+    elif kind == "p_correct":
+        penalty = p_correct
+    else:
+        others = probs.masked_fill(F.one_hot(labels, probs.shape[1]).bool(), -1.0)
+        penalty = p_correct - others.amax(dim=1)
+    return (1 - p_correct).mean() + lam * torch.mean(penalty * out.passage.censored_time())

@@ -14,7 +14,7 @@ from perceptalign.rtify.experiments.natural.deciders import make_item_head, set_
 from perceptalign.rtify.experiments.natural.image_data import ImageSplit
 from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.losses import self_penalty_loss
+from perceptalign.rtify.losses import self_penalty_objective
 
 
 @dataclass
@@ -93,8 +93,7 @@ def train_self_penalised(
             else:
                 feats = train_set.features[idx]
             out = head(feats)
-            tau = out.decision.tau
-            loss = self_penalty_loss(out.choice_logits, train_set.labels[idx], tau, lam=lam, kind=kind)
+            loss = self_penalty_objective(out, train_set.labels[idx], lam=lam, kind=kind)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -232,6 +232,8 @@ def build_readout_head(sim: SimulatedTrials, frame_s: float, config: FitConfig, 
         evidence=nn.Linear(hidden.shape[-1], 1),
         classifier="linear",
         readout=config.readout,
+        estimator=config.estimator,
+        temperature=config.temperature,
         t0_init=config.t0_init if human else config.t0_fixed,
         learn_t0=human,
     )
@@ -327,14 +329,14 @@ def run_pixel_rdm(
                 history = fit_head_to_human(head, sim_fit, targets_train, head_cfg, progress=phase(name))
             else:
                 history = train_self_penalised_cached(head, sim_fit, head_cfg, progress=phase(name))
-            rule = "sample" if human else "argmax"
-            table = predict_table(head, sim_eval, choice_rule=rule, seed=config.seed + 303)  # type: ignore[arg-type]
+            table = predict_table(head, sim_eval)
             entry = evaluate_method(table, human_test, targets_test, head_cfg)
             entry["params"] = {
                 "threshold": float(head.threshold.detach()),
                 "t0": float(head.t0.detach()),
                 "t0_learned": human,
-                "choice_rule": rule,
+                "choice": "accumulator (bound crossed)",
+                "estimator": head_cfg.estimator,
                 "dt_s": frame_s,
             }
             entries[name], tables[name], histories[name] = entry, table, _thin(history)

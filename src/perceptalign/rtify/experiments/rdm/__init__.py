@@ -43,7 +43,6 @@ from perceptalign.rtify.experiments.rdm.compare import (
 )
 from perceptalign.rtify.experiments.rdm.config import (
     METHOD_LABELS,
-    ChoiceRule,
     EvidenceKind,
     FitConfig,
     LossKind,
@@ -67,6 +66,7 @@ from perceptalign.rtify.experiments.rdm.human_fit import (
     check_human_window,
     expected_signed_histograms,
     fit_head_to_human,
+    head_sample,
     objective_value,
     predict_table,
     table_loss,
@@ -77,7 +77,6 @@ from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials,
 
 __all__ = [
     "METHOD_LABELS",
-    "ChoiceRule",
     "EvidenceKind",
     "FitConfig",
     "FitResult",
@@ -96,6 +95,7 @@ __all__ = [
     "evaluate_method",
     "expected_signed_histograms",
     "fit_head_to_human",
+    "head_sample",
     "init_threshold",
     "markdown_number",
     "objective_value",

@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.objective import RTLoss
 
 Objective = Literal["human", "self-penalty"]
 LossKind = Literal["mse", "wasserstein", "quantile"]
 PenaltyKind = Literal["margin", "tau", "p_correct"]
 EvidenceKind = Literal["increment", "linear"]
-ChoiceRule = Literal["sample", "argmax"]
-"""Progress callback: (phase name, steps done, total steps, short status text)."""
+GradientEstimator = Literal["soft", "interpolated", "implicit"]
 
 METHOD_LABELS = {
     "rtify-human": "RTify (human fit)",
@@ -35,6 +35,8 @@ class FitConfig:
     acc_weight: float = 1.0
     evidence: EvidenceKind = "linear"
     readout: Literal["soft_mask", "gaussian"] = "gaussian"
+    estimator: GradientEstimator = "soft"
+    temperature: float = 0.1
     head_steps: int = 200
     lr: float = 0.03
     n_train: int = 250
@@ -55,6 +57,7 @@ class FitConfig:
             "penalty": ("margin", "tau", "p_correct"),
             "evidence": ("increment", "linear"),
             "readout": ("soft_mask", "gaussian"),
+            "estimator": ("soft", "interpolated", "implicit"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -73,8 +76,21 @@ class FitConfig:
             raise PerceptAlignError(f"lr must be positive, got {self.lr!r}.")
         if not (self.t0_init > 0 and self.t0_fixed > 0):
             raise PerceptAlignError("t0_init and t0_fixed (non-decision times, s) must be positive.")
-        if not (self.sigma > 0 and self.lo < 0 < self.hi):
-            raise PerceptAlignError("need sigma > 0 and a histogram window lo < 0 < hi (signed RTs).")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise PerceptAlignError(f"`temperature` must be a positive number, got {self.temperature!r}.")
+        self.rt_loss  # noqa: B018 — validates the objective's settings now, not at the first fit step
+
+    @property
+    def rt_loss(self) -> RTLoss:
+        """The objective these settings define (shared by the head, Wong–Wang and the baselines)."""
+        return RTLoss(
+            kind=self.loss,
+            acc_weight=self.acc_weight,
+            lo=self.lo,
+            hi=self.hi,
+            n_bins=self.n_bins,
+            sigma=self.sigma,
+        )
 
     @property
     def model_name(self) -> str:

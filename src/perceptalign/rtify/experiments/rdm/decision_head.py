@@ -49,6 +49,8 @@ def build_head(backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig) ->
         evidence=evidence,
         classifier="linear",
         readout=config.readout,
+        estimator=config.estimator,
+        temperature=config.temperature,
         t0_init=config.t0_init if config.objective == "human" else config.t0_fixed,
         learn_t0=config.objective == "human",
     )

@@ -13,12 +13,12 @@ import torch
 from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError, write_json_atomic
 from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, run_baselines
-from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, ChoiceRule, FitConfig
-from perceptalign.rtify.experiments.rdm.decision_head import build_head, p_correct
+from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, FitConfig
+from perceptalign.rtify.experiments.rdm.decision_head import build_head
 from perceptalign.rtify.experiments.rdm.human_fit import (
     HumanTargets,
     fit_head_to_human,
-    objective_value,
+    head_sample,
     predict_table,
 )
 from perceptalign.rtify.experiments.rdm.self_penalised import train_self_penalised
@@ -133,32 +133,24 @@ def run_fit(
     start = time.perf_counter()
     if config.objective == "human":
         history = fit_head_to_human(head, sim_train, targets_train, config, progress=progress)
-        choice_rule: ChoiceRule = "sample"
     else:
         history = train_self_penalised(head, backbone, task, config, progress=progress)
-        choice_rule = "argmax"
     runtime["head"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    table = predict_table(head, sim_eval, choice_rule=choice_rule, seed=config.seed + 303)
+    table = predict_table(head, sim_eval)
     model_eval = evaluate_method(table, human_test, targets_test, config)
     with torch.no_grad():
         out = head(sim_eval.hidden)
-        expected, _ = objective_value(
-            out.rt_s,
-            p_correct(out.choice_logits, sim_eval.labels),
-            out.decision.decided,
-            sim_eval.cond_idx,
-            targets_test,
-            config,
-        )
+        expected, _ = config.rt_loss(head_sample(out, head, sim_eval), targets_test)
         n_clamped = out.decision.n_clamped
     model_eval["test_objective_expected"] = float(expected)
     model_eval["params"] = {
         "threshold": float(head.threshold.detach()),
         "t0": float(head.t0.detach()),
         "t0_learned": config.objective == "human",
-        "choice_rule": choice_rule,
+        "choice": "accumulator (bound crossed)",
+        "estimator": config.estimator,
         "n_clamped_slopes_eval": int(n_clamped),
     }
     runtime["evaluate"] = time.perf_counter() - start

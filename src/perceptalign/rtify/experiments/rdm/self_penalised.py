@@ -13,7 +13,7 @@ from perceptalign.rtify.experiments.rdm.decision_head import init_threshold
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials, simulate
 from perceptalign.rtify.experiments.rdm.task import GRUBackbone, RDMTaskConfig
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.losses import self_penalty_loss
+from perceptalign.rtify.losses import self_penalty_objective
 
 
 def train_self_penalised(
@@ -60,9 +60,7 @@ def train_self_penalised_on(
     for step in range(config.head_steps):
         sim = trials(step)
         out = head(sim.hidden)
-        loss = self_penalty_loss(
-            out.choice_logits, sim.labels, out.decision.tau, lam=config.lam, kind=config.penalty
-        )
+        loss = self_penalty_objective(out, sim.labels, lam=config.lam, kind=config.penalty)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -55,7 +55,6 @@ __all__ = [
 HUMAN_COHERENCES: tuple[float, ...] = (0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2)
 
 
-
 @dataclass(frozen=True)
 class RDMTaskConfig:
     """The abstract RDM evidence stream (see the module docstring for the generative model)."""
