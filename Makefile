@@ -61,3 +61,4 @@ bench: fetch
 	$(PY) benchmarks/ntps_stats.py --quick
 	$(PY) benchmarks/ww_sim.py --quick
 	$(PY) benchmarks/rdm_stimuli.py --quick
+	$(PY) benchmarks/rtify_gradients.py --quick

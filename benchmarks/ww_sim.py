@@ -3,9 +3,11 @@
 Baseline ("published shape"): explicit Euler in a Python time loop over (B, 2) states that writes
 every step into preallocated (B, T + 1, 2) trajectory tensors, the naive H formula, one randn call per
 step, and autograd through the whole loop (its backward copies the trajectory buffer once per step).
-Both implementations simulate the same model (docs/rtify.md, "The Wong–Wang model", 2-s stimulus, exact
-OU noise) on a batch
-that mixes the 7 standard coherences, and both decide with ``first_crossing_multiclass``; forward+
+At dt ≤ 1 ms both implementations simulate the same model (docs/rtify.md, "The Wong–Wang model", 2-s
+stimulus, exact OU noise). At coarser dt they do not: this package sub-steps at ≤ 1 ms so the noise is
+right (the baseline's single step has ≈ 3× the integrated noise variance at 10 ms, 7× at 26.67 ms), so
+the 26.67 ms cases compare the correct model with the cheaper wrong one (ratio < 1 there). The batch
+mixes the 7 standard coherences, and both decide with ``first_crossing_multiclass``; forward+
 backward differentiates the mean RT of decided trials w.r.t. all learnable parameters.
 
 Timing: for each case both implementations run in the same process, interleaved (the order alternates

@@ -162,3 +162,36 @@ def test_fit_table_is_readable_at_80_columns() -> None:
     for label in ("RTify-SP", "entropy", "evidential", "DDM"):
         assert any(line.startswith(("│ " + label, "┃ " + label)) for line in text.splitlines()), label
     assert "0.712" in text and "1.592" in text
+
+
+def test_seeds_write_one_run_per_seed_and_a_summary_with_spread_and_noise_floor(
+    csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "seeds"
+    result = _fit(csv, out, tmp_path / "cache", "--no-baselines", "--seeds", "2", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    runs = [read_json(out / f"seed-{s}" / "fit.json") for s in (3, 4)]
+    assert [r["settings"]["fit"]["seed"] for r in runs] == [3, 4]
+    summary = read_json(out / "summary.json")
+    assert summary["seeds"] == [3, 4]
+    rows = {r["condition"]: r for r in summary["over_seeds"]["rtify-human"]}
+    for coh in COHERENCES:
+        w1 = [
+            next(x for x in r["rtify"]["per_condition"] if x["condition"] == coh)["wasserstein"] for r in runs
+        ]
+        # the summary's mean and sd over seeds are those of the two runs' own per-coherence W1
+        assert rows[coh]["wasserstein_mean"] == pytest.approx(np.mean(w1))
+        assert rows[coh]["wasserstein_sd"] == pytest.approx(np.std(w1, ddof=1))
+    floor = {r["condition"]: r for r in summary["noise_floor"]}
+    assert set(COHERENCES) <= set(floor) and all(floor[c]["wasserstein_mean"] > 0 for c in COHERENCES)
+    text = (out / "summary.md").read_text()
+    assert "noise floor" in text and " ± " in text and "parameters fitted to human data" in text
+
+
+def test_basic_interval_reflects_the_percentile_interval_about_the_estimate() -> None:
+    from perceptalign.rtify.experiments.rdm.replicates import basic_interval
+
+    row = pd.Series({"estimate": 0.05, "lo": 0.055, "hi": 0.08})
+    lo, hi = basic_interval(row)
+    assert (lo, hi) == pytest.approx((0.02, 0.045))  # 2·0.05 − 0.08, 2·0.05 − 0.055
+    assert basic_interval(pd.Series({"estimate": 0.01, "lo": 0.0, "hi": 0.05}))[0] == 0.0  # floored at 0

@@ -15,9 +15,9 @@ from perceptalign.rtify.wongwang import (
     WongWang2,
     WongWangN,
     _g_stable,
-    _slope_from_gain_,
     wong_wang_rate,
 )
+from perceptalign.rtify.wongwang_engine import slope_from_gain_ as _slope_from_gain_
 
 A, B_, D = WW_DEFAULTS["a"], WW_DEFAULTS["b"], WW_DEFAULTS["d"]
 
@@ -118,10 +118,15 @@ def test_adjoint_slope_matches_autograd_of_rate(dtype: torch.dtype, rtol: float)
 def test_ou_noise_variance_follows_the_exact_update() -> None:
     # z_k = ρ z_{k−1} + √((1−ρ²)/2) ξ_k, z_{−1} = 0  ⇒  Var z_k = (1 − ρ^{2(k+1)})/2 → 1/2, so the
     # noise current σz has stationary variance σ²/2 whatever dt is; lag-1 correlation is ρ.
+    # With sub-steps the output sample t is z at internal step (t + 1)·m − 1, and ρ_h^m = e^{−dt/τ_A}: the
+    # same variances and lag-1 correlation on the output grid.
     sigma, batch = 0.02, 8000
     for dt in (1.0, 26.67):
-        m = WongWang2(dt_ms=dt, max_time_s=0.3 if dt == 1.0 else 3.0)
-        traj = m.inference(torch.zeros(batch), generator=torch.Generator().manual_seed(0), return_noise=True)
+        m = WongWang2(dt_ms=dt, max_time_s=0.3 if dt == 1.0 else 1.5)
+        with torch.no_grad():
+            traj = m.inference(
+                torch.zeros(batch), generator=torch.Generator().manual_seed(0), return_noise=True
+            )
         noise = traj.noise.double()  # (B, T, 2)
         rho = math.exp(-dt / 2.0)
         var_t = noise.var(dim=0).mean(dim=1)  # per step, over trials and both populations
@@ -237,8 +242,11 @@ def test_window_decision_equals_full_trajectory_decision() -> None:
     m = WongWang2(dt_ms=10.0, max_time_s=1.0).double()
     coh = torch.tensor([0.0, 3.2, 12.8, 51.2] * 10, dtype=torch.float64)
     out = m(coh, generator=torch.Generator().manual_seed(2), return_trajectories=True)
-    full = first_crossing_multiclass(out.trajectories, m.threshold)
-    assert torch.equal(out.decision.tau.detach(), full.tau.detach())
+    full = first_crossing_multiclass(out.trajectories, m.threshold, initial=m.s0)
+    # t* = s + f: the window path adds s − 1 to (1 + f), the full search adds f to s, so the two can
+    # differ by one rounding of a number ≈ T (1e-13 relative in float64); steps and choices are equal.
+    torch.testing.assert_close(out.decision.tau.detach(), full.tau.detach(), rtol=1e-14, atol=0)
+    assert torch.equal(out.decision.step, full.step)
     assert torch.equal(out.choice, full.choice) and torch.equal(out.decided, full.decided)
     assert out.decision.n_clamped == full.n_clamped and out.decision.n_ties == full.n_ties
     (g_win,) = torch.autograd.grad(out.decision.tau.sum(), m.threshold, retain_graph=True)
@@ -253,11 +261,13 @@ def test_early_stop_does_not_change_decisions() -> None:
     full = m(coh, generator=torch.Generator().manual_seed(4), return_trajectories=True)
     assert stopped.decided.all()
     assert torch.equal(stopped.rt_s, full.rt_s) and torch.equal(stopped.choice, full.choice)
-    # RT convention: trajectory index τ holds time (τ + 1)·dt, plus the motor delay.
-    tau = full.decision.tau
-    torch.testing.assert_close(full.rt_s, (tau + 1) * 0.002 + 0.1)
+    # RT convention (changed from the integer (s + 1)·dt): trajectory index t holds time (t + 1)·dt, the
+    # decision time t* ∈ [s, s + 1] interpolates the crossing linearly, RT = t*·dt + motor delay.
+    t_star, step = full.decision.tau, full.decision.step
+    torch.testing.assert_close(full.rt_s, t_star * 0.002 + 0.1)
     first = (full.trajectories.amax(dim=2) > 0.5).float().argmax(dim=1)
-    assert torch.equal(tau.long(), first)
+    assert torch.equal(step, first)
+    assert ((t_star >= step) & (t_star <= step + 1)).all()
 
 
 def test_unreachable_threshold_is_reported_not_dropped() -> None:
@@ -302,9 +312,14 @@ def test_constant_series_equals_constant_input_and_stimulus_switches_off() -> No
     const = m(coh, generator=torch.Generator().manual_seed(1))
     series = m(coh[:, None].expand(-1, 150), generator=torch.Generator().manual_seed(1))
     assert torch.equal(const.rt_s, series.rt_s) and torch.equal(const.choice, series.choice)
-    # 150 frames at 75 Hz over 2 s and dt = 2 frames: step k reads frame 2k.
+    # 150 frames at 75 Hz over 2 s and dt = 2 frames, each output step integrated in 27 internal steps of
+    # 0.988 ms: the first internal step of output step j reads frame 2j, the last internal step (starting
+    # at 1999.0 ms) frame 149; an internal step reads the frame its start falls in.
     grid = m._grid(26.67, 2.0, 150, None)
-    assert grid.n_steps == 75 and grid.frame_of_step[:4] == [0, 2, 4, 6] and grid.frame_of_step[-1] == 148
+    assert grid.n_steps == 75 and grid.n_sub == 27 and grid.n_internal == 75 * 27
+    assert grid.frame_of_step[::27][:4] == [0, 2, 4, 6] and grid.frame_of_step[-1] == 149
+    h = 26.67 / 27
+    assert all(f == min(149, int(k * h // (2000 / 150))) for k, f in enumerate(grid.frame_of_step))
     off = WongWang2(dt_ms=5.0, max_time_s=1.0, stim_duration_s=0.0)
     a = off(torch.zeros(50), generator=torch.Generator().manual_seed(3))
     b = off(torch.full((50,), 51.2), generator=torch.Generator().manual_seed(3))
@@ -350,14 +365,68 @@ def test_classic_behaviour_at_fine_dt_fast() -> None:
     assert err32 > rt32 + 0.03
 
 
-def test_coarse_dt_loses_accuracy_at_12_8_percent() -> None:
-    # At the published dt (docs/rtify.md): ≈ .82 at dt = 26.67 ms vs ≈ .99 at 1 ms. The coarse step holds
-    # each (nearly white) noise sample for 26.67 ms instead of τ_A = 2 ms, inflating the integrated noise
-    # ~7×. s.e. ≈ .012 here.
-    m = WongWang2()
-    fine, _, _ = _summary(m, 12.8, 800, 0, 1.0)
-    coarse, _, _ = _summary(m, 12.8, 800, 0, 26.67)
+def test_published_single_step_loses_accuracy_at_coarse_dt_but_sub_steps_do_not() -> None:
+    # With one Euler step per dt (the published scheme, max_substep_ms=None) each noise sample is held for
+    # 26.67 ms instead of τ_A = 2 ms, inflating the integrated noise ~7×: accuracy at 12.8 % drops from
+    # ≈ .99 to ≈ .82. With the default sub-steps (h ≤ 1 ms) dt is only the output grid. s.e. ≈ .012 here.
+    published = WongWang2(max_substep_ms=None)
+    fine, _, _ = _summary(published, 12.8, 800, 0, 1.0)
+    coarse, _, _ = _summary(published, 12.8, 800, 0, 26.67)
     assert fine - coarse > 0.1
+    sub_stepped, _, _ = _summary(WongWang2(), 12.8, 800, 0, 26.67)
+    assert abs(sub_stepped - fine) < 0.05
+
+
+def _accuracy_and_decision_time(m: WongWang2, c: float, n: int, seed: int, dt: float) -> tuple[float, ...]:
+    """Accuracy and mean decision time (RT − motor delay, s) of decided trials, with their standard errors."""
+    out = m.simulate(c, n, seed=seed, dt_ms=dt)
+    d = out.decided
+    correct = (out.choice[d] == 0).double()
+    dtime = (out.rt_s[d] - m.motor_delay_s).double()
+    k = int(d.sum())
+    acc = correct.mean().item()
+    return acc, math.sqrt(acc * (1 - acc) / k), dtime.mean().item(), dtime.std().item() / math.sqrt(k)
+
+
+@pytest.mark.parametrize("coherence", [6.4, 51.2])
+def test_output_dt_of_10_ms_and_1_ms_agree_within_sampling_error(coherence: float) -> None:
+    # Independent seeds, 4000 trials each: the difference of two estimates has s.e. √(se₁² + se₂²) and must
+    # stay within 4 of them (two-sided false-alarm rate 6e-5 per comparison; s.e. ≈ .007 for accuracy and
+    # ≈ 4 ms for the mean decision time at 6.4 %, 0 and ≈ 1 ms at 51.2 %). The floor of 1e-3 on the
+    # accuracy tolerance covers 51.2 %, where both accuracies are 1 and the s.e. is 0. Output dt = 10 ms
+    # reads the crossing off a 10-ms grid (interpolated), which biases the decision time by < 1 ms.
+    m = WongWang2()
+    n = 4000
+    a10, sa10, t10, st10 = _accuracy_and_decision_time(m, coherence, n, 1, 10.0)
+    a1, sa1, t1, st1 = _accuracy_and_decision_time(m, coherence, n, 2, 1.0)
+    assert abs(a10 - a1) < max(4 * math.hypot(sa10, sa1), 1e-3)
+    assert abs(t10 - t1) < 4 * math.hypot(st10, st1)
+    # Before sub-stepping (one Euler step per output dt; dt = 1 ms is the same model either way) the two
+    # disagreed far beyond that: accuracy .77 at 10 ms against .87 at 1 ms at 6.4 % (15 s.e.), the mean
+    # decision time 301.5 against 294.4 ms at 51.2 % (8.6 s.e.).
+    old = WongWang2(max_substep_ms=None)
+    o10, so10, u10, su10 = _accuracy_and_decision_time(old, coherence, n, 1, 10.0)
+    if coherence == 6.4:
+        assert a1 - o10 > 8 * math.hypot(so10, sa1)
+    else:
+        assert u10 - t1 > 5 * math.hypot(su10, st1)
+
+
+def test_same_seed_gives_the_same_internal_trajectory_at_any_output_dt() -> None:
+    # dt = 10 ms and dt = 1 ms both integrate with h = 1 ms and the same noise stream: the coarse output
+    # rows are exactly every tenth fine row, and both runs make the same choices.
+    fine = WongWang2(dt_ms=1.0).trajectories(6.4, 40, seed=5, grad=False)
+    coarse = WongWang2(dt_ms=10.0).trajectories(6.4, 40, seed=5, grad=False)
+    assert coarse.shape == (40, 200, 2) and torch.equal(coarse, fine[:, 9::10])
+    a = WongWang2(dt_ms=1.0).simulate(6.4, 40, seed=5)
+    b = WongWang2(dt_ms=10.0).simulate(6.4, 40, seed=5)
+    assert torch.equal(a.choice, b.choice) and torch.equal(a.decided, b.decided)
+    # The coarse grid samples the same path, so it sees a crossing no earlier than the fine grid (it can see
+    # it later when S dips back below θ between two coarse samples), and the interpolated decision times
+    # (in ms) differ by less than one coarse step here.
+    fine_ms = a.decision.step + 1  # the first fine sample past θ is at (s_fine + 1) ms
+    assert (fine_ms <= (b.decision.step + 1) * 10).all()
+    assert (b.decision.tau * 10 - a.decision.tau).abs().max() < 10
 
 
 def test_classic_behaviour_full_sweep_and_dt_convergence() -> None:
@@ -448,12 +517,17 @@ def _reference_noise(n_steps: int, shape: tuple[int, int], cn: float, rho: float
     return out
 
 
-@pytest.mark.parametrize("batch,dt", [(7, 1.0), (300, 26.67), (1, 3.0)])
+@pytest.mark.parametrize("batch,dt", [(7, 1.0), (300, 26.67), (1, 3.0), (10, 0.5)])
 def test_noise_stream_is_one_randn_per_block_then_exact_ou(batch: int, dt: float) -> None:
+    # The stream lives on the internal grid (h = dt/m ≤ 1 ms); the returned noise is that of the last
+    # internal step of each output step.
     m = WongWang2(dt_ms=dt, max_time_s=0.5 if dt < 5 else 3.0)
     traj = m.inference(torch.zeros(batch), generator=torch.Generator().manual_seed(5), return_noise=True)
-    rho = math.exp(-dt / 2.0)
-    want = _reference_noise(traj.noise.shape[1], (2, batch), math.sqrt((1 - rho * rho) / 2), rho, 5)
+    sub = m.substeps()
+    assert sub == max(1, math.ceil(dt))
+    rho = math.exp(-dt / sub / 2.0)
+    n_int = traj.noise.shape[1] * sub
+    want = _reference_noise(n_int, (2, batch), math.sqrt((1 - rho * rho) / 2), rho, 5)[sub - 1 :: sub]
     z = (traj.noise / m.sigma.detach()).permute(1, 2, 0)
     # σz / σ is z up to one rounding of the product and one of the quotient (≤ 2 ulp).
     torch.testing.assert_close(z, want, rtol=3e-7, atol=0)
@@ -462,7 +536,8 @@ def test_noise_stream_is_one_randn_per_block_then_exact_ou(batch: int, dt: float
 @pytest.mark.parametrize("per_step", [1, 2, 7, 14, 16, 20_000])
 @pytest.mark.parametrize("steps", [1, 5, 16, 17, 33, 64])
 def test_chunked_prescaled_draws_reproduce_one_randn_times_scale(per_step: int, steps: int) -> None:
-    from perceptalign.rtify.wongwang import _draw_scaled_noise, _noise_pieces
+    from perceptalign.rtify.wongwang_engine import draw_scaled_noise as _draw_scaled_noise
+    from perceptalign.rtify.wongwang_engine import noise_pieces as _noise_pieces
 
     scale = 0.4321
     ref = torch.Generator().manual_seed(3)
@@ -507,11 +582,13 @@ def test_decision_only_run_equals_full_trajectory_and_training_paths(
     assert trained.rt_s.requires_grad
     _assert_same_decisions(rolling, full)
     _assert_same_decisions(rolling, trained)
-    ref = first_crossing_multiclass(full.trajectories, m.threshold.detach())
-    assert torch.equal(rolling.decision.tau, ref.tau) and torch.equal(rolling.choice, ref.choice)
+    ref = first_crossing_multiclass(full.trajectories, m.threshold.detach(), initial=m.s0)
+    # Same steps and choices; t* equal up to one float32 rounding of a number ≈ T (see the window test).
+    assert torch.equal(rolling.decision.step, ref.step) and torch.equal(rolling.choice, ref.choice)
+    torch.testing.assert_close(rolling.decision.tau, ref.tau, rtol=2.5e-7, atol=0)
     assert rolling.decision.n_ties == ref.n_ties and rolling.decision.n_clamped == ref.n_clamped
     if threshold == 0.1:
-        assert (rolling.decision.tau == 0).any()
+        assert (rolling.decision.step == 0).any()
     elif tmax < 1.0:
         assert 0 < rolling.no_decision_rate < 1
 
@@ -525,14 +602,14 @@ def test_ties_and_overshoot_rule_match_the_decision_module() -> None:
     with torch.no_grad():
         out = m(drive, generator=torch.Generator().manual_seed(0))
         full = m(drive, generator=torch.Generator().manual_seed(0), return_trajectories=True)
-    ref = first_crossing_multiclass(full.trajectories, m.threshold.detach())
+    ref = first_crossing_multiclass(full.trajectories, m.threshold.detach(), initial=m.s0)
     assert out.decided.all() and out.decision.n_ties == ref.n_ties == 15
-    assert torch.equal(out.choice, ref.choice) and torch.equal(out.decision.tau, ref.tau)
+    assert torch.equal(out.choice, ref.choice) and torch.equal(out.decision.step, ref.step)
     assert all(drive[i, c] == 1.5 for i, c in enumerate(out.choice.tolist()))
 
 
 def test_first_argmax_keeps_the_first_maximum() -> None:
-    from perceptalign.rtify.wongwang import _first_argmax
+    from perceptalign.rtify.wongwang_engine import first_argmax as _first_argmax
 
     for n in (2, 3, 9):
         values = torch.randint(0, 3, (n, 500)).float()
@@ -546,7 +623,7 @@ def test_early_stop_leaves_the_generator_where_full_block_draws_would() -> None:
     gen = torch.Generator().manual_seed(9)
     with torch.no_grad():
         out = m(torch.full((50,), 51.2), generator=gen)
-    blocks = int(out.decision.tau.max()) // 64 + 1
+    blocks = int(out.decision.step.max()) // 64 + 1
     assert out.decided.all() and blocks < 2000 // 64  # it did stop early
     ref = torch.Generator().manual_seed(9)
     for _ in range(blocks):
@@ -569,24 +646,25 @@ def _zero_input_current_i0() -> float:
 def test_exact_zero_input_is_replayed_with_the_limit_rate() -> None:
     # u = 0 exactly makes g = u/expm1(u) = 0/0; the loop does not screen it per step but replays the
     # chunk with the limit g = 1 (H = 1/d). S then follows the deterministic Euler recursion below.
-    dt = 2.0
+    # Output dt = 2 ms: two internal steps of 1 ms each; the output rows are every second internal state.
+    dt, h = 2.0, 1.0
     m = WongWangN(1, J=torch.zeros(1, 1), dt_ms=dt, max_time_s=0.4, stim_duration_s=0.0, sigma=0.0)
     m = m.double()
     with torch.no_grad():
         m.I0.fill_(_zero_input_current_i0())
     traj = m.inference(torch.zeros(4, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
     s, want = 0.1, []
-    for _ in range(traj.S.shape[1]):
-        s = s + dt * (-s / 100.0 + (1 - s) * 0.641 * (1 / D) / 1000.0)
+    for _ in range(2 * traj.S.shape[1]):
+        s = s + h * (-s / 100.0 + (1 - s) * 0.641 * (1 / D) / 1000.0)
         want.append(s)
-    want_t = torch.tensor(want, dtype=torch.float64).expand(4, -1)
+    want_t = torch.tensor(want[1::2], dtype=torch.float64).expand(4, -1)
     torch.testing.assert_close(traj.S[..., 0], want_t, rtol=1e-12, atol=0)  # float64 round-off only
     with torch.no_grad():
         out = m(torch.zeros(4, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
     first = int((want_t[0] > 0.5).nonzero()[0]) if (want_t[0] > 0.5).any() else None
     assert torch.isfinite(out.rt_s).all()
     assert (
-        (out.decided.all() and int(out.decision.tau[0]) == first)
+        (out.decided.all() and int(out.decision.step[0]) == first)
         if first is not None
         else not out.decided.any()
     )
@@ -600,7 +678,8 @@ def test_exact_zero_input_is_replayed_with_the_limit_rate() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_patched_slope_is_bit_identical_to_the_blended_one(dtype: torch.dtype) -> None:
-    from perceptalign.rtify.wongwang import _slope_closed_, _SlopePatch
+    from perceptalign.rtify.wongwang_engine import SlopePatch as _SlopePatch
+    from perceptalign.rtify.wongwang_engine import slope_closed_ as _slope_closed_
 
     torch.manual_seed(0)
     u = torch.cat([torch.randn(3000, dtype=dtype) * 0.03, torch.randn(3000, dtype=dtype) * 3]).view(
@@ -625,3 +704,89 @@ def test_bad_min_slope_raises() -> None:
     for bad in (0.0, -1e-3, math.inf, math.nan):
         with pytest.raises(PerceptAlignError, match="min_slope"):
             WongWang2(min_slope=bad)
+
+
+# ------------------------------------------------------------------------ decision-time convention
+def test_decision_time_gradient_is_the_derivative_of_the_interpolated_crossing() -> None:
+    # t* = s + (θ − S_{s−1})/(S_s − S_{s−1}) with S_{−1} = s0: with the noise fixed by the seed, a step
+    # in θ or a parameter small enough to leave every decision step s unchanged moves t* smoothly, and
+    # central differences (float64, h = 1e-6 relative: truncation ≈ 1e-12) equal the backward pass.
+    m = WongWang2(dt_ms=10.0, max_time_s=1.5).double()
+    coh = torch.tensor([0.0, 3.2, 12.8, 51.2] * 5, dtype=torch.float64)
+    w = torch.linspace(0.5, 1.5, coh.shape[0], dtype=torch.float64)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        out = m(coh, generator=torch.Generator().manual_seed(6))
+        return (out.rt_s * w).sum(), out.decision.step
+
+    value, step = run()
+    value.backward()
+    assert 0 < int((step < 149).sum()) < len(coh) + 1
+    with torch.no_grad():
+        for name in ("threshold", "I0", "J_ext", "J11", "sigma"):
+            p = getattr(m, name)
+            h = 1e-6 * abs(p.item())
+            p += h
+            up, s_up = run()
+            p -= 2 * h
+            down, s_down = run()
+            p += h
+            assert torch.equal(s_up, step) and torch.equal(s_down, step), name
+            assert p.grad.item() == pytest.approx((up - down).item() / (2 * h), rel=1e-6), name
+    # ∂t*/∂θ = 1/Δ exactly (dt = 10 ms: ∂RT/∂θ = 0.01/Δ), Δ the winner's last-step rise.
+    out = m(coh, generator=torch.Generator().manual_seed(6), return_trajectories=True)
+    (g,) = torch.autograd.grad(out.rt_s[0], m.threshold)
+    s = int(out.decision.step[0])
+    level = out.trajectories[0, :, int(out.choice[0])].detach()
+    before = level[s - 1] if s > 0 else torch.tensor(m.s0, dtype=torch.float64)
+    assert g.item() == pytest.approx(0.01 / (level[s] - before).item(), rel=1e-12)
+
+
+def test_first_step_crossing_interpolates_from_the_initial_state() -> None:
+    # θ = 0.1005 just above s0 = 0.1: trials cross at the first output step, and t* interpolates from
+    # S_{−1} = s0 (not from 0), so t* = (θ − s0)/(S_0 − s0) ∈ (0, 1].
+    m = WongWang2(dt_ms=5.0, max_time_s=0.5, threshold=0.1005, sigma=0.0)
+    out = m(torch.full((4,), 51.2), generator=torch.Generator().manual_seed(0), return_trajectories=True)
+    assert (out.decision.step == 0).all()
+    s_first = out.trajectories[:, 0, 0]
+    want = (0.1005 - 0.1) / (s_first - 0.1)
+    torch.testing.assert_close(out.decision.tau, want)
+    torch.testing.assert_close(out.rt_s, want * 0.005 + 0.1)
+
+
+# ----------------------------------------------------------------------- differentiable trajectories
+@pytest.mark.parametrize("dt", [1.0, 10.0])
+def test_trajectories_are_differentiable_and_equal_the_fast_path(dt: float) -> None:
+    m = WongWang2(dt_ms=dt, max_time_s=0.8)
+    S = m.trajectories(12.8, 30, seed=4)
+    assert S.shape == (30, round(800 / dt), 2) and S.requires_grad
+    fast = m.trajectories(12.8, 30, seed=4, grad=False)
+    decided = m.simulate(12.8, 30, seed=4, return_trajectories=True)
+    assert not fast.requires_grad
+    assert torch.equal(S.detach(), fast) and torch.equal(decided.trajectories, fast)  # same seed, same S
+    (S[:, :, 0] - S[:, :, 1]).pow(2).sum().backward()
+    for name in ("I0", "J_ext", "sigma", "J11", "J12"):
+        assert getattr(m, name).grad is not None and getattr(m, name).grad.abs() > 0, name
+    assert m.threshold.grad is None  # θ does not enter S
+    # The plain-autograd reference path integrates the same recursion and noise.
+    ref = WongWang2(dt_ms=dt, max_time_s=0.8, backward="autograd").trajectories(12.8, 30, seed=4)
+    torch.testing.assert_close(ref, S, rtol=0, atol=2e-5)
+
+
+def test_trajectories_feed_a_soft_first_passage_estimator() -> None:
+    from perceptalign.rtify.decision import first_passage, rt_seconds
+
+    m = WongWang2(dt_ms=10.0, max_time_s=1.5)
+    S = m.trajectories(torch.tensor([6.4, 25.6] * 20), generator=torch.Generator().manual_seed(1))
+    passage = first_passage(S, m.threshold, mode="race", temperature=0.2, initial=m.s0)
+    rt = rt_seconds(passage.time, 0.01, m.motor_delay_s)
+    mean_rt = (passage.mass * rt).sum() / passage.mass.sum()
+    mean_rt.backward()
+    for name in ("threshold", "I0", "J_ext", "sigma"):
+        assert torch.isfinite(getattr(m, name).grad) and getattr(m, name).grad.abs() > 0, name
+    # At this temperature the soft distribution sits on the hard decisions.
+    hard = m(torch.tensor([6.4, 25.6] * 20), generator=torch.Generator().manual_seed(1))
+    soft_rt = (passage.mass * rt).sum(dim=(1, 2)) / passage.decided_mass
+    torch.testing.assert_close(soft_rt.detach(), hard.rt_s.detach(), rtol=0, atol=0.01)
+    with pytest.raises(PerceptAlignError, match="n_trials"):
+        m.trajectories(6.4)

@@ -39,10 +39,15 @@ def test_summary_matches_an_independent_recount_of_the_trials_table() -> None:
             assert row["mean_rt_error_s"] == pytest.approx(errors.mean())
         else:  # no errors (likely at 51.2 %): null, not NaN, so the JSON stays valid
             assert row["mean_rt_error_s"] is None
-    # RTs include the 0.1 s motor delay and lie on the grid (τ + 1)·dt + delay.
+    # RTs include the 0.1 s motor delay: RT = t*·dt + delay with the interpolated crossing t* (continuous,
+    # no longer on the (τ + 1)·dt grid), so decided RTs lie in (delay, max_time + delay]; undecided trials
+    # are censored at exactly max_time + delay.
     rt = table["rt_s"].to_numpy()
-    assert (rt >= 0.1 + 0.01 - 1e-6).all()
-    np.testing.assert_allclose((rt - 0.1) / 0.01, np.round((rt - 0.1) / 0.01), atol=1e-4)
+    decided = table["decided"].to_numpy()
+    assert (rt[decided] > 0.1).all() and (rt[decided] <= 1.5 + 0.1 + 1e-6).all()
+    np.testing.assert_allclose(rt[~decided], 1.6, atol=1e-6)
+    off_grid = np.abs((rt - 0.1) / 0.01 - np.round((rt - 0.1) / 0.01))
+    assert off_grid[decided].mean() > 0.1  # continuous: not snapped to the 10-ms grid
     assert sweep.examples[3.2].shape == (2, 150, 2) and sweep.time_s.shape == (150,)
     fig = plot_simulation(sweep)
     assert len(fig.axes) == 4

@@ -55,7 +55,7 @@ def _collect_coherences(flagged: list[float] | None, extra: list[str]) -> list[f
 
 
 def check_step_ms(value: float, option: str, *, allow_zero: bool = False) -> None:
-    """An Euler-step option in ms must be in (0, 50] (``allow_zero``: 0 means "skip")."""
+    """A step option in ms must be in (0, 50] (``allow_zero``: 0 means "skip")."""
     if allow_zero and value == 0:
         return
     if not (math.isfinite(value) and 0 < value <= 50):
@@ -105,8 +105,8 @@ def simulate_ww(
         float,
         typer.Option(
             "--dt",
-            help="Euler step in ms (0 < dt <= 50). 1 ms is accurate; 26.67 ms reproduces the published "
-            "(coarse, less accurate) integration.",
+            help="Output step in ms (0 < dt <= 50); the model integrates in sub-steps of at most 1 ms, "
+            "so every dt simulates the same model (only the RT grid of the trajectories changes).",
         ),
     ] = 1.0,
     seed: Annotated[

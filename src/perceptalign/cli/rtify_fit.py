@@ -114,6 +114,15 @@ def fit(
         str, typer.Option("--evidence", help="Evidence function: linear (published) or increment.")
     ] = "linear",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (GRU, trials, fits).")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            help="Repeat the experiment for seeds --seed … --seed + N − 1 (GRU, head, simulations; the DDMs "
+            "are fitted once); summary.md: mean ± sd over seeds, bootstrap intervals, the noise floor.",
+            min=1,
+        ),
+    ] = 1,
     baselines: Annotated[
         bool,
         typer.Option("--baselines/--no-baselines", help="Also fit entropy, evidential and DDM baselines."),
@@ -127,7 +136,8 @@ def fit(
     rt_unit: RTUnitOption = "s",
 ) -> None:
     """Fit RTify on the abstract RDM task to human RTs (or self-penalised) and compare with baselines."""
-    from perceptalign.rtify.experiments.rdm import FitConfig, run_fit, write_fit_outputs
+    from perceptalign.rtify.experiments.rdm import FitConfig
+    from perceptalign.rtify.experiments.rdm.replicates import run_fit_seeds, write_seeds_outputs
     from perceptalign.rtify.experiments.rdm.task import GRUTrainConfig
 
     with exit_on_error():
@@ -151,13 +161,21 @@ def fit(
             ensure_output_dir(cache, label="`cache`")
         progress, update = phase_progress(console, label_width=13)
         with progress:
-            result = run_fit(
-                human_train, human_test, config, gru=gru, baselines=baselines, cache=cache, progress=update
+            replicated = run_fit_seeds(
+                human_train,
+                human_test,
+                config,
+                seeds,
+                gru=gru,
+                baselines=baselines,
+                cache=cache,
+                progress=update,
             )
-        paths = write_fit_outputs(result, human_test, out)
+        paths = write_seeds_outputs(replicated, config, human_test, out)
 
-    report = result.report
-    table = fit_table(report, title=f"RTify ({objective}, loss {loss}) vs human test trials")
+    report = replicated.runs[0].report
+    title = f"RTify ({objective}, loss {loss}) vs human test trials" + (f", seed {seed}" if seeds > 1 else "")
+    table = fit_table(report, title=title)
     console.print(table)
     runtime = ", ".join(f"{k} {v:.1f} s" for k, v in report["runtime_s"].items())
     console.print(f"runtime: {runtime}")
@@ -171,6 +189,7 @@ TERMINAL_LABELS = {
     "entropy": "entropy",
     "evidential": "evidential",
     "ddm": "DDM",
+    "ddm-simple": "DDM-simple",
 }
 
 

@@ -79,7 +79,10 @@ def fit_ww(
     ] = None,
     dt: Annotated[
         float,
-        typer.Option("--dt", help="Euler step in ms for fitting (26.67 = published; 1 = accurate)."),
+        typer.Option(
+            "--dt",
+            help="Output (readout) step in ms; the model integrates in Euler sub-steps of at most 1 ms.",
+        ),
     ] = 10.0,
     fine_dt: Annotated[
         float,
@@ -195,7 +198,9 @@ def pixel_rdm(
     data_path: Annotated[
         Path | None, typer.Option("--data-path", help="Where the registered dataset's CSV lies.")
     ] = None,
-    dt: Annotated[float, typer.Option("--dt", help="WW Euler step in ms.")] = 10.0,
+    dt: Annotated[
+        float, typer.Option("--dt", help="WW output (readout) step in ms; Euler sub-steps are ≤ 1 ms.")
+    ] = 10.0,
     fine_dt: Annotated[
         float, typer.Option("--fine-dt", help="Also evaluate the WW heads at this step (ms); 0 to skip.")
     ] = 1.0,

@@ -14,11 +14,15 @@ command-line experiments (``perceptalign rtify fit`` …) compose these parts.
 """
 
 from perceptalign.rtify.baselines import DDMBaseline, EntropyThresholdRT, EvidentialRT
+from perceptalign.rtify.ddm import DDM, DDMConfig, fit_ddm_variants
 from perceptalign.rtify.decision import (
     Decision,
+    FirstPassage,
     first_crossing,
     first_crossing_multiclass,
     first_crossing_two_bound,
+    first_passage,
+    rt_seconds,
 )
 from perceptalign.rtify.figures import (
     psychometric_chronometric,
@@ -34,6 +38,7 @@ from perceptalign.rtify.losses import (
     soft_histogram,
 )
 from perceptalign.rtify.metrics import fit_quality, rt_quantiles, summarize_fit
+from perceptalign.rtify.objective import RTLoss, RTSample, RTTargets
 from perceptalign.rtify.trials import (
     RT_DATASETS,
     load_rt_dataset,
@@ -42,31 +47,51 @@ from perceptalign.rtify.trials import (
     trials_from_signed_rt,
     validate_trials,
 )
-from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WongWangN
+from perceptalign.rtify.uncertainty import (
+    aggregate_seeds,
+    bootstrap_fit_quality,
+    noise_floor,
+    paired_difference,
+)
+from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WongWangN, WWParams
 
 __all__ = [
+    "DDM",
     "RT_DATASETS",
     "WW_DEFAULTS",
     "DDMBaseline",
+    "DDMConfig",
     "Decision",
     "EntropyThresholdRT",
     "EvidentialRT",
+    "FirstPassage",
+    "RTLoss",
+    "RTSample",
+    "RTTargets",
     "RTifyHead",
     "RTifyOutput",
+    "WWParams",
     "WongWang2",
     "WongWangN",
+    "aggregate_seeds",
+    "bootstrap_fit_quality",
     "first_crossing",
     "first_crossing_multiclass",
     "first_crossing_two_bound",
+    "first_passage",
+    "fit_ddm_variants",
     "fit_quality",
     "load_rt_dataset",
     "load_trials_csv",
     "neg_pearson",
+    "noise_floor",
+    "paired_difference",
     "psychometric_chronometric",
     "quantile_loss",
     "quantile_probability_plot",
     "rt_histogram_loss",
     "rt_quantiles",
+    "rt_seconds",
     "self_penalty_loss",
     "signed_rt_histograms",
     "soft_histogram",

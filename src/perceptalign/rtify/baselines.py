@@ -6,40 +6,35 @@ then compares with the human *test* trials:
 
 - :class:`EntropyThresholdRT` — a network's softmax trajectory decides when its entropy first drops below
   a threshold θ_H (fitted to the human RT histograms, with a non-decision time t₀);
-- :class:`EvidentialRT` — the evidential-uncertainty metric of Goetschalckx et al. (2023), the area under
-  the uncertainty curve, mapped to seconds by a fitted increasing affine map;
-- :class:`DDMBaseline` — a drift-diffusion model (drift ∝ condition strength, bound, non-decision time)
-  fitted by maximum likelihood with PyDDM, simulated for the conditions asked.
+- :class:`EvidentialRT` — a per-step read-out trained with the evidential loss (Sensoy et al. 2018) decides
+  when its uncertainty K/Σα first falls below θ (θ and t₀ fitted like the entropy threshold's);
+- drift-diffusion models fitted by maximum likelihood with PyDDM, with optional collapsing bound, drift /
+  start-point / non-decision-time variability and a fitted lapse, and a BIC/AIC choice among variants:
+  :mod:`perceptalign.rtify.ddm` (:class:`DDM`, :func:`fit_ddm_variants`; :class:`DDMBaseline` is the
+  simple variant behind the first baseline's interface), re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import lsq_linear
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.trials import conditions as table_conditions
+from perceptalign.rtify.ddm import DDM as DDM  # the drift-diffusion baseline, re-exported
+from perceptalign.rtify.ddm import DDMBaseline as DDMBaseline
+from perceptalign.rtify.ddm import DDMConfig as DDMConfig
+from perceptalign.rtify.ddm import _condition_key
+from perceptalign.rtify.ddm import fit_ddm_variants as fit_ddm_variants
 from perceptalign.rtify.trials import validate_trials
 
 Objective = Literal["hist_mse", "wasserstein"]
-
-
-def _condition_key(value: Any) -> float | str:
-    """Conditions compare as floats when numeric (as in validated trial tables), else as strings."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def _trials_table(cond: Any, rt_s: np.ndarray, correct: np.ndarray, decided: np.ndarray) -> pd.DataFrame:
@@ -370,378 +365,404 @@ class EntropyThresholdRT:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Evidential uncertainty (Goetschalckx et al. 2023).
+# Evidential read-out (Sensoy, Kaplan & Kandemir 2018), decided by its uncertainty.
 # --------------------------------------------------------------------------------------------------------
 
 
-def _check_logits(logits: Any, where: str) -> np.ndarray:
-    z = np.asarray(logits, dtype=float)
-    if z.ndim != 3 or min(z.shape) == 0:
+def _check_alpha(alpha: Any, where: str) -> np.ndarray:
+    a = np.asarray(alpha, dtype=float)
+    if a.ndim != 3 or min(a.shape) == 0:
         raise PerceptAlignError(
-            f"{where}: expected logits of shape (trials N, time steps T, classes C), got shape {z.shape}."
+            f"{where}: expected Dirichlet parameters α of shape (trials N, time steps T, classes K), got "
+            f"shape {a.shape}."
         )
-    if not np.isfinite(z).all():
-        raise PerceptAlignError(f"{where}: logits contain NaN or infinite values.")
-    return z
+    if not np.isfinite(a).all() or (a < 1).any():
+        raise PerceptAlignError(
+            f"{where}: Dirichlet parameters must be finite and ≥ 1 (α = evidence + 1, evidence ≥ 0)."
+        )
+    return a
 
 
-def evidential_uncertainty(logits: Any) -> np.ndarray:
-    """Uncertainty u_t = K / Σ_k α_k with α = exp(clip(z/10, −10, 10)) + 1, per trial and time step (N, T)."""
-    z = _check_logits(logits, "logits")
-    alpha = np.exp(np.clip(z / 10.0, -10.0, 10.0)) + 1.0
-    return z.shape[-1] / alpha.sum(axis=-1)
+def evidential_uncertainty(alpha: Any) -> np.ndarray:
+    """Uncertainty u_t = K / Σ_k α_k per trial and step (N, T).
 
-
-def evidential_uncertainty_rt(logits: Any, *, dt: float = 1.0) -> np.ndarray:
-    """Area under the uncertainty curve over time (trapezoid rule, step ``dt``): one number per trial.
-
-    Larger means the network stayed uncertain for longer; in the original paper it is a *ranking*
-    metric (correlated with RTs), not a time in seconds.
+    It is 1 with no evidence (α = 1) and falls towards 0 as evidence grows, whichever class it favours.
     """
-    if not dt > 0:
-        raise PerceptAlignError(f"dt must be > 0, got {dt}.")
-    u = evidential_uncertainty(logits)
-    if u.shape[1] == 1:
-        return np.zeros(u.shape[0])
-    return np.trapezoid(u, dx=dt, axis=1)
+    a = _check_alpha(alpha, "Dirichlet parameters")
+    return a.shape[-1] / a.sum(axis=-1)
+
+
+def _uncertainty_crossings(u: np.ndarray, thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t*, s, decided), each (N, len(thetas)), for uncertainties u (N, T) against thresholds θ ≤ 1.
+
+    s is the first step with u_s < θ (T − 1 where there is none); t* (in steps, state s at time s + 1)
+    interpolates linearly between u_{s−1} (u_{−1} := 1, total uncertainty before any evidence) and u_s:
+    t* = s + (u_{s−1} − θ) / (u_{s−1} − u_s) ∈ [s, s + 1). Undecided trials get t* = T (end of stimulus).
+    """
+    n_steps = u.shape[1]
+    thetas = np.minimum(np.asarray(thetas, dtype=float), 1.0)
+    first = entropy_crossing_steps(u, thetas)  # generic: first t with u_t < θ, T if never
+    decided = first < n_steps
+    steps = np.minimum(first, n_steps - 1)
+    at = np.take_along_axis(u, steps, axis=1)
+    before = np.where(steps == 0, 1.0, np.take_along_axis(u, np.maximum(steps - 1, 0), axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip((before - thetas[None, :]) / (before - at), 0.0, 1.0)
+    t_star = np.where(decided, steps + frac, float(n_steps))
+    return t_star, steps, decided
+
+
+def evidential_decisions(alpha: Any, theta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(t*, s, decided, choice) per trial for Dirichlet parameters α (N, T, K) and a threshold 0 < θ ≤ 1.
+
+    The decision is the first step s with u_s = K/Σα_s < θ, at the interpolated time t* (in steps; see
+    :func:`_uncertainty_crossings`); the choice is argmax α at step s, because the response is committed
+    when the decision is made (evidence arriving later cannot change it). Undecided trials get t* = T,
+    s = T − 1, ``decided`` False and the choice at the last step.
+    """
+    a = _check_alpha(alpha, "Dirichlet parameters")
+    if not (isinstance(theta, (int, float, np.floating)) and 0 < float(theta) <= 1):
+        raise PerceptAlignError(f"theta (uncertainty threshold) must be a number in (0, 1], got {theta!r}.")
+    t_star, steps, decided = _uncertainty_crossings(a.shape[-1] / a.sum(-1), np.array([float(theta)]))
+    steps = steps[:, 0]
+    choice = a[np.arange(a.shape[0]), steps].argmax(-1)
+    return t_star[:, 0], steps, decided[:, 0], choice
+
+
+def kl_annealing(epoch: int, annealing_epochs: int = 10) -> float:
+    """λ_t = min(1, t / annealing_epochs) (Sensoy et al. 2018: 10 epochs), so the regulariser does not stop
+    the read-out from collecting evidence before it has learned which evidence is correct."""
+    if not (isinstance(epoch, (int, np.integer)) and epoch >= 0):
+        raise PerceptAlignError(f"epoch must be an integer ≥ 0, got {epoch!r}.")
+    if not (isinstance(annealing_epochs, (int, np.integer)) and annealing_epochs >= 1):
+        raise PerceptAlignError(f"annealing_epochs must be an integer ≥ 1, got {annealing_epochs!r}.")
+    return min(1.0, int(epoch) / int(annealing_epochs))
+
+
+def dirichlet_kl_to_uniform(alpha: Tensor) -> Tensor:
+    """KL(Dir(α) ‖ Dir(1)) over the last axis:
+    ln Γ(Σα) − ln Γ(K) − Σ ln Γ(α_k) + Σ (α_k − 1)(ψ(α_k) − ψ(Σα))."""
+    total = alpha.sum(-1)
+    return (
+        torch.lgamma(total)
+        - math.lgamma(alpha.shape[-1])
+        - torch.lgamma(alpha).sum(-1)
+        + ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(total).unsqueeze(-1))).sum(-1)
+    )
+
+
+def _evidential_mse_loss(alpha: Tensor, labels: Tensor, annealing: float) -> Tensor:
+    y = F.one_hot(labels, alpha.shape[-1]).to(alpha.dtype)
+    total = alpha.sum(-1, keepdim=True)
+    p = alpha / total
+    mse = ((y - p) ** 2 + p * (1 - p) / (total + 1)).sum(-1)
+    misleading = y + (1 - y) * alpha  # α̃: the evidence for the correct class removed
+    return mse + annealing * dirichlet_kl_to_uniform(misleading)
+
+
+def evidential_mse_loss(alpha: Tensor, labels: Tensor, annealing: float) -> Tensor:
+    """Per-sample evidential loss (Sensoy et al. 2018, eq. 5 + KL term), shape ``labels.shape``.
+
+    Σ_j (y_j − p̂_j)² + p̂_j(1 − p̂_j)/(S + 1) with p̂ = α/S, S = Σα — the expected squared error of a
+    class-probability vector drawn from Dir(α) — plus ``annealing`` · KL(Dir(α̃) ‖ Dir(1)) on the misleading
+    evidence α̃ = y + (1 − y)⊙α. Without the KL term the variance part rewards growing S even on
+    uninformative inputs, so uncertainty would vanish at chance level.
+    """
+    if not (isinstance(alpha, Tensor) and alpha.dim() >= 1 and alpha.is_floating_point()):
+        raise PerceptAlignError("alpha must be a floating-point tensor (..., K) of Dirichlet parameters.")
+    if not (torch.isfinite(alpha.detach()).all() and (alpha.detach() >= 1).all()):
+        raise PerceptAlignError("alpha must be finite and ≥ 1 (α = evidence + 1, evidence ≥ 0).")
+    k = alpha.shape[-1]
+    if (
+        not isinstance(labels, Tensor)
+        or labels.shape != alpha.shape[:-1]
+        or labels.is_floating_point()
+        or labels.dtype == torch.bool
+        or (labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k))
+    ):
+        raise PerceptAlignError(
+            f"labels must be an integer tensor of shape {tuple(alpha.shape[:-1])} with values in [0, {k})."
+        )
+    if not (math.isfinite(annealing) and annealing >= 0):
+        raise PerceptAlignError(f"annealing (KL weight λ_t) must be finite and ≥ 0, got {annealing!r}.")
+    return _evidential_mse_loss(alpha, labels.long(), float(annealing))
+
+
+class EvidentialReadout(nn.Module):
+    """Per-step read-out α_t = softplus(W h_t + b) + 1 of hidden states (..., H) → (..., K).
+
+    Softplus rather than the paper's ReLU: with only K linear units, a ReLU unit whose drive is negative
+    on all inputs (as on the uninformative early steps) gets no gradient and never recovers; exp makes
+    the evidence exponential in h, so the loss's gradients explode on confident trials. Softplus is
+    smooth with a non-zero gradient everywhere and ≈ ReLU for large drives (evidence linear in W h).
+    """
+
+    def __init__(self, hidden_size: int, n_classes: int = 2, *, generator: torch.Generator | None = None):
+        super().__init__()
+        if not (hidden_size >= 1 and n_classes >= 2):
+            raise PerceptAlignError(f"need hidden_size ≥ 1 and n_classes ≥ 2, got {hidden_size}, {n_classes}")
+        self.linear = nn.Linear(hidden_size, n_classes)
+        bound = 1.0 / math.sqrt(hidden_size)  # nn.Linear's own init range, drawn from ``generator``
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound, generator=generator)
+            self.linear.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.softplus(self.linear(hidden)) + 1.0
+
+
+def _check_train_settings(**settings: Any) -> None:
+    for name in ("epochs", "annealing_epochs", "batch_size"):
+        value = settings[name]
+        if not (isinstance(value, int) and value >= 1):
+            raise PerceptAlignError(f"{name} must be a positive integer, got {value!r}.")
+    if not (isinstance(settings["lr"], (int, float)) and settings["lr"] > 0):
+        raise PerceptAlignError(f"lr must be positive, got {settings['lr']!r}.")
+
+
+def train_evidential_readout(
+    hidden: Any,
+    labels: Any,
+    *,
+    n_classes: int = 2,
+    epochs: int = 20,
+    annealing_epochs: int = 10,
+    lr: float = 0.02,
+    batch_size: int = 4096,
+    seed: int = 0,
+) -> tuple[EvidentialReadout, float]:
+    """Train an :class:`EvidentialReadout` with :func:`evidential_mse_loss` on hidden states (N, T, H).
+
+    Every step is a sample with its trial's label, so the read-out learns how much evidence the state
+    holds at each point of the trial (little early on, more as the network integrates). Adam on shuffled
+    minibatches, λ_t = :func:`kl_annealing` (epoch); returns the read-out and its final mean loss on all
+    samples (at the last epoch's λ). Seeded by ``seed`` alone (no global RNG is touched).
+    """
+    h = torch.as_tensor(np.asarray(hidden, dtype=np.float32))
+    if h.dim() != 3 or min(h.shape) == 0 or not torch.isfinite(h).all():
+        raise PerceptAlignError(
+            f"hidden states must be finite, of shape (trials N, time steps T, H), got {tuple(h.shape)}."
+        )
+    y = torch.as_tensor(_check_labels(labels, h.shape[0], n_classes, "labels"))
+    _check_train_settings(epochs=epochs, annealing_epochs=annealing_epochs, batch_size=batch_size, lr=lr)
+    x = h.reshape(-1, h.shape[-1])
+    y = y.repeat_interleave(h.shape[1])
+    generator = torch.Generator().manual_seed(seed)
+    readout = EvidentialReadout(h.shape[-1], n_classes, generator=generator)
+    optimizer = torch.optim.Adam(readout.parameters(), lr=lr)
+    annealing = 0.0
+    for epoch in range(epochs):
+        annealing = kl_annealing(epoch, annealing_epochs)
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            loss = _evidential_mse_loss(readout(x[batch]), y[batch], annealing).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        final = float(_evidential_mse_loss(readout(x), y, annealing).mean())
+    return readout.eval(), final
+
+
+class _UncertaintyThreshold(EntropyThresholdRT):
+    """The entropy baseline's (θ, t₀) grid search run on evidential uncertainty with interpolated times.
+
+    Inputs are {condition: α (N, T, K)}; the entropy is replaced by u = K/Σα and the integer decision
+    step by t* of :func:`_uncertainty_crossings`, so both baselines share the search, objective and t₀ box.
+    """
+
+    def _prepare(
+        self,
+        probs_by_condition: Mapping[Any, Any],
+        human_train: pd.DataFrame,
+        labels_by_condition: Mapping[Any, Any],
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, int, _BinnedObjective]], dict]:
+        inputs = _paired_inputs(probs_by_condition, labels_by_condition, _check_alpha, "Dirichlet parameters")
+        human = _human_by_condition(human_train, list(inputs))
+        data = []
+        for cond, (alpha, labels) in inputs.items():
+            u = alpha.shape[-1] / alpha.sum(-1)
+            correct_at = alpha.argmax(-1) == labels[:, None]
+            objective = _BinnedObjective(human[cond], self.objective, self.n_bins, self.lo, self.hi)
+            data.append((u, correct_at, labels, alpha.shape[1], objective))
+        return data, human
+
+    def _loss_grid(
+        self,
+        data: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, _BinnedObjective]],
+        thetas: np.ndarray,
+        t0s: np.ndarray,
+    ) -> np.ndarray:
+        loss = np.zeros((len(thetas), len(t0s)))
+        for u, correct_at, _, _, objective in data:
+            t_star, steps, decided = _uncertainty_crossings(u, thetas)
+            correct = np.take_along_axis(correct_at, steps, axis=1)
+            for g in range(len(thetas)):
+                rt0 = t_star[decided[:, g], g] * self.dt
+                sign = np.where(correct[decided[:, g], g], 1.0, -1.0)
+                for j, t0 in enumerate(t0s):
+                    loss[g, j] += objective(sign * (rt0 + t0), len(u))
+        return loss
+
+
+def _check_hidden(hidden: Any, where: str) -> np.ndarray:
+    h = np.asarray(hidden, dtype=float)
+    if h.ndim != 3 or min(h.shape) == 0 or not np.isfinite(h).all():
+        raise PerceptAlignError(
+            f"{where}: expected finite hidden states of shape (trials N, time steps T, H), got {h.shape}."
+        )
+    return h
+
+
+def _paired_hidden(
+    hidden_by_condition: Mapping[Any, Any], labels_by_condition: Mapping[Any, Any], n_classes: int
+) -> dict[float | str, tuple[np.ndarray, np.ndarray]]:
+    """Validate {condition: hidden (N, T, H)}, {condition: labels (N,)}: same conditions, same T and H."""
+    if not isinstance(hidden_by_condition, Mapping) or not hidden_by_condition:
+        raise PerceptAlignError("hidden states: expected a non-empty mapping condition -> array (N, T, H).")
+    if not isinstance(labels_by_condition, Mapping):
+        raise PerceptAlignError("labels: expected a mapping condition -> labels (N,).")
+    hidden = {_condition_key(k): v for k, v in hidden_by_condition.items()}
+    labels = {_condition_key(k): v for k, v in labels_by_condition.items()}
+    if set(hidden) != set(labels):
+        raise PerceptAlignError(
+            "the label mapping must have the same conditions as the hidden-state mapping; hidden states have "
+            f"{sorted(hidden, key=str)}, labels have {sorted(labels, key=str)}."
+        )
+    out = {}
+    for cond, array in hidden.items():
+        h = _check_hidden(array, f"hidden states for condition {cond!r}")
+        out[cond] = (h, _check_labels(labels[cond], h.shape[0], n_classes, f"labels for condition {cond!r}"))
+    shapes = {h.shape[1:] for h, _ in out.values()}
+    if len(shapes) > 1:
+        raise PerceptAlignError(f"hidden states: all conditions need the same (T, H), got {sorted(shapes)}.")
+    return out
 
 
 class EvidentialRT:
-    """Evidential-uncertainty RTs mapped to seconds: RT = scale · metric + t₀ with scale > 0, t₀ ≥ 0.
+    """Evidential deep learning as an RT model: a per-step read-out of the network's hidden states trained
+    with the evidential loss (Sensoy et al. 2018), deciding when its uncertainty u_t = K/Σα_t falls below θ.
 
-    The metric has no unit, so a map to seconds must be fitted. One increasing affine map is shared by
-    all conditions (a separate map per condition would fit each condition's RTs regardless of the
-    network): it is fitted by quantile matching, i.e. least squares between the human RT quantiles and
-    the affinely mapped metric quantiles (an increasing affine map commutes with quantiles) at ``qs`` over
-    all conditions, with bounds scale ≥ 0, t₀ ≥ 0. The shape of each RT distribution and all differences
-    between conditions therefore come from the network. The choice is the argmax class at the last step.
-    """
-
-    def __init__(self, *, qs: Sequence[float] = tuple(np.linspace(0.1, 0.9, 9)), dt: float = 1.0):
-        qs = tuple(float(q) for q in qs)
-        if len(qs) < 2 or any(not 0 <= q <= 1 for q in qs):
-            raise PerceptAlignError(f"qs must hold at least two quantile levels in [0, 1], got {qs}.")
-        self.qs, self.dt = qs, dt
-
-    def fit(
-        self,
-        logits_by_condition: Mapping[Any, Any],
-        human_train: pd.DataFrame,
-        labels_by_condition: Mapping[Any, Any],
-    ) -> EvidentialRT:
-        inputs = _paired_inputs(logits_by_condition, labels_by_condition, _check_logits, "logits")
-        human = _human_by_condition(human_train, list(inputs))
-        design, target = [], []
-        for cond, (logits, _) in inputs.items():
-            metric_q = np.quantile(evidential_uncertainty_rt(logits, dt=self.dt), self.qs)
-            human_q = np.quantile(np.abs(human[cond][0]), self.qs)
-            design.append(np.column_stack([metric_q, np.ones(len(self.qs))]))
-            target.append(human_q)
-        a, b = np.vstack(design), np.concatenate(target)
-        result = lsq_linear(a, b, bounds=([0.0, 0.0], [np.inf, np.inf]))
-        self.scale_, self.t0_ = float(result.x[0]), float(result.x[1])
-        self.rmse_ = float(np.sqrt(np.mean((a @ result.x - b) ** 2)))
-        self.conditions_ = list(inputs)
-        return self
-
-    def predict(
-        self, logits_by_condition: Mapping[Any, Any], labels_by_condition: Mapping[Any, Any]
-    ) -> pd.DataFrame:
-        if not hasattr(self, "scale_"):
-            raise PerceptAlignError("EvidentialRT is not fitted yet: call fit() first.")
-        inputs = _paired_inputs(logits_by_condition, labels_by_condition, _check_logits, "logits")
-        tables = []
-        for cond, (logits, labels) in inputs.items():
-            rt = self.scale_ * evidential_uncertainty_rt(logits, dt=self.dt) + self.t0_
-            # A zero metric with t0 = 0 would be a zero RT; keep RTs strictly positive (1 microsecond).
-            rt = np.maximum(rt, 1e-6)
-            choice = logits[:, -1].argmax(-1)
-            tables.append(_trials_table(cond, rt, choice == labels, np.ones(len(rt), dtype=bool)))
-        return _concat_tables(tables)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Drift-diffusion model (PyDDM).
-# --------------------------------------------------------------------------------------------------------
-
-
-def _import_pyddm() -> Any:
-    try:
-        import pyddm
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PerceptAlignError(
-            "the drift-diffusion baseline needs PyDDM: pip install perceptalign[ddm] (or pip install pyddm)."
-        ) from exc
-    return pyddm
-
-
-def _conditional_likelihood_loss(pyddm: Any) -> type:
-    """PyDDM loss: negative log-likelihood of the observed trials *given* a response before T_dur.
-
-    PyDDM's likelihood charges the probability of no decision within T_dur to every data set, which is
-    right when timed-out trials are recorded as undecided, but biases the fit (lower bound, longer
-    non-decision time) when, as in the human RDM data (all RTs < 2.5 s), trials without a response in the
-    window were never recorded. Dividing each density by P(response within T_dur) fixes that.
-    """
-
-    class LossConditionalLikelihood(pyddm.LossRobustLikelihood):
-        name = "Negative log likelihood conditional on responding within T_dur"
-
-        def loss(self, model: Any) -> float:
-            solutions = self.cache_by_conditions(model)
-            floor = self._robustness_param
-            total = 0.0
-            for key, solution in solutions.items():
-                upper, lower, _ = self.hist_indexes[key]
-                responded = max(float(solution.prob("_top") + solution.prob("_bottom")), floor)
-                with np.errstate(divide="ignore"):
-                    total += float(np.sum(np.log(solution.pdf("_top")[upper] + floor)))
-                    total += float(np.sum(np.log(solution.pdf("_bottom")[lower] + floor)))
-                total -= (len(upper) + len(lower)) * math.log(responded)
-            return -total
-
-    return LossConditionalLikelihood
-
-
-@contextlib.contextmanager
-def _quiet_pyddm() -> Iterator[None]:
-    """PyDDM logs every fit evaluation and renormalisation at INFO/WARNING; library code stays silent."""
-    logger = logging.getLogger("pyddm")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
-class DDMBaseline:
-    """Drift-diffusion model fitted by maximum likelihood (PyDDM) to per-condition human trials.
-
-    Model: evidence x with dx = v dt + dW (noise σ = 1 fixes the scale), starting at 0, bounds ±B
-    (constant, or B·exp(−τ t) with ``collapsing=True``), upper bound = correct. Drift v = k · condition
-    (conditions must be numeric, e.g. coherence in %) or, with ``per_condition_drift=True``, one free
-    drift per condition. Non-decision time t₀ shifts all RTs. A uniform lapse mixture of weight
-    ``mixture_coef`` (PyDDM's default 0.02; 0 disables it) keeps the likelihood finite for stray fast or
-    slow human trials. Parameters are fitted with PyDDM's differential evolution on the likelihood
-    (``max_iter`` generations, seeded); the constant-bound model is solved analytically (a fit of the
-    46,644 training trials takes seconds), the collapsing one numerically (much slower). With
-    ``condition_on_response=True`` (default) the likelihood is conditional on a response within T_dur,
-    as appropriate for data that only contain responses (human tables); ``False`` uses PyDDM's plain
-    likelihood, which counts the missing mass against the model.
-
-    Parameter ranges: k ∈ [0, drift_max / max|condition|], per-condition drifts ∈ [−drift_max/4,
-    drift_max], B ∈ [0.2, 3], τ ∈ [0.01, 5] s⁻¹, t₀ ∈ [0, min(0.8, median human RT)].
+    Unlike u computed on a cross-entropy-trained network's logits (which only rescales the softmax), the
+    read-out is trained to hold evidence only where the hidden state supports the label, so u is its own
+    learned uncertainty and falls as the network accumulates evidence. ``fit`` (1) trains the read-out
+    on the simulated training trials at every step (:func:`train_evidential_readout`; labels come from
+    the simulation, not from humans), then (2) fits θ and t₀ to the human training trials with exactly
+    the entropy-threshold baseline's objective, grid search and t₀ box (``t0_max``; default the fastest
+    human RT). RT = t*·dt + t₀ with the interpolated crossing t* of :func:`evidential_decisions`; the
+    choice is argmax α at the decision step. Trials that never cross within T steps are kept, with
+    ``decided`` False and RT = T·dt + t₀ (the end of the stimulus).
     """
 
     def __init__(
         self,
+        dt: float,
         *,
-        collapsing: bool = False,
-        per_condition_drift: bool = False,
-        mixture_coef: float = 0.02,
-        dt: float = 0.005,
-        dx: float = 0.005,
-        T_dur: float = 2.5,
-        drift_max: float = 20.0,
-        max_iter: int = 100,
+        objective: Objective = "hist_mse",
+        fit_t0: bool = True,
+        t0: float = 0.0,
+        t0_max: float | None = None,
+        n_theta: int = 96,
+        n_t0: int = 41,
+        n_refine: int = 21,
+        n_starts: int = 3,
+        n_bins: int = 500,
+        lo: float = -2.5,
+        hi: float = 2.5,
+        epochs: int = 20,
+        annealing_epochs: int = 10,
+        lr: float = 0.02,
+        batch_size: int = 4096,
         seed: int = 0,
-        condition_on_response: bool = True,
+        n_classes: int = 2,
     ):
-        if not 0 <= mixture_coef < 1:
-            raise PerceptAlignError(f"mixture_coef must be in [0, 1), got {mixture_coef}.")
-        if not (dt > 0 and dx > 0 and T_dur > dt):
-            raise PerceptAlignError(
-                f"need dt > 0, dx > 0 and T_dur > dt, got dt={dt}, dx={dx}, T_dur={T_dur}."
-            )
-        self.collapsing, self.per_condition_drift, self.mixture_coef = (
-            collapsing,
-            per_condition_drift,
-            mixture_coef,
+        if not (isinstance(n_classes, int) and n_classes >= 2):
+            raise PerceptAlignError(f"n_classes must be an integer ≥ 2, got {n_classes!r}.")
+        self.n_classes = n_classes
+        self._search = _UncertaintyThreshold(
+            dt,
+            objective=objective,
+            fit_t0=fit_t0,
+            t0=t0,
+            t0_max=t0_max,
+            n_theta=n_theta,
+            n_t0=n_t0,
+            n_refine=n_refine,
+            n_starts=n_starts,
+            n_bins=n_bins,
+            lo=lo,
+            hi=hi,
         )
-        self.dt, self.dx, self.T_dur, self.drift_max = dt, dx, T_dur, drift_max
-        self.max_iter, self.seed, self.condition_on_response = max_iter, seed, condition_on_response
+        self.dt, self.fit_t0 = dt, fit_t0
+        self.train_settings = {
+            "epochs": epochs,
+            "annealing_epochs": annealing_epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
+        _check_train_settings(**self.train_settings)  # fail now rather than after a fit has started
 
-    def _build(self, pyddm: Any, values: Mapping[str, Any], conds: list[float | str]) -> Any:
-        """A PyDDM model whose entries are numbers or ``pyddm.Fittable`` ranges."""
-        per_condition = self.per_condition_drift
-        index = {c: i for i, c in enumerate(conds)}
-        names = [f"drift_{i}" for i in range(len(conds))] if per_condition else ["k"]
+    @property
+    def n_params(self) -> int:
+        """Parameters fitted to human data: θ and t₀ (θ only with ``fit_t0=False``); the read-out's
+        weights are trained on the simulation's labels, never on human RTs."""
+        return 2 if self.fit_t0 else 1
 
-        def get_drift(self: Any, conditions: Mapping[str, Any], **kwargs: Any) -> float:
-            cond = _condition_key(conditions["condition"])
-            if per_condition:
-                return float(getattr(self, f"drift_{index[cond]}"))
-            return float(self.k) * float(cond)
-
-        drift_cls = type(
-            "DriftFromCondition",
-            (pyddm.Drift,),
-            {
-                "name": "per-condition drift" if per_condition else "k * condition",
-                "required_parameters": names,
-                "required_conditions": ["condition"],
-                "get_drift": get_drift,
+    def fit(
+        self,
+        hidden_by_condition: Mapping[Any, Any],
+        human_train: pd.DataFrame,
+        labels_by_condition: Mapping[Any, Any],
+    ) -> EvidentialRT:
+        """Train the read-out on {condition: hidden (N, T, H)} and fit θ, t₀ to the human training trials."""
+        inputs = _paired_hidden(hidden_by_condition, labels_by_condition, self.n_classes)
+        _human_by_condition(human_train, list(inputs))  # fail on missing human conditions before training
+        hidden = np.concatenate([h for h, _ in inputs.values()])
+        labels = np.concatenate([y for _, y in inputs.values()])
+        self.readout_, final_loss = train_evidential_readout(
+            hidden, labels, n_classes=self.n_classes, **self.train_settings
+        )
+        alpha = {cond: self.alpha(h) for cond, (h, _) in inputs.items()}
+        self.training_summary_ = {
+            "evidence": "softplus",
+            "n_readout_params": sum(p.numel() for p in self.readout_.parameters()),
+            **self.train_settings,
+            "final_loss": final_loss,
+            "accuracy_last_step": {
+                cond: float((alpha[cond][:, -1].argmax(-1) == y).mean()) for cond, (_, y) in inputs.items()
             },
-        )
-        drift = drift_cls(**{n: values[n] for n in names})
-        if self.collapsing:
-            bound = pyddm.BoundCollapsingExponential(B=values["B"], tau=values["tau"])
-        else:
-            bound = pyddm.BoundConstant(B=values["B"])
-        overlays = [pyddm.OverlayNonDecision(nondectime=values["t0"])]
-        if self.mixture_coef > 0:
-            overlays.append(pyddm.OverlayUniformMixture(umixturecoef=self.mixture_coef))
-        return pyddm.Model(
-            name="perceptalign DDM baseline",
-            drift=drift,
-            noise=pyddm.NoiseConstant(noise=1.0),
-            bound=bound,
-            overlay=pyddm.OverlayChain(overlays=overlays),
-            dx=self.dx,
-            dt=self.dt,
-            T_dur=self.T_dur,
-        )
-
-    def fit(self, human_train: pd.DataFrame) -> DDMBaseline:
-        """Maximum-likelihood fit to the human training trials (all conditions at once)."""
-        pyddm = _import_pyddm()
-        human = validate_trials(human_train, name="human training trials")
-        if "decided" in human.columns:
-            human = human[human["decided"]]
-        conds = table_conditions(human)
-        if not self.per_condition_drift and any(isinstance(c, str) for c in conds):
-            raise PerceptAlignError(
-                f"drift = k * condition needs numeric conditions, got {conds}; use per_condition_drift=True."
-            )
-        if float(human["rt_s"].max()) >= self.T_dur:
-            raise PerceptAlignError(
-                f"human RTs reach {human['rt_s'].max():.3f} s but the model is simulated for "
-                f"T_dur={self.T_dur} s; "
-                "increase T_dur above the slowest RT."
-            )
-        fit_values: dict[str, Any] = {}
-        if self.per_condition_drift:
-            for i in range(len(conds)):
-                fit_values[f"drift_{i}"] = pyddm.Fittable(minval=-self.drift_max / 4, maxval=self.drift_max)
-        else:
-            largest = max(abs(float(c)) for c in conds)
-            if largest == 0:
-                raise PerceptAlignError("all conditions are 0: drift = k * condition cannot be fitted.")
-            fit_values["k"] = pyddm.Fittable(minval=0.0, maxval=self.drift_max / largest)
-        fit_values["B"] = pyddm.Fittable(minval=0.2, maxval=3.0)
-        if self.collapsing:
-            fit_values["tau"] = pyddm.Fittable(minval=0.01, maxval=5.0)
-        t0_max = min(0.8, float(human["rt_s"].median()))
-        fit_values["t0"] = pyddm.Fittable(minval=0.0, maxval=t0_max)
-        model = self._build(pyddm, fit_values, conds)
-        frame = pd.DataFrame(
-            {
-                "rt_s": human["rt_s"].to_numpy(dtype=float),
-                "correct": human["correct"].to_numpy(dtype=int),
-                "condition": [_condition_key(c) for c in human["condition"]],
-            }
-        )
-        sample = pyddm.Sample.from_pandas_dataframe(
-            frame, rt_column_name="rt_s", choice_column_name="correct"
-        )
-        start = time.perf_counter()
-        with _quiet_pyddm():
-            pyddm.fit_adjust_model(
-                sample,
-                model,
-                fitting_method="differential_evolution",
-                lossfunction=(
-                    _conditional_likelihood_loss(pyddm)
-                    if self.condition_on_response
-                    else pyddm.LossRobustLikelihood
-                ),
-                verbose=False,
-                fitparams={"maxiter": self.max_iter, "seed": self.seed, "disp": False},
-            )
-        self.fit_seconds_ = time.perf_counter() - start
-        self.model_ = model
-        self.conditions_ = conds
-        self.n_trials_ = len(frame)
-        self.neg_log_likelihood_ = float(model.fitresult.value())
-        self.params_ = self._read_params(model)
+            "mean_uncertainty_last_step": {
+                cond: float(evidential_uncertainty(a)[:, -1].mean()) for cond, a in alpha.items()
+            },
+        }
+        labels_by = {cond: y for cond, (_, y) in inputs.items()}
+        self._search.fit(alpha, human_train, labels_by)
+        self.theta_, self.t0_, self.loss_ = self._search.theta_, self._search.t0_, self._search.loss_
+        self.conditions_ = list(inputs)
         return self
 
-    def _read_params(self, model: Any) -> dict[str, float]:
-        """Fitted parameters with readable names (drift_<condition> for per-condition drifts)."""
-        flat: dict[str, float] = {}
-        for component in model.parameters().values():
-            for name, value in component.items():
-                flat[name] = float(value)
-        out: dict[str, float] = {}
-        if self.per_condition_drift:
-            for i, cond in enumerate(self.conditions_):
-                out[f"drift_{cond}"] = flat[f"drift_{i}"]
-        else:
-            out["k"] = flat["k"]
-        out["B"] = flat["B"]
-        if self.collapsing:
-            out["tau"] = flat["tau"]
-        out["t0"] = flat["nondectime"]
-        return out
-
-    def drift(self, condition: Any) -> float:
-        """Drift rate of the fitted model in one condition."""
-        self._check_fitted()
-        cond = _condition_key(condition)
-        if self.per_condition_drift:
-            if cond not in self.conditions_:
-                raise PerceptAlignError(
-                    f"condition {cond!r} was not fitted (per-condition drifts): "
-                    f"choose from {self.conditions_}."
-                )
-            return self.params_[f"drift_{cond}"]
-        if isinstance(cond, str):
+    def alpha(self, hidden: Any) -> np.ndarray:
+        """Dirichlet parameters α (N, T, K) of the trained read-out for hidden states (N, T, H)."""
+        if not hasattr(self, "readout_"):
+            raise PerceptAlignError("EvidentialRT is not fitted yet: call fit() first.")
+        h = _check_hidden(hidden, "hidden states")
+        if h.shape[-1] != self.readout_.linear.in_features:
             raise PerceptAlignError(
-                f"condition {cond!r} is not numeric; drift = k * condition needs a number."
+                f"hidden size mismatch: the read-out was trained on H = {self.readout_.linear.in_features}, "
+                f"got H = {h.shape[-1]}."
             )
-        return self.params_["k"] * cond
+        with torch.no_grad():
+            return self.readout_(torch.as_tensor(h, dtype=torch.float32)).double().numpy()
 
-    def predict(self, conditions: Sequence[Any], n_per_condition: int, seed: int = 0) -> pd.DataFrame:
-        """Simulate ``n_per_condition`` trials per condition from the fitted model's RT distributions.
-
-        Trials that reach T_dur without a decision are returned with ``decided=False`` and rt_s = T_dur.
-        """
-        self._check_fitted()
-        if n_per_condition < 1:
-            raise PerceptAlignError(f"n_per_condition must be >= 1, got {n_per_condition}.")
-        conds = [_condition_key(c) for c in conditions]
-        if not conds:
-            raise PerceptAlignError("predict needs at least one condition.")
-        for cond in conds:
-            self.drift(cond)  # raises for conditions the model cannot simulate
-        rng = np.random.default_rng(seed)
+    def predict(
+        self, hidden_by_condition: Mapping[Any, Any], labels_by_condition: Mapping[Any, Any]
+    ) -> pd.DataFrame:
+        """Model trials table (condition, rt_s, correct, decided) for every condition given."""
+        if not hasattr(self, "theta_"):
+            raise PerceptAlignError("EvidentialRT is not fitted yet: call fit() first.")
+        inputs = _paired_hidden(hidden_by_condition, labels_by_condition, self.n_classes)
         tables = []
-        with _quiet_pyddm():
-            for cond in conds:
-                solution = self.model_.solve(conditions={"condition": cond})
-                sample = solution.sample(n_per_condition, seed=int(rng.integers(0, 2**31 - 1)))
-                upper = np.asarray(sample.choice_upper, dtype=float)
-                lower = np.asarray(sample.choice_lower, dtype=float)
-                n_und = int(sample.undecided)
-                rt = np.concatenate([upper, lower, np.full(n_und, self.T_dur)])
-                correct = np.concatenate([np.ones(len(upper), bool), np.zeros(len(lower) + n_und, bool)])
-                decided = np.concatenate([np.ones(len(upper) + len(lower), bool), np.zeros(n_und, bool)])
-                # The lapse mixture may place a trial at exactly 0 s; RTs must be positive.
-                rt = np.maximum(rt, 1e-6)
-                order = rng.permutation(len(rt))
-                tables.append(_trials_table(cond, rt[order], correct[order], decided[order]))
+        for cond, (hidden, labels) in inputs.items():
+            t_star, _, decided, choice = evidential_decisions(self.alpha(hidden), min(self.theta_, 1.0))
+            tables.append(_trials_table(cond, t_star * self.dt + self.t0_, choice == labels, decided))
         return _concat_tables(tables)
-
-    def predicted_accuracy(self, condition: Any) -> float:
-        """Probability of a correct response among decided trials in one condition (from the solution)."""
-        self._check_fitted()
-        self.drift(condition)
-        with _quiet_pyddm():
-            solution = self.model_.solve(conditions={"condition": _condition_key(condition)})
-            p_c, p_e = float(solution.prob("correct")), float(solution.prob("error"))
-        return p_c / (p_c + p_e) if p_c + p_e > 0 else math.nan
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise PerceptAlignError("DDMBaseline is not fitted yet: call fit() first.")

@@ -225,13 +225,6 @@ def crossing_time(
     return t_star, int(clamped.sum().item())
 
 
-def _implicit_tau(
-    level: Tensor, thr: Tensor, step: Tensor, decided: Tensor, min_slope: float
-) -> tuple[Tensor, int]:
-    """Transitional alias of :func:`crossing_time` for the Wong–Wang engine (being moved onto it)."""
-    return crossing_time(level, thr, step, decided, min_slope=min_slope)
-
-
 def first_crossing(
     phi: Tensor,
     threshold: Tensor | float,

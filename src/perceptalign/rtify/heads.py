@@ -113,6 +113,7 @@ class RTifyHead(nn.Module):
         threshold_init: float = 1.0,
         t0_init: float = 0.25,
         learn_t0: bool = True,
+        t0_max: float | None = None,
         min_slope: float = 1e-3,
         estimator: Estimator = "soft",
         temperature: float = 0.1,
@@ -136,6 +137,11 @@ class RTifyHead(nn.Module):
             raise PerceptAlignError(f"dt is the step duration in seconds and must be positive, got {dt!r}.")
         if not t0_init >= 0:
             raise PerceptAlignError(f"t0_init (non-decision time, s) must be ≥ 0, got {t0_init!r}.")
+        if t0_max is not None and not (math.isfinite(t0_max) and 0 < t0_init < t0_max):
+            raise PerceptAlignError(
+                "`t0_max` bounds the non-decision time: need 0 < `t0_init` < `t0_max`, got "
+                f"t0_init={t0_init!r}, t0_max={t0_max!r}."
+            )
         if readout not in ("soft_mask", "gaussian"):
             raise PerceptAlignError(f"readout must be 'soft_mask' or 'gaussian', got {readout!r}.")
         if classifier not in ("linear", "evidence"):
@@ -176,7 +182,11 @@ class RTifyHead(nn.Module):
         self.n_evidence = n_evidence
         self.classifier = nn.Linear(hidden_size, n_classes) if classifier == "linear" else None
         self.raw_threshold = nn.Parameter(torch.tensor(inverse_softplus(threshold_init)))
-        raw_t0 = torch.tensor(inverse_softplus(t0_init) if t0_init > 0 else -20.0)
+        self.t0_max = None if t0_max is None else float(t0_max)
+        if self.t0_max is None:
+            raw_t0 = torch.tensor(inverse_softplus(t0_init) if t0_init > 0 else -20.0)
+        else:  # t₀ = t0_max·σ(raw): the same box [0, t0_max] every compared method gets
+            raw_t0 = torch.tensor(math.log(t0_init / (self.t0_max - t0_init)))
         self.raw_t0 = nn.Parameter(raw_t0, requires_grad=learn_t0)
 
     @property
@@ -186,8 +196,17 @@ class RTifyHead(nn.Module):
 
     @property
     def t0(self) -> Tensor:
-        """Non-decision time t₀ in seconds, > 0."""
+        """Non-decision time t₀ in seconds, > 0 (and < ``t0_max`` when the head has a box)."""
+        if self.t0_max is not None:
+            return self.t0_max * torch.sigmoid(self.raw_t0)
         return F.softplus(self.raw_t0)
+
+    def n_fitted_parameters(self, *, include_classifier: bool = False) -> int:
+        """Trainable scalars that shape RTs and choices: evidence, θ and t₀ (the read-out only when asked,
+        since a human fit's choices come from the accumulator and never use it)."""
+        modules = [self.evidence] + ([self.classifier] if include_classifier and self.classifier else [])
+        count = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+        return count + int(self.raw_threshold.requires_grad) + int(self.raw_t0.requires_grad)
 
     def _check_hidden(self, hidden: Tensor) -> None:
         if not isinstance(hidden, Tensor) or hidden.dim() != 3:

@@ -62,16 +62,35 @@ class RTSample:
 
     @classmethod
     def from_passage(
-        cls, rt_s: Tensor, mass: Tensor, labels: Tensor, cond_idx: Tensor, n_conditions: int
+        cls,
+        rt_s: Tensor,
+        mass: Tensor,
+        labels: Tensor,
+        cond_idx: Tensor,
+        n_conditions: int,
+        *,
+        min_mass: float = 1e-7,
     ) -> RTSample:
-        """One entry per (trial, step): ``rt_s`` and ``mass`` are (B, T, C) first-passage cells."""
+        """One entry per first-passage cell: ``rt_s`` and ``mass`` are (B, T, C).
+
+        Cells whose mass is below ``min_mass`` are left out (selected on detached values): at a small
+        temperature a trial's mass sits on a few steps, so this keeps the histogram and quantile terms at
+        a few entries per trial instead of T·C, and drops at most T·C·``min_mass`` of each trial's mass.
+        """
         batch, steps, n_choices = mass.shape
         correct = torch.nn.functional.one_hot(labels, n_choices).to(mass.dtype).unsqueeze(1)  # (B, 1, C)
-        w_c = mass * correct
-        w_e = mass * (1 - correct)
         counts = torch.bincount(cond_idx, minlength=n_conditions).to(mass.dtype)
-        cells = cond_idx.view(-1, 1, 1).expand(batch, steps, n_choices)
-        return cls(rt_s.reshape(-1), w_c.reshape(-1), w_e.reshape(-1), cells.reshape(-1), counts)
+        cells = cond_idx.view(-1, 1, 1).expand(batch, steps, n_choices).reshape(-1)
+        keep = (mass.detach() > min_mass).reshape(-1)
+        flat_mass = mass.reshape(-1)[keep]
+        flat_correct = correct.expand(batch, steps, n_choices).reshape(-1)[keep]
+        return cls(
+            rt_s.reshape(-1)[keep],
+            flat_mass * flat_correct,
+            flat_mass * (1 - flat_correct),
+            cells[keep],
+            counts,
+        )
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, conditions: Sequence[Any]) -> RTSample:

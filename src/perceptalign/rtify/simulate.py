@@ -25,6 +25,7 @@ from perceptalign.callbacks import StepCallback
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.trials import check_coherences
 from perceptalign.rtify.wongwang import WongWang2
+from perceptalign.rtify.wongwang_engine import substeps
 
 __all__ = [
     "MAX_TRIAL_STEPS",
@@ -39,7 +40,7 @@ __all__ = [
 _CHUNK = 16384
 # Time steps × trials of one forward call (the _CHUNK trials of 2 s at 1 ms); longer trials get fewer.
 _CHUNK_STEPS = _CHUNK * 2000
-#: Euler steps × trials that one CPU core pair simulates per second (measured on 2 cores; more is faster).
+#: Euler (internal) steps × trials that one CPU core pair simulates per second (measured on 2 cores).
 REFERENCE_RATE = 2e6
 #: Runs estimated above this many trial-steps (about 30 min at REFERENCE_RATE) need an explicit go-ahead.
 MAX_TRIAL_STEPS = 3.6e9
@@ -47,19 +48,23 @@ MAX_TRIAL_STEPS = 3.6e9
 MAX_STEPS_PER_TRIAL = 1_000_000
 
 
-
 @dataclass(frozen=True)
 class SimulationCost:
-    """Size of a sweep: ``trial_steps`` = coherences × trials × Euler steps per trial."""
+    """Size of a sweep: ``trial_steps`` = coherences × trials × Euler steps per trial.
+
+    A trial has ``n_steps`` output steps of ``dt_ms``, each integrated in ``n_sub`` internal Euler steps
+    (≤ 1 ms each, :mod:`perceptalign.rtify.wongwang`); the cost is in internal steps.
+    """
 
     n_coherences: int
     n_trials: int
     n_steps: int
     dt_ms: float
+    n_sub: int = 1
 
     @property
     def trial_steps(self) -> float:
-        return float(self.n_coherences) * self.n_trials * self.n_steps
+        return float(self.n_coherences) * self.n_trials * self.n_steps * self.n_sub
 
     @property
     def seconds(self) -> float:
@@ -72,10 +77,11 @@ class SimulationCost:
 
     def describe(self) -> str:
         """E.g. '7 coherences × 10000000 trials × 2000 steps of 1 ms = 1.4e+11 trial-steps, about 19 h'."""
+        sub = f" (× {self.n_sub} Euler sub-steps)" if self.n_sub > 1 else ""
         return (
             f"{self.n_coherences} coherence{'s' if self.n_coherences != 1 else ''} × {self.n_trials} trials "
             "× "
-            f"{self.n_steps} steps of {self.dt_ms:g} ms = {self.trial_steps:.2g} trial-steps, about "
+            f"{self.n_steps} steps of {self.dt_ms:g} ms{sub} = {self.trial_steps:.2g} trial-steps, about "
             f"{_duration(self.seconds)} at {REFERENCE_RATE:.0e} trial-steps/s (2 CPU cores)"
         )
 
@@ -91,11 +97,11 @@ def _duration(seconds: float) -> str:
 
 
 def check_grid(dt_ms: float, max_time_s: float) -> int:
-    """Euler steps per trial for a step of ``dt_ms`` over ``max_time_s``; both checked (dt in (0, 50] ms)."""
+    """Output steps per trial for a step of ``dt_ms`` over ``max_time_s``; both checked (dt in (0, 50] ms)."""
     if not (isinstance(dt_ms, (int, float)) and math.isfinite(dt_ms) and 0 < dt_ms <= 50):
         raise PerceptAlignError(
-            f"dt_ms (the Euler step) must be in (0, 50] ms, got {dt_ms!r} (1 ms is accurate; the published "
-            "26.67 ms is coarse)."
+            f"dt_ms (the output step) must be in (0, 50] ms, got {dt_ms!r}; the model integrates in "
+            "internal Euler steps of at most 1 ms whatever it is."
         )
     if not (isinstance(max_time_s, (int, float)) and math.isfinite(max_time_s) and max_time_s > 0):
         raise PerceptAlignError(
@@ -103,6 +109,7 @@ def check_grid(dt_ms: float, max_time_s: float) -> int:
         )
     if max_time_s * 1000.0 < dt_ms:
         raise PerceptAlignError(
+            # "Euler step" is the output step here; tests/rtify/test_bad_inputs.py pins the wording.
             f"the simulated time per trial ({max_time_s:g} s) is shorter than one Euler step ({dt_ms:g} ms); "
             "lengthen it or use a smaller step."
         )
@@ -117,11 +124,17 @@ def check_grid(dt_ms: float, max_time_s: float) -> int:
 
 
 def simulation_cost(
-    n_coherences: int, n_trials: int, *, dt_ms: float = 1.0, max_time_s: float = 2.0
+    n_coherences: int,
+    n_trials: int,
+    *,
+    dt_ms: float = 1.0,
+    max_time_s: float = 2.0,
+    model: WongWang2 | None = None,
 ) -> SimulationCost:
     """The size of :func:`simulate_coherences` with these settings, checked before any work starts."""
     n_steps = check_grid(dt_ms, max_time_s)
-    return SimulationCost(n_coherences, n_trials, n_steps, float(dt_ms))
+    n_sub = model.substeps(dt_ms) if model is not None else substeps(dt_ms, 1.0)
+    return SimulationCost(n_coherences, n_trials, n_steps, float(dt_ms), n_sub)
 
 
 @dataclass

@@ -1,88 +1,129 @@
-"""Wong–Wang (2006) reduced decision model as a fast, differentiable torch module.
+"""Wong & Wang (2006) reduced decision model: the model, read top to bottom (machinery: ``wongwang_engine``).
 
-Each population i carries an NMDA gating variable S_i and an Ornstein–Uhlenbeck noise current.
-With x = J·S + I₀ + I_ext + σ·z the input current and H(x) = (a x − b)/(1 − exp(−d(a x − b))) Hz,
+Model. n populations (two in the published model), each with an NMDA gating variable S_i ∈ [0, 1] and an
+Ornstein–Uhlenbeck noise current σ·z_i. Time t is in ms, currents in nA, rates in Hz:
 
-    S_{k+1} = S_k + dt·(−S_k/τ_S + (1 − S_k)·γ·H(x_k)/1000)            (explicit Euler, dt in ms)
-    z_k     = z_{k−1}·e^{−dt/τ_A} + √((1 − e^{−2dt/τ_A})/2)·ξ_k         (exact OU update, z_{−1} = 0)
+    x_i(t)  = Σ_j J_ij S_j + I₀ + J_ext·drive_i(t) + σ·z_i(t)             input current
+    H(x)    = (a x − b) / (1 − exp(−d (a x − b)))                          population rate
+    dS_i/dt = −S_i/τ_S + (1 − S_i)·γ·H(x_i)/1000                           NMDA gating
+    τ_A dz_i = −z_i dt + √τ_A dW_i                                          unit OU noise, Var z = 1/2
 
-so the unit noise z has stationary variance 1/2 whatever dt is, and the noise current σz has σ²/2.
-Within step k the noise is updated first and then drives the step, and the input is the one at the
-START of the step (t_k = k·dt): stimulus on while t_k < ``stim_duration_s``, 0 after.
+The two-population model has J = [[J₁₁, −J₁₂], [−J₁₂, J₁₁]] and drive = (1 + c/100, 1 − c/100) for a
+coherence c in % while the stimulus is on (``stim_duration_s``), 0 after; ``WWDrive`` is that input stage
+(optionally with a learnable scale w on c, for a network's logit in its place). Every constant, and
+the starting values of the learnable J, J_ext, I₀, σ, θ and motor delay, is one field of
+:class:`WWParams`.
 
-Time-index convention (shared by every output): trajectory index t holds S after t + 1 integration
-steps, i.e. at time (t + 1)·dt. The decision step τ is the first index where a population's S
-exceeds θ (``perceptalign.rtify.decision.first_crossing_multiclass``), so the reaction time is
-RT = (τ + 1)·dt + motor delay. Trials that never cross within ``max_time_s`` are reported as
-undecided (``decided`` False, ``no_decision_rate``), never dropped; their RT is the censoring time.
+Discretisation. The output grid has step dt (``dt_ms``, any value up to 50 ms); each output step is
+integrated in m = ⌈dt / h_max⌉ internal steps of h = dt/m, with h_max = min(``max_substep_ms``, τ_A/2)
+(1 ms by default). Internal step k (from t_k = k·h to t_k + h) does
 
-Why it is fast: the time loop (the hot path) runs in place in preallocated (n, B) buffers (B is the
-contiguous axis, so every op is one vectorised sweep) with 8 sweeps per step and scalars passed as
-0-dim tensors (a Python number costs a tensor wrap per op); the noise comes pre-scaled from the
-generator; the 0/0 guard of H runs only when a chunk actually produced a NaN (the chunk is then replayed
-with it, same values). Crossings are found every 16 steps, and a run that only needs decisions keeps a
-rolling 17-step buffer plus each trial's 2-step window instead of the whole trajectory (no
-O(T·n·B) memory to fault in), decides with elementwise ops on those windows, and stops as soon as every
-trial has decided. Gradients do not go through autograd's per-step graph: a hand-written adjoint
-(reverse-mode sweep of the Euler recursion) reads u and H from the forward sweep and evaluates H' with
-a 4-op closed form plus a precomputed patch for the few entries near a x = b, so training memory is
-four (T, n, B) tensors instead of ~15 saved tensors per step, and the backward sweep starts at the
-latest step that actually receives a gradient (the latest decision).
+    z_k     = ρ z_{k−1} + √((1 − ρ²)/2)·ξ_k,  ρ = e^{−h/τ_A},  z_{−1} = 0   exact OU transition
+    x_k     = J S_k + I₀ + J_ext·drive(t_k) + σ z_k                          input at the START of the step
+    S_{k+1} = S_k + h·(−S_k/τ_S + (1 − S_k)·γ·H(x_k)/1000)                   explicit Euler
 
-Results are bit-identical to the straightforward ordering of the same float operations (one randn per
-64 steps, noise update, u, g, S; tests pin the stream and the decisions); everything above only
-removes redundant sweeps, conversions and memory traffic.
+with ξ_k standard normal, drawn as one ``randn((64, n, B))`` per 64 internal steps: the stream depends
+on h only, so runs with the same seed and internal step (e.g. dt = 10 ms and dt = 1 ms, both h = 1 ms)
+integrate the same trajectory. Why sub-steps: Euler holds z_k for the whole step, so the noise it
+integrates over a step of length h has variance h²/2 instead of τ_A²(h/τ_A − 1 + e^{−h/τ_A}); at
+h = 10 ms that is 3.1× too much (the published 26.67 ms: 7×), which made accuracy depend on dt (.78
+at 6.4 % coherence at dt = 10 ms against .88 at 1 ms). At h ≤ τ_A/2 the excess is ≤ 17 % of the
+variance over one step and behaviour is converged (halving h to 0.5 ms changes accuracy at 6.4 % by
+< .001 and the mean decision time by < 2 ms, measured with 2·10⁴ trials). ``max_substep_ms=None``
+restores the published single step per dt (for reproducing published numbers only).
+
+Decisions (the RTify convention, :mod:`perceptalign.rtify.decision`). Trajectory index t holds S at
+time (t + 1)·dt, i.e. after (t + 1)·m internal steps; S_{−1} := s0 at time 0. The decision step s is
+the first index at which some population's S exceeds θ (strict); the winner is that population (ties:
+larger overshoot, then lower index). The decision time in steps interpolates the winner's S linearly,
+
+    t* = s + f,  f = (θ − S_{s−1}) / Δ,  Δ = S_s − S_{s−1} (clamped below by ``min_slope``),  t* ∈ [s, s + 1],
+
+and RT = t*·dt + motor delay (:func:`perceptalign.rtify.decision.rt_seconds`). Its gradient is the
+derivative of that interpolation (∂t*/∂θ = 1/Δ, ∂t*/∂S_s = −f/Δ, ∂t*/∂S_{s−1} = −(1 − f)/Δ). Trials
+that never cross within ``max_time_s`` are undecided: t* = T (the number of output steps), ``decided``
+False, zero gradient; they are reported (``no_decision_rate``), never dropped.
+
+Gradients reach J, J_ext, I₀, σ and the input through the whole trajectory: by default through the
+hand-written adjoint of the engine (``backward="adjoint"``), or through plain autograd of
+:func:`reference_trajectory` (``backward="autograd"``, readable, slower, same noise).
+:meth:`WongWang2.trajectories` returns the differentiable (B, T, n) trajectories for an external
+decision rule such as :func:`perceptalign.rtify.decision.first_passage` (``initial=model.s0``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.decision import Decision, _implicit_tau, first_crossing_multiclass
+from perceptalign.rtify.decision import Decision, rt_seconds
+from perceptalign.rtify.wongwang_engine import (
+    BLOCK,
+    Consts,
+    Crossings,
+    Grid,
+    Run,
+    RunSpec,
+    decide,
+    make_grid,
+    run_fast,
+    substeps,
+)
 
 __all__ = [
     "WW_DEFAULTS",
+    "WWDrive",
     "WWOutput",
+    "WWParams",
     "WWTrajectories",
     "WongWang2",
     "WongWangN",
+    "reference_trajectory",
     "wong_wang_rate",
 ]
 
-# Wong & Wang (2006) reduced model, as listed in docs/rtify.md, "The Wong–Wang model".
-WW_DEFAULTS: dict[str, float] = {
-    "a": 270.0,  # Hz/nA
-    "b": 108.0,  # Hz
-    "d": 0.154,  # s
-    "gamma": 0.641,
-    "tau_s_ms": 100.0,
-    "tau_a_ms": 2.0,
-    "j_self": 0.2609,  # nA
-    "j_cross": 0.0497,  # nA (inhibitory: enters x with a minus sign)
-    "j_ext": 0.0156,  # nA per unit drive (drive = 1 ± c/100 in the two-population model)
-    "i0": 0.3255,  # nA
-    "sigma": 0.02,  # nA
-    "threshold": 0.5,
-    "motor_delay_s": 0.1,
-    "s0": 0.1,
-}
 
+# ------------------------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class WWParams:
+    """Every constant of the model and the starting values of the learnable ones (Wong & Wang 2006)."""
+
+    a: float = 270.0  # Hz/nA
+    b: float = 108.0  # Hz
+    d: float = 0.154  # s
+    gamma: float = 0.641
+    tau_s_ms: float = 100.0  # NMDA decay
+    tau_a_ms: float = 2.0  # AMPA (noise) time constant
+    j_self: float = 0.2609  # nA, J₁₁ = J₂₂ (learnable)
+    j_cross: float = 0.0497  # nA, J₁₂ = J₂₁, inhibitory: enters x with a minus sign (learnable)
+    j_ext: float = 0.0156  # nA per unit drive (learnable)
+    i0: float = 0.3255  # nA (learnable)
+    sigma: float = 0.02  # nA, noise amplitude (learnable)
+    threshold: float = 0.5  # θ on S (learnable)
+    motor_delay_s: float = 0.1  # non-decision time added to the decision time (learnable on request)
+    s0: float = 0.1  # S at time 0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise PerceptAlignError(f"WWParams.{name} must be a finite number, got {value!r}.")
+        for name in ("a", "d", "gamma", "tau_s_ms", "tau_a_ms"):
+            if getattr(self, name) <= 0:
+                raise PerceptAlignError(f"WWParams.{name} must be positive, got {getattr(self, name)!r}.")
+
+
+WW_DEFAULTS: dict[str, float] = asdict(WWParams())
+
+
+# ---------------------------------------------------------------------------------------- rate H(x)
 # |v| below this uses the Taylor series of g(v) = v/(1 − e^{−v}); the first omitted term (v⁸/1209600)
 # is < 1e-14 relative there, and outside it the closed forms lose at most eps/0.1 to cancellation.
 _SERIES_CUTOFF = 0.1
-_SLOPE_CUTOFF = 0.02
-# Steps per noise draw: fixed, because the noise stream (hence every seeded result) depends on it.
-_BLOCK = 64
-# Steps per crossing check / early-stopping point (divides _BLOCK): finding each new decision's first
-# crossing costs O(_CHECK) per trial, and stopping overshoots by < _CHECK steps.
-_CHECK = 16
-_MAX_DT_MS = 50.0
 
 
 def _g_series(v: Tensor) -> Tensor:
@@ -117,203 +158,108 @@ def wong_wang_rate(
     return _g_stable(d * (a * x - b)) / d
 
 
-def _slope_from_gain_(u: Tensor, g: Tensor, out: Tensor, small: Tensor, us: Tensor, p: Tensor) -> Tensor:
-    """dg/dv at v = −u into ``out``, given g = g(v) (reference; ``small``/``us``/``p`` are scratch).
+# ------------------------------------------------------------------------------------ the recursion
+def reference_trajectory(
+    drive_frames: Tensor,
+    J: Tensor,
+    j_ext: Tensor,
+    i0: Tensor,
+    sigma: Tensor,
+    *,
+    params: WWParams,
+    grid: Grid,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """The discretised model of the module docstring, one internal step at a time, in plain autograd.
 
-    Closed form g' = g(g + u − 1)/u (from g(v) − g(−v) = v) cancels near u = 0, so |u| < 0.02 uses the
-    series 1/2 + v/6 − v³/180 (first omitted term v⁵/5040 < 1e-12 there; the closed form loses at most
-    eps/0.02 outside). Blended arithmetically with a 0/1 mask so the unused branch stays finite. This
-    defines the adjoint's slope values; the adjoint itself gets the same values cheaper from
-    ``_slope_closed_`` plus ``_SlopePatch``.
+    ``drive_frames`` (F, n, B); returns S after every internal step (T·m, n, B) and the unit OU noise z
+    (T·m, n, B). The engine computes the same recursion (the same noise, bit for bit) much faster.
     """
-    torch.abs(u, out=us)
-    torch.lt(us, _SLOPE_CUTOFF, out=small)
-    torch.add(u, small, out=us)  # safe denominator where the series takes over
-    torch.add(g, u, out=out).sub_(1.0).mul_(g).div_(us)
-    torch.mul(u, small, out=us)
-    torch.mul(us, us, out=p).mul_(-1.0 / 180.0).add_(1.0 / 6.0).mul_(us).neg_().add_(0.5)
-    p.sub_(out).mul_(small)
-    return out.add_(p)
+    p = params
+    h = grid.h_ms
+    rho = math.exp(-h / p.tau_a_ms)
+    cn = math.sqrt((1.0 - rho * rho) / 2.0)
+    n_int = grid.n_internal
+    _, n, batch = drive_frames.shape
+    like = {"dtype": drive_frames.dtype, "device": drive_frames.device}
+    with torch.no_grad():  # the noise: one randn per BLOCK internal steps, then the exact OU transition
+        z_all = torch.empty((n_int, n, batch), **like)
+        z_prev = torch.zeros((n, batch), **like)
+        for k0 in range(0, n_int, BLOCK):
+            xi = torch.randn((min(BLOCK, n_int - k0), n, batch), generator=generator, **like)
+            for j in range(xi.shape[0]):
+                z_prev = (xi[j] * cn).add_(z_prev, alpha=rho)
+                z_all[k0 + j] = z_prev
+    s = torch.full((n, batch), p.s0, **like)
+    states = []
+    for k in range(n_int):
+        f = grid.frame_of_step[k]
+        external = drive_frames[f] * j_ext if f >= 0 else 0.0
+        x = J @ s + i0 + external + sigma * z_all[k]  # input current (nA), input at the step's start
+        rate = wong_wang_rate(x, p.a, p.b, p.d)  # H(x) in Hz
+        s = s + h * (-s / p.tau_s_ms + (1.0 - s) * p.gamma * rate / 1000.0)  # Euler step of dS/dt
+        states.append(s)
+    return torch.stack(states), z_all
 
 
-def _slope_closed_(u: Tensor, g: Tensor, out: Tensor, one: Tensor) -> Tensor:
-    """Closed form g'(v) = g(g + u − 1)/u at v = −u into ``out``: exact away from u = 0, NaN at u = 0.
+# --------------------------------------------------------------------------------------- the input
+class WWDrive(nn.Module):
+    """The input stage of every Wong–Wang model: raw input → per-population drive frames (F, n, B).
 
-    Same op sequence as the non-series entries of ``_slope_from_gain_`` (bit-identical there); the
-    entries with |u| < ``_SLOPE_CUTOFF`` get ``_slope_series_values`` on top (see ``_SlopePatch``).
-    """
-    return torch.add(g, u, out=out).sub_(one).mul_(g).div_(u)
-
-
-def _slope_series_values(u: Tensor, g: Tensor) -> Tensor:
-    """g' for entries with |u| < cutoff, with ``_slope_from_gain_``'s exact arithmetic (mask = 1)."""
-    closed = (g + u).sub_(1.0).mul_(g).div_(u + 1.0)  # its closed form on the shifted denominator
-    series = (u * u).mul_(-1.0 / 180.0).add_(1.0 / 6.0).mul_(u).neg_().add_(0.5)
-    return closed.add_(series.sub_(closed))  # closed + (series − closed), as the blend rounds it
-
-
-class _SlopePatch:
-    """The series-region entries of every step's g', found in one pass over the stored u.
-
-    The blended ``_slope_from_gain_`` evaluates both branches on every entry (17 sweeps per step); the
-    adjoint instead runs the 4-op closed form and overwrites the few entries with |u| < cutoff (the input
-    current within 0.02/(a d) ≈ 5e-4 nA of b/a) by their precomputed values: bit-identical gradients.
-    """
-
-    def __init__(self, u_all: Tensor, g_all: Tensor) -> None:
-        steps = u_all.shape[0]
-        per_step = u_all[0].numel()
-        flat_u = u_all.reshape(-1)
-        found = []
-        for k0 in range(0, steps, _BLOCK):  # bounded temporaries
-            part = flat_u[k0 * per_step : min(steps, k0 + _BLOCK) * per_step]
-            mask = part.abs().lt_(_SLOPE_CUTOFF).to(torch.bool)  # float compare + cast: 2× faster than bool
-            found.append(mask.nonzero().squeeze(1) + k0 * per_step)
-        index = torch.cat(found)
-        self.values = _slope_series_values(flat_u[index], g_all.reshape(-1)[index])
-        step = torch.div(index, per_step, rounding_mode="floor")
-        self.position = index - step * per_step
-        self.bounds = [0, *torch.bincount(step, minlength=steps).cumsum(0).tolist()]
-
-    def apply_(self, k: int, out: Tensor) -> None:
-        """Overwrite step k's series-region entries of ``out`` (n, B)."""
-        a, b = self.bounds[k], self.bounds[k + 1]
-        if b > a:
-            out.view(-1).index_copy_(0, self.position[a:b], self.values[a:b])
-
-
-@dataclass
-class _Grid:
-    """Integration grid: number of steps and which input frame drives each step (−1: stimulus off)."""
-
-    dt_ms: float
-    n_steps: int
-    frame_of_step: list[int]
-
-
-@dataclass
-class _Consts:
-    """Scalars of the update, folded so the hot loop does the fewest ops (see ``_integrate``)."""
-
-    ad: float  # a·d: x → v = d(a x − b)
-    bd: float
-    c1: float  # dt·γ/(1000 d): H·γ/1000·dt = c1·g
-    decay: float  # 1 − dt/τ_S
-    rho: float  # e^{−dt/τ_A}
-    cn: float  # √((1 − ρ²)/2)
-
-
-@dataclass
-class _RunSpec:
-    grid: _Grid
-    consts: _Consts
-    s0: float
-    generator: torch.Generator | None
-    crossings: _Crossings
-    early_stop: bool  # stop at the end of the first block after which every trial has crossed
-
-
-class _Crossings:
-    """First step at which any population's S exceeds θ, tracked chunk by chunk during integration.
-
-    Same rule as ``first_crossing_multiclass`` (strict >, first index); it lets the run stop early
-    and lets the decision be taken on a 2-step window instead of the whole (B, T, n) trajectory. With
-    ``capture`` it also copies each trial's window [τ − 1, τ] out of the chunk as the trial decides
-    (and the last two steps for trials that never do), so a run that only needs decisions can keep a
-    rolling (chunk + 1)-step buffer instead of the whole (T + 1, n, B) trajectory. Masks are 0/1 floats:
-    on CPU a comparison writing bool is ~5× slower than one writing float.
+    ``kind="coherence"`` (two populations): c in % → drive (1 + w·c/100, 1 − w·c/100); input (B,)
+    (constant while the stimulus is on) or a time series (B, T_in). A network's logit can take the place
+    of c, with a learnable scale w (``scale``; its value is the starting w). ``kind="populations"``:
+    w·drive_i given per population, (B, n) or (B, T_in, n). Without ``scale``, w = 1 and nothing is learnt.
     """
 
-    def __init__(self, threshold: float, like: Tensor, capture: bool) -> None:
-        _, n, batch = like.shape
-        dev = like.device
-        self.threshold = threshold
-        self.batch = batch
-        self.n_decided = 0
-        self.finite = True  # every scanned S was finite (else the decision re-checks and raises)
-        self.any_tau0 = False  # some trial crossed at the very first step
-        self.tau = torch.zeros(batch, dtype=torch.long, device=dev)
-        self.undecided = torch.ones(batch, dtype=like.dtype, device=dev)
-        self.window = torch.empty((2, n, batch), dtype=like.dtype, device=dev) if capture else None
-        self._thr = torch.tensor(threshold, dtype=like.dtype, device=dev)  # same float32 value as θ
-        self._hit = torch.empty(batch, dtype=like.dtype, device=dev)
-        self._pop_offset = (torch.arange(n, device=dev) * batch).view(n, 1)
-        self._row_offset = torch.tensor([0, n * batch], device=dev).view(2, 1, 1)
-        self._weights = torch.arange(_CHECK, 0, -1, dtype=like.dtype, device=dev).view(-1, 1)
-        self._decided: Tensor | None = None
+    def __init__(
+        self, n_pop: int, kind: Literal["coherence", "populations"], scale: float | None = None
+    ) -> None:
+        super().__init__()
+        if kind not in ("coherence", "populations"):
+            raise PerceptAlignError(f"drive kind must be 'coherence' or 'populations', got {kind!r}.")
+        if kind == "coherence" and n_pop != 2:
+            raise PerceptAlignError(
+                "a coherence drive needs exactly two populations; use kind='populations'."
+            )
+        self.n_pop = n_pop
+        self.kind = kind
+        if scale is not None and not (math.isfinite(scale) and scale != 0):
+            raise PerceptAlignError(f"the input scale w must be a finite non-zero number, got {scale!r}.")
+        self.scale = None if scale is None else nn.Parameter(torch.tensor(float(scale)))
 
-    @property
-    def decided(self) -> Tensor:
-        """Bool (B,): crossed so far (cached until the next update records a crossing)."""
-        if self._decided is None:
-            self._decided = self.undecided == 0
-        return self._decided
-
-    @staticmethod
-    def scan(blk: Tensor) -> Tensor:
-        """Max over the chunk's steps of every (population, trial) (n·B,); NaN wherever S was NaN.
-
-        One max over the outer (time) axis, which CPU reductions vectorise well (a max over the size-n
-        middle axis would be several times slower).
-        """
-        return blk[1:].reshape(blk.shape[0] - 1, -1).amax(dim=0)
-
-    def update(self, blk: Tensor, offset: int, col_max: Tensor | None = None) -> bool:
-        """Record the chunk's first crossings; True once every trial has decided.
-
-        ``blk`` (K + 1, n, B), contiguous: row 0 is the state before the chunk (trajectory index
-        offset − 1, or S(0)), rows 1..K hold trajectory indices offset..offset + K − 1. ``col_max``
-        is ``scan(blk)`` when the caller already has it (and has checked it is finite).
-        """
-        steps, n, batch = blk.shape[0] - 1, blk.shape[1], blk.shape[2]
-        flat = blk[1:].view(steps, n * batch)
-        if col_max is None:
-            col_max = self.scan(blk)
-            self.finite = self.finite and math.isfinite(float(col_max.sum()))
-        per_pop = col_max.view(n, batch)
-        if n == 1:
-            peak = per_pop[0]
-        elif n == 2:
-            peak = torch.maximum(per_pop[0], per_pop[1])
-        else:
-            peak = per_pop.amax(dim=0)
-        idx = torch.gt(peak, self._thr, out=self._hit).mul_(self.undecided).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return self.n_decided == self.batch
-        # First crossing of the newly decided trials only, as a max: weight step j by K − j (exact in
-        # floats for K ≤ 2^24); on CPU this is several times faster than argmax over booleans.
-        cols = (self._pop_offset + idx).view(-1)  # (n·m,) columns: every population of each new trial
-        weights = self._weights if steps == _CHECK else self._weights[-steps:]
-        score = flat.index_select(1, cols).gt_(self._thr).mul_(weights).amax(dim=0)
-        if n > 1:
-            score = score.view(n, -1).amax(dim=0)
-        local = (steps - score).long()  # 0..K − 1
-        self.tau.index_copy_(0, idx, local + offset)
-        self.undecided.index_fill_(0, idx, 0.0)
-        self._decided = None
-        self.n_decided += idx.numel()
-        if offset == 0:
-            self.any_tau0 = bool((local == 0).any())
-        if self.window is not None:
-            # Window rows τ − 1, τ are blk rows local, local + 1; τ = 0 keeps [0, 1] (rows 1, 2).
-            lo = local.clamp_min(1) if offset == 0 else local
-            pos = (lo * (n * batch)).view(1, 1, -1) + self._row_offset + cols.view(1, n, -1)
-            values = blk.view(-1).index_select(0, pos.view(-1)).view(2, n, -1)
-            self.window.index_copy_(2, idx, values)
-        return self.n_decided == self.batch
-
-    def finish(self, blk: Tensor) -> None:
-        """Give the undecided trials their censoring window: the last two rows of the final chunk."""
-        if self.window is not None and self.n_decided < self.batch:
-            self.window = torch.where(self.decided.view(1, 1, -1), self.window, blk[-2:])
+    def forward(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.kind == "coherence":
+            c = _check_input(x, "coherence_pct", "(B,) or (B, T_in)")
+            if c.dim() not in (1, 2) or (c.dim() == 2 and c.shape[1] == 0):
+                raise PerceptAlignError(
+                    f"coherence_pct must have shape (B,) or (B, T_in), got {tuple(c.shape)}; for several "
+                    "populations use WongWangN."
+                )
+            c = c.to(dtype) / 100.0
+            if self.scale is not None:
+                c = c * self.scale.to(dtype)
+            c = c.unsqueeze(0) if c.dim() == 1 else c.t()  # (F, B)
+            return torch.stack([1.0 + c, 1.0 - c], dim=1)
+        n = self.n_pop
+        drive = _check_input(x, "drive", f"(B, {n}) or (B, T_in, {n})")
+        if drive.dim() not in (2, 3) or drive.shape[-1] != n or drive.shape[1] == 0:
+            raise PerceptAlignError(
+                f"drive must have shape (B, {n}) or (B, T_in, {n}), got {tuple(drive.shape)}."
+            )
+        drive = drive.to(dtype)
+        if self.scale is not None:
+            drive = drive * self.scale.to(dtype)
+        return drive.t().unsqueeze(0) if drive.dim() == 2 else drive.permute(1, 2, 0)
 
 
+# ------------------------------------------------------------------------------------------ outputs
 @dataclass
 class WWTrajectories:
     """Full-length trajectories of one batch: S (B, T, n); optionally the noise current σz and H (Hz).
 
-    ``time_s[t]`` = (t + 1)·dt is the time at which ``S[:, t]`` holds; ``H[:, t]`` is the rate that
-    drove the step ending there.
+    ``time_s[t]`` = (t + 1)·dt is the time at which ``S[:, t]`` holds; ``noise[:, t]`` and ``H[:, t]``
+    belong to the last internal step of output step t (the one ending at ``time_s[t]``).
     """
 
     S: Tensor
@@ -325,7 +271,7 @@ class WWTrajectories:
 
 @dataclass
 class WWOutput:
-    """Decisions of one batch. ``rt_s`` includes the motor delay and is differentiable (implicit rule)."""
+    """Decisions of one batch. ``rt_s`` = t*·dt + motor delay, differentiable (interpolated crossing)."""
 
     rt_s: Tensor
     choice: Tensor
@@ -341,386 +287,25 @@ class WWOutput:
         return self.decision.no_decision_rate
 
 
-def _noise_pieces(k0: int, k1: int, per_step: int, split: bool) -> list[tuple[int, int]]:
-    """Steps [k0, k1) of one noise block cut into the calls that draw them.
-
-    The stream is defined as one ``randn`` of the whole block. On CPU, torch fills a normal tensor of
-    ≥ 16 elements 16 at a time from a sequential uniform stream (re-drawing the last 16 when the size is
-    not a multiple of 16), so consecutive calls whose sizes are multiples of 16 (every piece but the last,
-    which must keep ≥ 16 elements) reproduce the single call exactly; ``test_wongwang`` checks this
-    against the installed torch. Drawing ``_CHECK`` steps at a time keeps the noise buffer in cache.
-    """
-    if not split:
-        return [(k0, k1)]
-    pieces = [(a, min(a + _CHECK, k1)) for a in range(k0, k1, _CHECK)]
-    if len(pieces) > 1 and (pieces[-1][1] - pieces[-1][0]) * per_step < 16:
-        pieces[-2:] = [(pieces[-2][0], k1)]
-    return pieces
-
-
-def _draw_scaled_noise(out: Tensor, scale: float, generator: torch.Generator | None) -> None:
-    """``out`` ← scale·randn, drawn as ``normal_(0, scale)`` where that is the same stream and values.
-
-    On CPU, ``normal_`` of ≥ 16 elements computes each value as (Box–Muller sample)·std + 0, which rounds
-    exactly like randn followed by a multiply, so the scaling costs no extra sweep (checked by a test);
-    elsewhere (and for < 16 elements, which use another algorithm) draw and multiply.
-    """
-    if out.device.type == "cpu" and out.numel() >= 16:
-        out.normal_(0.0, scale, generator=generator)
-    else:
-        torch.randn(out.shape, generator=generator, out=out, dtype=out.dtype, device=out.device)
-        out.mul_(scale)
-
-
-def _integrate(
-    s_buf: Tensor,
-    z_store: Tensor | None,
-    ug_store: tuple[Tensor, Tensor] | None,
-    bias_u: Tensor,
-    bias_u_off: Tensor,
-    j_u: Tensor,
-    sig_u: float,
-    spec: _RunSpec,
-) -> int:
-    """Run the Euler recursion in place; return the number of steps done.
-
-    ``s_buf`` is either the whole trajectory (T + 1, n, B) or, when ``spec.crossings`` captures the
-    decision windows, a rolling (chunk + 1, n, B) buffer whose row 0 carries the state across chunks.
-    Row 0 holds S(0) on entry. Everything is expressed in u = −d(a x − b) so that g = u/expm1(u) needs
-    no negations: ``bias_u`` (F, n, B) / ``bias_u_off`` hold −(a d (I₀ + J_ext·drive) − b d), ``j_u`` =
-    −a d J and ``sig_u`` = −a d σ. ``z_store`` (T, n, B), when given, receives the unit OU noise of every
-    step and ``ug_store`` u and the gain g(u) (for the adjoint); otherwise rolling scratch is used.
-
-    The noise stream is one ``randn`` per ``_BLOCK`` steps (shared by every path; see ``_noise_pieces``),
-    drawn pre-scaled by √((1 − ρ²)/2); crossings are checked every ``_CHECK`` steps. Per step: the OU
-    update, u (addmm, + noise), g (expm1, div), c1·g, decay − c1·g and S' = c1 g + S(decay − c1 g): 8
-    sweeps over (n, B) buffers that stay in cache. g = 0/0 (u == 0 exactly, limit 1) is not screened
-    per step: it turns the trial's S into NaN, which the chunk's crossing scan sees (the max over time
-    propagates NaN), and the chunk is then replayed from its start with NaN → 1 — the same values as
-    screening every step, for one cheap check per chunk.
-    """
-    c = spec.consts
-    frames = spec.grid.frame_of_step
-    n_steps = spec.grid.n_steps
-    crossings = spec.crossings
-    rolling = crossings.window is not None
-    _, n, batch = s_buf.shape
-    like = {"dtype": s_buf.dtype, "device": s_buf.device}
-    split = z_store is None and s_buf.device.type == "cpu"
-    noise_buf = None
-    if z_store is None:
-        noise_buf = torch.empty((2 * _CHECK if split else _BLOCK, n, batch), **like)
-    z_prev = torch.zeros((n, batch), **like)
-    u, e, g, m = (torch.empty((n, batch), **like) for _ in range(4))
-    c1, decay = torch.tensor(c.c1, **like), torch.tensor(c.decay, **like)
-    bias_rows = bias_u.unbind(0)
-    u_rows: tuple[Tensor, ...] | None = None
-    g_rows: tuple[Tensor, ...] | None = None
-
-    def advance(
-        c0: int, s_rows: tuple[Tensor, ...], z_rows: tuple[Tensor, ...], z0: int, replay: bool
-    ) -> None:
-        nonlocal z_prev
-        for j in range(len(s_rows) - 1):
-            k = c0 + j
-            z = z_rows[k - z0]
-            if not replay:  # a replay reuses the finished noise
-                z.add_(z_prev, alpha=c.rho)  # z = √((1 − ρ²)/2)·ξ + ρ z_prev: exact OU update
-                z_prev = z
-            f = frames[k]
-            s = s_rows[j]
-            uj = u if u_rows is None else u_rows[k - k0]
-            torch.addmm(bias_rows[f] if f >= 0 else bias_u_off, j_u, s, out=uj)
-            uj.add_(z, alpha=sig_u)
-            torch.expm1(uj, out=e)
-            gj = g if g_rows is None else g_rows[k - k0]
-            torch.div(uj, e, out=gj)
-            if replay:
-                gj.nan_to_num_(nan=1.0)  # u == 0 exactly: 0/0, limit 1
-            torch.mul(gj, c1, out=m)
-            torch.sub(decay, m, out=e)  # 1 − dt/τ_S − c1 g
-            torch.addcmul(m, s, e, out=s_rows[j + 1])  # S(1 − dt/τ_S − c1 g) + c1 g
-
-    for k0 in range(0, n_steps, _BLOCK):
-        k1 = min(k0 + _BLOCK, n_steps)
-        if z_store is not None:
-            _draw_scaled_noise(z_store[k0:k1], c.cn, spec.generator)
-            if ug_store is not None:
-                u_rows, g_rows = (store[k0:k1].unbind(0) for store in ug_store)
-        pieces = _noise_pieces(k0, k1, n * batch, split)
-        for p, (a, b) in enumerate(pieces):
-            if noise_buf is None:
-                zb = z_store[a:b]  # type: ignore[index]
-            else:
-                zb = noise_buf[: b - a]
-                _draw_scaled_noise(zb, c.cn, spec.generator)
-            z_rows = zb.unbind(0)
-            for c0 in range(a, b, _CHECK):
-                c_end = min(c0 + _CHECK, b)
-                base = 0 if rolling else c0
-                blk = s_buf[base : base + c_end - c0 + 1]
-                s_rows = blk.unbind(0)
-                advance(c0, s_rows, z_rows, a, replay=False)
-                col_max = _Crossings.scan(blk)
-                if not math.isfinite(float(col_max.sum())):
-                    advance(c0, s_rows, z_rows, a, replay=True)
-                    col_max = _Crossings.scan(blk)
-                    crossings.finite = crossings.finite and math.isfinite(float(col_max.sum()))
-                if crossings.update(blk, c0, col_max) and spec.early_stop:
-                    if noise_buf is not None:  # leave the generator where a full-block draw would
-                        for a2, b2 in pieces[p + 1 :]:
-                            _draw_scaled_noise(noise_buf[: b2 - a2], c.cn, spec.generator)
-                    return c_end
-                if c_end == n_steps:
-                    crossings.finish(blk)
-                elif rolling:
-                    s_buf[0].copy_(blk[-1])
-            if noise_buf is not None:
-                z_prev = z_prev.clone()  # the noise buffer is overwritten by the next draw
-    return n_steps
-
-
-@dataclass
-class _Run:
-    """Outcome of one integration: trajectory (None when only decision windows were kept) and noise."""
-
-    traj: Tensor | None
-    steps: int
-    grid: _Grid
-    crossings: _Crossings
-    z: Tensor | None
-
-
-def _window_decision(
-    window: Tensor,
-    start: Tensor,
-    local_tau: Tensor,
-    crossings: _Crossings,
-    threshold: Tensor,
-    min_slope: float,
-) -> Decision:
-    """``first_crossing_multiclass`` on the (2, n, B) windows [start, start + 1], given the crossings.
-
-    The crossing step is already known from the integration (``local_tau`` ∈ {0, 1} inside the window,
-    1 for undecided trials), so instead of searching the window with reductions over its size-2 axes
-    (each several ms at B = 10⁴ on CPU) this applies the same rules with elementwise ops over (n, B):
-    the populations above θ at τ tie, the largest overshoot wins, then the lowest index; undecided
-    trials report the highest final S. The differentiable τ comes from the decision module's own
-    implicit-gradient helper, so slope clamping and censoring follow its conventions exactly.
-    """
-    values = window.detach()
-    if not crossings.finite and not torch.isfinite(values).all():
-        raise PerceptAlignError(
-            "the Wong–Wang trajectory contains NaN or infinite values; the parameters are outside the "
-            "model's stable range: lower the learning rate or clip gradients, and reload a good checkpoint."
-        )
-    n, batch = values.shape[1], values.shape[2]
-    decided = crossings.decided
-    thr = threshold.detach()
-    at_tau = values[1]
-    if crossings.any_tau0:
-        at_tau = torch.where((local_tau == 0).view(1, -1), values[0], at_tau)  # (n, B)
-    if n == 1:
-        choice = torch.zeros(batch, dtype=torch.long, device=values.device)
-        n_ties = 0
-    else:
-        tied = at_tau > thr  # the populations crossing at τ (none for undecided trials)
-        winner = _first_argmax(torch.where(tied, at_tau - thr, -math.inf))
-        if crossings.n_decided == crossings.batch:
-            choice = winner
-        else:
-            choice = torch.where(decided, winner, _first_argmax(values[1]))
-        n_ties = int((tied[0] & tied[1]).sum() if n == 2 else (tied.sum(dim=0) > 1).sum())
-    level = window.gather(1, choice.view(1, 1, -1).expand(2, 1, batch)).squeeze(1)  # (2, B)
-    tau, n_clamped = _implicit_tau(level.t(), threshold.expand(batch), local_tau, decided, min_slope)
-    return Decision(
-        tau=tau + start.to(tau.dtype), choice=choice, decided=decided, n_clamped=n_clamped, n_ties=n_ties
-    )
-
-
-def _first_argmax(values: Tensor) -> Tensor:
-    """Index of the first maximum over dim 0 of (n, B): elementwise for small n, argmax otherwise."""
-    n = values.shape[0]
-    if n == 2:
-        return (values[1] > values[0]).long()  # strict: equal values keep the lower index, as argmax does
-    if n > 8:
-        return values.argmax(dim=0)
-    best = values[0]
-    index = torch.zeros(values.shape[1], dtype=torch.long, device=values.device)
-    for c in range(1, n):
-        better = values[c] > best
-        best = torch.where(better, values[c], best)
-        index.masked_fill_(better, c)
-    return index
-
-
-def _bias_u(drive_frames: Tensor, j_ext: Tensor, i0: Tensor, c: _Consts) -> tuple[Tensor, Tensor]:
-    """Per-frame folded bias −(a d (I₀ + J_ext·drive) − b d) and the stimulus-off bias."""
-    bias = (drive_frames * j_ext + i0) * (-c.ad) + c.bd
-    off = (i0 * (-c.ad) + c.bd).reshape(1, 1).expand(drive_frames.shape[1], 1)
-    return bias.contiguous(), off.to(drive_frames.dtype)
-
-
-class _WWAdjoint(torch.autograd.Function):
-    """S trajectory (T_eff, n, B) from (drive frames, J, J_ext, I₀, σ) with a hand-written adjoint."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, drive_frames: Tensor, J: Tensor, j_ext: Tensor, i0: Tensor, sigma: Tensor, spec: _RunSpec
-    ) -> Tensor:
-        ctx.set_materialize_grads(False)  # z's gradient is never used: don't fill a (T, n, B) zero tensor
-        c = spec.consts
-        _, n, batch = drive_frames.shape
-        s_buf = torch.empty(
-            (spec.grid.n_steps + 1, n, batch), dtype=drive_frames.dtype, device=drive_frames.device
-        )
-        s_buf[0].fill_(spec.s0)
-        z_store = torch.empty_like(s_buf[1:])
-        ug_store = (torch.empty_like(z_store), torch.empty_like(z_store))
-        bias_u, bias_u_off = _bias_u(drive_frames, j_ext, i0, c)
-        j_u = J * (-c.ad)
-        steps = _integrate(s_buf, z_store, ug_store, bias_u, bias_u_off, j_u, -c.ad * float(sigma), spec)
-        ctx.spec = spec
-        ctx.steps = steps
-        ctx.s_buf = s_buf
-        ctx.z_store = z_store
-        ctx.ug_store = ug_store
-        ctx.save_for_backward(drive_frames, J, j_ext, i0, sigma)
-        z_out = z_store[:steps]
-        ctx.mark_non_differentiable(z_out)
-        return s_buf[1 : steps + 1], z_out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_s: Tensor | None, _grad_z: Tensor | None) -> tuple[Tensor | None, ...]:
-        """Reverse sweep from the latest step with a gradient; u and g come from the forward sweep."""
-        drive_frames, J, j_ext, i0, sigma = ctx.saved_tensors
-        spec: _RunSpec = ctx.spec
-        c = spec.consts
-        s_buf: Tensor = ctx.s_buf
-        z_store: Tensor = ctx.z_store
-        u_store, g_store = ctx.ug_store
-        frames = spec.grid.frame_of_step
-        n_frames, n, batch = drive_frames.shape
-        if grad_s is None:
-            return (None,) * 6
-        last = _last_nonzero_step(grad_s)
-        like = {"dtype": s_buf.dtype, "device": s_buf.device}
-        q_frames = torch.zeros((n_frames, n, batch), **like)
-        q_off = torch.zeros((n, batch), **like)
-        d_jv = torch.zeros((n, n), **like)
-        qz = torch.zeros((n, batch), **like)
-        if last >= 0:
-            jv_t = (J * c.ad).t().contiguous()
-            patch = _SlopePatch(u_store[: last + 1], g_store[: last + 1])
-            one, c1, neg_c1, decay = (torch.tensor(v, **like) for v in (1.0, c.c1, -c.c1, c.decay))
-            lam = torch.zeros((n, batch), **like)
-            gp, q, w = (torch.empty_like(lam) for _ in range(3))
-            stores = (s_buf, z_store, u_store, g_store)
-            rows = list(zip(*(x.unbind(0) for x in stores), strict=False))
-            q_rows = q_frames.unbind(0)
-            for k in range(last, -1, -1):
-                s, z, u, g = rows[k]
-                lam.add_(grad_s[k])  # lam = dL/dS_{k+1}
-                _slope_closed_(u, g, gp, one)
-                patch.apply_(k, gp)
-                torch.mul(s, neg_c1, out=q).add_(c1).mul_(gp).mul_(lam)  # dL/dv_k = λ c1 (1 − S) g'
-                lam.mul_(torch.mul(g, neg_c1, out=w).add_(decay))  # through S_k directly: 1 − dt/τ_S − c1 g
-                lam.addmm_(jv_t, q)  # through v_k = a d (J S_k + …)
-                d_jv.addmm_(q, s.t())
-                f = frames[k]
-                (q_rows[f] if f >= 0 else q_off).add_(q)
-                qz.addcmul_(q, z)
-        ad = c.ad
-        grads: list[Tensor | None] = [None] * 6
-        needs = ctx.needs_input_grad
-        if needs[0]:
-            grads[0] = q_frames * (ad * j_ext)
-        if needs[1]:
-            grads[1] = d_jv * ad
-        if needs[2]:
-            grads[2] = ((q_frames * drive_frames).sum() * ad).reshape(j_ext.shape)
-        if needs[3]:
-            grads[3] = ((q_frames.sum() + q_off.sum()) * ad).reshape(i0.shape)
-        if needs[4]:
-            grads[4] = (qz.sum() * ad).reshape(sigma.shape)
-        return tuple(grads)
-
-
-def _last_nonzero_step(grad: Tensor) -> int:
-    """Index of the last time step (dim 0) with a non-zero entry, −1 if none; scans back in blocks.
-
-    The decision gradient is non-zero only at each trial's crossing, so the adjoint sweep can start at
-    the latest decision instead of T − 1; scanning from the end usually touches one block.
-    """
-    for k1 in range(grad.shape[0], 0, -_BLOCK):
-        k0 = max(0, k1 - _BLOCK)
-        flat = grad[k0:k1].flatten(1)
-        active = (flat.amax(dim=1) > 0) | (flat.amin(dim=1) < 0)
-        hits = torch.nonzero(active).flatten()
-        if hits.numel() > 0:
-            return k0 + int(hits[-1])
-    return -1
-
-
-def _reference_trajectory(
-    drive_frames: Tensor,
-    J: Tensor,
-    j_ext: Tensor,
-    i0: Tensor,
-    sigma: Tensor,
-    spec: _RunSpec,
-    a: float,
-    b: float,
-    d: float,
-) -> tuple[Tensor, Tensor]:
-    """Plain autograd version of the same recursion (readable; used for ``backward='autograd'`` and tests).
-
-    Same noise stream as ``_integrate`` (same block draws), states kept in a Python list and stacked at
-    the end so that backward is linear in T. Returns S (T, n, B) and the unit noise z (T, n, B).
-    """
-    c = spec.consts
-    n_steps = spec.grid.n_steps
-    _, n, batch = drive_frames.shape
-    with torch.no_grad():
-        z_all = torch.empty((n_steps, n, batch), dtype=drive_frames.dtype, device=drive_frames.device)
-        z_prev = torch.zeros((n, batch), dtype=drive_frames.dtype, device=drive_frames.device)
-        for k0 in range(0, n_steps, _BLOCK):
-            zb = z_all[k0 : min(k0 + _BLOCK, n_steps)]
-            torch.randn(zb.shape, generator=spec.generator, out=zb, dtype=zb.dtype, device=zb.device)
-            for z in zb:
-                z.mul_(c.cn).add_(z_prev, alpha=c.rho)
-                z_prev = z
-    dt = spec.grid.dt_ms
-    gamma, tau_s = WW_DEFAULTS["gamma"], WW_DEFAULTS["tau_s_ms"]
-    s = torch.full((n, batch), spec.s0, dtype=drive_frames.dtype, device=drive_frames.device)
-    states = []
-    for k in range(n_steps):
-        f = spec.grid.frame_of_step[k]
-        external = drive_frames[f] * j_ext if f >= 0 else 0.0
-        x = J @ s + i0 + external + sigma * z_all[k]
-        rate = wong_wang_rate(x, a, b, d)
-        s = s + dt * (-s / tau_s + (1.0 - s) * gamma * rate / 1000.0)
-        states.append(s)
-    return torch.stack(states), z_all
+# --------------------------------------------------------------------------------------- the models
+_MAX_DT_MS = 50.0
+_CHECK_ROWS = 16  # output rows per crossing update on the autograd reference path
 
 
 class _WongWangBase(nn.Module):
-    """Shared machinery: grid, parameter checks, integration, decision and RT."""
+    """Parameters, grid, and the run → decision → RT pipeline shared by the two public models."""
 
     n_pop: int
 
     def __init__(
         self,
+        params: WWParams,
         *,
+        drive: WWDrive,
         dt_ms: float,
         max_time_s: float,
         stim_duration_s: float,
-        j_ext: float,
-        i0: float,
-        sigma: float,
-        threshold: float,
-        motor_delay_s: float,
+        max_substep_ms: float | None,
         learn_motor_delay: bool,
         backward: Literal["adjoint", "autograd"],
         min_slope: float,
@@ -729,40 +314,53 @@ class _WongWangBase(nn.Module):
         _check_grid_args(dt_ms, max_time_s, stim_duration_s)
         if backward not in ("adjoint", "autograd"):
             raise PerceptAlignError(f"backward must be 'adjoint' or 'autograd', got {backward!r}.")
-        self.dt_ms = float(dt_ms)
-        self.max_time_s = float(max_time_s)
-        self.stim_duration_s = float(stim_duration_s)
-        self.backward_mode = backward
         if not (isinstance(min_slope, (int, float)) and 0 < min_slope < math.inf):
             raise PerceptAlignError(
                 f"min_slope must be a positive finite number, got {min_slope!r}; 1e-3 is the default."
             )
+        if max_substep_ms is not None and not (
+            isinstance(max_substep_ms, (int, float)) and 0 < max_substep_ms < math.inf
+        ):
+            raise PerceptAlignError(
+                f"max_substep_ms must be a positive number of ms or None, got {max_substep_ms!r}."
+            )
+        self.params = params
+        self.dt_ms = float(dt_ms)
+        self.max_time_s = float(max_time_s)
+        self.stim_duration_s = float(stim_duration_s)
+        self.max_substep_ms = None if max_substep_ms is None else float(max_substep_ms)
+        self.backward_mode = backward
         self.min_slope = float(min_slope)
-        self.a, self.b, self.d = WW_DEFAULTS["a"], WW_DEFAULTS["b"], WW_DEFAULTS["d"]
-        self.gamma, self.tau_s_ms, self.tau_a_ms = (
-            WW_DEFAULTS["gamma"],
-            WW_DEFAULTS["tau_s_ms"],
-            WW_DEFAULTS["tau_a_ms"],
-        )
-        self.s0 = WW_DEFAULTS["s0"]
-        self.J_ext = nn.Parameter(torch.tensor(float(j_ext)))
-        self.I0 = nn.Parameter(torch.tensor(float(i0)))
-        self.sigma = nn.Parameter(torch.tensor(float(sigma)))
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        # Fixed constants, as plain floats (the hot loop folds them into a few scalars).
+        self.a, self.b, self.d = params.a, params.b, params.d
+        self.gamma, self.tau_s_ms, self.tau_a_ms = params.gamma, params.tau_s_ms, params.tau_a_ms
+        self.s0 = params.s0
+        self.drive = drive
+        self.J_ext = nn.Parameter(torch.tensor(float(params.j_ext)))
+        self.I0 = nn.Parameter(torch.tensor(float(params.i0)))
+        self.sigma = nn.Parameter(torch.tensor(float(params.sigma)))
+        self.threshold = nn.Parameter(torch.tensor(float(params.threshold)))
         if learn_motor_delay:
-            self.motor_delay_s = nn.Parameter(torch.tensor(float(motor_delay_s)))
+            self.motor_delay_s = nn.Parameter(torch.tensor(float(params.motor_delay_s)))
         else:
-            self.register_buffer("motor_delay_s", torch.tensor(float(motor_delay_s)))
+            self.register_buffer("motor_delay_s", torch.tensor(float(params.motor_delay_s)))
 
-    # -- to be provided by subclasses ------------------------------------------------------------
     def coupling(self) -> Tensor:
         """Recurrent coupling J (n, n): x_i = Σ_j J_ij S_j + …"""
         raise NotImplementedError
 
-    # -- grid and constants -----------------------------------------------------------------------
-    def _grid(self, dt_ms: float, max_time_s: float, n_frames: int, frame_s: float | None) -> _Grid:
+    @property
+    def substep_cap_ms(self) -> float | None:
+        """h_max = min(``max_substep_ms``, τ_A/2); None when sub-stepping is off."""
+        return None if self.max_substep_ms is None else min(self.max_substep_ms, self.tau_a_ms / 2.0)
+
+    def substeps(self, dt_ms: float | None = None) -> int:
+        """Internal Euler steps per output step of ``dt_ms`` (default: the module's dt)."""
+        return substeps(self.dt_ms if dt_ms is None else float(dt_ms), self.substep_cap_ms)
+
+    # -- grid --------------------------------------------------------------------------------------
+    def _grid(self, dt_ms: float, max_time_s: float, n_frames: int, frame_s: float | None) -> Grid:
         _check_grid_args(dt_ms, max_time_s, self.stim_duration_s)
-        n_steps = max(1, round(max_time_s * 1000.0 / dt_ms))
         stim_ms = self.stim_duration_s * 1000.0
         if frame_s is None:
             frame_ms = stim_ms / n_frames if stim_ms > 0 else math.inf
@@ -770,25 +368,17 @@ class _WongWangBase(nn.Module):
             frame_ms = frame_s * 1000.0
         else:
             raise PerceptAlignError(f"frame_s must be a positive number of seconds, got {frame_s!r}.")
-        frames = []
-        eps = 1e-9 * dt_ms
-        for k in range(n_steps):
-            t = k * dt_ms
-            if t + eps >= stim_ms:
-                frames.append(-1)
-            else:
-                frames.append(min(n_frames - 1, int((t + eps) // frame_ms)))
-        return _Grid(dt_ms=float(dt_ms), n_steps=n_steps, frame_of_step=frames)
+        return make_grid(dt_ms, max_time_s, n_frames, frame_ms, stim_ms, self.substep_cap_ms)
 
-    def _consts(self, dt_ms: float) -> _Consts:
-        rho = math.exp(-dt_ms / self.tau_a_ms)
-        return _Consts(
-            ad=self.a * self.d,
-            bd=self.b * self.d,
-            c1=dt_ms * self.gamma / (1000.0 * self.d),
-            decay=1.0 - dt_ms / self.tau_s_ms,
-            rho=rho,
-            cn=math.sqrt((1.0 - rho * rho) / 2.0),
+    def _consts(self, h_ms: float) -> Consts:
+        return Consts.of(
+            a=self.a,
+            b=self.b,
+            d=self.d,
+            gamma=self.gamma,
+            tau_s_ms=self.tau_s_ms,
+            tau_a_ms=self.tau_a_ms,
+            h_ms=h_ms,
         )
 
     def _check_params(self) -> None:
@@ -806,105 +396,66 @@ class _WongWangBase(nn.Module):
                     "lower the learning rate or clip gradients, and reload a good checkpoint."
                 )
 
-    # -- core -------------------------------------------------------------------------------------
+    # -- run → decision → RT -------------------------------------------------------------------------
     def _trajectory(
         self,
-        drive_frames: Tensor,
+        frames: Tensor,
         *,
         dt_ms: float | None,
         max_time_s: float | None,
         frame_s: float | None,
         generator: torch.Generator | None,
         early_stop: bool,
-        keep_noise: bool = False,
         keep_trajectory: bool = True,
-    ) -> _Run:
-        """Integrate drive frames (F, n, B): the S trajectory (T_eff, n, B), its θ crossings, z if asked.
+        keep_internal: bool = False,
+    ) -> Run:
+        """Integrate drive frames (F, n, B): output trajectory (T_eff, n, B) and crossings (see ``Run``).
 
         Without ``keep_trajectory`` (and outside autograd) only the decision windows are kept and
-        ``traj`` is None: memory O(block·n·B) instead of O(T·n·B), and no fresh pages to fault in.
+        ``traj`` is None: memory O(chunk·n·B) instead of O(T·n·B).
         """
         self._check_params()
         dt = self.dt_ms if dt_ms is None else float(dt_ms)
         tmax = self.max_time_s if max_time_s is None else float(max_time_s)
-        grid = self._grid(dt, tmax, drive_frames.shape[0], frame_s)
-        if generator is not None and generator.device != drive_frames.device:
+        grid = self._grid(dt, tmax, frames.shape[0], frame_s)
+        if generator is not None and generator.device != frames.device:
             raise PerceptAlignError(
-                f"the random generator lives on {generator.device} but the inputs on {drive_frames.device}; "
+                f"the random generator lives on {generator.device} but the inputs on {frames.device}; "
                 "create it with torch.Generator(device=inputs.device)."
             )
-        J = self.coupling().to(drive_frames.dtype)
-        params = (
-            J,
-            self.J_ext.to(drive_frames.dtype),
-            self.I0.to(drive_frames.dtype),
-            self.sigma.to(drive_frames.dtype),
-        )
+        dtype = frames.dtype
+        params = (self.coupling().to(dtype), self.J_ext.to(dtype), self.I0.to(dtype), self.sigma.to(dtype))
         needs_grad = torch.is_grad_enabled() and (
-            drive_frames.requires_grad or any(p.requires_grad for p in params)
+            frames.requires_grad or any(p.requires_grad for p in params)
         )
-        rolling = not (needs_grad or keep_trajectory or keep_noise) and grid.n_steps >= 2
-        threshold = float(self.threshold.detach())
-        crossings = _Crossings(threshold, drive_frames[:1], capture=rolling)
-        spec = _RunSpec(
-            grid=grid,
-            consts=self._consts(dt),
-            s0=self.s0,
-            generator=generator,
-            crossings=crossings,
-            early_stop=early_stop,
-        )
+        capture = not (needs_grad or keep_trajectory or keep_internal) and grid.n_steps >= 2
+        crossings = Crossings(float(self.threshold.detach()), frames[:1], capture=capture)
+        spec = RunSpec(grid, self._consts(grid.h_ms), self.s0, generator, crossings, early_stop)
         if needs_grad and self.backward_mode == "autograd":
-            traj, z = _reference_trajectory(drive_frames, *params, spec, self.a, self.b, self.d)
+            internal, z = reference_trajectory(
+                frames, *params, params=self.params, grid=grid, generator=generator
+            )
+            m = grid.n_sub
+            traj = internal[m - 1 :: m]
             with torch.no_grad():
                 full = torch.cat([torch.full_like(traj[:1], self.s0), traj])
-                for k0 in range(0, traj.shape[0], _CHECK):
-                    crossings.update(full[k0 : k0 + _CHECK + 1], k0)
-            return _Run(traj, traj.shape[0], grid, crossings, z if keep_noise else None)
-        if needs_grad:
-            traj, z = _WWAdjoint.apply(drive_frames, *params, spec)
-            return _Run(traj, traj.shape[0], grid, crossings, z if keep_noise else None)
-        with torch.no_grad():
-            c = spec.consts
-            _, n, batch = drive_frames.shape
-            rows = _CHECK + 1 if rolling else grid.n_steps + 1
-            s_buf = torch.empty((rows, n, batch), dtype=drive_frames.dtype, device=drive_frames.device)
-            s_buf[0].fill_(self.s0)
-            bias_u, bias_u_off = _bias_u(drive_frames, params[1], params[2], c)
-            z_store = torch.empty_like(s_buf[1:]) if keep_noise else None
-            steps = _integrate(
-                s_buf, z_store, None, bias_u, bias_u_off, J * (-c.ad), -c.ad * float(params[3]), spec
-            )
-            traj = None if rolling else s_buf[1 : steps + 1]
-            return _Run(traj, steps, grid, crossings, None if z_store is None else z_store[:steps])
+                for k0 in range(0, traj.shape[0], _CHECK_ROWS):
+                    crossings.update(full[k0 : k0 + _CHECK_ROWS + 1], k0)
+            states = torch.cat([torch.full_like(internal[:1], self.s0), internal]) if keep_internal else None
+            return Run(traj, traj.shape[0], grid, crossings, states, z if keep_internal else None)
+        return run_fast(
+            frames,
+            params,
+            spec,
+            needs_grad=needs_grad,
+            keep_trajectory=keep_trajectory,
+            keep_internal=keep_internal,
+        )
 
-    def _decide(self, run: _Run, keep: bool) -> WWOutput:
-        """Decision on the 2-step window [τ − 1, τ] around each trial's first crossing.
-
-        ``first_crossing_multiclass`` only reads Φ at τ and τ − 1 (slope, overshoot for ties) and, for
-        undecided trials, the last step; the window holds exactly those, so the result — value and
-        implicit gradient — equals the full-trajectory call at a fraction of its cost and memory
-        (the full call sweeps B·T·n elements several times; tests check the equality).
-        """
-        steps = run.steps
-        crossings = run.crossings
-        threshold = self.threshold.to(self.I0.dtype if run.traj is None else run.traj.dtype)
-        if steps < 2:
-            assert run.traj is not None
-            decision = first_crossing_multiclass(
-                run.traj.permute(2, 0, 1), threshold, min_slope=self.min_slope
-            )
-        else:
-            tau = torch.where(crossings.decided, crossings.tau, steps - 1)
-            start = (tau - 1).clamp(0, steps - 2)  # τ = 0 keeps its own slope convention (Φ_{−1} := 0)
-            if run.traj is None:
-                assert crossings.window is not None
-                window = crossings.window
-            else:
-                index = start.view(1, 1, -1) + torch.arange(2, device=start.device).view(2, 1, 1)
-                window = run.traj.gather(0, index.expand(2, run.traj.shape[1], -1))
-            decision = _window_decision(window, start, tau - start, crossings, threshold, self.min_slope)
-        rt = (decision.tau + 1.0) * (run.grid.dt_ms / 1000.0) + self.motor_delay_s.to(decision.tau.dtype)
+    def _decide(self, run: Run, keep: bool) -> WWOutput:
+        dtype = self.I0.dtype if run.traj is None else run.traj.dtype
+        decision = decide(run, self.threshold.to(dtype), self.min_slope, self.s0)
+        rt = rt_seconds(decision.tau, run.grid.dt_ms / 1000.0, self.motor_delay_s.to(decision.tau.dtype))
         return WWOutput(
             rt_s=rt,
             choice=decision.choice,
@@ -917,7 +468,7 @@ class _WongWangBase(nn.Module):
 
     def _run(
         self,
-        drive_frames: Tensor,
+        frames: Tensor,
         *,
         generator: torch.Generator | None,
         return_trajectories: bool,
@@ -926,7 +477,7 @@ class _WongWangBase(nn.Module):
         frame_s: float | None = None,
     ) -> WWOutput:
         run = self._trajectory(
-            drive_frames,
+            frames,
             dt_ms=dt_ms,
             max_time_s=max_time_s,
             frame_s=frame_s,
@@ -936,42 +487,68 @@ class _WongWangBase(nn.Module):
         )
         return self._decide(run, return_trajectories)
 
-    def _inference(
+    # -- public entry points ------------------------------------------------------------------------
+    def forward(
         self,
-        drive_frames: Tensor,
+        inputs: Tensor,
         *,
-        generator: torch.Generator | None,
-        dt_ms: float | None,
-        max_time_s: float | None,
-        frame_s: float | None,
-        return_noise: bool,
-        return_rate: bool,
+        generator: torch.Generator | None = None,
+        return_trajectories: bool = False,
+        frame_s: float | None = None,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+    ) -> WWOutput:
+        """Decisions and RTs for a batch of inputs; differentiable w.r.t. the parameters and the input.
+
+        ``dt_ms`` / ``max_time_s`` override the module's output grid for this call (the internal step
+        stays ≤ h_max). With ``return_trajectories`` the run is not stopped early.
+        """
+        return self._run(
+            self.drive(inputs, self.I0.dtype),
+            generator=generator,
+            return_trajectories=return_trajectories,
+            frame_s=frame_s,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+        )
+
+    def inference(
+        self,
+        inputs: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+        frame_s: float | None = None,
+        return_noise: bool = False,
+        return_rate: bool = False,
     ) -> WWTrajectories:
+        """Full-length trajectories (no early stop, no decision), e.g. for figures or custom readouts."""
+        frames = self.drive(inputs, self.I0.dtype)
         keep = return_noise or return_rate
         run = self._trajectory(
-            drive_frames,
+            frames,
             dt_ms=dt_ms,
             max_time_s=max_time_s,
             frame_s=frame_s,
             generator=generator,
             early_stop=False,
-            keep_noise=keep,
+            keep_internal=keep,
         )
-        traj, grid, z = run.traj, run.grid, run.z
+        traj, grid = run.traj, run.grid
         assert traj is not None
-        dtype = traj.dtype
+        dtype, m = traj.dtype, grid.n_sub
         noise = rate = None
         if keep:
-            assert z is not None
-            noise = self.sigma.to(dtype) * z
+            assert run.z is not None and run.internal is not None
+            noise = self.sigma.to(dtype) * run.z[m - 1 :: m]  # the last internal step of each output step
         if return_rate:
-            assert noise is not None
-            off = torch.zeros_like(drive_frames[:1])
-            index = torch.tensor(
-                [f if f >= 0 else drive_frames.shape[0] for f in grid.frame_of_step], device=traj.device
-            )
-            external = torch.cat([drive_frames, off])[index] * self.J_ext.to(dtype)
-            s_pre = torch.cat([torch.full_like(traj[:1], self.s0), traj[:-1]])
+            assert noise is not None and run.internal is not None
+            off = torch.zeros_like(frames[:1])
+            last = grid.frame_of_step[m - 1 :: m]
+            index = torch.tensor([f if f >= 0 else frames.shape[0] for f in last], device=traj.device)
+            external = torch.cat([frames, off])[index] * self.J_ext.to(dtype)
+            s_pre = run.internal[m - 1 :: m][: traj.shape[0]]
             x = (
                 torch.einsum("ij,tjb->tib", self.coupling().to(dtype), s_pre)
                 + self.I0.to(dtype)
@@ -988,6 +565,70 @@ class _WongWangBase(nn.Module):
             H=rate,
         )
 
+    def trajectories(
+        self,
+        inputs: Tensor | float,
+        n_trials: int | None = None,
+        *,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        grad: bool = True,
+        dt_ms: float | None = None,
+        max_time_s: float | None = None,
+        frame_s: float | None = None,
+    ) -> Tensor:
+        """S trajectories (B, T, n) on the output grid, full length, for an external decision rule.
+
+        ``inputs`` is one condition (a coherence in % for :class:`WongWang2`, a drive (n,) for
+        :class:`WongWangN`) repeated ``n_trials`` times, or a batch as :meth:`forward` takes it (then
+        ``n_trials`` is None). The noise comes from ``generator`` or else from ``seed``: same seed, same
+        trajectories as :meth:`forward` / :meth:`simulate`. With ``grad`` the result is differentiable
+        w.r.t. J, J_ext, I₀, σ and the input (θ and the motor delay do not enter S); e.g.
+        ``first_passage(S, model.threshold, mode="race", initial=model.s0)`` gives soft RT distributions,
+        RT = :func:`~perceptalign.rtify.decision.rt_seconds` (time, dt, motor delay).
+        """
+        if n_trials is None and not isinstance(inputs, Tensor):
+            raise PerceptAlignError(
+                f"one condition ({inputs!r}) needs n_trials; pass a tensor for a batch of conditions."
+            )
+        batch = self._condition_batch(inputs, n_trials)
+        gen = generator if generator is not None else self._generator(seed)
+        with torch.set_grad_enabled(grad):
+            run = self._trajectory(
+                self.drive(batch, self.I0.dtype),
+                dt_ms=dt_ms,
+                max_time_s=max_time_s,
+                frame_s=frame_s,
+                generator=gen,
+                early_stop=False,
+            )
+        assert run.traj is not None
+        return run.traj.permute(2, 0, 1)
+
+    @torch.no_grad()
+    def simulate(
+        self,
+        condition: Tensor | float,
+        n_trials: int,
+        *,
+        dt_ms: float | None = None,
+        seed: int | None = 0,
+        max_time_s: float | None = None,
+        return_trajectories: bool = False,
+    ) -> WWOutput:
+        """``n_trials`` trials of one condition, reproducible from ``seed``."""
+        self._check_trials(n_trials)
+        return self._run(
+            self.drive(self._condition_batch(condition, n_trials), self.I0.dtype),
+            generator=self._generator(seed),
+            return_trajectories=return_trajectories,
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+        )
+
+    def _condition_batch(self, condition: Tensor | float, n_trials: int | None) -> Tensor:
+        raise NotImplementedError
+
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
@@ -1000,11 +641,170 @@ class _WongWangBase(nn.Module):
             raise PerceptAlignError(f"n_trials must be a positive integer, got {n_trials!r}.")
 
 
+class WongWangN(_WongWangBase):
+    """n-population Wong–Wang race: population i gets I_i = J_ext·drive_i; the first S_i above θ wins.
+
+    ``drive`` is (B, n) (constant while the stimulus is on) or a time series (B, T_in, n) whose frames
+    last ``frame_s`` seconds (default: ``stim_duration_s`` / T_in) and are held over the internal steps
+    that start inside them (zero-order hold); after ``stim_duration_s`` the drive is 0.
+    Learnable: J (n, n; diagonal self-excitation, negative off-diagonal inhibition), J_ext, I₀, σ, θ
+    (the motor delay with ``learn_motor_delay``, the input scale w with ``input_scale``); a, b, d, γ,
+    τ_S, τ_A, s0 are fixed (``params``). Keyword values override the matching ``params`` fields.
+    ``backward='adjoint'`` (default) uses the memory-lean hand-written adjoint, ``'autograd'`` the plain
+    per-step autograd graph of :func:`reference_trajectory` (slower, kept as a reference).
+    """
+
+    def __init__(
+        self,
+        n_pop: int = 2,
+        *,
+        J: Tensor | None = None,
+        params: WWParams | None = None,
+        dt_ms: float = 1.0,
+        max_time_s: float = 2.0,
+        stim_duration_s: float = 2.0,
+        max_substep_ms: float | None = 1.0,
+        j_ext: float | None = None,
+        i0: float | None = None,
+        sigma: float | None = None,
+        threshold: float | None = None,
+        motor_delay_s: float | None = None,
+        learn_motor_delay: bool = False,
+        input_scale: float | None = None,
+        backward: Literal["adjoint", "autograd"] = "adjoint",
+        min_slope: float = 1e-3,
+    ) -> None:
+        if isinstance(n_pop, bool) or not isinstance(n_pop, int) or n_pop < 1:
+            raise PerceptAlignError(f"n_pop must be a positive integer, got {n_pop!r}.")
+        params = _with_overrides(
+            params, j_ext=j_ext, i0=i0, sigma=sigma, threshold=threshold, motor_delay_s=motor_delay_s
+        )
+        super().__init__(
+            params,
+            drive=WWDrive(n_pop, "populations", input_scale),
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            stim_duration_s=stim_duration_s,
+            max_substep_ms=max_substep_ms,
+            learn_motor_delay=learn_motor_delay,
+            backward=backward,
+            min_slope=min_slope,
+        )
+        self.n_pop = n_pop
+        if J is None:
+            J = torch.full((n_pop, n_pop), -params.j_cross)
+            J.fill_diagonal_(params.j_self)
+        J = torch.as_tensor(J, dtype=torch.get_default_dtype())
+        if J.shape != (n_pop, n_pop) or not torch.isfinite(J).all():
+            raise PerceptAlignError(
+                f"J must be a finite ({n_pop}, {n_pop}) matrix, got shape {tuple(J.shape)}."
+            )
+        self.J = nn.Parameter(J.clone())
+
+    def coupling(self) -> Tensor:
+        return self.J
+
+    def _condition_batch(self, condition: Tensor | float, n_trials: int | None) -> Tensor:
+        if n_trials is None:
+            return condition  # type: ignore[return-value]  # a batch, checked by the drive stage
+        self._check_trials(n_trials)
+        drive = _check_input(condition, "drive", f"({self.n_pop},)")
+        if drive.shape != (self.n_pop,):
+            raise PerceptAlignError(
+                f"simulate takes one condition: drive of shape ({self.n_pop},), got "
+                f"{tuple(drive.shape)}; call forward() for a batch of conditions."
+            )
+        return drive.to(self.I0.device).expand(n_trials, self.n_pop)
+
+
+class WongWang2(_WongWangBase):
+    """Two-population Wong–Wang model driven by motion coherence c (%): I₁,₂ = J_ext(1 ± c/100).
+
+    Population 1 (choice 0) receives the evidence for positive c, so choice 0 is correct when c > 0.
+    x₁ = J₁₁S₁ − J₁₂S₂ + I₀ + I₁ + σz₁ (and symmetrically): ``J12`` is the (positive) inhibition.
+    ``coherence_pct`` is (B,) (constant while the stimulus is on) or a time series (B, T_in) — a
+    network's output can take the place of c, with a learnable scale w (``input_scale``). See
+    :class:`WongWangN` for the learnable parameters and the input time grid.
+    """
+
+    n_pop = 2
+
+    def __init__(
+        self,
+        *,
+        params: WWParams | None = None,
+        j11: float | None = None,
+        j12: float | None = None,
+        dt_ms: float = 1.0,
+        max_time_s: float = 2.0,
+        stim_duration_s: float = 2.0,
+        max_substep_ms: float | None = 1.0,
+        j_ext: float | None = None,
+        i0: float | None = None,
+        sigma: float | None = None,
+        threshold: float | None = None,
+        motor_delay_s: float | None = None,
+        learn_motor_delay: bool = False,
+        input_scale: float | None = None,
+        backward: Literal["adjoint", "autograd"] = "adjoint",
+        min_slope: float = 1e-3,
+    ) -> None:
+        params = _with_overrides(
+            params,
+            j_self=j11,
+            j_cross=j12,
+            j_ext=j_ext,
+            i0=i0,
+            sigma=sigma,
+            threshold=threshold,
+            motor_delay_s=motor_delay_s,
+        )
+        super().__init__(
+            params,
+            drive=WWDrive(2, "coherence", input_scale),
+            dt_ms=dt_ms,
+            max_time_s=max_time_s,
+            stim_duration_s=stim_duration_s,
+            max_substep_ms=max_substep_ms,
+            learn_motor_delay=learn_motor_delay,
+            backward=backward,
+            min_slope=min_slope,
+        )
+        self.J11 = nn.Parameter(torch.tensor(float(params.j_self)))
+        self.J12 = nn.Parameter(torch.tensor(float(params.j_cross)))
+
+    def coupling(self) -> Tensor:
+        row1 = torch.stack([self.J11, -self.J12])
+        row2 = torch.stack([-self.J12, self.J11])
+        return torch.stack([row1, row2])
+
+    def _condition_batch(self, condition: Tensor | float, n_trials: int | None) -> Tensor:
+        if n_trials is None:
+            return condition  # type: ignore[return-value]  # a batch, checked by the drive stage
+        self._check_trials(n_trials)
+        if (
+            isinstance(condition, bool)
+            or not isinstance(condition, (int, float))
+            or not math.isfinite(condition)
+        ):
+            raise PerceptAlignError(f"coherence_pct must be a finite number (percent), got {condition!r}.")
+        return torch.full((n_trials,), float(condition), dtype=self.I0.dtype, device=self.I0.device)
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _with_overrides(params: WWParams | None, **values: float | None) -> WWParams:
+    base = WWParams() if params is None else params
+    if not isinstance(base, WWParams):
+        raise PerceptAlignError(f"params must be a WWParams, got {type(base).__name__}.")
+    given = {k: float(v) for k, v in values.items() if v is not None}
+    return replace(base, **given) if given else base
+
+
 def _check_grid_args(dt_ms: float, max_time_s: float, stim_duration_s: float) -> None:
     if not (isinstance(dt_ms, (int, float)) and 0 < dt_ms <= _MAX_DT_MS):
         raise PerceptAlignError(
-            f"dt_ms must be in (0, {_MAX_DT_MS}] ms, got {dt_ms!r}: explicit Euler on τ_S = 100 ms needs "
-            "dt well below τ_S (1 ms is accurate; the published 26.67 ms is coarse)."
+            f"dt_ms (the output step) must be in (0, {_MAX_DT_MS}] ms, got {dt_ms!r}; the model integrates "
+            "in internal steps of at most 1 ms whatever the output step."
         )
     if not (isinstance(max_time_s, (int, float)) and max_time_s > 0 and math.isfinite(max_time_s)):
         raise PerceptAlignError(f"max_time_s must be a positive number of seconds, got {max_time_s!r}.")
@@ -1025,291 +825,10 @@ def _check_input(value: Any, name: str, shapes: str) -> Tensor:
         raise PerceptAlignError(
             f"{name} must be a floating-point tensor, got {value.dtype}; cast it with .float()."
         )
-    if value.shape[0] == 0:
+    if value.dim() > 0 and value.shape[0] == 0:
         raise PerceptAlignError(f"{name} has an empty batch; pass at least one trial.")
     if not torch.isfinite(value.detach()).all():
         raise PerceptAlignError(
             f"{name} contains NaN or infinite values; check the stimulus or network output."
         )
     return value
-
-
-class WongWangN(_WongWangBase):
-    """n-population Wong–Wang race: population i gets I_i = J_ext·drive_i; the first S_i above θ wins.
-
-    ``drive`` is (B, n) (constant while the stimulus is on) or a time series (B, T_in, n) whose frames
-    last ``frame_s`` seconds (default: ``stim_duration_s`` / T_in) and are held over the integration
-    steps that start inside them (zero-order hold); after ``stim_duration_s`` the drive is 0.
-    Learnable: J (n, n; diagonal self-excitation, negative off-diagonal inhibition), J_ext, I₀, σ, θ
-    (and the motor delay with ``learn_motor_delay``); a, b, d, γ, τ_S, τ_A are fixed.
-    ``backward='adjoint'`` (default) uses the memory-lean hand-written adjoint, ``'autograd'`` the plain
-    per-step autograd graph (slower, kept as a reference).
-    """
-
-    def __init__(
-        self,
-        n_pop: int = 2,
-        *,
-        J: Tensor | None = None,
-        dt_ms: float = 1.0,
-        max_time_s: float = 2.0,
-        stim_duration_s: float = 2.0,
-        j_ext: float = WW_DEFAULTS["j_ext"],
-        i0: float = WW_DEFAULTS["i0"],
-        sigma: float = WW_DEFAULTS["sigma"],
-        threshold: float = WW_DEFAULTS["threshold"],
-        motor_delay_s: float = WW_DEFAULTS["motor_delay_s"],
-        learn_motor_delay: bool = False,
-        backward: Literal["adjoint", "autograd"] = "adjoint",
-        min_slope: float = 1e-3,
-    ) -> None:
-        super().__init__(
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-            stim_duration_s=stim_duration_s,
-            j_ext=j_ext,
-            i0=i0,
-            sigma=sigma,
-            threshold=threshold,
-            motor_delay_s=motor_delay_s,
-            learn_motor_delay=learn_motor_delay,
-            backward=backward,
-            min_slope=min_slope,
-        )
-        if isinstance(n_pop, bool) or not isinstance(n_pop, int) or n_pop < 1:
-            raise PerceptAlignError(f"n_pop must be a positive integer, got {n_pop!r}.")
-        self.n_pop = n_pop
-        if J is None:
-            J = torch.full((n_pop, n_pop), -WW_DEFAULTS["j_cross"])
-            J.fill_diagonal_(WW_DEFAULTS["j_self"])
-        J = torch.as_tensor(J, dtype=torch.get_default_dtype())
-        if J.shape != (n_pop, n_pop) or not torch.isfinite(J).all():
-            raise PerceptAlignError(
-                f"J must be a finite ({n_pop}, {n_pop}) matrix, got shape {tuple(J.shape)}."
-            )
-        self.J = nn.Parameter(J.clone())
-
-    def coupling(self) -> Tensor:
-        return self.J
-
-    def _frames(self, drive: Tensor) -> Tensor:
-        drive = _check_input(drive, "drive", f"(B, {self.n_pop}) or (B, T_in, {self.n_pop})")
-        if drive.dim() not in (2, 3) or drive.shape[-1] != self.n_pop or drive.shape[1] == 0:
-            raise PerceptAlignError(
-                f"drive must have shape (B, {self.n_pop}) or (B, T_in, {self.n_pop}), "
-                f"got {tuple(drive.shape)}."
-            )
-        drive = drive.to(self.I0.dtype)
-        return drive.t().unsqueeze(0) if drive.dim() == 2 else drive.permute(1, 2, 0)
-
-    def forward(
-        self,
-        drive: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        return_trajectories: bool = False,
-        frame_s: float | None = None,
-        dt_ms: float | None = None,
-        max_time_s: float | None = None,
-    ) -> WWOutput:
-        """Decisions and RTs for a batch of drives; differentiable w.r.t. the parameters and ``drive``.
-
-        ``dt_ms`` / ``max_time_s`` override the module's grid for this call (e.g. to evaluate a model
-        trained at a coarse dt on a fine one). With ``return_trajectories`` the run is not stopped early.
-        """
-        return self._run(
-            self._frames(drive),
-            generator=generator,
-            return_trajectories=return_trajectories,
-            frame_s=frame_s,
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-        )
-
-    def inference(
-        self,
-        drive: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        dt_ms: float | None = None,
-        max_time_s: float | None = None,
-        frame_s: float | None = None,
-        return_noise: bool = False,
-        return_rate: bool = False,
-    ) -> WWTrajectories:
-        """Full-length trajectories (no early stop, no decision), e.g. for figures or custom readouts."""
-        return self._inference(
-            self._frames(drive),
-            generator=generator,
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-            frame_s=frame_s,
-            return_noise=return_noise,
-            return_rate=return_rate,
-        )
-
-    @torch.no_grad()
-    def simulate(
-        self,
-        drive: Tensor,
-        n_trials: int,
-        *,
-        dt_ms: float | None = None,
-        seed: int | None = 0,
-        max_time_s: float | None = None,
-        return_trajectories: bool = False,
-    ) -> WWOutput:
-        """``n_trials`` trials of one condition (drive (n,)), reproducible from ``seed``."""
-        self._check_trials(n_trials)
-        drive = _check_input(drive, "drive", f"({self.n_pop},)")
-        if drive.shape != (self.n_pop,):
-            raise PerceptAlignError(
-                f"simulate takes one condition: drive of shape ({self.n_pop},), got "
-                f"{tuple(drive.shape)}; call forward() for a batch of conditions."
-            )
-        frames = self._frames(drive.to(self.I0.device).expand(n_trials, self.n_pop))
-        return self._run(
-            frames,
-            generator=self._generator(seed),
-            return_trajectories=return_trajectories,
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-        )
-
-
-class WongWang2(_WongWangBase):
-    """Two-population Wong–Wang model driven by motion coherence c (%): I₁,₂ = J_ext(1 ± c/100).
-
-    Population 1 (choice 0) receives the evidence for positive c, so choice 0 is correct when c > 0.
-    x₁ = J₁₁S₁ − J₁₂S₂ + I₀ + I₁ + σz₁ (and symmetrically): ``J12`` is the (positive) inhibition.
-    ``coherence_pct`` is (B,) (constant while the stimulus is on) or a time series (B, T_in) — a
-    network's output can take the place of c (its scale absorbs the 1/100). See :class:`WongWangN`
-    for the learnable parameters and the input time grid.
-    """
-
-    n_pop = 2
-
-    def __init__(
-        self,
-        *,
-        j11: float = WW_DEFAULTS["j_self"],
-        j12: float = WW_DEFAULTS["j_cross"],
-        dt_ms: float = 1.0,
-        max_time_s: float = 2.0,
-        stim_duration_s: float = 2.0,
-        j_ext: float = WW_DEFAULTS["j_ext"],
-        i0: float = WW_DEFAULTS["i0"],
-        sigma: float = WW_DEFAULTS["sigma"],
-        threshold: float = WW_DEFAULTS["threshold"],
-        motor_delay_s: float = WW_DEFAULTS["motor_delay_s"],
-        learn_motor_delay: bool = False,
-        backward: Literal["adjoint", "autograd"] = "adjoint",
-        min_slope: float = 1e-3,
-    ) -> None:
-        super().__init__(
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-            stim_duration_s=stim_duration_s,
-            j_ext=j_ext,
-            i0=i0,
-            sigma=sigma,
-            threshold=threshold,
-            motor_delay_s=motor_delay_s,
-            learn_motor_delay=learn_motor_delay,
-            backward=backward,
-            min_slope=min_slope,
-        )
-        self.J11 = nn.Parameter(torch.tensor(float(j11)))
-        self.J12 = nn.Parameter(torch.tensor(float(j12)))
-
-    def coupling(self) -> Tensor:
-        row1 = torch.stack([self.J11, -self.J12])
-        row2 = torch.stack([-self.J12, self.J11])
-        return torch.stack([row1, row2])
-
-    def _frames(self, coherence_pct: Tensor) -> Tensor:
-        c = _check_input(coherence_pct, "coherence_pct", "(B,) or (B, T_in)")
-        if c.dim() not in (1, 2) or (c.dim() == 2 and c.shape[1] == 0):
-            raise PerceptAlignError(
-                f"coherence_pct must have shape (B,) or (B, T_in), got {tuple(c.shape)}; for several "
-                "populations use WongWangN."
-            )
-        c = c.to(self.I0.dtype) / 100.0
-        c = c.unsqueeze(0) if c.dim() == 1 else c.t()  # (F, B)
-        return torch.stack([1.0 + c, 1.0 - c], dim=1)
-
-    def forward(
-        self,
-        coherence_pct: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        return_trajectories: bool = False,
-        frame_s: float | None = None,
-        dt_ms: float | None = None,
-        max_time_s: float | None = None,
-    ) -> WWOutput:
-        """Decisions and RTs for a batch of coherences; differentiable w.r.t. parameters and input.
-
-        ``dt_ms`` / ``max_time_s`` override the module's grid for this call. With
-        ``return_trajectories`` the run is not stopped early.
-        """
-        return self._run(
-            self._frames(coherence_pct),
-            generator=generator,
-            return_trajectories=return_trajectories,
-            frame_s=frame_s,
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-        )
-
-    def inference(
-        self,
-        coherence_pct: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        dt_ms: float | None = None,
-        max_time_s: float | None = None,
-        frame_s: float | None = None,
-        return_noise: bool = False,
-        return_rate: bool = False,
-    ) -> WWTrajectories:
-        """Full-length trajectories (no early stop, no decision), e.g. for figures or custom readouts."""
-        return self._inference(
-            self._frames(coherence_pct),
-            generator=generator,
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-            frame_s=frame_s,
-            return_noise=return_noise,
-            return_rate=return_rate,
-        )
-
-    @torch.no_grad()
-    def simulate(
-        self,
-        coherence_pct: float,
-        n_trials: int,
-        *,
-        dt_ms: float | None = None,
-        seed: int | None = 0,
-        max_time_s: float | None = None,
-        return_trajectories: bool = False,
-    ) -> WWOutput:
-        """``n_trials`` trials at one coherence (%), reproducible from ``seed``."""
-        self._check_trials(n_trials)
-        if (
-            isinstance(coherence_pct, bool)
-            or not isinstance(coherence_pct, (int, float))
-            or not math.isfinite(coherence_pct)
-        ):
-            raise PerceptAlignError(
-                f"coherence_pct must be a finite number (percent), got {coherence_pct!r}."
-            )
-        c = torch.full((n_trials,), float(coherence_pct), dtype=self.I0.dtype, device=self.I0.device)
-        return self._run(
-            self._frames(c),
-            generator=self._generator(seed),
-            return_trajectories=return_trajectories,
-            dt_ms=dt_ms,
-            max_time_s=max_time_s,
-        )

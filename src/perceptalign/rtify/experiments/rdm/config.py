@@ -20,7 +20,8 @@ METHOD_LABELS = {
     "rtify-self-penalty": "RTify self-penalised",
     "entropy": "entropy threshold",
     "evidential": "evidential",
-    "ddm": "DDM",
+    "ddm": "DDM (BIC-selected)",
+    "ddm-simple": "DDM (simple)",
 }
 
 

@@ -30,7 +30,9 @@ class IncrementEvidence(nn.Module):
         return self.linear(hidden - previous)
 
 
-def build_head(backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig) -> RTifyHead:
+def build_head(
+    backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig, *, t0_max: float | None = None
+) -> RTifyHead:
     """A two-bound RTify head on the backbone's states, started from the backbone's own read-out.
 
     Evidence weights start as the read-out's log-odds direction (class 1 − class 0) and the per-step
@@ -38,6 +40,10 @@ def build_head(backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig) ->
     decision variable, so fitting starts from a sensible decision process instead of a random one.
     """
     hidden_size = backbone.hidden_size
+    human = config.objective == "human"
+    t0_start = config.t0_init if human else config.t0_fixed
+    if human and t0_max is not None:
+        t0_start = min(t0_start, 0.5 * t0_max)  # start inside the shared box, whatever the data
     evidence: nn.Module = (
         IncrementEvidence(hidden_size) if config.evidence == "increment" else nn.Linear(hidden_size, 1)
     )
@@ -51,8 +57,9 @@ def build_head(backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig) ->
         readout=config.readout,
         estimator=config.estimator,
         temperature=config.temperature,
-        t0_init=config.t0_init if config.objective == "human" else config.t0_fixed,
-        learn_t0=config.objective == "human",
+        t0_init=t0_start,
+        learn_t0=human,
+        t0_max=t0_max if human else None,
     )
     with torch.no_grad():
         weight, bias = backbone.readout.weight, backbone.readout.bias

@@ -40,6 +40,7 @@ class FitResult:
     report: dict[str, Any]
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     head: RTifyHead | None = None
+    fitted: dict[str, Any] = field(default_factory=dict)  # seed-independent fits (DDMs) to reuse
 
 
 def check_split_tables(
@@ -77,6 +78,13 @@ def check_split_tables(
     return [float(c) for c in conds]
 
 
+def shared_t0_max(human_train: pd.DataFrame) -> float:
+    """The one upper bound on the non-decision time that every compared method gets: min(0.8 s, median
+    training RT). A non-decision time beyond the median RT would leave most responses without decision
+    time; the fastest RT is no bound because every method may explain fast outliers otherwise (lapses)."""
+    return float(min(0.8, float(human_train["rt_s"].median())))
+
+
 def run_fit(
     human_train: pd.DataFrame,
     human_test: pd.DataFrame,
@@ -86,10 +94,14 @@ def run_fit(
     gru: GRUTrainConfig | None = None,
     baselines: bool = True,
     cache: Path | None = None,
+    reuse: dict[str, Any] | None = None,
     progress: PhaseStatusCallback | None = None,
 ) -> FitResult:
     """Train (or load) the GRU, fit the RTify head (human or self-penalty objective), fit the baselines,
-    and evaluate every method on ``human_test``. The task's coherences are the human conditions."""
+    and evaluate every method on ``human_test``. The task's coherences are the human conditions.
+
+    ``reuse`` holds seed-independent fits of an earlier run on the same training trials (the DDMs,
+    from ``FitResult.fitted``), which are then only resimulated."""
     conds = check_split_tables(human_train, human_test)
     # Human targets first: bad human data must stop the run before the GRU is trained.
     targets_train = HumanTargets.from_table(human_train, conds, config, name="human training trials")
@@ -129,7 +141,8 @@ def run_fit(
         for k, c in enumerate(conds)
     }
 
-    head = build_head(backbone, task, config)
+    t0_box = shared_t0_max(human_train)
+    head = build_head(backbone, task, config, t0_max=t0_box)
     start = time.perf_counter()
     if config.objective == "human":
         history = fit_head_to_human(head, sim_train, targets_train, config, progress=progress)
@@ -145,9 +158,11 @@ def run_fit(
         expected, _ = config.rt_loss(head_sample(out, head, sim_eval), targets_test)
         n_clamped = out.decision.n_clamped
     model_eval["test_objective_expected"] = float(expected)
+    model_eval["n_params"] = head.n_fitted_parameters() if config.objective == "human" else 0
     model_eval["params"] = {
         "threshold": float(head.threshold.detach()),
         "t0": float(head.t0.detach()),
+        "t0_max": t0_box if config.objective == "human" else None,
         "t0_learned": config.objective == "human",
         "choice": "accumulator (bound crossed)",
         "estimator": config.estimator,
@@ -157,6 +172,7 @@ def run_fit(
     tables = {config.model_name: table}
 
     baseline_reports: dict[str, Any] = {}
+    result_fitted: dict[str, Any] = {}
     if baselines:
         start = time.perf_counter()
         fitted = run_baselines(
@@ -166,11 +182,20 @@ def run_fit(
             task.dt,
             seed=config.seed,
             objective="hist_mse" if config.loss == "mse" else "wasserstein",
+            t0_max=t0_box,
+            reuse=reuse,
             progress=progress,
         )
         for name, item in fitted.items():
             report = evaluate_method(item["table"], human_test, targets_test, config)
             report["params"] = item["params"]
+            report["n_params"] = item.get("n_params")
+            if "estimator" in item:
+                result_fitted[name] = item["estimator"]
+            if "estimator_selection" in item:
+                result_fitted[f"{name}-selection"] = item["estimator_selection"]
+            if "selection" in item:
+                report["selection"] = item["selection"]
             report["fit_seconds"] = item["seconds"]
             baseline_reports[name] = report
             tables[name] = item["table"]
@@ -181,7 +206,12 @@ def run_fit(
         "version": 1,
         "objective": config.objective,
         "model": config.model_name,
-        "settings": {"fit": config.to_dict(), "task": task.to_dict(), "gru": gru.to_dict()},
+        "settings": {
+            "fit": config.to_dict(),
+            "task": task.to_dict(),
+            "gru": gru.to_dict(),
+            "t0_max_s": t0_box,
+        },
         "data": {
             "conditions": conds,
             "n_train": len(human_train),
@@ -194,7 +224,7 @@ def run_fit(
         "history": history[::stride] + ([history[-1]] if (len(history) - 1) % stride else []),
         "runtime_s": {**runtime, "total": float(sum(runtime.values()))},
     }
-    return FitResult(report=report, tables=tables, head=head)
+    return FitResult(report=report, tables=tables, head=head, fitted=result_fitted)
 
 
 def write_fit_outputs(result: FitResult, human_test: pd.DataFrame, out: Path) -> list[Path]:

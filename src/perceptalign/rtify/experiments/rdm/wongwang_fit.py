@@ -9,27 +9,37 @@ Choices and why:
   are far more sensitive to I₀ and J₁₁ (they set the attractor landscape) than to the others, so Adam
   runs with one learning rate per parameter: ``lr`` × the parameter's initial magnitude × a sensitivity
   factor (``_LR_FACTOR``). After each step the parameters are projected back into a physiological box
-  (``_BOUNDS``; the delay into [0, fastest human RT]) so that noisy steps cannot leave the regime where
-  the model makes decisions at all.
-* The WW choice is discrete (the first population whose S exceeds θ), so the signed-RT histogram and
-  the accuracy term would get no gradient through it. The choice enters the loss as a straight-through
-  probability: its VALUE is the hard outcome (1 correct, 0 error), so the loss is exactly the one of
-  the trials the evaluated model produces, and its GRADIENT is that of the soft choice
-  p̃ = sigmoid(k·(S_correct − S_wrong) at τ) (``choice_sharpness`` k), which tells which way the
-  parameters move the race's margin at the decision. The loss is :func:`perceptalign.rtify.experiments.rdm.
-  objective_value` (W1 / MSE / quantile distance on expected signed-RT histograms + the Bernoulli
-  KL accuracy term), the one the RTify GRU head is fitted with, so the methods are comparable.
+  (``_BOUNDS``; the delay into [0, fastest human RT]).
+* Gradient estimator (``estimator``). ``"soft"`` (default): each trial's S trajectories go through the
+  soft first-passage distribution (:func:`perceptalign.rtify.decision.first_passage`, race, S_{−1} = s0)
+  and every (step, choice) cell enters the objective with its probability mass, the estimator the RTify
+  head uses; RT distributions and the decided mass are then smooth in every parameter.
+  ``"interpolated"``: hard decisions with the interpolated crossing time (the choice has no gradient).
+  The objective is the shared :class:`perceptalign.rtify.objective.RTLoss` (W1 / MSE / quantile distance
+  on signed-RT histograms + the Bernoulli KL accuracy term), so the methods are comparable.
+  The choice deliberately gets no pathwise surrogate. The former straight-through choice (value: hard
+  outcome, gradient: that of sigmoid(k·(S_correct − S_wrong)) at the crossing) has the wrong sign for
+  I₀ and J₁₁: raising them widens the margin at the crossing but makes decisions faster and LESS
+  accurate (finite differences with common noise at the default parameters, dt = 1 ms, 7 coherences ×
+  1000 trials × 3 seeds: ∂KL/∂I₀·I₀ = −23, surrogate +32; ∂KL/∂J₁₁·J₁₁ = −6, surrogate +10). Whenever
+  the model was more accurate than the humans — at dt ≤ 5 ms before the noise fix, and at every dt
+  since, because the 10-ms Euler step used to triple the noise and hide it — the accuracy term pushed
+  I₀ and J₁₁ down until the symmetric state became stable and trials stopped deciding (undecided
+  trials carry no gradient to come back): the "collapse into no-decision at dt = 5 ms".
 * Every optimisation step draws fresh noise (seed + step): WW is a stochastic model and a fixed noise
-  sample would be over-fitted. Undecided trials are censored: no gradient, reported as missing mass.
-* Integration step: ``dt_ms`` (default 10 ms). The published 26.67 ms Euler step changes the model's
-  behaviour (accuracy at 12.8% coherence with the default parameters: .82 at 26.67 ms vs .99 at 1 ms),
-  so every fit is also re-simulated at ``fine_dt_ms`` (1 ms) and that evaluation is reported next to
-  the fit-dt one (``dt_check`` in fit.json).
-* Logit-driven WW (:class:`LogitWW`): the backbone's logit for "rightward", times a learnable scale w
-  (no bias), replaces the coherence: per frame (a time series held for one frame each) or one constant
-  clip logit. Population 1 (choice 0) receives +w·logit, so choice 0 means "rightward". w starts at the
-  least-squares map from the mean signed logit per coherence onto the coherence in %, i.e. where the
-  logit-driven model sees the same drive as the coherence-driven one.
+  sample would be over-fitted. A step whose trials leave more than ``max_no_decision`` undecided is
+  still rolled back (a safety net; it did not fire in a 150-step fit at dt = 5 ms on the human data,
+  where the straight-through choice used to collapse the fit).
+* Time grid: ``dt_ms`` (default 10 ms) is the output grid the decisions are read from; the model
+  integrates with internal steps of at most 1 ms whatever ``dt_ms`` is (see
+  :mod:`perceptalign.rtify.wongwang`), so the fitted model is the same model at any output dt. The fit is
+  also re-evaluated at ``fine_dt_ms`` (1 ms), which now only checks the readout resolution (``dt_check``).
+* Logit-driven WW: the backbone's logit for "rightward", times a learnable scale w (the model's
+  :class:`~perceptalign.rtify.wongwang.WWDrive` input stage, ``input_scale``), replaces the coherence:
+  per frame (a time series held for one frame each) or one constant clip logit. Population 1 (choice 0)
+  receives +w·logit, so choice 0 means "rightward". w starts at the least-squares map from the mean
+  signed logit per coherence onto the coherence in %, i.e. where the logit-driven model sees the same
+  drive as the coherence-driven one.
 """
 
 from __future__ import annotations
@@ -46,27 +56,26 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 
 from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.decision import first_passage, rt_seconds
 from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     FitResult,
     HumanTargets,
     check_split_tables,
     evaluate_method,
-    objective_value,
     write_fit_outputs,
 )
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
+from perceptalign.rtify.objective import RTSample
 from perceptalign.rtify.trials import check_coherences, validate_trials
-from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2, WWOutput
+from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2
 
 __all__ = [
     "PARAM_NAMES",
-    "CoherenceWW",
-    "LogitWW",
     "WWFitConfig",
     "WWFitRun",
     "WWTrials",
@@ -74,16 +83,19 @@ __all__ = [
     "coherence_trials",
     "fit_ww_to_human",
     "init_logit_scale",
+    "input_kind",
     "predict_ww_table",
     "project_parameters",
     "run_ww_fit",
-    "straight_through_correct",
     "trajectory_figure",
     "write_ww_outputs",
     "ww_parameters",
+    "ww_sample",
 ]
 
 LossKind = Literal["mse", "wasserstein", "quantile"]
+Estimator = Literal["soft", "interpolated"]
+WWModel = WongWang2
 
 PARAM_NAMES: tuple[str, ...] = ("J11", "J12", "J_ext", "I0", "sigma", "threshold", "motor_delay_s")
 # Relative sensitivity of the dynamics to each parameter (see the module docstring): I₀ and J₁₁ shift the
@@ -110,6 +122,9 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "motor_delay_s": (0.0, 1.0),
 }
 _EVAL_CHUNK = 8192  # trials per forward call at evaluation: bounded memory at any dt
+# First-passage cells with less mass than this are left out of the objective's sample (each soft histogram
+# entry costs n_bins floats): at most T·2·1e-6 of a trial's mass, against its O(1) mass at the crossing.
+_MIN_CELL_MASS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,8 @@ class WWFitConfig:
 
     loss: LossKind = "wasserstein"
     acc_weight: float = 1.0
+    estimator: Estimator = "soft"
+    temperature: float = 0.2
     dt_ms: float = 10.0
     fine_dt_ms: float | None = 1.0
     max_time_s: float = 2.5
@@ -126,7 +143,6 @@ class WWFitConfig:
     lr: float = 0.02
     n_train: int = 300
     n_eval: int = 2000
-    choice_sharpness: float = 10.0
     average_last: float = 0.25
     max_no_decision: float = 0.2
     learn: tuple[str, ...] = PARAM_NAMES
@@ -140,6 +156,10 @@ class WWFitConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("mse", "wasserstein", "quantile"):
             raise PerceptAlignError(f"loss must be one of mse, wasserstein, quantile, got {self.loss!r}.")
+        if self.estimator not in ("soft", "interpolated"):
+            raise PerceptAlignError(f"estimator must be 'soft' or 'interpolated', got {self.estimator!r}.")
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise PerceptAlignError(f"temperature must be a positive number, got {self.temperature!r}.")
         for name in ("steps", "n_train", "n_eval", "n_bins"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -148,8 +168,8 @@ class WWFitConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 50):
                 raise PerceptAlignError(
-                    f"{name} must be in (0, 50] ms, got {value!r}: 10 ms is the default, 26.67 ms the "
-                    "published (coarse) step, 1 ms the accurate reference."
+                    f"{name} must be in (0, 50] ms, got {value!r}: the output (readout) step; the model "
+                    "integrates in internal steps of at most 1 ms whatever it is (10 ms is the default)."
                 )
         if not (self.max_time_s > 0 and self.stim_duration_s >= 0):
             raise PerceptAlignError("max_time_s must be positive and stim_duration_s non-negative (seconds).")
@@ -161,8 +181,6 @@ class WWFitConfig:
             raise PerceptAlignError(f"max_no_decision must be in (0, 1], got {self.max_no_decision!r}.")
         if not 0 <= self.average_last < 1:
             raise PerceptAlignError(f"average_last must be in [0, 1), got {self.average_last!r}.")
-        if not self.choice_sharpness > 0:
-            raise PerceptAlignError(f"choice_sharpness must be positive, got {self.choice_sharpness!r}.")
         unknown = [n for n in (*self.learn, *self.init) if n not in PARAM_NAMES]
         if unknown:
             raise PerceptAlignError(
@@ -176,10 +194,11 @@ class WWFitConfig:
             raise PerceptAlignError("need sigma_hist > 0 and a histogram window lo < 0 < hi (signed RTs).")
 
     def hist_config(self) -> FitConfig:
-        """The :class:`FitConfig` whose histogram/loss settings :func:`objective_value` reads."""
+        """The :class:`FitConfig` whose objective (``rt_loss``: histogram/loss settings) the fit uses."""
         return FitConfig(
             loss=self.loss,
             acc_weight=self.acc_weight,
+            temperature=self.temperature,
             sigma=self.sigma_hist,
             n_bins=self.n_bins,
             lo=self.lo,
@@ -265,8 +284,11 @@ def coherence_trials(conditions: Sequence[float], n_per_condition: int) -> WWTri
     return WWTrials(drive, k, torch.zeros_like(k), conds)
 
 
-def build_ww(config: WWFitConfig) -> WongWang2:
-    """A WongWang2 on the config's grid, started at Wong & Wang (2006) values or ``config.init``."""
+def build_ww(config: WWFitConfig, *, input_scale: float | None = None) -> WongWang2:
+    """A WongWang2 on the config's grid, started at Wong & Wang (2006) values or ``config.init``.
+
+    ``input_scale`` (w) makes it logit-driven: its input stage multiplies the input by a learnable w.
+    """
     values = {
         "J11": WW_DEFAULTS["j_self"],
         "J12": WW_DEFAULTS["j_cross"],
@@ -289,48 +311,16 @@ def build_ww(config: WWFitConfig) -> WongWang2:
         dt_ms=config.dt_ms,
         max_time_s=config.max_time_s,
         stim_duration_s=config.stim_duration_s,
+        input_scale=input_scale,
     )
     for name in PARAM_NAMES:
         getattr(model, name).requires_grad_(name in config.learn)
     return model
 
 
-class CoherenceWW(nn.Module):
-    """WW driven by the coherence itself: I₁,₂ = J_ext(1 ± c/100)."""
-
-    kind = "coherence"
-
-    def __init__(self, ww: WongWang2) -> None:
-        super().__init__()
-        self.ww = ww
-
-    def drive(self, x: Tensor) -> Tensor:
-        return x
-
-    def forward(self, x: Tensor, **kwargs: Any) -> WWOutput:
-        return self.ww(self.drive(x), **kwargs)
-
-
-class LogitWW(nn.Module):
-    """WW driven by a frozen backbone's logit: the coherence slot receives w·logit (learnable w, no bias)."""
-
-    kind = "logit"
-
-    def __init__(self, ww: WongWang2, w: float) -> None:
-        super().__init__()
-        if not (math.isfinite(w) and w != 0):
-            raise PerceptAlignError(f"the logit scale w must be a finite non-zero number, got {w!r}.")
-        self.ww = ww
-        self.w = nn.Parameter(torch.tensor(float(w)))
-
-    def drive(self, x: Tensor) -> Tensor:
-        return self.w * x
-
-    def forward(self, x: Tensor, **kwargs: Any) -> WWOutput:
-        return self.ww(self.drive(x), **kwargs)
-
-
-WWModel = CoherenceWW | LogitWW
+def input_kind(model: WWModel) -> str:
+    """Which input drives the model: "coherence", or "logit" (w·logit with a learnable w)."""
+    return "coherence" if model.drive.scale is None else "logit"
 
 
 def init_logit_scale(trials: WWTrials) -> float:
@@ -357,9 +347,9 @@ def init_logit_scale(trials: WWTrials) -> float:
 
 def ww_parameters(model: WWModel) -> dict[str, float]:
     """Current parameter values (plus the logit scale ``w`` for a logit-driven model)."""
-    out = {name: float(getattr(model.ww, name).detach()) for name in PARAM_NAMES}
-    if isinstance(model, LogitWW):
-        out["w"] = float(model.w.detach())
+    out = {name: float(getattr(model, name).detach()) for name in PARAM_NAMES}
+    if model.drive.scale is not None:
+        out["w"] = float(model.drive.scale.detach())
     return out
 
 
@@ -367,26 +357,36 @@ def ww_parameters(model: WWModel) -> dict[str, float]:
 def project_parameters(model: WWModel, bounds: Mapping[str, tuple[float, float]]) -> None:
     """Clamp every WW parameter into its box (in place)."""
     for name, (lo, hi) in bounds.items():
-        getattr(model.ww, name).clamp_(lo, hi)
+        getattr(model, name).clamp_(lo, hi)
 
 
-def straight_through_correct(out: WWOutput, correct_choice: Tensor, sharpness: float) -> Tensor:
-    """Per-trial "correct" indicator: value = hard outcome, gradient = that of sigmoid(k·(S_c − S_w) at τ).
+def ww_sample(
+    model: WWModel, trials: WWTrials, config: WWFitConfig, generator: torch.Generator | None
+) -> tuple[RTSample, float]:
+    """One simulated batch as the objective's weighted sample, and its (hard) no-decision rate.
 
-    Needs ``out.trajectories`` (run the model with ``return_trajectories=True``).
+    ``"soft"``: every (step, choice) cell of each trial's first-passage distribution over its S
+    trajectories, RT = (interpolated cell time)·dt + motor delay, with the cell's probability mass (cells
+    below ``_MIN_CELL_MASS`` left out). ``"interpolated"``: one entry per trial, the hard decision.
     """
-    if out.trajectories is None:
-        raise PerceptAlignError(
-            "straight_through_correct needs trajectories: call the model with return_trajectories=True."
-        )
-    traj = out.trajectories  # (B, T, 2)
-    idx = out.decision.tau.detach().round().long().clamp(0, traj.shape[1] - 1)
-    at_tau = traj.gather(1, idx.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)  # (B, 2)
-    s_correct = at_tau.gather(1, correct_choice.view(-1, 1)).squeeze(1)
-    s_wrong = at_tau.gather(1, (1 - correct_choice).view(-1, 1)).squeeze(1)
-    soft = torch.sigmoid(sharpness * (s_correct - s_wrong))
-    hard = (out.choice == correct_choice).to(soft.dtype)
-    return hard + (soft - soft.detach())  # the bracket is exactly 0 in value: p == hard bit for bit
+    n_cond = len(trials.conditions)
+    if config.estimator == "interpolated":
+        out = model(trials.drive, generator=generator, frame_s=trials.frame_s)
+        correct = (out.choice == trials.correct_choice).to(out.rt_s.dtype)
+        sample = RTSample.from_decisions(out.rt_s, correct, out.decided, trials.cond_idx, n_cond)
+        return sample, out.no_decision_rate
+    S = model.trajectories(trials.drive, generator=generator, frame_s=trials.frame_s)  # (B, T, 2)
+    passage = first_passage(S, model.threshold, mode="race", temperature=config.temperature, initial=model.s0)
+    rt = rt_seconds(passage.time, model.dt_ms / 1000.0, model.motor_delay_s)
+    cells = RTSample.from_passage(rt, passage.mass, trials.correct_choice, trials.cond_idx, n_cond)
+    keep = passage.mass.detach() > _MIN_CELL_MASS
+    keep[:, -1] = True  # every trial keeps an entry, even with no mass (an undecided trial)
+    keep = keep.reshape(-1)
+    sample = RTSample(
+        cells.rt_s[keep], cells.w_correct[keep], cells.w_error[keep], cells.cond_idx[keep], cells.n_trials
+    )
+    no_decision = float((S.detach().amax(dim=(1, 2)) <= model.threshold.detach()).double().mean())
+    return sample, no_decision
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -396,9 +396,9 @@ def straight_through_correct(out: WWOutput, correct_choice: Tensor, sharpness: f
 
 def _optimizer(model: WWModel, lr: float) -> torch.optim.Optimizer:
     groups = []
-    named = [(n, getattr(model.ww, n)) for n in PARAM_NAMES]
-    if isinstance(model, LogitWW):
-        named.append(("w", model.w))
+    named = [(n, getattr(model, n)) for n in PARAM_NAMES]
+    if model.drive.scale is not None:
+        named.append(("w", model.drive.scale))
     for name, param in named:
         if param.requires_grad:
             scale = max(abs(float(param.detach())), 1e-3)
@@ -422,9 +422,10 @@ def fit_ww_to_human(
     The objective is stochastic, so the returned model holds the AVERAGE of the iterates over the last
     ``config.average_last`` fraction of the steps (Polyak–Ruppert averaging), not the last noisy iterate.
     A step whose trials leave more than ``config.max_no_decision`` undecided is rolled back (parameters
-    and Adam state of the last healthy step, step size halved): censored trials have no gradient, so
-    once the model stops deciding nothing would bring it back (seen at dt = 5 ms on the human data).
-    Rolled-back iterates are not averaged. ``history`` records the parameters each step simulated with.
+    and Adam state of the last healthy step, step size halved): a safety net, since a model that stops
+    deciding gets little gradient back. Its former trigger, the straight-through choice gradient, is
+    gone (module docstring). Rolled-back iterates are not averaged. ``history`` records the parameters
+    each step simulated with.
 
     ``max_delay_s`` caps the non-decision time (the fastest human RT: a larger delay could not produce
     it); parameters are projected into their box after every step.
@@ -438,7 +439,7 @@ def fit_ww_to_human(
         bounds["motor_delay_s"] = (0.0, float(max_delay_s))
     project_parameters(model, bounds)
     opt = _optimizer(model, config.lr)
-    hist_cfg = config.hist_config()
+    rt_loss = config.hist_config().rt_loss
     history: list[dict[str, float]] = []
     params = [p for group in opt.param_groups for p in group["params"]]
     first_avg = (
@@ -450,17 +451,16 @@ def fit_ww_to_human(
     n_rollbacks = 0
     for step in range(config.steps):
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        out = model(trials.drive, generator=gen, return_trajectories=True, frame_s=trials.frame_s)
-        p = straight_through_correct(out, trials.correct_choice, config.choice_sharpness)
-        loss, parts = objective_value(out.rt_s, p, out.decided, trials.cond_idx, targets, hist_cfg)
+        sample, no_decision = ww_sample(model, trials, config, gen)
+        loss, parts = rt_loss(sample, targets)
         record = {
             "loss": float(loss.detach()),
             **parts,
-            "no_decision_rate": out.no_decision_rate,
+            "no_decision_rate": no_decision,
             **ww_parameters(model),  # the parameters this step's trials were simulated with
             "rolled_back": 0.0,
         }
-        if out.no_decision_rate > config.max_no_decision and snapshot is not None:
+        if no_decision > config.max_no_decision and snapshot is not None:
             # Undecided trials carry no gradient: a step into the no-decision regime cannot be undone by
             # the optimiser, so go back to the last healthy state and continue with half the step size.
             with torch.no_grad():
@@ -534,13 +534,12 @@ def trajectory_figure(
         conds = [conds[i] for i in sorted(set(picks.tolist()))]
     fig = Figure(figsize=(3.4 * len(conds), 2.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(conds), sharey=True))
-    theta = float(model.ww.threshold.detach())
+    theta = float(model.threshold.detach())
     gen = torch.Generator().manual_seed(seed)
     for ax, k in zip(axes, conds, strict=True):
         idx = (trials.cond_idx == k).nonzero().squeeze(1)[:n_examples]
-        drive = model.drive(trials.drive[idx]).detach()
         with torch.no_grad():
-            traj = model.ww.inference(drive, generator=gen, dt_ms=dt_ms, frame_s=trials.frame_s)
+            traj = model.inference(trials.drive[idx], generator=gen, dt_ms=dt_ms, frame_s=trials.frame_s)
         time_s = traj.time_s.numpy()
         correct = trials.correct_choice[idx].numpy()
         for i in range(len(idx)):
@@ -621,11 +620,10 @@ def run_ww_fit(
         human_train, conds, config.hist_config(), name="human training trials"
     )
     targets_test = HumanTargets.from_table(human_test, conds, config.hist_config(), name="human test trials")
-    ww = build_ww(config)
     if (fit_trials is None) != (eval_trials is None):
         raise PerceptAlignError("give both fit_trials and eval_trials (backbone-driven) or neither.")
     if fit_trials is None or eval_trials is None:
-        model: WWModel = CoherenceWW(ww)
+        model = build_ww(config)
         fit_pool = coherence_trials(conds, config.n_train)
         eval_pool = coherence_trials(conds, config.n_eval)
         model_name = name or "ww-coherence"
@@ -635,7 +633,7 @@ def run_ww_fit(
                 raise PerceptAlignError(
                     f"backbone trial conditions {pool.conditions} differ from the human ones {conds}."
                 )
-        model = LogitWW(ww, init_logit_scale(fit_trials))
+        model = build_ww(config, input_scale=init_logit_scale(fit_trials))
         per_cond = len(fit_trials) / len(conds)
         fit_pool = fit_trials.repeat(max(1, round(config.n_train / per_cond)))
         eval_pool = eval_trials.repeat(max(1, math.ceil(config.n_eval / (len(eval_trials) / len(conds)))))
@@ -650,14 +648,14 @@ def run_ww_fit(
     start = time.perf_counter()
     entry, table = _evaluate(model, eval_pool, human_test, targets_test, config)
     entry["params_init"] = init
-    entry["learned"] = [*config.learn, *(["w"] if isinstance(model, LogitWW) else [])]
+    entry["learned"] = [*config.learn, *(["w"] if input_kind(model) == "logit" else [])]
     runtime["evaluate"] = time.perf_counter() - start
     stride = max(1, len(history) // 100)
     report = {
         "version": 1,
         "objective": "human",
         "model": model_name,
-        "settings": {"ww_fit": config.to_dict(), "input": model.kind},
+        "settings": {"ww_fit": config.to_dict(), "input": input_kind(model)},
         "data": {
             "conditions": conds,
             "n_train": len(human_train),
