@@ -276,8 +276,11 @@ def test_tau_saliency_matches_the_implicit_rule(backbone, digits):
     out = head(backbone(x).features)
     c = int(out.decision.choice[0])
     phi = torch.cumsum(torch.nn.functional.softplus(head.evidence(backbone(x).features)), 1)[0, :, c]
-    slope = (phi[tau] - (phi[tau - 1] if tau > 0 else 0.0)).detach().clamp_min(head.min_slope)
-    (grad,) = torch.autograd.grad(phi[tau], x)
+    before = phi[tau - 1] if tau > 0 else torch.zeros(())
+    slope = (phi[tau] - before).detach().clamp_min(head.min_slope)
+    frac = ((head.threshold - before) / slope).detach().clamp(0, 1)
+    # dt*/dx of the interpolated crossing: −(f·∂Φ_s/∂x + (1 − f)·∂Φ_{s−1}/∂x)/Δ
+    (grad,) = torch.autograd.grad(frac * phi[tau] + (1 - frac) * before, x)
     expected = -(grad / slope).sum(1)[0]
     torch.testing.assert_close(maps.tau_gradient[i], expected, rtol=1e-4, atol=1e-7)
 

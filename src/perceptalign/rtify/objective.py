@@ -50,6 +50,21 @@ class RTSample:
     w_error: Tensor
     cond_idx: Tensor
     n_trials: Tensor
+    #: (K,) correct and error mass per condition over ALL cells, when entries were pruned: the accuracy
+    #: term must see the tiny masses too (a choice's gradient grows from them), the histograms need not.
+    mass_correct: Tensor | None = None
+    mass_error: Tensor | None = None
+
+    def condition_masses(self) -> tuple[Tensor, Tensor]:
+        """(K,) correct and (K,) error mass per condition."""
+        if self.mass_correct is not None and self.mass_error is not None:
+            return self.mass_correct, self.mass_error
+        k = len(self.n_trials)
+        zeros = torch.zeros(k, dtype=self.rt_s.dtype, device=self.rt_s.device)
+        return (
+            zeros.index_add(0, self.cond_idx, self.w_correct.to(zeros.dtype)),
+            zeros.index_add(0, self.cond_idx, self.w_error.to(zeros.dtype)),
+        )
 
     @classmethod
     def from_decisions(
@@ -73,23 +88,33 @@ class RTSample:
     ) -> RTSample:
         """One entry per first-passage cell: ``rt_s`` and ``mass`` are (B, T, C).
 
-        Cells whose mass is below ``min_mass`` are left out (selected on detached values): at a small
-        temperature a trial's mass sits on a few steps, so this keeps the histogram and quantile terms at
-        a few entries per trial instead of T·C, and drops at most T·C·``min_mass`` of each trial's mass.
+        Cells whose mass is below ``min_mass`` are left out of the histogram and quantile terms (selected
+        on detached values): at a small temperature a trial's mass sits on a few steps, so this keeps them
+        at a few entries per trial instead of T·C. The accuracy term keeps every cell (``mass_correct``,
+        ``mass_error``): the gradient that makes a rare choice more frequent comes from its tiny masses.
+        The last step's cells are always kept (with whatever mass they have), so every trial, even one that
+        never decides, has an entry.
         """
         batch, steps, n_choices = mass.shape
         correct = torch.nn.functional.one_hot(labels, n_choices).to(mass.dtype).unsqueeze(1)  # (B, 1, C)
         counts = torch.bincount(cond_idx, minlength=n_conditions).to(mass.dtype)
         cells = cond_idx.view(-1, 1, 1).expand(batch, steps, n_choices).reshape(-1)
-        keep = (mass.detach() > min_mass).reshape(-1)
+        keep = mass.detach() > min_mass
+        keep[:, -1] = True  # every trial keeps its last cells, so no condition is ever left without entries
+        keep = keep.reshape(-1)
         flat_mass = mass.reshape(-1)[keep]
         flat_correct = correct.expand(batch, steps, n_choices).reshape(-1)[keep]
+        all_correct = (mass * correct).sum(dim=(1, 2))
+        all_error = (mass * (1 - correct)).sum(dim=(1, 2))
+        zeros = torch.zeros(n_conditions, dtype=mass.dtype, device=mass.device)
         return cls(
             rt_s.reshape(-1)[keep],
             flat_mass * flat_correct,
             flat_mass * (1 - flat_correct),
             cells[keep],
             counts,
+            mass_correct=zeros.index_add(0, cond_idx, all_correct),
+            mass_error=zeros.index_add(0, cond_idx, all_error),
         )
 
     @classmethod
@@ -261,11 +286,8 @@ class RTLoss:
                     q = weighted_quantiles(r, w, QUANTILES)
                     terms.append(torch.mean((q - target.to(q.dtype)) ** 2))
             distance = torch.stack(terms).sum() if terms else rt.new_zeros(())
-        correct_mass = torch.zeros(n_cond, dtype=rt.dtype).index_add(0, sample.cond_idx, sample.w_correct)
-        decided_mass = correct_mass + torch.zeros(n_cond, dtype=rt.dtype).index_add(
-            0, sample.cond_idx, sample.w_error
-        )
-        accuracy = correct_mass / decided_mass.clamp_min(1e-12)
+        correct_mass, error_mass = sample.condition_masses()
+        accuracy = correct_mass / (correct_mass + error_mass).clamp_min(1e-12)
         kl = _bernoulli_kl(targets.accuracy.to(rt.dtype), accuracy).sum()
         total = distance + self.acc_weight * kl
         return total, {"distance": float(distance.detach()), "accuracy_kl": float(kl.detach())}

@@ -378,12 +378,8 @@ def ww_sample(
     S = model.trajectories(trials.drive, generator=generator, frame_s=trials.frame_s)  # (B, T, 2)
     passage = first_passage(S, model.threshold, mode="race", temperature=config.temperature, initial=model.s0)
     rt = rt_seconds(passage.time, model.dt_ms / 1000.0, model.motor_delay_s)
-    cells = RTSample.from_passage(rt, passage.mass, trials.correct_choice, trials.cond_idx, n_cond)
-    keep = passage.mass.detach() > _MIN_CELL_MASS
-    keep[:, -1] = True  # every trial keeps an entry, even with no mass (an undecided trial)
-    keep = keep.reshape(-1)
-    sample = RTSample(
-        cells.rt_s[keep], cells.w_correct[keep], cells.w_error[keep], cells.cond_idx[keep], cells.n_trials
+    sample = RTSample.from_passage(
+        rt, passage.mass, trials.correct_choice, trials.cond_idx, n_cond, min_mass=_MIN_CELL_MASS
     )
     no_decision = float((S.detach().amax(dim=(1, 2)) <= model.threshold.detach()).double().mean())
     return sample, no_decision
