@@ -46,7 +46,7 @@ from scipy.optimize import OptimizeResult, minimize
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.metrics import fit_quality
 from perceptalign.rtify.trials import conditions as table_conditions
-from perceptalign.rtify.trials import validate_trials
+from perceptalign.rtify.trials import default_t0_max, validate_trials
 
 BoundKind = Literal["constant", "collapsing"]
 LapseKind = Literal["none", "fitted"]
@@ -896,7 +896,7 @@ class DDM:
         cfg = self.config
         table, data = self._binned(trials, fitting=True)
         self.conditions_ = data.conds
-        t0_max = cfg.t0_max if cfg.t0_max is not None else min(0.8, float(table["rt_s"].median()))
+        t0_max = cfg.t0_max if cfg.t0_max is not None else default_t0_max(table)
         numeric = [abs(float(c)) for c in data.conds if not isinstance(c, str)]
         largest = max(numeric) if numeric else 1.0
         names = self._internal_names(len(data.conds))

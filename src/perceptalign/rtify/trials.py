@@ -537,3 +537,13 @@ def conditions(df: pd.DataFrame) -> list[Any]:
         return sorted(values)
     except TypeError:
         return sorted(values, key=str)
+
+
+def default_t0_max(trials: pd.DataFrame) -> float:
+    """The shared upper bound on a non-decision time fitted to ``trials``: min(0.8 s, median RT).
+
+    A non-decision time beyond the median RT would leave most responses without decision time; the
+    fastest RT is no bound because every method may explain fast outliers otherwise (lapses). Every RTify
+    comparison gives all methods this one box.
+    """
+    return float(min(0.8, float(trials["rt_s"].median())))

@@ -15,6 +15,7 @@ from perceptalign.rtify.experiments.rdm.config import FitConfig
 from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, table_loss
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
+from perceptalign.rtify.trials import default_t0_max
 
 
 def _probs(sim: SimulatedTrials) -> dict[float, np.ndarray]:
@@ -56,7 +57,7 @@ def run_baselines(
     tick(0, "entropy")
     start = time.perf_counter()
     if t0_max is None:  # the experiment passes its one shared box; this is the same rule
-        t0_max = min(0.8, float(human_train["rt_s"].median()))
+        t0_max = default_t0_max(human_train)
     entropy = EntropyThresholdRT(dt, objective=objective, t0_max=t0_max, n_t0=81).fit(
         _probs(sim_train), human_train, labels_train
     )
@@ -107,14 +108,16 @@ def run_baselines(
             "seconds": seconds if name == "ddm" else 0.0,
         }
     out["ddm"]["params"]["variant"] = str(selection.loc[selection["selected"], "variant"].iloc[0])
-    out["ddm"]["selection"] = _records(selection)
+    out["ddm"]["selection"] = json_records(selection)
     out["ddm"]["estimator_selection"] = selection
     tick(3, "done")
     return out
 
 
-def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """JSON-ready rows (NaN → None)."""
+def json_records(table: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """JSON-ready rows (NaN → None); no table, no rows."""
+    if table is None:
+        return []
     rows = table.to_dict(orient="records")
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
@@ -126,7 +129,7 @@ def evaluate_method(
     quality = fit_quality(table, human_test)
     decided = table["decided"].to_numpy(bool) if "decided" in table.columns else np.ones(len(table), bool)
     return {
-        "per_condition": _records(quality),
+        "per_condition": json_records(quality),
         "summary": summarize_fit(quality),
         "test_loss": table_loss(table, targets_test, config),
         "no_decision_rate": float(1.0 - decided.mean()),

@@ -29,7 +29,7 @@ from perceptalign.rtify.experiments.rdm.task import (
     load_or_train_gru,
 )
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.trials import check_coherences, validate_trials
+from perceptalign.rtify.trials import check_coherences, default_t0_max, validate_trials
 from perceptalign.rtify.trials import conditions as table_conditions
 
 
@@ -76,13 +76,6 @@ def check_split_tables(
             "training trials."
         )
     return [float(c) for c in conds]
-
-
-def shared_t0_max(human_train: pd.DataFrame) -> float:
-    """The one upper bound on the non-decision time that every compared method gets: min(0.8 s, median
-    training RT). A non-decision time beyond the median RT would leave most responses without decision
-    time; the fastest RT is no bound because every method may explain fast outliers otherwise (lapses)."""
-    return float(min(0.8, float(human_train["rt_s"].median())))
 
 
 def run_fit(
@@ -141,7 +134,7 @@ def run_fit(
         for k, c in enumerate(conds)
     }
 
-    t0_box = shared_t0_max(human_train)
+    t0_box = default_t0_max(human_train)
     head = build_head(backbone, task, config, t0_max=t0_box)
     start = time.perf_counter()
     if config.objective == "human":

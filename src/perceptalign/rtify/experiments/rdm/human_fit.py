@@ -25,7 +25,6 @@ __all__ = [
     "expected_signed_histograms",
     "fit_head_to_human",
     "head_sample",
-    "objective_value",
     "predict_table",
     "table_loss",
     "weighted_quantiles",
@@ -83,19 +82,6 @@ def expected_signed_histograms(
     window) are missing mass, as in :func:`perceptalign.rtify.metrics.fit_quality`.
     """
     return config.rt_loss.histograms(RTSample.from_decisions(rt_s, p, decided, cond_idx, n_conditions))
-
-
-def objective_value(
-    rt_s: Tensor,
-    p: Tensor,
-    decided: Tensor,
-    cond_idx: Tensor,
-    targets: RTTargets,
-    config: FitConfig,
-) -> tuple[Tensor, dict[str, float]]:
-    """The fit's :class:`RTLoss` on one entry per trial: mass ``p`` correct (0/1 for a hard choice)."""
-    sample = RTSample.from_decisions(rt_s, p, decided, cond_idx, len(targets.conditions))
-    return config.rt_loss(sample, targets)
 
 
 def head_sample(out: RTifyOutput, head: RTifyHead, sim: SimulatedTrials) -> RTSample:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
+from perceptalign.rtify.experiments.rdm.baseline_fits import json_records
 from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, FitConfig
 from perceptalign.rtify.experiments.rdm.fit_experiment import FitResult, run_fit
 from perceptalign.rtify.experiments.rdm.task import GRUTrainConfig, RDMTaskConfig
@@ -196,13 +197,6 @@ def seeds_markdown(result: SeedsResult, config: FitConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _records(table: pd.DataFrame | None) -> list[dict[str, Any]]:
-    if table is None:
-        return []
-    rows = table.to_dict("records")
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]
-
-
 def write_seeds_outputs(
     result: SeedsResult, config: FitConfig, human_test: pd.DataFrame, out: Path
 ) -> list[Path]:
@@ -218,10 +212,10 @@ def write_seeds_outputs(
         "version": 1,
         "seeds": result.seeds,
         "n_params": result.n_params,
-        "over_seeds": {k: _records(v) for k, v in result.over_seeds.items()},
-        "intervals_first_seed": {k: _records(v) for k, v in result.intervals.items()},
-        "paired_rtify_minus_ddm": _records(result.paired),
-        "noise_floor": _records(result.floor),
+        "over_seeds": {k: json_records(v) for k, v in result.over_seeds.items()},
+        "intervals_first_seed": {k: json_records(v) for k, v in result.intervals.items()},
+        "paired_rtify_minus_ddm": json_records(result.paired),
+        "noise_floor": json_records(result.floor),
     }
     paths.append(out / "summary.json")
     write_json_atomic(paths[-1], summary)
