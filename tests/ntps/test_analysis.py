@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -248,3 +250,129 @@ def test_target_may_be_a_column() -> None:
     b = select_and_correlate(table, pd.Series(target), "best_in_sample", n_permutations=100, n_bootstrap=0)
     assert a.correlation.spearman == pytest.approx(b.correlation.spearman)
     assert a.selection_perm_p == pytest.approx(b.selection_perm_p)  # same seed, same permutations
+
+
+# ------------------------------------------------------------- exact p, intervals, ties (selection)
+
+
+def _perfect_table(n: int = 6, k: int = 5, seed: int = 0):
+    """k configurations with distinct rank orderings; the last one has exactly the targets' ranks."""
+    rng = np.random.default_rng(seed)
+    datasets = [f"d{i}" for i in range(n)]
+    t = rng.normal(size=n)
+    scores = rng.normal(size=(1, k, n))
+    scores[0, -1] = np.exp(t)  # ρ = 1 with the target
+    table = _table(scores, [0], [round(0.1 * (j + 1), 1) for j in range(k)], datasets)
+    orderings = {tuple(np.argsort(row)) for row in scores[0]}
+    return table, dict(zip(datasets, t, strict=True)), len(orderings)
+
+
+def test_selection_null_is_exact_at_small_n():
+    """n = 6: all 720 pairings are enumerated. Best in sample reaches ρ = 1 exactly on the pairings whose
+    target ranks match one of the configurations' orderings, so p = (distinct orderings)/720."""
+    table, target, orderings = _perfect_table()
+    best = select_and_correlate(table, target, "best_in_sample", n_permutations=10, n_bootstrap=0)
+    assert best.exact and best.n_permutations == 720 and best.selection_null.shape == (720,)
+    assert best.correlation.spearman == pytest.approx(1.0)
+    assert best.selection_perm_p == pytest.approx(orderings / 720, rel=1e-12)
+    assert best.naive_perm_p == pytest.approx(1 / 720, rel=1e-12)  # configuration taken as given
+    assert best.correlation.spearman_p == 0.0  # scipy's analytic p: 0, which a permutation p never is
+    fixed = select_and_correlate(table, target, "fixed", (0, 0.5), n_permutations=10, n_bootstrap=0)
+    assert fixed.selection_perm_p == pytest.approx(1 / 720) and fixed.naive_perm_p == pytest.approx(1 / 720)
+    noise, noise_target = _noise_table(0, n=9)
+    big = select_and_correlate(noise, noise_target, "fixed", (0, 0.1), n_permutations=300, n_bootstrap=0)
+    assert not big.exact and big.n_permutations == 300  # 9! > 8!: Monte Carlo
+
+
+def test_intervals_repeat_the_selection_or_are_absent():
+    """ρ = 1 for the selected configuration: a bootstrap that keeps it fixed gives [1, 1]. Best in sample
+    reports no interval; nested redoes its selection in each resample, so its interval is wider."""
+    table, target, _ = _perfect_table(n=7, k=8, seed=1)
+    kw = {"n_permutations": 50, "n_bootstrap": 400}
+    best = select_and_correlate(table, target, "best_in_sample", **kw)
+    assert np.isnan(best.interval).all() and best.interval_kind.startswith("none")
+    assert np.isnan(best.correlation.spearman_ci).all()  # no selection-blind interval either
+    nested = select_and_correlate(table, target, "nested", **kw)
+    assert nested.interval_kind.startswith("selection-aware")
+    naive = correlate(nested.selected["score"], nested.selected["target"], n_permutations=0, n_bootstrap=400)
+    assert nested.correlation.spearman == pytest.approx(1.0) and naive.spearman_ci == pytest.approx((1, 1))
+    assert nested.interval[0] < 0.9 and nested.interval[1] == pytest.approx(1.0)
+    fixed = select_and_correlate(table, target, "fixed", (0, 0.8), **kw)
+    assert fixed.interval == fixed.correlation.spearman_ci and fixed.interval == pytest.approx((1, 1))
+
+
+def _reference_nested(S: np.ndarray, t: np.ndarray, w: np.ndarray, method: str) -> set[float]:
+    """Nested selection on a resample given as counts w, written out on the expanded rows with scipy:
+    for each dataset present, choose on the rows of the OTHER datasets (all its copies held out). With
+    tied configurations every choice among them is possible: the set of all resulting correlations."""
+    f = scipy.stats.spearmanr if method == "spearman" else scipy.stats.pearsonr
+    reps = w.astype(int)
+    present = np.flatnonzero(reps)
+    options = []
+    for d in present:
+        others = reps.copy()
+        others[d] = 0
+        crit = np.array([f(np.repeat(row, others), np.repeat(t, others))[0] for row in S])
+        options.append(np.flatnonzero(crit >= crit.max() - 1e-9))
+    values = set()
+    for choice in itertools.product(*options):
+        oos = np.zeros(len(t))
+        oos[present] = S[list(choice), present]
+        values.add(round(float(f(np.repeat(oos, reps), np.repeat(t, reps))[0]), 9))
+    return values
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_nested_bootstrap_recomputes_the_selection_without_leaks(monkeypatch, method):
+    from perceptalign.ntps import analysis
+
+    rng = np.random.default_rng(7)
+    n, K = 7, 9
+    S, t = rng.normal(size=(K, n)), rng.normal(size=n)
+    S[0] = t + rng.normal(scale=0.3, size=n)
+    S[1, 0], t[0] = 50.0, 40.0  # a leak: configuration 1 matches only dataset 0, an extreme pair
+    weights = np.array(
+        [
+            np.ones(n),  # the original sample: the bootstrap statistic is the nested ρ itself
+            [3, 1, 1, 0, 1, 1, 0],  # dataset 0 three times: its copies must not select for each other
+            [0, 2, 1, 1, 2, 0, 1],
+            [1, 0, 2, 2, 0, 1, 1],
+        ],
+        dtype=float,
+    )
+    monkeypatch.setattr(analysis, "_nested_resamples", lambda n_, count, rng_: (weights, 0))
+    got, _ = analysis._nested_bootstrap(S, t, method, "positive", 4, np.random.default_rng(0))
+    for value, w in zip(got, weights, strict=True):
+        assert round(float(value), 9) in _reference_nested(S, t, w, method), w
+    datasets = [f"d{i}" for i in range(n)]
+    table = _table(S[None], [0], [round(0.1 * (j + 1), 1) for j in range(K)], datasets)
+    observed = select_and_correlate(
+        table, dict(zip(datasets, t, strict=True)), "nested", method=method, n_permutations=5, n_bootstrap=0
+    )
+    assert getattr(observed.correlation, method) == pytest.approx(got[0], abs=1e-12)
+
+
+def test_nested_ties_are_broken_at_random_not_towards_the_lowest_layer():
+    """Two configurations with identical scores on every dataset but d0 tie exactly on d0's fold (both
+    correlate perfectly with the targets there). argmax would always take layer 0; the choice must be
+    uniform between them over seeds, and fixed for a given seed."""
+    n = 6
+    datasets = [f"d{i}" for i in range(n)]
+    t = np.arange(n, dtype=float)
+    scores = np.zeros((2, 2, n))
+    scores[0, 0] = t.copy()  # layer 0, f = 0.1
+    scores[1, 0] = t.copy()  # layer 1, f = 0.1: same everywhere except on d0
+    scores[1, 0, 0] = 10.0
+    rng = np.random.default_rng(0)
+    scores[:, 1] = rng.normal(size=(2, n))  # f = 0.2: noise, never the best
+    table = _table(scores, [0, 1], [0.1, 0.2], datasets)
+    target = dict(zip(datasets, t, strict=True))
+    picks = []
+    for seed in range(200):
+        res = select_and_correlate(table, target, "nested", n_permutations=1, n_bootstrap=0, seed=seed)
+        assert res.selected.loc["d0", "n_tied"] == 2
+        picks.append(res.selected.loc["d0", "layer"])
+    # 200 fair coin flips: SE of the share is 0.035; [0.35, 0.65] is ±4.3 SE around 0.5.
+    assert 0.35 <= np.mean(np.array(picks) == 1) <= 0.65
+    again = select_and_correlate(table, target, "nested", n_permutations=1, n_bootstrap=0, seed=3)
+    assert again.selected.loc["d0", "layer"] == picks[3]  # seeded: reproducible

@@ -52,7 +52,6 @@ def test_cli_report_and_prescreen_on_a_study(tmp_path):
             "100",
             "--bootstrap",
             "100",
-            "--no-words-figure",
             "--no-figures",
         ],
     )

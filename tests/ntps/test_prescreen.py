@@ -1,5 +1,6 @@
-"""Pre-screen: its ranking is the sort by NTPS, the gain model's interval covers as it claims, costs are
-labelled measured or estimated, and bad input names the fix."""
+"""Pre-screen: its ranking is the sort by NTPS, the gain model's interval covers as it claims and never
+pools models, costs are measured or read from the cost benchmark's file (never built in), and bad input
+names the fix."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import scipy.stats
 
 from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.jobs.prescreen import (
-    BENCHMARK_SOURCE,
+    DEFAULT_COST_FILE,
     GainFit,
     PrescreenConfig,
     cost_ratios,
     fit_gain_model,
+    load_cost_ratios,
     run_prescreen,
 )
 from perceptalign.ntps.store import ResultsStore, slug
@@ -82,33 +84,87 @@ def test_gain_fit_is_least_squares_and_its_interval_covers_95_percent():
     assert all(a >= b - 1e-12 for a, b in itertools.pairwise(iso))
 
 
-def test_gain_model_uses_the_models_own_pairs_and_says_so(tmp_path):
+def test_gain_model_uses_the_models_own_pairs_and_never_pools_models(tmp_path):
     table = synthetic_study(tmp_path, n_datasets=5, models=("mA", "mB")).table()
     fit = fit_gain_model(table, "mA", "last", 0.5)
     assert fit.n == 5 and "this model" in fit.source
-    pooled = fit_gain_model(table, "unknown-model", "last", 0.5)
-    assert pooled.n == 10 and "all models" in pooled.source
+    # the fit is on mA's own (NTPS, gain) pairs only: equal to a fit on them, whatever mB holds
+    x = [_ntps_at(table, "mA", f"data{i}", 3, 0.5) for i in range(5)]
+    gain = table[(table["model"] == "mA") & (table["method"] == "lora") & (table["metric"] == "gain")]
+    y = gain.set_index("dataset").loc[[f"data{i}" for i in range(5)], "value"].to_numpy()
+    assert fit.slope == pytest.approx(scipy.stats.linregress(x, y).slope, rel=1e-10)
+    # a model with < 3 LoRA datasets of its own is refused, not filled up with other models' raw NTPS
+    with pytest.raises(PerceptAlignError, match="not pooled"):
+        fit_gain_model(table, "unknown-model", "last", 0.5)
+    few = table[~((table["model"] == "mA") & (table["method"] == "lora") & (table["dataset"] > "data1"))]
+    with pytest.raises(PerceptAlignError, match="2 datasets of mA"):
+        fit_gain_model(few, "mA", "last", 0.5)
     no_lora = synthetic_study(tmp_path / "nolora", lora=False).table()
     with pytest.raises(PerceptAlignError, match="--measure lora"):
         fit_gain_model(no_lora, "mA", "last", 0.5)
 
 
-def test_cost_ratios_are_measured_from_the_study_else_labelled_estimates(tmp_path):
+def _cost_file(path, **ratios):
+    data = {"model": "m", "dataset": "d", "n_texts": 10, "clock": "cpu", "threads": 1}
+    data["ratios_to_ntps"] = ratios
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_cost_ratios_are_measured_from_the_study_else_read_from_the_benchmark_file(tmp_path):
     table = synthetic_study(tmp_path, n_datasets=4).table()
     ratios, source = cost_ratios(table, "mA")
     # synthetic cells: ntps 2 s, probe 6 s, lora 100 s on every dataset
     assert ratios == {"probe_with_extraction": 3.0, "lora_recipe_extrapolated": 50.0}
     assert source.startswith("measured")
-    estimated, source = cost_ratios(None, "mA")
-    assert source == BENCHMARK_SOURCE and estimated["lora_recipe_extrapolated"] > 1
+    cost = _cost_file(tmp_path / "cost.json", probe_with_extraction=0.5, lora_recipe_extrapolated=12.5)
+    estimated, source = cost_ratios(None, "mA", cost)
+    assert estimated == {"probe_with_extraction": 0.5, "lora_recipe_extrapolated": 12.5}
+    assert str(cost) in source and source.startswith("estimated")
+
+
+def test_default_cost_ratios_are_the_repositorys_cost_benchmark_output():
+    # The stale built-in 0.89 / 36.9 disagreed with cost.json (0.76 / 25.7): the numbers must come from
+    # the file itself.
+    saved = json.loads(DEFAULT_COST_FILE.read_text())["ratios_to_ntps"]
+    ratios, source = cost_ratios(None, "mA")
+    assert ratios == {k: saved[k] for k in ("probe_with_extraction", "lora_recipe_extrapolated")}
+    assert str(DEFAULT_COST_FILE) in source
+
+
+def test_missing_or_incomplete_cost_file_is_an_error_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(PerceptAlignError, match=r"nowhere\.json.*ntps_cost\.py --json"):
+        load_cost_ratios(missing)
+    partial = _cost_file(tmp_path / "partial.json", probe_with_extraction=0.7)
+    with pytest.raises(PerceptAlignError, match=r"partial\.json lacks .*lora_recipe_extrapolated"):
+        load_cost_ratios(partial)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(PerceptAlignError, match=r"broken\.json is not readable"):
+        load_cost_ratios(broken)
+    negative = _cost_file(tmp_path / "neg.json", probe_with_extraction=-1, lora_recipe_extrapolated=3)
+    with pytest.raises(PerceptAlignError, match=r"neg\.json has non-positive"):
+        load_cost_ratios(negative)
+    # without measured cell times the pre-screen fails before computing any NTPS
+    with pytest.raises(PerceptAlignError, match=r"partial\.json"):
+        run_prescreen(
+            PrescreenConfig(model="m-not-loaded", datasets=["d"], out=tmp_path / "p", cost_json=partial)
+        )
+    assert not (tmp_path / "p" / "runs").exists()
+    with pytest.raises(PerceptAlignError, match="`cost_json`"):
+        PrescreenConfig(model="m", datasets=["d"], out=tmp_path, cost_json=missing)
 
 
 def test_prescreen_computes_ntps_itself_without_a_study(tiny_llama, toy_csv, tmp_path):
     other = tmp_path / "other.csv"
     pd.DataFrame(make_sentences(80, seed=7), columns=["text", "label"]).to_csv(other, index=False)
     datasets = [str(toy_csv), str(other)]
+    cost = _cost_file(tmp_path / "cost.json", probe_with_extraction=0.76, lora_recipe_extrapolated=25.7)
     result = run_prescreen(
-        PrescreenConfig(model=str(tiny_llama), datasets=datasets, out=tmp_path / "p", max_length=64)
+        PrescreenConfig(
+            model=str(tiny_llama), datasets=datasets, out=tmp_path / "p", max_length=64, cost_json=cost
+        )
     )
     values = {}
     for d in datasets:
@@ -116,7 +172,8 @@ def test_prescreen_computes_ntps_itself_without_a_study(tiny_llama, toy_csv, tmp
         data = json.loads((run / "ntps.json").read_text())
         values[d] = data["ntps"][-1][data["fractions"].index(0.5)]
     assert result.datasets["dataset"].tolist() == sorted(datasets, key=lambda d: -values[d])
-    assert result.results["cost"]["source"] == BENCHMARK_SOURCE
+    assert str(cost) in result.results["cost"]["source"]
+    assert result.results["cost"]["ratios_to_ntps"]["lora_recipe_extrapolated"] == 25.7
     assert not result.results["gain_model"]["available"]
 
 

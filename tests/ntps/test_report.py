@@ -1,5 +1,6 @@
 """The study report: its numbers equal an independent recomputation from the stored rows, nested selection
-never sees the held-out dataset, negative results are stated, and the HTML holds every section."""
+never sees the held-out dataset, intervals follow the selection, p-values are exact and Holm-corrected,
+negative results are stated, no model is loaded, and the HTML holds every section."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import pandas as pd
 import pytest
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.ntps.analysis import correlate
-from perceptalign.ntps.jobs.report import ReportConfig, build_report
+from perceptalign.ntps.analysis import correlate, holm
+from perceptalign.ntps.jobs.report import HOLM_FAMILIES, MODES, ReportConfig, build_report
+from perceptalign.ntps.jobs.report_figures import FIG1_NOTE
 from perceptalign.ntps.store import ResultsStore
 
 from ..conftest import make_sentences
 
 LAYERS = (0, 1, 2, 3)
 FRACTIONS = (0.25, 0.5, 0.75)
-FAST = {"n_permutations": 200, "n_bootstrap": 200, "words_figure": False, "figures": False}
+FAST = {"n_permutations": 200, "n_bootstrap": 200, "figures": False}
 
 
 def synthetic_study(directory, n_datasets=6, models=("mA",), seed=0, signal=0.5, lora=True) -> ResultsStore:
@@ -255,7 +257,7 @@ def test_noise_gives_plainly_negative_statements_and_too_few_datasets_are_not_co
     report = build_report(ReportConfig(tmp_path / "noise", **FAST)).report
     fixed = [s for s in report["statements"] if "fixed a priori" in s and "probe accuracy" in s]
     assert len(fixed) == 1
-    p = report["models"]["mA"]["correlations"]["probe_accuracy"]["fixed"]["selection_perm_p"]
+    p = report["models"]["mA"]["correlations"]["probe_accuracy"]["fixed"]["selection_perm_p_holm"]
     assert ("NOT significant" in fixed[0]) == (p >= 0.05)
     synthetic_study(tmp_path / "small", n_datasets=3, lora=False)
     small = build_report(ReportConfig(tmp_path / "small", **FAST)).report
@@ -277,8 +279,9 @@ def test_report_errors_name_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_miniature_study_then_report_end_to_end(tiny_llama, tiny_gpt2_left, tmp_path):
-    """2 tiny models × 4 tiny datasets (ntps, probe, peers) → report with Fig 1 from a real model."""
+def test_real_miniature_study_then_report_end_to_end(tiny_llama, tiny_gpt2_left, tmp_path, monkeypatch):
+    """2 tiny models × 4 tiny datasets (ntps, probe, peers) → report from the stored results alone."""
+    import perceptalign.ntps.models as models_module
     from perceptalign.ntps.jobs.study import StudyConfig, run_study
 
     datasets = []
@@ -298,6 +301,7 @@ def test_real_miniature_study_then_report_end_to_end(tiny_llama, tiny_gpt2_left,
         peer_metrics=["logme", "leep", "h_score"],
     )
     assert not run_study(config).failed
+    monkeypatch.setattr(models_module, "load_causal_lm", _no_model)
     result = build_report(ReportConfig(tmp_path / "s", n_permutations=200, n_bootstrap=200))
     table = ResultsStore(tmp_path / "s").table()
     for model in config.models:
@@ -314,4 +318,120 @@ def test_real_miniature_study_then_report_end_to_end(tiny_llama, tiny_gpt2_left,
         ]
         assert got["spearman"] == pytest.approx(correlate(x, y, n_permutations=0, n_bootstrap=0).spearman)
     page = result.html_path.read_text()
-    assert "Fig 1" in page and "nested" in page and "logme" in page
+    assert "nested" in page and "logme" in page and "Fig 2" in page
+    assert FIG1_NOTE in result.report["figure_notes"] and "Fig 1 — words" not in page
+
+
+# ------------------------------------------------------------------------- intervals, exact p, Holm, Fig 1
+
+
+def _summaries(models, family):
+    """Every computed summary of a Holm family, walked independently of the report's own code."""
+    out = []
+    for analysis in models.values():
+        sections = (
+            [analysis["correlations"]]
+            if family == "ntps"
+            else [v for v in analysis["peers"].values() if "skipped" not in v]
+        )
+        for by_target in sections:
+            for modes in by_target.values():
+                out += [modes[m] for m in MODES if "selection_perm_p" in modes.get(m, {})]
+    return out
+
+
+def test_intervals_follow_the_selection_and_p_values_are_exact(built):
+    _, result = built
+    saved = json.loads(result.json_path.read_text())["models"]["mA"]["correlations"]
+    for target, modes in saved.items():
+        fixed, nested, best = modes["fixed"], modes["nested"], modes["best_in_sample"]
+        assert all(v is not None for v in fixed["spearman_ci"]) and "bootstrap" in fixed["interval_kind"]
+        assert nested["interval_kind"].startswith("selection-aware"), target
+        lo, hi = nested["spearman_ci"]
+        assert lo is not None and -1 <= lo <= hi <= 1
+        # best in sample: no interval at all (not one that keeps the maximising configuration fixed)
+        assert best["spearman_ci"] == [None, None] and best["pearson_ci"] == [None, None]
+        assert best["interval_kind"].startswith("none")
+        for res in (fixed, nested, best):
+            # n = 6 datasets: all 6! = 720 pairings enumerated, so p is a multiple of 1/720 and ≥ 1/720
+            assert res["exact_permutations"] and res["n_permutations"] == 720
+            for key in ("selection_perm_p", "naive_perm_p"):
+                assert res[key] >= 1 / 720
+                assert res[key] * 720 == pytest.approx(round(res[key] * 720), abs=1e-9)
+    best_lines = [s for s in result.report["statements"] if "best in sample" in s and "ρ = " in s]
+    assert best_lines and all("no interval" in s for s in best_lines)
+
+
+def test_holm_is_applied_within_the_declared_families(built):
+    _, result = built
+    saved = json.loads(result.json_path.read_text())
+    families = saved["multiplicity"]["families"]
+    assert set(families) == set(HOLM_FAMILIES)
+    ntps = _summaries(saved["models"], "ntps")
+    peers = _summaries(saved["models"], "peers")
+    # one model, three targets, three modes; peers: 3 NTPS variants... whatever the study stored
+    assert families["ntps"]["m"] == len(ntps) == 9
+    assert families["peers"]["m"] == len(peers) > len(ntps)
+    for entries, family in ((ntps, "ntps"), (peers, "peers")):
+        expected = holm([e["selection_perm_p"] for e in entries])
+        got = [e["selection_perm_p_holm"] for e in entries]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
+        assert all(e["holm_family"] == family for e in entries)
+        assert all(e["selection_perm_p"] <= e["selection_perm_p_holm"] <= 1 for e in entries)
+    page = result.html_path.read_text()
+    assert "Holm" in page and f"({len(ntps)} tests)" in page and "selection-aware bootstrap" in page
+
+
+def test_perfect_rank_agreement_gets_exact_p_and_no_degenerate_interval(tmp_path):
+    """NTPS at one configuration equal to the probe accuracy: ρ = 1 at n = 6. The naive p is the exact
+    1/720 (not the analytic 0), and best in sample shows no [+1.00, +1.00] interval."""
+    store = synthetic_study(tmp_path, lora=False)
+    table = store.table()
+    acc = _rows(table, method="probe", metric="accuracy", layer=3).set_index("dataset")["value"]
+    ntps = table[table["method"] == "ntps"].copy()  # a cell is stored (and replaced) as a whole
+    at = (ntps["metric"] == "ntps") & (ntps["layer"] == 1) & np.isclose(ntps["config"].fillna(-1), 0.75)
+    ntps.loc[at, "value"] = ntps.loc[at, "dataset"].map(acc)
+    for _, rows in ntps.groupby("dataset"):
+        store.add(rows.to_dict(orient="records"))
+    report = build_report(ReportConfig(tmp_path, **FAST)).report
+    best = report["models"]["mA"]["correlations"]["probe_accuracy"]["best_in_sample"]
+    assert best["spearman"] == pytest.approx(1.0)
+    assert best["spearman_p"] == 0.0  # scipy's analytic p: the number the report no longer shows
+    assert best["naive_perm_p"] == pytest.approx(1 / 720, rel=1e-12)
+    assert np.isnan(best["spearman_ci"]).all()
+    # selection-aware: only pairings whose ranks match one of the 12 configurations' orderings reach 1
+    assert 1 / 720 <= best["selection_perm_p"] <= 12 / 720 + 1e-12
+
+
+def test_report_never_loads_a_model(tmp_path, monkeypatch):
+    """Even with a two-class sentiment cell and its cached statistics in place (what Fig 1 used to look
+    for before loading the model to embed words), the figures are drawn from stored results only."""
+    import torch
+
+    import perceptalign.ntps.features as features_module
+    import perceptalign.ntps.models as models_module
+    from perceptalign.ntps.jobs.study import cell_dir
+    from perceptalign.ntps.statistics import LayerStatistics, save_statistics
+
+    synthetic_study(tmp_path, lora=False)
+    gen = torch.Generator().manual_seed(0)
+    stats = {}
+    for layer in LAYERS:
+        X = torch.randn(40, 8, generator=gen, dtype=torch.float64)
+        Y = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).to(torch.float64)
+        stats[layer] = LayerStatistics(X.T @ X / 40, X.T @ Y / 40, X.T @ X / 40, X[:-1].T @ X[1:] / 40)
+    for i in range(6):
+        cell = cell_dir(tmp_path, "mA", f"data{i}")
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "ntps.json").write_text(json.dumps({"class_names": ["negative", "positive"]}))
+        save_statistics(cell / "statistics.safetensors", stats, {"model": "mA"})
+    monkeypatch.setattr(models_module, "load_causal_lm", _no_model)
+    monkeypatch.setattr(features_module, "extract_features", _no_model)
+    result = build_report(ReportConfig(tmp_path, **{**FAST, "figures": True}))
+    assert FIG1_NOTE in result.report["figure_notes"]
+    page = result.html_path.read_text()
+    assert "Fig 1 (single words" in page and "Fig 2" in page
+
+
+def _no_model(*_args, **_kwargs):
+    raise AssertionError("the report loaded a model or embedded text; it must read stored results only")

@@ -70,7 +70,7 @@ def peers(
         str | None,
         typer.Option(
             help="Comma-separated peer metrics (default all: logme, h_score, "
-            "h_score_shrinkage, nce, leep, gbc, transrate, rankme, alpha_req, "
+            "h_score_shrinkage, nce, leep, gbc, transrate, transrate_release, rankme, alpha_req, "
             "lidar, knn_accuracy, fisher_ratio, cv_logistic_accuracy)."
         ),
     ] = None,
@@ -259,10 +259,12 @@ def report(
     permutations: Annotated[int, typer.Option(help="Permutations of every null distribution.")] = 2000,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of every interval.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of permutations and bootstrap.")] = 0,
-    words_figure: Annotated[bool, typer.Option(help="Draw Fig 1 (loads each model once).")] = True,
     figures: Annotated[bool, typer.Option(help="Draw the figures (off: numbers and tables only).")] = True,
 ) -> None:
-    """Write DIR/report.html (self-contained) and DIR/report.json from a study's results."""
+    """Write DIR/report.html (self-contained) and DIR/report.json from a study's stored results.
+
+    Reads the study's files only (no model is loaded), so the single-word Fig 1 is not drawn.
+    """
     from perceptalign.ntps.jobs.report import ReportConfig, build_report
 
     def layer(value: str) -> str | int:
@@ -278,7 +280,6 @@ def report(
             n_permutations=permutations,
             n_bootstrap=bootstrap,
             seed=seed,
-            words_figure=words_figure,
             figures=figures,
         )
     with exit_on_error():
@@ -307,6 +308,14 @@ def prescreen(
         str, typer.Option(help="Layer the datasets are ranked at: last, middle or an index.")
     ] = "last",
     fraction: Annotated[float, typer.Option(help="Fraction f of rank(V) the datasets are ranked at.")] = 0.5,
+    cost_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--cost-json",
+            help="Output of `benchmarks/ntps_cost.py --json` with the probe/LoRA cost ratios to NTPS, used "
+            "when the study has no measured cell times (default: results/ntps-offline-study/cost.json).",
+        ),
+    ] = None,
     layers: LayersOption = None,
     max_samples: MaxSamplesPerDatasetOption = None,
     max_length: MaxLengthOption = 512,
@@ -327,6 +336,7 @@ def prescreen(
             study=study_dir,
             layer=chosen,
             fraction=fraction,
+            cost_json=cost_json,
             layers=parse_int_list(layers, "--layers"),
             max_samples=max_samples,
             max_length=max_length,

@@ -4,10 +4,13 @@ NTPS costs one forward pass and a small eigen-solve; a probe needs the same pass
 thousands of training steps. The pre-screen computes NTPS for each candidate dataset (or reads it from a
 stored study) and ranks the datasets by NTPS at a declared configuration (default: last layer, f = 0.5,
 the report's fixed a-priori choice) — higher NTPS, the better a linear read-out is expected to do and the
-less LoRA is expected to add. With a study that measured LoRA, the expected gain is predicted from the
-relation fitted there (least squares of gain on NTPS with a 95% prediction interval, and a decreasing
-isotonic fit as a shape-free check). The cost saved is reported from wall times measured in the study
-when available, otherwise estimated from the ratios of ``benchmarks/ntps_cost.py`` (labelled as such).
+less LoRA is expected to add. With a study that measured LoRA for THIS model on ≥ 3 datasets, the
+expected gain is predicted from the relation fitted there (least squares of gain on NTPS with a 95%
+prediction interval, and a decreasing isotonic fit as a shape-free check); other models' pairs are never
+pooled in (see :func:`fit_gain_model`). The cost saved is reported from wall times measured in the study
+when available, otherwise from the ratios in the JSON output of ``benchmarks/ntps_cost.py`` (``--json``;
+default: the repository's ``results/ntps-offline-study/cost.json``), read at run time and labelled
+with its path; a missing or incomplete file is an error, never a built-in number.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from perceptalign.io import PerceptAlignError, write_json_atomic, write_text_atomic
+from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
 from perceptalign.ntps.jobs.inputs import extraction_settings
 from perceptalign.ntps.store import ResultsStore, slug
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
@@ -31,15 +34,11 @@ from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 RESULTS_FILE = "prescreen.json"
 TABLE_FILE = "prescreen.csv"
 
-#: Cost of the alternatives relative to NTPS (statistics + solve = 67.9 s), measured by
-#: ``benchmarks/ntps_cost.py`` on smollm2-135m, vader-movie, 1,000 texts, all 31 layers, process CPU time at
-#: 1 thread: probe incl. feature extraction 60.5 s, LoRA 20 measured steps (10.0 s) extrapolated to 5,000.
-#: NTPS is NOT cheaper than a held-out probe (both are one forward pass); it is ~37× cheaper than LoRA.
-BENCHMARK_RATIOS = {
-    "probe_with_extraction": 0.89,
-    "lora_recipe_extrapolated": 36.9,
-}
-BENCHMARK_SOURCE = "estimated from benchmarks/ntps_cost.py ratios (smollm2-135m, 1,000 texts, CPU)"
+#: The cost benchmark's output in this repository (``benchmarks/ntps_cost.py --json``, written by
+#: ``results/ntps-offline-study/regenerate.sh``); pass another with ``cost_json`` / ``--cost-json``.
+DEFAULT_COST_FILE = Path(__file__).resolve().parents[4] / "results" / "ntps-offline-study" / "cost.json"
+#: The ratios to NTPS read from it (keys of its ``ratios_to_ntps``).
+COST_KEYS = ("probe_with_extraction", "lora_recipe_extrapolated")
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,7 @@ class PrescreenConfig:
     dtype: str = "float32"
     seed: int = 0
     trust_remote_code: bool = False
+    cost_json: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
@@ -69,6 +69,11 @@ class PrescreenConfig:
         if self.study is not None and not (Path(self.study) / "cells").is_dir():
             raise PerceptAlignError(
                 f"`study` {self.study} holds no study results; pass a directory written by `ntps study`."
+            )
+        if self.cost_json is not None and not Path(self.cost_json).is_file():
+            raise PerceptAlignError(
+                f"`cost_json` {self.cost_json} does not exist; pass the file written by "
+                "`python benchmarks/ntps_cost.py --json PATH`."
             )
 
 
@@ -152,7 +157,15 @@ def _resolve_layer(choice: str | int, layers: list[int]) -> int:
 def fit_gain_model(
     table: pd.DataFrame, model: str, layer: str | int, fraction: float, metric: str = "ntps"
 ) -> GainFit:
-    """(NTPS at the declared config, LoRA gain) pairs from a study: this model's, else every model's."""
+    """(NTPS at the declared config, LoRA gain) pairs of THIS model from a study, fitted by least squares.
+
+    Other models' pairs are never pooled in: NTPS scales differ between models (the same dataset has
+    different NTPS under different models), so raw NTPS is not one axis across models, and pairs of one
+    model share that model, so a pooled fit's prediction interval, which assumes independent points, is
+    too narrow. Within-model ranks would fix the scale but not predict a gain in accuracy units. With
+    fewer than 3 of this model's datasets the fit is refused. The 95% prediction interval assumes a
+    linear relation with independent normal residuals across this model's datasets.
+    """
     gains = table[(table["method"] == "lora") & (table["metric"] == "gain")]
     if gains.empty:
         raise PerceptAlignError(
@@ -160,16 +173,16 @@ def fit_gain_model(
             "predict gains."
         )
     own = gains[gains["model"] == model]
-    use, source = (
-        (own, f"this model's {len(own)} datasets")
-        if len(own) >= 3
-        else (
-            gains,
-            f"all models of the study ({len(gains)} model × dataset pairs; too few for this model alone)",
+    if len(own) < 3:
+        others = sorted(set(gains["model"]) - {model})
+        raise PerceptAlignError(
+            f"the study has LoRA gains for {len(own)} datasets of {model} (a gain model needs ≥ 3); "
+            f"other models' pairs ({others}) are not pooled because NTPS scales differ between models. "
+            f"Run `perceptalign ntps study --models {model} … --measure lora` on more datasets."
         )
-    )
+    source = f"this model's {len(own)} datasets"
     xs, ys = [], []
-    for _, row in use.iterrows():
+    for _, row in own.iterrows():
         ntps = table[
             (table["model"] == row["model"])
             & (table["dataset"] == row["dataset"])
@@ -189,8 +202,49 @@ def fit_gain_model(
 # cost
 
 
-def cost_ratios(table: pd.DataFrame | None, model: str) -> tuple[dict[str, float], str]:
-    """Probe and LoRA wall time relative to NTPS: median over a study's cells when it has them."""
+def load_cost_ratios(path: Path | str | None = None) -> tuple[dict[str, float], str]:
+    """The probe and LoRA cost relative to NTPS from the cost benchmark's JSON (``ratios_to_ntps``) and a
+    label naming the file and its set-up. A missing file or missing keys is an error naming the file."""
+    path = Path(path) if path is not None else DEFAULT_COST_FILE
+    regenerate = (
+        "write it with `python benchmarks/ntps_cost.py --json PATH` and pass `cost_json` (CLI: --cost-json), "
+        "or give a study with measured cell times"
+    )
+    if not path.is_file():
+        raise PerceptAlignError(f"the cost benchmark output {path} does not exist; {regenerate}.")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise PerceptAlignError(
+            f"the cost benchmark output {path} is not readable JSON ({exc}); {regenerate}."
+        ) from exc
+    ratios = data.get("ratios_to_ntps") if isinstance(data, dict) else None
+    missing = [k for k in COST_KEYS if not isinstance(ratios, dict) or k not in ratios]
+    if missing:
+        raise PerceptAlignError(
+            f"the cost benchmark output {path} lacks ratios_to_ntps keys {missing}; {regenerate}."
+        )
+    values = {k: ratios[k] for k in COST_KEYS}
+    bad = [
+        k
+        for k, v in values.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
+    ]
+    if bad:
+        raise PerceptAlignError(
+            f"the cost benchmark output {path} has non-positive or non-numeric ratios {bad}; {regenerate}."
+        )
+    setup = ", ".join(
+        f"{key} {data[key]}" for key in ("model", "dataset", "n_texts", "clock", "threads") if key in data
+    )
+    return {k: float(v) for k, v in values.items()}, f"estimated from the cost benchmark {path} ({setup})"
+
+
+def cost_ratios(
+    table: pd.DataFrame | None, model: str, cost_json: Path | str | None = None
+) -> tuple[dict[str, float], str]:
+    """Probe and LoRA wall time relative to NTPS: median over a study's cells when it has them, else the
+    cost benchmark's ratios from ``cost_json`` (:func:`load_cost_ratios`)."""
     if table is not None:
         cells = table[table["metric"] == "cell_seconds"]
         ratios: dict[str, float] = {}
@@ -206,7 +260,7 @@ def cost_ratios(table: pd.DataFrame | None, model: str) -> tuple[dict[str, float
                 ratios[key] = float(np.median(chosen))
         if ratios:
             return ratios, "measured: median ratio of cell wall times in the study"
-    return dict(BENCHMARK_RATIOS), BENCHMARK_SOURCE
+    return load_cost_ratios(cost_json)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,6 +280,7 @@ def run_prescreen(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     study = ResultsStore(config.study).table() if config.study is not None else None
+    ratios, cost_source = cost_ratios(study, config.model, config.cost_json)  # fails before any NTPS run
     records = []
     per_layer: dict[str, dict[int, float]] = {}
     for dataset in config.datasets:
@@ -309,15 +364,15 @@ def run_prescreen(
                 "residual_sd": fit.residual_sd,
                 "n": fit.n,
                 "pairs_from": fit.source,
-                "model": "least squares gain = a + b·NTPS, 95% prediction interval (t, n−2 df); "
-                "isotonic: decreasing fit (the declared sign)",
+                "model": "least squares gain = a + b·NTPS on this model's datasets only, 95% prediction "
+                "interval (t, n−2 df; assumes a linear relation and independent normal residuals; datasets "
+                "that are in the fit are not out of sample); isotonic: decreasing fit (the declared sign)",
             }
             if fit.n < 8:
                 gain_info["warning"] = f"fitted on only {fit.n} points: the intervals are wide for a reason"
     else:
         gain_info["reason"] = "no `study` given: nothing to fit the NTPS → LoRA-gain relation on"
 
-    ratios, cost_source = cost_ratios(study, config.model)
     total = float(table["ntps_seconds"].sum())
     cost = {
         "ntps_seconds": total,
@@ -351,11 +406,13 @@ def _clean(obj: Any) -> Any:
 
 
 __all__ = [
-    "BENCHMARK_RATIOS",
+    "COST_KEYS",
+    "DEFAULT_COST_FILE",
     "GainFit",
     "PrescreenConfig",
     "PrescreenResult",
     "cost_ratios",
     "fit_gain_model",
+    "load_cost_ratios",
     "run_prescreen",
 ]

@@ -14,10 +14,21 @@ the layer and k"):
   datasets. Optimistic by construction; its selection-aware permutation p (the whole maximisation repeated
   on permuted targets) is the p-value to read.
 
+Permutation p-values enumerate all n! pairings when n! ≤ 40,320 (n ≤ 8 datasets), so the smallest possible
+p at n = 6 is 1/720, never 0. Intervals: fixed — percentile bootstrap over datasets; nested — the same
+bootstrap with the leave-one-dataset-out selection redone in every resample; best in sample — none (a
+bootstrap that keeps the in-sample maximum's configuration showed [+1.00, +1.00] at ρ = 1). Holm's
+step-down correction is applied within two declared families: every NTPS test of the correlation section
+(all models × targets × selection modes) and every test of the peer tables (all models × metrics ×
+targets × modes); adjusted p-values are reported beside the raw ones and decide the verdicts.
+
 The probe target is the held-out probe accuracy (and −MSE) at ``probe_layer`` (default: the last layer,
 declared like the fixed configuration). The declared sign is positive for the probe targets and negative
 for the LoRA gain (the paper's claim: high NTPS → little to gain from adapters). Peer metrics go through
 the same three procedures over their layers, on the same datasets, so their rows are comparable.
+
+The report reads stored results only; it never loads a model (so the single-word Fig 1 of docs/ntps.md,
+which needs the model's features of words the study does not store, is not drawn).
 
 Outputs: ``DIR/report.html`` (self-contained: figures embedded as base64 PNG) and ``DIR/report.json``.
 """
@@ -35,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic, write_text_atomic
-from perceptalign.ntps.analysis import SelectionResult, select_and_correlate
+from perceptalign.ntps.analysis import EXACT_PERMUTATION_LIMIT, SelectionResult, holm, select_and_correlate
 from perceptalign.ntps.jobs.report_grid import NO_CONFIG, dataset_label, score_grid
 from perceptalign.ntps.peer_metrics import PEER_METRICS
 from perceptalign.ntps.store import NO_LAYER, ResultsStore
@@ -56,6 +67,11 @@ TARGETS = {
 }
 NTPS_VARIANTS = ("ntps", "ntps_orthonormal", "ntps_probe")
 ALPHA = 0.05
+#: Holm families: which selection-aware p-values are corrected together.
+HOLM_FAMILIES = {
+    "ntps": "every NTPS test of the correlation section: all models × targets × selection modes",
+    "peers": "every test of the peer tables: all models × metrics (NTPS variants included) × targets × modes",
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,6 @@ class ReportConfig:
     n_permutations: int = 2000
     n_bootstrap: int = 2000
     seed: int = 0
-    words_figure: bool = True
     figures: bool = True
 
     def __post_init__(self) -> None:
@@ -78,8 +93,7 @@ class ReportConfig:
             value = getattr(self, name)
             if not (value in ("last", "middle") or (isinstance(value, int) and value >= 0)):
                 raise PerceptAlignError(
-                    f"`{name}` must be 'last', 'middle' or a layer index ≥ 0 "
-                    f"(got {value!r})."
+                    f"`{name}` must be 'last', 'middle' or a layer index ≥ 0 (got {value!r})."
                 )
         if not 0 < self.fixed_fraction <= 1:
             raise PerceptAlignError(f"`fixed_fraction` must lie in (0, 1] (got {self.fixed_fraction}).")
@@ -141,6 +155,9 @@ def _min_datasets(mode: str) -> int:
 
 
 def _summary(result: SelectionResult) -> dict[str, Any]:
+    """JSON summary of one procedure. ``spearman_ci`` is the selection-appropriate interval (see
+    ``interval_kind``; none for best in sample); ``spearman_p`` / ``pearson_p`` are scipy's analytic
+    p-values (0 at ρ = ±1), kept for reference only: the report shows the permutation p-values."""
     c = result.correlation
     return {
         "mode": result.mode,
@@ -149,14 +166,17 @@ def _summary(result: SelectionResult) -> dict[str, Any]:
         "direction": result.direction,
         "n": c.n,
         "spearman": c.spearman,
-        "spearman_ci": list(c.spearman_ci),
+        "spearman_ci": list(result.interval),
+        "interval_kind": result.interval_kind,
         "spearman_p": c.spearman_p,
         "spearman_perm_p": c.spearman_perm_p,
+        "naive_perm_p": result.naive_perm_p,
         "pearson": c.pearson,
         "pearson_ci": list(c.pearson_ci),
         "pearson_p": c.pearson_p,
         "pearson_perm_p": c.pearson_perm_p,
         "selection_perm_p": result.selection_perm_p,
+        "exact_permutations": result.exact,
         "n_configurations": result.n_configurations,
         "n_permutations": result.n_permutations,
         "selected": [
@@ -166,6 +186,7 @@ def _summary(result: SelectionResult) -> dict[str, Any]:
                 "config": r.config,
                 "score": float(r.score),
                 "target": float(r.target),
+                "n_tied": int(r.n_tied),
             }
             for d, r in result.selected.iterrows()
         ],
@@ -317,8 +338,62 @@ def _costs(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def statements(model: str, analysis: dict[str, Any]) -> list[str]:
-    """Plain sentences, negative results stated as such."""
+def _family_entries(models: dict[str, Any], family: str) -> list[dict[str, Any]]:
+    """The computed summaries that belong to one Holm family (``HOLM_FAMILIES``), in report order."""
+    out = []
+    for analysis in models.values():
+        if family == "ntps":
+            sections = [analysis.get("correlations", {})]
+        else:
+            sections = [v for v in analysis.get("peers", {}).values() if "skipped" not in v]
+        for by_target in sections:
+            for modes in by_target.values():
+                out += [modes[m] for m in MODES if "selection_perm_p" in modes.get(m, {})]
+    return out
+
+
+def apply_holm(models: dict[str, Any]) -> dict[str, Any]:
+    """Holm-adjust the selection-aware p-values of each family in place (``selection_perm_p_holm``,
+    ``holm_family`` beside the raw p) and describe the families. Holm controls the family-wise error
+    under any dependence, which matters here: the tests share datasets, targets and scores."""
+    families = {}
+    for family, tests in HOLM_FAMILIES.items():
+        entries = _family_entries(models, family)
+        adjusted = holm([e["selection_perm_p"] for e in entries])
+        for entry, value in zip(entries, adjusted, strict=True):
+            entry["selection_perm_p_holm"] = float(value)
+            entry["holm_family"] = family
+        families[family] = {"m": len(entries), "tests": tests}
+    return {
+        "method": "Holm–Bonferroni step-down, adjusted p = running max of (m − i + 1)·p(i), capped at 1",
+        "p_value": "selection_perm_p (the selection-aware permutation p)",
+        "alpha": ALPHA,
+        "families": families,
+    }
+
+
+def _interval_text(res: dict[str, Any]) -> str:
+    lo, hi = res["spearman_ci"]
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        if res["mode"] == "best_in_sample":
+            return "no interval: the in-sample maximum is biased upward"
+        return "no interval"
+    kind = "selection-aware bootstrap" if res["mode"] == "nested" else "bootstrap"
+    return f"95% {kind} interval [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _p_text(p: float, res: dict[str, Any]) -> str:
+    how = (
+        f"exact, all {res['n_permutations']:,} pairings"
+        if res["exact_permutations"]
+        else (f"{res['n_permutations']:,} random pairings")
+    )
+    return f"{p:.3g} ({how})"
+
+
+def statements(model: str, analysis: dict[str, Any], families: dict[str, Any] | None = None) -> list[str]:
+    """Plain sentences, negative results stated as such; verdicts use the Holm-adjusted p (call
+    :func:`apply_holm` first; without it the raw p decides and the sentence says so)."""
     lines = []
     for name, modes in analysis.get("correlations", {}).items():
         what = TARGETS[name][0]
@@ -330,29 +405,35 @@ def statements(model: str, analysis: dict[str, Any]) -> list[str]:
                 )
                 continue
             p = res["selection_perm_p"]
-            verdict = "SIGNIFICANT" if p < ALPHA else "NOT significant"
+            adjusted = res.get("selection_perm_p_holm")
             sign = (
                 "as declared"
                 if (res["spearman"] > 0) == (res["direction"] == "positive")
                 else "OPPOSITE to the declared sign"
             )
+            if adjusted is None:
+                verdict = f"{'SIGNIFICANT' if p < ALPHA else 'NOT significant'} at {ALPHA} (no correction)"
+            else:
+                m = (families or {}).get(res["holm_family"], {}).get("m", "?")
+                holm_text = f"Holm-adjusted over the {m} NTPS tests p = {adjusted:.3g}"
+                if adjusted < ALPHA:
+                    verdict = f"{holm_text} → SIGNIFICANT at {ALPHA} after correction"
+                elif p < ALPHA:
+                    verdict = f"{holm_text} → NOT significant at {ALPHA} after correction (raw p < {ALPHA})"
+                else:
+                    verdict = f"{holm_text} → NOT significant at {ALPHA}"
             lines.append(
                 f"{model}: NTPS vs {what}, {MODE_LABELS[mode]}: Spearman ρ = {res['spearman']:+.2f} "
-                f"(95% bootstrap CI [{res['spearman_ci'][0]:+.2f}, {res['spearman_ci'][1]:+.2f}], "
-                f"n = {res['n']}, "
-                f"{sign}); selection-aware permutation p = {p:.3g} → {verdict} at {ALPHA}."
+                f"({_interval_text(res)}, n = {res['n']}, {sign}); selection-aware permutation p = "
+                f"{_p_text(p, res)}; {verdict}."
             )
         fixed, best = modes.get("fixed", {}), modes.get("best_in_sample", {})
-        if (
-            "spearman" in best
-            and best.get("selection_perm_p", 0) >= ALPHA
-            and best.get("spearman_p", 1) < ALPHA
-        ):
+        if "spearman" in best and best["selection_perm_p"] >= ALPHA and best["naive_perm_p"] < ALPHA:
             lines.append(
-                f"{model}: the best-in-sample ρ = {best['spearman']:+.2f} looks significant by its naive p = "
-                f"{best['spearman_p']:.3g} but not once the choice among {best['n_configurations']} "
-                f"configurations "
-                f"is accounted for (p = {best['selection_perm_p']:.3g})."
+                f"{model}: the best-in-sample ρ = {best['spearman']:+.2f} looks significant by its naive "
+                f"permutation p = {best['naive_perm_p']:.3g} (configuration taken as given) but not once the "
+                f"choice among {best['n_configurations']} configurations is accounted for "
+                f"(p = {best['selection_perm_p']:.3g})."
             )
         if "spearman" in fixed and "spearman" in best and best["spearman"] - fixed["spearman"] > 0.2:
             lines.append(
@@ -396,7 +477,14 @@ def build_report(config: ReportConfig, on_status: Callable[[str], None] | None =
             "selection_method": "spearman",
             "directions": {k: v[1] for k, v in TARGETS.items()},
             "n_permutations": config.n_permutations,
+            "exact_permutation_limit": EXACT_PERMUTATION_LIMIT,
             "n_bootstrap": config.n_bootstrap,
+            "intervals": {
+                "fixed": "percentile bootstrap over datasets",
+                "nested": "selection-aware percentile bootstrap (leave-one-dataset-out redone per resample)",
+                "best_in_sample": "none (the in-sample maximum is biased upward; read the selection-aware p)",
+            },
+            "tie_breaking": "configurations tied for the best criterion: one drawn uniformly at random",
             "seed": config.seed,
             "alpha": ALPHA,
         },
@@ -408,9 +496,10 @@ def build_report(config: ReportConfig, on_status: Callable[[str], None] | None =
     }
     for model in models:
         status(f"analysing {model}")
-        analysis = analyse_model(table, model, config)
-        report["models"][model] = analysis
-        report["statements"] += statements(model, analysis)
+        report["models"][model] = analyse_model(table, model, config)
+    report["multiplicity"] = apply_holm(report["models"])
+    for model, analysis in report["models"].items():
+        report["statements"] += statements(model, analysis, report["multiplicity"]["families"])
     status("drawing figures")
     from perceptalign.ntps.jobs import report_figures
 
@@ -446,11 +535,18 @@ def _fmt(value: Any, digits: int = 2, signed: bool = True) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}g}"
 
 
+def _interval_cell(res: dict[str, Any], key: str) -> str:
+    lo, hi = res[key]
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "[no interval]"
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
 def _correlation_table(modes: dict[str, dict[str, Any]]) -> str:
     head = (
-        "<tr><th>selection</th><th>n</th><th>Spearman ρ [95% CI]</th><th>p (analytic)</th>"
-        "<th>p (permutation)</th><th>p (selection-aware)</th><th>Pearson r [95% CI]</th><th>p</th>"
-        "<th>configuration(s) used</th></tr>"
+        "<tr><th>selection</th><th>n</th><th>Spearman ρ [95% interval]</th>"
+        "<th>p (configuration taken as given)</th><th>p (selection-aware)</th><th>p Holm (family)</th>"
+        "<th>Pearson r [95% CI]</th><th>configuration(s) used</th></tr>"
     )
     body = []
     for mode in MODES:
@@ -458,20 +554,26 @@ def _correlation_table(modes: dict[str, dict[str, Any]]) -> str:
         label = html.escape(MODE_LABELS[mode])
         if not res or "skipped" in res:
             body.append(
-                f"<tr><td>{label}</td><td colspan=8>not computed: "
+                f"<tr><td>{label}</td><td colspan=7>not computed: "
                 f"{html.escape(str(res.get('skipped')))}</td></tr>"
             )
             continue
         chosen = sorted({(s["layer"], s["config"]) for s in res["selected"]}, key=str)
         chosen_text = ", ".join(f"layer {lay}, f={cfg}" for lay, cfg in chosen)
+        if any(s.get("n_tied", 1) > 1 for s in res["selected"]):
+            chosen_text += " (ties for the best broken at random)"
         cls = ' class="optimistic"' if res["optimistic"] else ""
+        exact = "exact" if res["exact_permutations"] else "Monte Carlo"
+        holm_p = res.get("selection_perm_p_holm")
         body.append(
             f"<tr{cls}><td>{label}</td><td>{res['n']}</td>"
-            f"<td>{_fmt(res['spearman'])} [{_fmt(res['spearman_ci'][0])}, {_fmt(res['spearman_ci'][1])}]</td>"
-            f"<td>{_fmt(res['spearman_p'], 3, False)}</td><td>{_fmt(res['spearman_perm_p'], 3, False)}</td>"
-            f"<td><b>{_fmt(res['selection_perm_p'], 3, False)}</b></td>"
-            f"<td>{_fmt(res['pearson'])} [{_fmt(res['pearson_ci'][0])}, {_fmt(res['pearson_ci'][1])}]</td>"
-            f"<td>{_fmt(res['pearson_p'], 3, False)}</td><td>{html.escape(chosen_text)}</td></tr>"
+            f"<td title='{html.escape(res['interval_kind'])}'>{_fmt(res['spearman'])} "
+            f"{_interval_cell(res, 'spearman_ci')}</td>"
+            f"<td>{_fmt(res['naive_perm_p'], 3, False)}</td>"
+            f"<td><b>{_fmt(res['selection_perm_p'], 3, False)}</b> ({exact})</td>"
+            f"<td><b>{_fmt(holm_p, 3, False)}</b> ({html.escape(str(res.get('holm_family', '—')))})</td>"
+            f"<td>{_fmt(res['pearson'])} {_interval_cell(res, 'pearson_ci')}</td>"
+            f"<td>{html.escape(chosen_text)}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -505,10 +607,12 @@ def _peer_html(peers: dict[str, Any]) -> str:
                 if not res or "skipped" in res:
                     cells.append("<td>—</td>")
                 else:
-                    mark = "*" if res["selection_perm_p"] < ALPHA else ""
+                    holm_p = res.get("selection_perm_p_holm", math.nan)
+                    mark = "*" if holm_p < ALPHA else ""
                     cells.append(
                         f"<td>{_fmt(res['spearman'])}{mark} "
-                        f"(p={_fmt(res['selection_perm_p'], 2, False)})</td>"
+                        f"(p={_fmt(res['selection_perm_p'], 2, False)}; "
+                        f"Holm {_fmt(holm_p, 2, False)})</td>"
                     )
         rows.append(f"<tr><td>{html.escape(metric)}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
@@ -518,6 +622,17 @@ _CSS = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;c
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 6px}
 th{background:#eee}tr.optimistic td{background:#fff4e0}img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
 .note{color:#555;font-size:13px}li{margin:.2em 0}"""
+
+
+def _multiplicity_items(multiplicity: dict[str, Any] | None) -> list[str]:
+    if not multiplicity:
+        return []
+    items = [f"<li>Multiplicity: {html.escape(multiplicity['method'])}, within each family:<ul>"]
+    for family, info in multiplicity["families"].items():
+        name, tests = html.escape(family), html.escape(info["tests"])
+        items.append(f"<li><b>{name}</b> ({info['m']} tests): {tests}</li>")
+    items.append("</ul>Verdicts use the Holm-adjusted p; raw p-values are shown beside them.</li>")
+    return items
 
 
 def render_html(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
@@ -532,17 +647,27 @@ def render_html(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> s
         f"<li><b>fixed a priori</b>: layer = {html.escape(str(d['fixed_layer']))}, f = {d['fixed_fraction']} "
         f"(score: {d['score_metric']}); probe target at layer {html.escape(str(d['probe_layer']))}.</li>",
         "<li><b>nested</b>: leave-one-dataset-out; each dataset's configuration is chosen on the "
-        "others.</li>",
+        "others. Its interval is a selection-aware bootstrap: the datasets are resampled and the "
+        "leave-one-dataset-out choice is redone inside every resample.</li>",
         "<li><b>best in sample</b>: the configuration maximising ρ on all datasets — OPTIMISTIC "
-        "(the published "
-        "practice); read its selection-aware p.</li>",
-        f"<li>Spearman selects; declared signs: {html.escape(str(d['directions']))}. Permutation nulls: "
-        f"{d['n_permutations']} permutations; bootstrap: {d['n_bootstrap']} resamples; "
-        f"α = {d['alpha']}.</li></ul>",
-        "<h2>Findings</h2><ul>",
+        "(the published practice); read its selection-aware p. It gets NO interval: the in-sample "
+        "maximum is biased upward, and a bootstrap that keeps its configuration fixed ignores the "
+        "selection (it showed [+1.00, +1.00] at ρ = 1).</li>",
+        "<li>Configurations tied for the best criterion: one is drawn uniformly at random (seeded), "
+        "never the lowest layer or fraction by default.</li>",
+        f"<li>Spearman selects; declared signs: {html.escape(str(d['directions']))}. Permutation nulls "
+        f"(one-sided in the declared sign): every pairing enumerated when n! ≤ "
+        f"{d['exact_permutation_limit']:,} (n ≤ 8), else {d['n_permutations']} random pairings with "
+        f"the +1 correction; bootstrap: {d['n_bootstrap']} resamples; α = {d['alpha']}.</li>",
+        *_multiplicity_items(report.get("multiplicity")),
+        "</ul><h2>Findings</h2><ul>",
         *[f"<li>{html.escape(s)}</li>" for s in report["statements"]],
         "</ul>",
     ]
+    if report.get("figure_notes"):
+        parts.append("<h2>Figure notes</h2><ul>")
+        parts += [f"<li>{html.escape(note)}</li>" for note in report["figure_notes"]]
+        parts.append("</ul>")
     for model, analysis in report["models"].items():
         parts.append(f"<h2>Model: {html.escape(model)}</h2>")
         if "skipped" in analysis:
@@ -562,8 +687,8 @@ def render_html(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> s
         if not analysis.get("correlations"):
             parts.append("<p>No probe or LoRA results for this model: nothing to correlate NTPS with.</p>")
         parts.append(
-            "<h3>Peers side by side (same datasets, same three selection procedures; * p &lt; 0.05, "
-            "selection-aware)</h3>"
+            "<h3>Peers side by side (same datasets, same three selection procedures; selection-aware "
+            "p and its Holm adjustment over the peer-table family; * Holm p &lt; 0.05)</h3>"
         )
         parts.append(_peer_html(analysis.get("peers", {})))
         for title, encoded in figures.get(model, {}).items():

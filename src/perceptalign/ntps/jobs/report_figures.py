@@ -1,10 +1,12 @@
 """Figures of the study report (docs/ntps.md), as base64 PNGs for the self-contained HTML page.
 
-Fig 1 projects single words of two sentiment classes and function words on the top-2 perception (U) and
-top-2 autoregressive (V) directions of a layer; Fig 2/3 plot ranks over datasets (NTPS vs probe accuracy /
-−MSE / LoRA gain) with Spearman in the title; plus NTPS before/after LoRA, layer × fraction heat maps, the
-in-sample correlation per configuration (descriptive: its maximum IS best-in-sample selection) and NTPS
-next to probe accuracy across layers.
+Every figure is drawn from the study's stored rows only; nothing here loads a model. Fig 2/3 plot ranks
+over datasets (NTPS vs probe accuracy / −MSE / LoRA gain) with Spearman in the title; plus NTPS
+before/after LoRA, layer × fraction heat maps, the in-sample correlation per configuration (descriptive:
+its maximum IS best-in-sample selection) and NTPS next to probe accuracy across layers. Fig 1 of
+docs/ntps.md (single words projected on the top U and V directions) is NOT drawn: it needs the model's
+features of a word list, which a study does not store, and embedding the words here would load every
+model while the report is drawn. The report says so in its figure notes (``FIG1_NOTE``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,61 +21,14 @@ import pandas as pd
 import scipy.stats
 from matplotlib.figure import Figure
 
-from perceptalign.io import PerceptAlignError, read_json
 from perceptalign.ntps.jobs.report_grid import dataset_label, score_grid
 from perceptalign.ntps.store import NO_LAYER
 from perceptalign.plotting import subplots
 
-POSITIVE_WORDS = (
-    "good",
-    "great",
-    "excellent",
-    "wonderful",
-    "happy",
-    "love",
-    "best",
-    "beautiful",
-    "brilliant",
-    "superb",
-    "delightful",
-    "enjoyable",
-    "perfect",
-    "fantastic",
-    "pleasant",
-)
-NEGATIVE_WORDS = (
-    "bad",
-    "terrible",
-    "awful",
-    "horrible",
-    "sad",
-    "hate",
-    "worst",
-    "ugly",
-    "boring",
-    "dull",
-    "poor",
-    "disappointing",
-    "dreadful",
-    "annoying",
-    "mediocre",
-)
-FUNCTION_WORDS = (
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "that",
-    "it",
-    "for",
-    "on",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
+FIG1_NOTE = (
+    "Fig 1 (single words on the top U vs V directions) is not drawn: it needs the model's features of a "
+    "word list, which the study does not store, and the report reads stored results only (it never loads a "
+    "model)."
 )
 
 
@@ -205,96 +159,23 @@ def layers_figure(grid: pd.DataFrame, probe: pd.DataFrame, fraction: float, titl
 
 
 # --------------------------------------------------------------------------------------------------
-# Fig 1
-
-
-def word_projection(features: np.ndarray, U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates of feature rows in orthonormal bases of the top-2 U and top-2 V directions."""
-    q_u, _ = np.linalg.qr(U[:, :2])
-    q_v, _ = np.linalg.qr(V[:, :2])
-    return features @ q_u, features @ q_v
-
-
-def separation(coords: np.ndarray, labels: np.ndarray) -> float:
-    """Fisher ratio between the positive and negative words in a 2-D projection (function words excluded)."""
-    from perceptalign.ntps.peer_metrics import fisher_ratio
-
-    keep = labels < 2
-    return fisher_ratio(coords[keep], labels[keep])
-
-
-def words_figure(model: str, cell: Path, layer: int, status: Callable[[str], None]) -> Figure:
-    """Fig 1 for one model from the statistics of one (sentiment) dataset's NTPS cell."""
-    from perceptalign.ntps.datasets import TextDataset
-    from perceptalign.ntps.features import extract_features
-    from perceptalign.ntps.models import load_causal_lm
-    from perceptalign.ntps.statistics import load_statistics
-    from perceptalign.ntps.subspace import autoregressive_subspace, perception_subspace
-
-    stats, _ = load_statistics(cell / "statistics.safetensors")
-    if layer not in stats:
-        raise PerceptAlignError(f"layer {layer} has no statistics in {cell}.")
-    s = stats[layer]
-    U = perception_subspace(s.M_xx, s.M_xy).vectors
-    V = autoregressive_subspace(s.C0, s.C1).vectors
-    status(f"Fig 1: embedding single words with {model}")
-    loaded = load_causal_lm(model)
-    words = [*NEGATIVE_WORDS, *POSITIVE_WORDS, *FUNCTION_WORDS]
-    labels = np.array([0] * len(NEGATIVE_WORDS) + [1] * len(POSITIVE_WORDS) + [2] * len(FUNCTION_WORDS))
-    ds = TextDataset("words", "all", words, labels, ["negative", "positive", "function"], "report")
-    X = extract_features(loaded, ds, [layer], max_length=16, token_budget=4096)[layer].astype(np.float64)
-    on_u, on_v = word_projection(X, U, V)
-    fig, axes = subplots(1, 2, figsize=(10.5, 4.6))
-    names = ("negative words", "positive words", "function words")
-    for ax, coords, space in ((axes[0], on_u, "U (perception)"), (axes[1], on_v, "V (next token)")):
-        for c, (name, colour) in enumerate(zip(names, ("C3", "C2", "C7"), strict=True)):
-            ax.scatter(coords[labels == c, 0], coords[labels == c, 1], color=colour, label=name, s=18)
-        for w, (a, b) in zip(words, coords, strict=True):
-            ax.annotate(w, (a, b), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.set_title(
-            f"top-2 {space} directions — sentiment Fisher ratio {separation(coords, labels):.3g}", fontsize=9
-        )
-        ax.set_xlabel("direction 1")
-        ax.set_ylabel("direction 2")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Fig 1 — {model}, layer {layer}: single words on U vs V ({cell.name})", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _sentiment_cell(directory: Path, model: str, datasets: list[str]) -> Path | None:
-    """The NTPS cell of a two-class dataset, preferring class names that look like sentiment."""
-    from perceptalign.ntps.jobs.study import cell_dir
-
-    best: tuple[int, Path] | None = None
-    for d in datasets:
-        cell = cell_dir(directory, model, d)
-        if not (cell / "ntps.json").is_file() or not (cell / "statistics.safetensors").is_file():
-            continue
-        names = [str(c).lower() for c in read_json(cell / "ntps.json").get("class_names", [])]
-        if len(names) != 2:
-            continue
-        rank = 0 if {"negative", "positive"} & set(names) else 1
-        if best is None or rank < best[0]:
-            best = (rank, cell)
-    return best[1] if best else None
-
-
-# --------------------------------------------------------------------------------------------------
 
 
 def all_figures(
     table: pd.DataFrame, report: dict[str, Any], config: Any, status: Callable[[str], None]
 ) -> dict[str, dict[str, str]]:
-    """model → {title: base64 PNG}. A figure that cannot be drawn is noted in ``report`` and skipped."""
-
+    """model → {title: base64 PNG}, from the stored rows in ``table`` and the numbers in ``report``
+    only. What is not drawn is noted in ``report["figure_notes"]``."""
     out: dict[str, dict[str, str]] = {}
     notes: list[str] = report.setdefault("figure_notes", [])
+    if FIG1_NOTE not in notes:
+        notes.append(FIG1_NOTE)
     for model, analysis in report["models"].items():
         figs: dict[str, str] = {}
         out[model] = figs
         if "skipped" in analysis:
             continue
+        status(f"figures of {model}")
         fixed = analysis["fixed_config"]
         ntps = analysis["ntps_at_fixed"]
         targets = analysis["targets"]
@@ -335,33 +216,17 @@ def all_figures(
         figs["NTPS and probe accuracy across layers"] = figure_to_base64(
             layers_figure(grid, probe, fixed["fraction"], model)
         )
-        if config.words_figure:
-            cell = _sentiment_cell(Path(config.directory), model, analysis["datasets"])
-            if cell is None:
-                notes.append(f"{model}: Fig 1 skipped (no two-class dataset with cached statistics).")
-            else:
-                try:
-                    figs["Fig 1 — words on U vs V"] = figure_to_base64(
-                        words_figure(model, cell, int(fixed["layer"]), status)
-                    )
-                except (PerceptAlignError, OSError) as exc:
-                    notes.append(f"{model}: Fig 1 skipped ({exc}).")
     return out
 
 
 __all__ = [
-    "FUNCTION_WORDS",
-    "NEGATIVE_WORDS",
-    "POSITIVE_WORDS",
+    "FIG1_NOTE",
     "all_figures",
     "before_after_figure",
     "correlation_heatmap",
     "heatmaps_figure",
     "layers_figure",
     "rank_figure",
-    "separation",
-    "word_projection",
-    "words_figure",
 ]
 
 
