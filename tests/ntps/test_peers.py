@@ -275,35 +275,6 @@ def test_gbc_extremes() -> None:
         gbc(F, y, covariance="full")
 
 
-# ---------------------------------------------------------------------------------------- TransRate
-
-
-def _rate(M: np.ndarray, eps: float) -> float:
-    return 0.5 * np.linalg.slogdet(np.eye(M.shape[1]) + M.T @ M / (M.shape[0] * eps))[1]
-
-
-def test_transrate_matches_direct_logdet_and_is_nonnegative() -> None:
-    for seed, (n, D) in enumerate([(60, 4), (12, 20)]):
-        F, y = _data(seed=14 + seed, n=n, D=D, C=3, shift=0.5)
-        y = y.copy()
-        y[:5] = 0  # unbalanced classes: the weighted definition must still be >= 0
-        Z = F - F.mean(0)
-        eps = 1e-2
-        direct = _rate(Z, eps) - sum((y == c).sum() / n * _rate(Z[y == c], eps) for c in range(3))
-        # Sylvester's identity on the smaller Gram matrix vs the D×D logdet: round-off only.
-        assert transrate(F, y, eps=eps) == pytest.approx(direct, rel=1e-9, abs=1e-9)
-        assert transrate(F, y, eps=eps) >= 0
-
-
-def test_transrate_zero_when_labels_carry_no_information() -> None:
-    rng = np.random.default_rng(16)
-    X = rng.normal(size=(15, 3))
-    X -= X.mean(0)
-    F = np.vstack([X, X])  # both classes identical, each centered at the global mean
-    y = np.repeat([0, 1], 15)
-    assert transrate(F, y) == pytest.approx(0.0, abs=1e-9)
-
-
 # ------------------------------------------------------------------------------ RankMe, α-ReQ, LiDAR
 
 

@@ -28,7 +28,6 @@ from perceptalign.ntps.subspace import (
     orthonormal_projection_score,
     perception_subspace,
     projection_score,
-    reference_ntps,
 )
 
 TOL = 1e-9
@@ -369,59 +368,6 @@ def test_general_invertible_map_of_hidden_states() -> None:
     base = ntps_for_layer(**s, reference=False)
     mapped = ntps_for_layer(**t, reference=False)
     assert np.max(np.abs(mapped.ntps - base.ntps)) > 1e-3
-
-
-# ------------------------------------------------------------------------------------ published selection
-
-
-def _published_by_hand(s: dict[str, np.ndarray], fractions: tuple[float, ...]) -> np.ndarray:
-    d = s["M_xx"].shape[0]
-    U_all = scipy.linalg.eigh(s["M_xy"] @ s["M_xy"].T, s["M_xx"])[1]
-    V_all = scipy.linalg.eigh(s["C1"] @ s["C1"].T, s["C0"])[1]
-    out = []
-    for f in fractions:
-        k = int(f * d)
-        U, V = U_all[:, :k], V_all[:, :k]
-        out.append(np.linalg.norm(V @ np.linalg.pinv(V) @ U) ** 2 / np.linalg.norm(U) ** 2)
-    return np.array(out)
-
-
-def test_reference_ntps_reproduces_published_selection() -> None:
-    s = _layer(22, d=20)
-    ref = reference_ntps(**s, fractions=DEFAULT_FRACTIONS)
-    np.testing.assert_allclose(ref, _published_by_hand(s, DEFAULT_FRACTIONS), atol=TOL)
-    res = ntps_for_layer(**s)
-    assert res.ntps_reference is not None
-    np.testing.assert_allclose(res.ntps_reference, ref, atol=0)
-
-
-def test_reference_empty_selection_is_nan_and_abs_ks() -> None:
-    s = _layer(23)  # d = 16: int(0.05·16) = 0 columns
-    assert math.isnan(reference_ntps(**s, fractions=(0.05,))[0])
-    by_k = reference_ntps(**s, ks=[8])
-    np.testing.assert_allclose(by_k, _published_by_hand(s, (0.5,)), atol=TOL)
-
-
-def test_reference_singular_b_adds_smallest_working_ridge_or_raises() -> None:
-    rng = np.random.default_rng(24)
-    seqs, labels = _sequences(rng, 6, 20, 2)  # N < d: M_xx singular, Cholesky fails
-    s = _stats(seqs, labels, 2)
-    with pytest.raises(PerceptAlignError, match="singular"):
-        reference_ntps(**s, fractions=(0.5,), on_singular="raise")
-    got = reference_ntps(**s, fractions=(0.5,))
-    # Independent: smallest 10^j·eps·trace ridge that lets scipy factorise M_xx.
-    tr, eps = np.trace(s["M_xx"]), np.finfo(float).eps
-    for j in range(17):
-        try:
-            U_all = scipy.linalg.eigh(s["M_xy"] @ s["M_xy"].T, s["M_xx"] + 10.0**j * eps * tr * np.eye(20))[1]
-            break
-        except np.linalg.LinAlgError:
-            continue
-    V_all = scipy.linalg.eigh(s["C1"] @ s["C1"].T, s["C0"])[1]
-    U, V = U_all[:, :10], V_all[:, :10]
-    assert got[0] == pytest.approx(np.linalg.norm(_projector(V) @ U) ** 2 / np.linalg.norm(U) ** 2, abs=1e-8)
-    with pytest.raises(PerceptAlignError, match="on_singular"):
-        reference_ntps(**s, on_singular="ignore")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- all layers

@@ -126,8 +126,9 @@ def score(
     OUT/statistics.safetensors + .json (reused when rerun on the same model, data and tokenisation;
     statistics of other inputs are refused, naming what differs, unless --overwrite recomputes them)
     and OUT/ntps_heatmap.png. An interrupted run resumes
-    from its checkpoint. The `ntps_reference` variant reproduces the published selection (bottom of
-    both spectra): it is numerically ill-posed and only meant for comparison with published numbers.
+    from its checkpoint. The `ntps_reference` variant is the published estimator reproduced exactly
+    (float32, absolute 1e-8 eigenvalue cut-off, k = int(f·kept rank), bottom of both spectra): it is
+    ill-posed and not scale invariant, and only meant for comparison with published numbers.
     """
     from perceptalign.ntps.distributed import launch_rank
     from perceptalign.ntps.jobs.score import ScoreConfig, run_score

@@ -47,6 +47,7 @@ __all__ = [
     "nce",
     "rankme",
     "transrate",
+    "transrate_release",
 ]
 
 
@@ -448,25 +449,69 @@ def _half_logdet_identity_plus_gram(Z: FloatArray, scale: float) -> float:
     return 0.5 * float(logdet)
 
 
-def transrate(F: ArrayLike, y: ArrayLike, eps: float = 1e-4) -> float:
-    """TransRate (Huang et al. 2022, ICML): coding rate R(Z) − R(Z | Y) of globally centered features,
-    R(Z) = ½ logdet(I + ZᵀZ/(nε)), R(Z|Y) = Σ_c (n_c/n) ½ logdet(I + Z_cᵀZ_c/(n_c ε)).
-
-    The class weights n_c/n (rate-reduction definition) make the score ≥ 0 by concavity of logdet;
-    the authors' release averages classes uniformly, which differs only for unbalanced classes.
-    """
-    if not eps > 0:
-        raise PerceptAlignError(f"eps must be positive, got {eps!r}.")
+def _transrate_inputs(F: ArrayLike, y: ArrayLike, eps: float, what: str) -> tuple[FloatArray, IntArray]:
+    """Globally centered features and re-indexed labels, after the checks every TransRate variant needs."""
+    if not (isinstance(eps, (int, float, np.floating, np.integer)) and np.isfinite(eps) and eps > 0):
+        raise PerceptAlignError(f"`eps` must be a positive finite number, got {eps!r}; the default works.")
     X = _features(F)
-    labels = _labels(y, X.shape[0], what="TransRate")
-    Z = X - X.mean(axis=0)
-    n = Z.shape[0]
-    whole = _half_logdet_identity_plus_gram(Z, 1.0 / (n * eps))
+    labels = _labels(y, X.shape[0], what=what)
+    return X - X.mean(axis=0), labels
+
+
+def transrate(F: ArrayLike, y: ArrayLike, eps: float = 1e-2) -> float:
+    """TransRate as the paper defines it (Huang, Huang, Rong, Yang & Wei, "Frustratingly easy
+    transferability estimation", ICML 2022, arXiv:2106.09362): the coding-rate estimate of
+    I(Z; Y) = h(Z) − h(Z | Y),
+
+        TrR = R(Z, ε) − R(Z | Y, ε),   R(Z, ε) = ½ logdet(I_d + d/(n ε²) ZᵀZ),
+        R(Z | Y, ε) = Σ_c (n_c/n) · ½ logdet(I_d + d/(n_c ε²) Z_cᵀZ_c),
+
+    Z the n × d globally centered features, Z_c its n_c rows of class c (not re-centered) — the coding
+    rate and rate reduction of Ma et al. (2007) and Yu et al. (MCR², 2020) that the paper adopts.
+
+    The class weights are p(y = c) = n_c/n, as in h(Z | Y) = Σ_c p(c) h(Z | Y = c); with them the score is
+    ≥ 0 (logdet is concave and ZᵀZ/n = Σ_c (n_c/n) Z_cᵀZ_c/n_c) and exactly 0 when every class has the
+    second moments of the whole set. ``eps`` is the distortion ε (default ε² = 1e-4). Invariant to
+    translations, orthogonal maps of the features and relabelling of the classes; not to feature scale
+    (nearly so when ε ≪ the feature spread, where logdet(I + sA) ≈ logdet(sA) and the scale cancels).
+    ``transrate_release`` is the paper's code listing, which weights classes uniformly.
+    """
+    Z, labels = _transrate_inputs(F, y, eps, "TransRate")
+    n, d = Z.shape
+    whole = _half_logdet_identity_plus_gram(Z, d / (n * eps**2))
     conditional = 0.0
     for c in range(int(labels.max()) + 1):
         Zc = Z[labels == c]
-        conditional += Zc.shape[0] / n * _half_logdet_identity_plus_gram(Zc, 1.0 / (Zc.shape[0] * eps))
+        n_c = Zc.shape[0]
+        conditional += n_c / n * _half_logdet_identity_plus_gram(Zc, d / (n_c * eps**2))
     return float(whole - conditional)
+
+
+def transrate_release(F: ArrayLike, y: ArrayLike, eps: float = 1e-4) -> float:
+    """TransRate as the paper's 10-line code listing computes it (the version benchmark suites copy):
+
+        coding_rate(M) = ½ logdet(I_d + MᵀM/(m·eps)),  m = rows of M,
+        TrR = coding_rate(Z) − (1/K) Σ_c coding_rate(Z_c),
+
+    Z globally centered, Z_c its rows of class c, K the number of classes. ``eps`` stands for ε²/d of the
+    definition (``transrate``), so on balanced classes ``transrate_release(F, y, ε²/d)`` equals
+    ``transrate(F, y, ε)``. The UNIFORM class weights 1/K replace p(y = c) = n_c/n, so on imbalanced classes
+    it is not a rate reduction: a small, spread-out class counts as much as a large one and the score can
+    be negative. Kept to compare with numbers computed with that listing.
+
+    Deviations from the listing: labels are re-indexed, so K counts the classes present (the listing's
+    K = max(y) + 1 divides by zero on an absent label), and everything is float64 (the listing computes in
+    the features' dtype). The authors' repository (Long-Kai/TransRate) is yet another computation
+    (eigenvalues of ZᵀZ/n with n_c/n weights and optional normalisations), not reproduced here.
+    """
+    Z, labels = _transrate_inputs(F, y, eps, "TransRate")
+    whole = _half_logdet_identity_plus_gram(Z, 1.0 / (Z.shape[0] * eps))
+    K = int(labels.max()) + 1
+    per_class = 0.0
+    for c in range(K):
+        Zc = Z[labels == c]
+        per_class += _half_logdet_identity_plus_gram(Zc, 1.0 / (Zc.shape[0] * eps))
+    return float(whole - per_class / K)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,8 +679,13 @@ def _r_gbc(F: FloatArray, y: IntArray, P: Any) -> float:
 
 
 def _r_transrate(F: FloatArray, y: IntArray, P: Any) -> float:
-    """TransRate — Huang, Huang, Li, Wang, Li & Yao, ICML 2022."""
+    """TransRate, the paper's definition (n_c/n class weights) — Huang, Huang, Rong, Yang & Wei, ICML 2022."""
     return transrate(F, y)
+
+
+def _r_transrate_release(F: FloatArray, y: IntArray, P: Any) -> float:
+    """TransRate as the paper's code listing computes it (uniform class weights) — Huang et al., ICML 2022."""
+    return transrate_release(F, y)
 
 
 def _r_rankme(F: FloatArray, y: IntArray, P: Any) -> float:
@@ -678,6 +728,7 @@ PEER_METRICS: dict[str, PeerMetric] = {
     "leep": PeerMetric(_r_leep, True, True, True),
     "gbc": PeerMetric(_r_gbc, True, False, True),
     "transrate": PeerMetric(_r_transrate, True, False, True),
+    "transrate_release": PeerMetric(_r_transrate_release, True, False, True),
     "rankme": PeerMetric(_r_rankme, False, False, True),
     "alpha_req": PeerMetric(_r_alpha_req, False, False, False),
     "lidar": PeerMetric(_r_lidar, True, False, True),

@@ -1,6 +1,7 @@
 """NTPS subspaces, scores and the linear-setting bounds (method notes: docs/ntps.md, "Definitions").
 
-Everything here is float64 numpy. Statistics may arrive as torch tensors or numpy arrays of any float
+Everything here is float64 numpy, except the published estimator (``reference_ntps``), reproduced in
+float32 as published. Statistics may arrive as torch tensors or numpy arrays of any float
 dtype; they are converted once at the boundary. The two subspaces are generalized eigenproblems of the form
 (M Mᵀ, B) with a possibly rank-deficient second-moment matrix B. They are solved by whitening B and
 taking an SVD of the whitened factor, never by forming M Mᵀ, because squaring the factor squares its
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -401,7 +402,8 @@ def ntps_for_layer(
     (C1 C1ᵀ, C0) with k_V = max(1, floor(f·r_V)), r_V the numerical rank of the autoregressive problem, or the
     absolute ``ks`` (1 ≤ k ≤ r_V) when given. Because the columns of V are ordered, one Householder QR of V
     gives nested orthonormal bases (span Q[:, :k] = span V[:, :k]) and every k costs a cumulative sum.
-    ``reference=False`` skips the (slow, ill-posed) published selection.
+    ``reference=False`` skips the (slow, ill-posed) published estimator; with absolute ``ks`` its entries
+    for a k above its own kept rank (``reference_ntps``) are NaN.
     """
     M_xx_, M_xy_, C0_, C1_ = _layer_matrices(M_xx, M_xy, C0, C1)
     U_sub = _solve(M_xy_, M_xx_, rtol=rtol, ridge=ridge, b_name="M_xx")
@@ -441,7 +443,7 @@ def ntps_for_layer(
     ref = None
     if reference:
         ref = _reference_from_matrices(
-            M_xx_, M_xy_, C0_, C1_, fractions=frs, ks=k_list if frs is None else None
+            M_xx_, M_xy_, C0_, C1_, fractions=frs, ks=k_list if frs is None else None, strict=False
         )
     return NTPSResult(
         fractions=frs,
@@ -458,34 +460,49 @@ def ntps_for_layer(
 # --------------------------------------------------------------------------------------------------
 # the published selection
 
+# Absolute eigenvalue cut-off of the published whitening (K_sweep.py, nullspace_eig_generalized: tol=1e-8).
+_PUBLISHED_TOL = 1e-8
+# The published default sweep is np.arange(0.05, 1.0, 0.05), whose floats carry arange's rounding
+# (0.7000000000000001, …); int(f·r) turns that into one more column for some ranks (0.7·180 → 126, not 125).
+# Fractions of DEFAULT_FRACTIONS are therefore replaced by the published floats.
+_PUBLISHED_SWEEP: dict[float, float] = {
+    f: float(a) for f, a in zip(DEFAULT_FRACTIONS, np.arange(0.05, 1.0, 0.05), strict=True)
+}
 
-def _published_eigh(A: np.ndarray, B: np.ndarray, on_singular: str, name: str) -> np.ndarray:
-    """scipy.linalg.eigh(A, B) as the published code calls it; a ridge only if the Cholesky of B fails.
 
-    The published code simply crashes when B is singular (N < d, dead units). Here, with on_singular="ridge",
-    the smallest ridge of the form 10^j·eps·trace(B)·I, j = 0, 1, 2, …, for which scipy succeeds is added
-    to B; with "raise" a PerceptAlignError is raised instead.
+def _float32(name: str, M: np.ndarray) -> np.ndarray:
+    """The float32 copy the published code works on; refuse values float32 cannot hold."""
+    with np.errstate(over="ignore"):  # reported below, with the fix
+        out = M.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise PerceptAlignError(
+            f"`{name}` overflows float32 (largest |entry| {float(np.max(np.abs(M))):.3g}), and the published "
+            "NTPS computes in float32; rescale the hidden states or use the default NTPS."
+        )
+    return out
+
+
+def _published_solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The published null-space generalized solver, in float32: X = W·y with W = Q_r·diag(λ_r^{-1/2}) over
+    the eigenpairs of B with λ > 1e-8 (absolute), y the ascending eigenvectors of Wᵀ A W; r = X.shape[1].
+
+    The same calls in the same order as the published code (eigh, inv of the diagonal, matmuls), so the
+    float32 rounding is reproduced too.
     """
-    try:
-        return scipy.linalg.eigh(A, B)[1]
-    except np.linalg.LinAlgError:
-        if on_singular == "raise":
-            raise PerceptAlignError(
-                f"{name} is singular, so the published solver scipy.linalg.eigh(A, B) "
-                "fails; use the default NTPS, or on_singular='ridge'."
-            ) from None
-    tr = float(np.trace(B))
-    if tr <= 0:
-        raise PerceptAlignError(f"{name} is zero; the statistics hold no data.")
-    for j in range(0, 17):
-        try:
-            return scipy.linalg.eigh(A, B + (10.0**j * _EPS * tr) * np.eye(B.shape[0]))[1]
-        except np.linalg.LinAlgError:
-            continue
-    raise PerceptAlignError(
-        f"{name} stays non-positive-definite even with a ridge of 2·trace(B); it is "
-        "not a second-moment matrix."
-    )
+    lam, Q = scipy.linalg.eigh(B)
+    keep = lam > _PUBLISHED_TOL
+    if not np.any(keep):  # nothing survives the cut-off: an empty basis, so every score is 0/0 or 0
+        return np.zeros((B.shape[0], 0), dtype=B.dtype)
+    W = Q[:, keep] @ np.linalg.inv(np.sqrt(np.diag(lam[keep])))
+    _, y = scipy.linalg.eigh(W.T @ A @ W)
+    return W @ y
+
+
+def _published_score(U_k: np.ndarray, V_k: np.ndarray) -> float:
+    """‖P U_k‖²_F / ‖U_k‖²_F with P = V_k·pinv(V_k), in float32 as published (empty U_k: 0/0 = NaN)."""
+    P = V_k @ np.linalg.pinv(V_k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.linalg.norm(P @ U_k, "fro") ** 2 / np.linalg.norm(U_k, "fro") ** 2)
 
 
 def _reference_from_matrices(
@@ -496,27 +513,43 @@ def _reference_from_matrices(
     *,
     fractions: Sequence[float] | None,
     ks: Sequence[int] | None,
-    on_singular: str = "ridge",
+    strict: bool = True,
 ) -> np.ndarray:
-    d = M_xx.shape[0]
+    """The published scores for each fraction (or absolute k); ``strict=False`` gives NaN for a k beyond
+    the published kept rank r_V instead of raising (``ntps_for_layer`` validates ks against its own rank)."""
+    Mxx, Mxy = _float32("M_xx", M_xx), _float32("M_xy", M_xy)
+    B0, B1 = _float32("C0", C0), _float32("C1", C1)
+    U = _published_solve(Mxy @ Mxy.T, Mxx)
+    V = _published_solve(B1 @ B1.T, B0)
+    r_u, r_v = U.shape[1], V.shape[1]
     if ks is None:
-        # int(f·d) truncation as in the published code (so 0.29·100 → 28); an empty selection gives 0/0 = NaN.
-        k_list = [int(f * d) for f in _validate_fractions(fractions or ())]
+        fr = [_PUBLISHED_SWEEP.get(f, f) for f in _validate_fractions(fractions or ())]
+        pairs: list[tuple[int, int] | None] = [(int(f * r_u), int(f * r_v)) for f in fr]
     else:
-        k_list = [int(k) for k in ks]
-        if any(not 1 <= k <= d for k in k_list):
-            raise PerceptAlignError(f"reference ks must lie in 1..{d}, got {list(ks)}.")
-    U_all = _published_eigh(M_xy @ M_xy.T, M_xx, on_singular, "M_xx")
-    V_all = _published_eigh(C1 @ C1.T, C0, on_singular, "C0")
-    # The B-orthonormal columns of V_all are independent, so one QR gives nested bases of every V[:, :k]
-    # and ‖P_{V_k} U_k‖² is the leading k×k block sum of (Qᵀ U_all)²: one QR for all fractions, not one each.
-    Q, _ = scipy.linalg.qr(V_all, mode="economic", check_finite=False)
-    block = np.cumsum(np.cumsum((Q.T @ U_all) ** 2, axis=0), axis=1)
-    u_energy = np.cumsum(np.sum(U_all**2, axis=0))
-    out = np.full(len(k_list), np.nan)
-    for i, k in enumerate(k_list):
-        if k > 0:
-            out[i] = min(1.0, float(block[k - 1, k - 1]) / float(u_energy[k - 1]))
+        pairs = []
+        for k in ks:
+            if isinstance(k, bool) or not float(k).is_integer():
+                raise PerceptAlignError(f"ks must be integers, got {k!r}.")
+            k_int = int(k)
+            if 1 <= k_int <= r_v:
+                pairs.append((min(k_int, r_u), k_int))
+            elif strict or k_int < 1:
+                raise PerceptAlignError(
+                    f"`ks` contains {k_int}, outside 1..{r_v}: the published solver keeps r_V = {r_v} "
+                    "eigenvalues of C0 above its absolute cut-off 1e-8. Pass ks within that range."
+                )
+            else:
+                pairs.append(None)
+        if not pairs:
+            raise PerceptAlignError("ks is empty; pass at least one k ≥ 1 (or use fractions).")
+    cache: dict[tuple[int, int], float] = {}
+    out = np.full(len(pairs), np.nan)
+    for i, pair in enumerate(pairs):
+        if pair is None:
+            continue
+        if pair not in cache:
+            cache[pair] = _published_score(U[:, : pair[0]], V[:, : pair[1]])
+        out[i] = cache[pair]
     return out
 
 
@@ -528,27 +561,41 @@ def reference_ntps(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     *,
     ks: Sequence[int] | None = None,
-    on_singular: Literal["ridge", "raise"] = "ridge",
 ) -> np.ndarray:
-    """PUBLISHED (ill-posed) NTPS selection, reproduced only to compare with published numbers.
+    """The PUBLISHED NTPS estimator (Cheng et al. 2025, K_sweep.py, dense path), reproduced exactly so that
+    published numbers can be compared; do not use it to rank layers or models.
 
-    scipy.linalg.eigh(A, B) with A = M_xy M_xyᵀ and C1 C1ᵀ formed explicitly returns ASCENDING eigenvalues,
-    and the published code takes the FIRST int(f·d) columns of each — the BOTTOM of both spectra, U and V
-    at the same fraction f of d — then scores ‖P_V U‖²/‖U‖². Since rank(M_xy M_xyᵀ) ≤ C, those U columns
-    are an arbitrary basis of the degenerate null space chosen by LAPACK's rounding: a 1e-8 relative change
-    of M_xy moved it by up to 0.04 on random d = 96, C = 2 statistics (the default NTPS moved by 7e-9).
-    Do not use it to rank layers or models. Absolute ``ks`` select the first k columns of both. Fractions
-    with int(f·d) = 0 give NaN (0/0, as published).
+    Steps, all in float32 as published: for (A, B) = (M_xy M_xyᵀ, M_xx) → U and (C1 C1ᵀ, C0) → V, B is
+    eigendecomposed, eigenvalues ≤ 1e-8 (absolute) are dropped, the r kept ones whitened
+    (W = Q_r diag(λ_r^{-1/2})), and X = W y with y the ascending eigenvectors of Wᵀ A W; r_U, r_V are the
+    kept ranks (the column counts of U and V).
+    For each fraction f: U_k = the first int(f·r_U) columns of U, V_k = the first int(f·r_V) of V,
+    P = V_k pinv(V_k), score = ‖P U_k‖²_F / ‖U_k‖²_F. int(f·r_U) = 0 gives NaN (0/0, as published);
+    int(f·r_V) = 0 with a non-empty U_k gives 0 (P = 0). Not clipped to [0, 1], as published: float32
+    rounding can put a score a few ulps above 1. Fractions of ``DEFAULT_FRACTIONS`` are evaluated
+    at the published np.arange floats (0.7 as 0.7000000000000001), so int(f·r) matches column for column.
+    Absolute ``ks`` (not in the published code) take the first k columns of both, 1 ≤ k ≤ r_V; a k above
+    r_U takes all r_U columns of U (what the published slicing U[:, :k] does).
 
-    Singular B (N < d, dead units): the published code crashes in scipy's Cholesky. With
-    ``on_singular="ridge"`` (default) the smallest ridge 10^j·eps·trace(B)·I, j = 0, 1, 2, …, for which
-    scipy succeeds is added to that B only (non-singular B are untouched); ``"raise"`` raises instead.
+    Known defects, which is why the default NTPS (``ntps_for_layer``) exists:
+
+    * Bottom of both spectra. eigh is ascending, so the first columns are the SMALLEST generalized
+      eigenvalues. M_xy M_xyᵀ has rank ≤ C, so U carries label information only in its last rank(M_xy)
+      columns; every U_k with int(f·r_U) ≤ r_U − rank(M_xy) lies inside a degenerate (zero) eigenspace whose
+      basis LAPACK picks from rounding: the score is an artefact of that arbitrary basis.
+    * The cut-off is absolute, so the estimator is not scale invariant: multiplying the hidden states by s
+      multiplies B by s² and moves eigenvalues across 1e-8, changing r_U, r_V, every int(f·r) and the score.
+    * Singular B (N < d, dead units) does NOT crash (no Cholesky; the cut-off drops what it can), but in
+      float32 its null eigenvalues come back as rounding noise of either sign, ~1e-9–1e-7·‖B‖: once
+      ‖B‖ ≳ 1 (hidden states of LLMs: ‖B‖ ≫ 1) the positive ones, up to about half, exceed 1e-8 and are
+      kept, whitened by λ^{-1/2} into large spurious directions (N = 10 texts, d = 24: r_U = 14 at unit
+      scale, the true rank 10 after scaling the hidden states by 2⁻¹⁰).
+    * float32 throughout: the degenerate eigenvectors and pinv(V_k) (condition number up to
+      (λ_max/1e-8)^{1/2}) carry float32 rounding into the score.
     """
     M_xx_, M_xy_, C0_, C1_ = _layer_matrices(M_xx, M_xy, C0, C1)
-    if on_singular not in ("ridge", "raise"):
-        raise PerceptAlignError(f"on_singular must be 'ridge' or 'raise', got {on_singular!r}.")
     return _reference_from_matrices(
-        M_xx_, M_xy_, C0_, C1_, fractions=fractions if ks is None else None, ks=ks, on_singular=on_singular
+        M_xx_, M_xy_, C0_, C1_, fractions=fractions if ks is None else None, ks=ks
     )
 
 
