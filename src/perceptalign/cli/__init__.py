@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "perceptalign.cli.ntps_train",
     "perceptalign.cli.ntps_pretrain",
     "perceptalign.cli.ntps_study",
+    "perceptalign.cli.ntps_task_study",
     "perceptalign.cli.rtify_fit",
     "perceptalign.cli.rtify_images",
     "perceptalign.cli.rtify_video",

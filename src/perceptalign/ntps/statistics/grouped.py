@@ -108,6 +108,21 @@ class GroupedStatistics:
                         into[f"layer{layer}.{key}"] += sums[f"layer{layer}.{key}"]
                     into[f"layer{layer}.M_xy"][:, c] += sums[f"layer{layer}.M_xy"][:, 0]
 
+    def add_sums(self, target: Hashable, sums: Mapping[str, Tensor]) -> None:
+        """Add raw sums (the output of :meth:`sums` for one target, e.g. saved or from another shard)."""
+        into = self._target_sums(target)
+        if set(sums) != set(into):
+            raise PerceptAlignError(
+                f"sums for {target!r} have keys {sorted(sums)}, expected {sorted(into)}; "
+                "pass the output of GroupedStatistics.sums() for the same layers."
+            )
+        for key, value in sums.items():
+            if value.shape != into[key].shape:
+                raise PerceptAlignError(
+                    f"{key} of {target!r} has shape {tuple(value.shape)}, expected {tuple(into[key].shape)}."
+                )
+            into[key] += value.to(into[key].dtype)
+
     @property
     def targets(self) -> list[Hashable]:
         """The targets that received at least one text."""
