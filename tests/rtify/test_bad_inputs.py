@@ -79,6 +79,19 @@ def _long_rt() -> pd.DataFrame:
     return frame
 
 
+def _split_typo() -> pd.DataFrame:
+    frame = _trials()
+    frame.loc[0, "split"] = "Test"  # would be silently skipped by selecting 'train' and 'test' rows
+    frame.loc[5, "split"] = "val"
+    return frame
+
+
+def _labelled_test_condition() -> pd.DataFrame:
+    frame = _trials()
+    catch = frame[frame["split"] == "test"].head(3).assign(condition="catch")
+    return pd.concat([frame, catch], ignore_index=True)
+
+
 def _missing_test_condition() -> pd.DataFrame:
     frame = _trials()
     return frame[~((frame["split"] == "test") & (frame["condition"] == 51.2))]
@@ -169,20 +182,35 @@ CASES = [
         2,
         "not a trials table (columns ['a', 'b'])",
     ),
+    (
+        "missing-correct-column",
+        _bytes("nocorrect.csv", b"split,condition,rt_s\ntrain,6.4,0.5\n"),
+        ["fit"],
+        2,
+        "It lacks 'correct'",
+    ),
+    (
+        "split-other-than-train-test",
+        _table("splits.csv", _split_typo),
+        ["fit"],
+        2,
+        "column 'split' must hold only 'train' or 'test' (exactly, lower case); 2 row(s) have 'Test', 'val'",
+    ),
+    (
+        "split-empty-cell",
+        _bytes("nosplit.csv", b"split,condition,rt_s,correct\ntrain,6.4,0.5,1\n,6.4,0.6,0\ntest,6.4,0.7,1\n"),
+        ["fit"],
+        2,
+        "1 row(s) have (empty)",
+    ),
     # 2. RT units
     ("ms-as-seconds", MS, ["fit"], 2, "reaction times look like milliseconds, not seconds (median"),
     ("ms-hint-names-flag", MS, ["fit"], 2, "--rt-unit ms"),
     ("seconds-as-ms", GOOD, ["fit", "--rt-unit", "ms"], 2, "the values look like seconds already"),
     ("bad-rt-unit", GOOD, ["fit", "--rt-unit", "min"], 2, "--rt-unit must be s or ms, got 'min'"),
     ("registered-in-ms", None, ["fit", "--data", "rdm-human", "--rt-unit", "ms"], 2, "drop --rt-unit ms"),
-    # 3. RTs beyond the window the model simulates
-    (
-        "rt-beyond-window-fit",
-        _table("long.csv", _long_rt),
-        ["fit"],
-        2,
-        "1 of 24 trials have reaction times above 2.75 s",
-    ),
+    # 3. RTs beyond the window the model simulates: fit-ww refuses them (`fit` counts them, see
+    #    test_fit_any_csv.py)
     ("rt-beyond-window-ww", _table("long.csv", _long_rt), ["fit-ww"], 2, "(longest 12.5 s)"),
     # 4. one coherence check everywhere
     (
@@ -213,6 +241,15 @@ CASES = [
         ["fit"],
         2,
         "split.csv: the test split has no trials for coherence(s) [51.2] of the train split",
+    ),
+    # ... and a labelled test-only condition, which no method of `fit` can take as input
+    (
+        "test-only-labelled-condition",
+        _table("label.csv", _labelled_test_condition),
+        ["fit"],
+        2,
+        "label.csv: column 'condition' must hold motion coherences in % (numbers), but has labels (test "
+        "split: ['catch'])",
     ),
     # 6. long simulations are refused with an estimate; bad steps before any work
     (

@@ -292,3 +292,23 @@ def test_ddm_collapsing_bound_recovery() -> None:
     # τ_B = 1 s (B·exp(−t/τ_B); PyDDM's own exponential bound takes the rate, here also 1/s).
     assert collapsing.params_["tau_B"] == pytest.approx(1.0, rel=0.4)
     assert collapsing.params_["B"] == pytest.approx(1.3, rel=0.2)
+
+
+def test_entropy_decision_time_is_continuous_on_the_common_clock() -> None:
+    # Evidence a·t at index t (the state at time t + 1 steps): the entropy crosses θ when a·(t* − 1) = L*, so
+    # the continuous decision time is t* = L*/a + 1 steps. Linear interpolation of the entropy within the
+    # crossing step errs by its curvature over one step: < 0.02 steps for these slopes (checked for a = 0.2,
+    # the most curved: 0.006).
+    slopes = np.array([0.05, 0.1, 0.2])
+    labels = np.array([0, 1, 1])
+    n_steps, theta = 60, 0.3
+    probs = _binary_probs(slopes[:, None] * np.arange(n_steps)[None, :], labels)
+    l_star = brentq(lambda x: softmax_entropy(np.array([expit(x), 1 - expit(x)])) - theta, 0.0, 20.0)
+    model = EntropyThresholdRT(dt=0.01)
+    t_star, steps, decided, _ = model.decisions(probs, theta=theta)
+    assert decided.all()
+    np.testing.assert_allclose(t_star, l_star / slopes + 1, atol=0.02)
+    assert np.all((steps <= t_star) & (t_star <= steps + 1))
+    model.theta_, model.t0_ = theta, 0.25
+    table = model.predict({1.0: probs}, {1.0: labels})
+    np.testing.assert_allclose(table["rt_s"].to_numpy(), t_star * 0.01 + 0.25, rtol=1e-12)

@@ -195,3 +195,41 @@ def test_basic_interval_reflects_the_percentile_interval_about_the_estimate() ->
     lo, hi = basic_interval(row)
     assert (lo, hi) == pytest.approx((0.02, 0.045))  # 2·0.05 − 0.08, 2·0.05 − 0.055
     assert basic_interval(pd.Series({"estimate": 0.01, "lo": 0.0, "hi": 0.05}))[0] == 0.0  # floored at 0
+
+
+def _any_csv(path: Path, *, test_coherences: tuple[float, ...], late: int = 0) -> Path:
+    """A trials CSV (split, condition, rt_s, correct); ``late`` test trials at 6.4 % get RT 3.2 s."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for split, conds in (("train", COHERENCES), ("test", test_coherences)):
+        for coh in conds:
+            rt = 0.3 + rng.gamma(2.0, 0.15, 80)
+            if split == "test" and coh == 6.4:
+                rt[:late] = 3.2
+            rows.append(
+                pd.DataFrame({"split": split, "condition": coh, "rt_s": rt, "correct": rng.random(80) < 0.8})
+            )
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+def test_fit_counts_and_reports_rts_beyond_the_window(tmp_path: Path) -> None:
+    data = _any_csv(tmp_path / "late.csv", test_coherences=COHERENCES, late=7)
+    result = _fit(data, tmp_path / "out", tmp_path / "cache", "--no-baselines")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "note: 7 test trial(s) have RTs at or beyond the 2.5 s window (per coherence: {'6.4': 7})" in text
+    report = read_json(tmp_path / "out" / "fit.json")
+    assert report["data"]["rt_beyond_window"]["test"] == {"6.4": 7, "51.2": 0}
+    row = next(r for r in report["rtify"]["per_condition"] if r["condition"] == 6.4)
+    assert row["n_human"] == 80  # the late trials are scored, not dropped
+
+
+def test_fit_predicts_a_test_coherence_without_training_trials(tmp_path: Path) -> None:
+    data = _any_csv(tmp_path / "unseen.csv", test_coherences=(6.4, 25.6, 51.2))
+    result = _fit(data, tmp_path / "out", tmp_path / "cache", "--no-baselines")
+    assert result.exit_code == 0, result.output
+    assert "note: test coherence(s) [25.6] have no training trials" in " ".join(result.output.split())
+    report = read_json(tmp_path / "out" / "fit.json")
+    assert [r["condition"] for r in report["rtify"]["per_condition"]] == [6.4, 25.6, 51.2]
+    assert report["data"]["unseen_test_conditions"] == [25.6]

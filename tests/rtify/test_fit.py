@@ -248,12 +248,15 @@ def test_self_penalty_trades_speed_for_accuracy(backbone: GRUBackbone) -> None:
 
 def test_run_fit_errors_on_bad_conditions(tmp_path: Path) -> None:
     train = pd.DataFrame({"condition": ["a", "b"], "rt_s": [0.5, 0.6], "correct": [True, False]})
-    with pytest.raises(PerceptAlignError, match="numeric coherence"):
+    with pytest.raises(PerceptAlignError, match=r"coherences in % \(numbers\), but has labels \(train split"):
         run_fit(train, train, FitConfig())
     train = pd.DataFrame({"condition": [3.2, 12.8], "rt_s": [0.5, 0.6], "correct": [True, False]})
-    test = pd.DataFrame({"condition": [51.2], "rt_s": [0.5], "correct": [True]})
-    with pytest.raises(PerceptAlignError, match="no training trials"):
-        run_fit(train, test, FitConfig())
+    test = pd.DataFrame({"condition": [3.2, 12.8, 51.2], "rt_s": [0.5, 0.6, 0.5], "correct": [True] * 3})
+    # an unseen numeric test coherence is predicted (test_fit_any_csv.py); one without a number is not
+    with pytest.raises(PerceptAlignError, match=r"has labels \(test split: \['catch'\]\)"):
+        run_fit(train, test.assign(condition=[3.2, 12.8, "catch"]), FitConfig())
+    with pytest.raises(PerceptAlignError, match=r"test split\) must be finite percentages .*got 150"):
+        run_fit(train, test.assign(condition=[3.2, 12.8, 150.0]), FitConfig())
 
 
 # ---------------------------------------------------------------- report and comparison

@@ -13,11 +13,14 @@ import pytest
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.trials import (
     RT_DATASETS,
+    censor_beyond,
+    check_split_column,
     conditions,
     load_rt_dataset,
     load_trials_csv,
     normalise_conditions,
     packaged_data_path,
+    rt_beyond,
     split_trials,
     trials_from_signed_rt,
     validate_trials,
@@ -183,6 +186,34 @@ def test_split_trials_and_conditions() -> None:
         split_trials(validate_trials(_table()), "train")
     assert conditions(trials) == [1.0, 2.0]
     assert normalise_conditions([1, "2.5"]) == [1.0, 2.5]
+
+
+def test_split_column_holds_only_train_and_test() -> None:
+    check_split_column(_table(split=["train", "test", "train"]))
+    # 'Test' and a blank would each be skipped silently by split_trials(…, 'train' / 'test')
+    bad = _table(split=["train", "Test", None])
+    with pytest.raises(PerceptAlignError, match=r"2 row\(s\) have 'Test', \(empty\):\n") as err:
+        check_split_column(bad, name="f.csv")
+    assert str(err.value).startswith("f.csv: column 'split' must hold only 'train' or 'test'")
+    assert "Relabel them" in str(err.value) and "0    train" not in str(err.value)  # only bad rows shown
+    with pytest.raises(PerceptAlignError, match="no 'split' column; add one with the values train, test"):
+        check_split_column(_table())
+
+
+def test_rts_at_or_beyond_a_window_are_counted_and_censored() -> None:
+    table = _table(rt_s=[0.5, 2.5, 3.1])  # conditions 1, 1, 2
+    assert rt_beyond(table, 2.5).to_dict() == {1.0: 1, 2.0: 1}  # "at" counts: no model responds at 2.5 s
+    assert rt_beyond(table, 10.0).to_dict() == {1.0: 0, 2.0: 0}
+    censored = censor_beyond(table, 2.5)
+    assert censored["decided"].tolist() == [True, False, False]
+    assert censored["rt_s"].tolist() == [0.5, 2.5, 2.5]  # the censoring time, as model tables have it
+    assert censored["correct"].tolist() == table["correct"].tolist()
+    # a trial that was undecided already stays undecided
+    assert censor_beyond(table.assign(decided=[False, True, True]), 9.0)["decided"].tolist() == [
+        False,
+        True,
+        True,
+    ]
 
 
 def test_rdm_human_dataset() -> None:

@@ -37,12 +37,28 @@ RTUnitOption = Annotated[
 
 
 def load_splits(
-    data: str, data_path: Path | None, rt_unit: str = "s", windows: Sequence[FitConfig] = ()
+    data: str,
+    data_path: Path | None,
+    rt_unit: str = "s",
+    windows: Sequence[FitConfig] = (),
+    *,
+    unseen_test_conditions: bool = False,
 ):  # -> tuple[DataFrame, DataFrame]
-    """The train and test splits of ``--data``, checked against each other (same coherences, in range)
-    and against the RT window of each fit setting in ``windows``, before any progress bar or work."""
+    """The train and test splits of ``--data``, checked before any progress bar or work.
+
+    Every row must be labelled train or test. The splits are checked against each other: numeric
+    coherences in range, each training coherence tested, and each test coherence trained unless
+    ``unseen_test_conditions`` (what `rtify fit` allows, see ``fit_conditions``). RTs are refused beyond
+    the window of each fit setting in ``windows`` (commands that cannot count them yet)."""
     from perceptalign.rtify.experiments.rdm import check_human_window, check_split_tables
-    from perceptalign.rtify.trials import RT_DATASETS, RT_UNITS, load_rt_dataset, split_trials
+    from perceptalign.rtify.experiments.rdm.fit_experiment import fit_conditions
+    from perceptalign.rtify.trials import (
+        RT_DATASETS,
+        RT_UNITS,
+        check_split_column,
+        load_rt_dataset,
+        split_trials,
+    )
 
     if rt_unit not in RT_UNITS:
         raise PerceptAlignError(f"--rt-unit must be s or ms, got {rt_unit!r}.")
@@ -63,9 +79,13 @@ def load_splits(
             f"{data}: the table has no 'split' column; RTify fits on 'train' and evaluates on 'test' trials, "
             "so add a split column with those values."
         )
-    train, test = split_trials(table, "train"), split_trials(table, "test")
     source = Path(data).name if data not in RT_DATASETS else data
-    check_split_tables(train, test, source=source)
+    check_split_column(table, name=source)
+    train, test = split_trials(table, "train"), split_trials(table, "test")
+    if unseen_test_conditions:
+        fit_conditions(train, test, source=source)
+    else:
+        check_split_tables(train, test, source=source)
     for config in windows:
         check_human_window(train, config, name=f"{source}: human training trials")
         check_human_window(test, config, name=f"{source}: human test trials")
@@ -77,7 +97,13 @@ def fit(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (fit.json and figures).")],
     data: Annotated[
         str,
-        typer.Option("--data", help="Registered dataset name (rdm-human) or a CSV path with a split column."),
+        typer.Option(
+            "--data",
+            help="Registered dataset name (rdm-human) or a CSV path with a split column (train/test). A "
+            "test coherence without training trials is predicted by every method from the coherence "
+            "(labelled, non-numeric conditions are refused: no method can take them). RTs beyond the "
+            "2.5 s window are kept and counted (per condition in fit.json), not dropped.",
+        ),
     ] = "rdm-human",
     model: Annotated[
         str, typer.Option("--model", help="Backbone: gru (abstract RDM evidence task).")
@@ -155,7 +181,7 @@ def fit(
             seed=seed,
         )
         gru = GRUTrainConfig(hidden_size=hidden_size, steps=gru_steps, seed=seed)
-        human_train, human_test = load_splits(data, data_path, rt_unit, windows=[config])
+        human_train, human_test = load_splits(data, data_path, rt_unit, unseen_test_conditions=True)
         ensure_output_dir(out)
         if cache is not None:
             ensure_output_dir(cache, label="`cache`")
@@ -177,9 +203,22 @@ def fit(
     title = f"RTify ({objective}, loss {loss}) vs human test trials" + (f", seed {seed}" if seeds > 1 else "")
     table = fit_table(report, title=title)
     console.print(table)
+    for note in report_notes(report):
+        console.print(f"note: {note}", markup=False)
     runtime = ", ".join(f"{k} {v:.1f} s" for k, v in report["runtime_s"].items())
     console.print(f"runtime: {runtime}")
     console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def report_notes(report: dict) -> list[str]:
+    """The notes of a fit.json (data, then per method), for the terminal."""
+    from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS
+
+    notes = list(report.get("data", {}).get("notes", []))
+    entries = [(report["model"], report["rtify"]), *report.get("baselines", {}).items()]
+    for name, entry in entries:
+        notes += [f"{METHOD_LABELS.get(name, name)}: {n}" for n in entry.get("notes", [])]
+    return notes
 
 
 #: Method names short enough for an 80-column terminal (the files keep the long ones).

@@ -188,7 +188,8 @@ def entropy_crossing_steps(entropy: np.ndarray, thresholds: np.ndarray) -> np.nd
 
 
 class EntropyThresholdRT:
-    """RT = first time step at which the softmax entropy falls below θ_H, times ``dt``, plus t₀.
+    """RT = t*·dt + t₀, t* the continuous time at which the softmax entropy falls below θ_H (the crossing
+    interpolated within its step, entropy log C before any evidence, as for every method).
 
     Trials whose entropy never falls below θ_H get step T−1 and ``decided=False``; the choice is the
     argmax class at the decision step. ``fit`` chooses θ_H (and t₀ unless ``fit_t0=False``) minimising the
@@ -233,19 +234,17 @@ class EntropyThresholdRT:
 
     def _loss_grid(
         self,
-        data: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, _BinnedObjective]],
+        data: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, _BinnedObjective]],
         thetas: np.ndarray,
         t0s: np.ndarray,
     ) -> np.ndarray:
         """Summed objective for every (θ, t₀) pair: shape (len(thetas), len(t0s))."""
         loss = np.zeros((len(thetas), len(t0s)))
-        for entropy, correct_at, _, n_steps, objective in data:
-            steps = entropy_crossing_steps(entropy, thetas)
-            decided = steps < n_steps
-            steps = np.minimum(steps, n_steps - 1)
+        for entropy, correct_at, _, initial, objective in data:
+            t_star, steps, decided = _uncertainty_crossings(entropy, thetas, initial)
             correct = np.take_along_axis(correct_at, steps, axis=1)
             for g in range(len(thetas)):
-                rt0 = steps[decided[:, g], g] * self.dt
+                rt0 = t_star[decided[:, g], g] * self.dt
                 sign = np.where(correct[decided[:, g], g], 1.0, -1.0)
                 for j, t0 in enumerate(t0s):
                     loss[g, j] += objective(sign * (rt0 + t0), len(entropy))
@@ -308,7 +307,7 @@ class EntropyThresholdRT:
         probs_by_condition: Mapping[Any, Any],
         human_train: pd.DataFrame,
         labels_by_condition: Mapping[Any, Any],
-    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, int, _BinnedObjective]], dict]:
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, float, _BinnedObjective]], dict]:
         inputs = _paired_inputs(probs_by_condition, labels_by_condition, _check_probs, "probabilities")
         human = _human_by_condition(human_train, list(inputs))
         data = []
@@ -316,7 +315,8 @@ class EntropyThresholdRT:
             entropy = softmax_entropy(probs)
             correct_at = probs.argmax(-1) == labels[:, None]
             objective = _BinnedObjective(human[cond], self.objective, self.n_bins, self.lo, self.hi)
-            data.append((entropy, correct_at, labels, probs.shape[1], objective))
+            # The entropy before any evidence is that of the uniform distribution, log C.
+            data.append((entropy, correct_at, labels, math.log(probs.shape[2]), objective))
         return data, human
 
     def objective_value(
@@ -346,6 +346,20 @@ class EntropyThresholdRT:
         choice = p[np.arange(p.shape[0]), steps].argmax(-1)
         return steps, decided, choice
 
+    def decisions(
+        self, probs: Any, theta: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(t*, step, decided, choice) per trial: t* the continuous crossing time in steps
+        (:func:`_uncertainty_crossings`, entropy log C before any evidence); choice at the decision step."""
+        p = _check_probs(probs, "probabilities")
+        theta = self._fitted("theta_") if theta is None else theta
+        t_star, steps, decided = _uncertainty_crossings(
+            softmax_entropy(p), np.array([theta]), math.log(p.shape[2])
+        )
+        steps, decided = steps[:, 0], decided[:, 0]
+        choice = p[np.arange(p.shape[0]), steps].argmax(-1)
+        return t_star[:, 0], steps, decided, choice
+
     def predict(
         self, probs_by_condition: Mapping[Any, Any], labels_by_condition: Mapping[Any, Any]
     ) -> pd.DataFrame:
@@ -354,8 +368,8 @@ class EntropyThresholdRT:
         inputs = _paired_inputs(probs_by_condition, labels_by_condition, _check_probs, "probabilities")
         tables = []
         for cond, (probs, labels) in inputs.items():
-            steps, decided, choice = self.decision_steps(probs, theta)
-            tables.append(_trials_table(cond, steps * self.dt + t0, choice == labels, decided))
+            t_star, _, decided, choice = self.decisions(probs, theta)
+            tables.append(_trials_table(cond, t_star * self.dt + t0, choice == labels, decided))
         return _concat_tables(tables)
 
     def _fitted(self, attr: str) -> float:
@@ -392,20 +406,25 @@ def evidential_uncertainty(alpha: Any) -> np.ndarray:
     return a.shape[-1] / a.sum(axis=-1)
 
 
-def _uncertainty_crossings(u: np.ndarray, thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(t*, s, decided), each (N, len(thetas)), for uncertainties u (N, T) against thresholds θ ≤ 1.
+def _uncertainty_crossings(
+    u: np.ndarray, thetas: np.ndarray, initial: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t*, s, decided), each (N, len(thetas)), for uncertainties u (N, T) against thresholds θ ≤ ``initial``.
 
     s is the first step with u_s < θ (T − 1 where there is none); t* (in steps, state s at time s + 1)
-    interpolates linearly between u_{s−1} (u_{−1} := 1, total uncertainty before any evidence) and u_s:
+    interpolates linearly between u_{s−1} (u_{−1} := ``initial``, the uncertainty before any evidence: 1 for
+    the evidential u = K/Σα, log C for the softmax entropy) and u_s:
     t* = s + (u_{s−1} − θ) / (u_{s−1} − u_s) ∈ [s, s + 1). Undecided trials get t* = T (end of stimulus).
+    This is the continuous decision time of the RTify head (``decision.crossing_time``), so every method's
+    RT is t*·dt + t₀ on the same clock.
     """
     n_steps = u.shape[1]
-    thetas = np.minimum(np.asarray(thetas, dtype=float), 1.0)
+    thetas = np.minimum(np.asarray(thetas, dtype=float), initial)
     first = entropy_crossing_steps(u, thetas)  # generic: first t with u_t < θ, T if never
     decided = first < n_steps
     steps = np.minimum(first, n_steps - 1)
     at = np.take_along_axis(u, steps, axis=1)
-    before = np.where(steps == 0, 1.0, np.take_along_axis(u, np.maximum(steps - 1, 0), axis=1))
+    before = np.where(steps == 0, initial, np.take_along_axis(u, np.maximum(steps - 1, 0), axis=1))
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.clip((before - thetas[None, :]) / (before - at), 0.0, 1.0)
     t_star = np.where(decided, steps + frac, float(n_steps))

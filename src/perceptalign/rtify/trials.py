@@ -503,12 +503,62 @@ def load_rt_dataset(
             raw = raw.assign(rt_s=_to_seconds(raw["rt_s"], rt_unit, file.name))
             table = validate_trials(raw, name=file.name)
         else:
+            missing = ", ".join(repr(c) for c in TRIAL_COLUMNS if c not in columns)
             raise PerceptAlignError(
-                f"{file.name}: not a trials table (columns {list(raw.columns)}). Use either the columns "
-                "condition, rt_s, correct (one row per trial) or coherence_pct, signed_rt_s (+RT correct, "
-                "−RT error); a split column (train/test) is optional."
+                f"{file.name}: not a trials table (columns {list(raw.columns)}). It lacks {missing}: use "
+                "either the columns condition, rt_s, correct (one row per trial) or coherence_pct, "
+                "signed_rt_s (+RT correct, −RT error); a split column (train/test) is optional."
             )
     return split_trials(table, split) if split is not None else table
+
+
+#: The split labels that RTify fits understand: fit on ``train``, score on ``test``.
+SPLITS = ("train", "test")
+
+
+def check_split_column(df: pd.DataFrame, *, allowed: Sequence[str] = SPLITS, name: str = "trials") -> None:
+    """Refuse a ``split`` column with values other than ``allowed`` (exact, lower case).
+
+    Selecting rows by split would silently drop trials labelled e.g. ``Test``, ``val`` or left empty,
+    so every such row is reported instead, with the fix.
+    """
+    if "split" not in df.columns:
+        raise PerceptAlignError(
+            f"{name}: the table has no 'split' column; add one with the values {', '.join(allowed)} "
+            "(fit on train, score on test)."
+        )
+    raw = df["split"]
+    bad = raw.isna().to_numpy() | ~raw.astype(str).isin(list(allowed)).to_numpy()
+    if bad.any():
+        values = sorted({"(empty)" if pd.isna(v) else repr(str(v)) for v in raw[bad]})
+        raise PerceptAlignError(
+            f"{name}: column 'split' must hold only {' or '.join(repr(a) for a in allowed)} (exactly, lower "
+            f"case); {int(bad.sum())} row(s) have {', '.join(values)}:\n{_show_rows(df, bad)}\n"
+            "Relabel them (e.g. as train or test) or drop them; they are not silently skipped."
+        )
+
+
+def rt_beyond(df: pd.DataFrame, window_s: float) -> pd.Series:
+    """Per condition (in :func:`conditions` order), how many trials have an RT at or beyond ``window_s``.
+
+    Such a trial is, for a model that simulates ``window_s`` seconds, a trial without a response within
+    its window; fits count it (as missing mass or a censored trial) instead of refusing or dropping it.
+    """
+    table = validate_trials(df, name="trials")
+    beyond = table["rt_s"].to_numpy(dtype=float) >= window_s
+    counts = pd.Series(beyond, index=table["condition"]).groupby(level=0, sort=False).sum()
+    return counts.reindex(conditions(table)).astype(int)
+
+
+def censor_beyond(df: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """A copy in which trials with RTs at or beyond ``window_s`` are censored: ``decided`` False and
+    ``rt_s`` = ``window_s`` (the convention of model tables for "no response within the window")."""
+    table = validate_trials(df, name="trials")
+    beyond = table["rt_s"].to_numpy(dtype=float) >= window_s
+    decided = table["decided"].to_numpy(bool) if "decided" in table.columns else np.ones(len(table), bool)
+    table["decided"] = decided & ~beyond
+    table.loc[beyond, "rt_s"] = float(window_s)
+    return table
 
 
 def split_trials(df: pd.DataFrame, split: str) -> pd.DataFrame:

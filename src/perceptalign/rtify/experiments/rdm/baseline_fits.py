@@ -15,7 +15,7 @@ from perceptalign.rtify.experiments.rdm.config import FitConfig
 from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, table_loss
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
-from perceptalign.rtify.trials import default_t0_max
+from perceptalign.rtify.trials import censor_beyond, default_t0_max
 
 
 def _probs(sim: SimulatedTrials) -> dict[float, np.ndarray]:
@@ -41,9 +41,16 @@ def run_baselines(
     t₀ box); :func:`run_fit` passes the one matching the RTify loss (histogram MSE for ``mse``, binned W1
     otherwise), so all are tuned for the same target. The evidential read-out is first trained with the
     evidential loss on the training simulations' hidden states; the DDM is fitted by maximum likelihood.
+
+    Every method is simulated at ``sim_eval``'s conditions, which may include coherences without human
+    training trials: the thresholds are shared by all coherences and the DDM's drift is k·coherence.
+    Human RTs beyond a method's window are counted, never dropped: the threshold objectives normalise by
+    all trials (late ones are missing mass), and if a training RT reaches the DDM's ``max_time_s`` the
+    DDM likelihood treats those trials as censored (P(no response within ``max_time_s``)) instead of
+    conditioning on a response; its ``notes`` then say so and it predicts undecided trials too.
     """
     from perceptalign.rtify.baselines import EntropyThresholdRT, EvidentialRT
-    from perceptalign.rtify.ddm import fit_ddm_variants
+    from perceptalign.rtify.ddm import DDM_VARIANTS, fit_ddm_variants
 
     labels_train = sim_train.by_condition(sim_train.labels.numpy())
     labels_eval = sim_eval.by_condition(sim_eval.labels.numpy())
@@ -92,12 +99,28 @@ def run_baselines(
     start = time.perf_counter()
     reuse = reuse or {}
     n_eval = len(sim_eval) // len(sim_eval.conditions)
+    # PyDDM solves up to max_time_s; a human RT there or later is a trial without a response in that time.
+    ddm_window = min(cfg.max_time_s for cfg in DDM_VARIANTS.values())
+    ddm_train = censor_beyond(human_train, ddm_window)
+    n_censored = int((~ddm_train["decided"]).sum())
+    overrides: dict[str, Any] = {"seed": seed}
+    if n_censored:
+        overrides["condition_on_response"] = False
     if "ddm" in reuse and "ddm-simple" in reuse:
         strong, simple, selection = reuse["ddm"], reuse["ddm-simple"], reuse.get("ddm-selection")
     else:
         # Every variant on the training trials only, in the same t₀ box; BIC picks the strong DDM.
-        chosen = fit_ddm_variants(human_train, t0_max=t0_max, overrides={"seed": seed})
+        chosen = fit_ddm_variants(ddm_train, t0_max=t0_max, overrides=overrides)
         strong, simple, selection = chosen.best, chosen.fits["simple"], chosen.table
+    ddm_notes = (
+        [
+            f"{n_censored} training trial(s) with RTs at or beyond max_time_s = {ddm_window:g} s entered the "
+            "likelihood as censored (no response within max_time_s), so the DDM also predicts undecided "
+            "trials (see no_decision_rate)."
+        ]
+        if n_censored
+        else []
+    )
     seconds = time.perf_counter() - start
     for name, model in (("ddm", strong), ("ddm-simple", simple)):
         out[name] = {
@@ -106,6 +129,7 @@ def run_baselines(
             "n_params": model.n_params,
             "estimator": model,
             "seconds": seconds if name == "ddm" else 0.0,
+            "notes": ddm_notes,
         }
     out["ddm"]["params"]["variant"] = str(selection.loc[selection["selected"], "variant"].iloc[0])
     out["ddm"]["selection"] = json_records(selection)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from perceptalign.rtify.experiments.rdm.human_fit import (
     fit_head_to_human,
     head_sample,
     predict_table,
+    rt_window_s,
 )
 from perceptalign.rtify.experiments.rdm.self_penalised import train_self_penalised
 from perceptalign.rtify.experiments.rdm.simulated_trials import simulate
@@ -29,7 +30,7 @@ from perceptalign.rtify.experiments.rdm.task import (
     load_or_train_gru,
 )
 from perceptalign.rtify.heads import RTifyHead
-from perceptalign.rtify.trials import check_coherences, default_t0_max, validate_trials
+from perceptalign.rtify.trials import check_coherences, default_t0_max, rt_beyond, validate_trials
 from perceptalign.rtify.trials import conditions as table_conditions
 
 
@@ -43,31 +44,37 @@ class FitResult:
     fitted: dict[str, Any] = field(default_factory=dict)  # seed-independent fits (DDMs) to reuse
 
 
-def check_split_tables(
-    human_train: pd.DataFrame, human_test: pd.DataFrame, *, source: str = ""
-) -> list[float]:
-    """Validated numeric (coherence %) conditions of the training split; the test split must have the same.
+def _coherence_splits(
+    human_train: pd.DataFrame, human_test: pd.DataFrame, prefix: str
+) -> tuple[list[float], list[float]]:
+    """Sorted coherences (%) of each split; a labelled (non-numeric) condition is refused, naming its split.
 
-    ``source`` (e.g. the data file) starts the messages. Every training coherence is evaluated on the
-    test split and every test coherence needs a fit, so both splits must hold the same coherences.
+    The model of every method takes the condition as a number (the GRU's stimulus strength, the DDM's
+    drift k·coherence) and none has per-condition parameters a label could get, so no method can score a
+    labelled condition: the error comes before any fitting.
     """
-    prefix = f"{source}: " if source else ""
     train = validate_trials(human_train, name=f"{prefix}human training trials")
     test = validate_trials(human_test, name=f"{prefix}human test trials")
-    conds = table_conditions(train)
-    if any(isinstance(c, str) for c in conds):
+    labels = {}
+    for split, table in (("train", train), ("test", test)):
+        values = pd.Series(table["condition"].unique())
+        bad = values[pd.to_numeric(values, errors="coerce").isna()].astype(str).tolist()
+        if bad:
+            labels[split] = sorted(bad)
+    if labels:
+        where = "; ".join(f"{split} split: {values}" for split, values in labels.items())
         raise PerceptAlignError(
-            f"{prefix}the RDM task needs numeric coherence conditions (in %), got {conds}; relabel the "
-            "conditions."
+            f"{prefix}column 'condition' must hold motion coherences in % (numbers), but has labels "
+            f"({where}). Every method of the RDM fit takes the coherence as its input (the GRU's "
+            "stimulus strength, the DDM's drift = k·coherence), so a labelled condition cannot be simulated "
+            "by any of them. Fix: replace the labels with coherences in %, or drop those trials."
         )
-    conds = check_coherences(conds, name=f"{prefix}coherence conditions")
-    test_conds = table_conditions(test)
-    missing = [c for c in test_conds if c not in conds]
-    if missing:
-        raise PerceptAlignError(
-            f"{prefix}test coherence(s) {missing} have no training trials; every test coherence needs "
-            "training trials: add them to the train split, or drop those test trials."
-        )
+    conds = check_coherences(table_conditions(train), name=f"{prefix}coherence conditions (train split)")
+    test_conds = check_coherences(table_conditions(test), name=f"{prefix}coherence conditions (test split)")
+    return [float(c) for c in conds], [float(c) for c in test_conds]
+
+
+def _check_tested(conds: list[float], test_conds: list[float], prefix: str) -> None:
     untested = [c for c in conds if c not in test_conds]
     if untested:
         raise PerceptAlignError(
@@ -75,7 +82,52 @@ def check_split_tables(
             "fitted coherence is evaluated on the test split: add test trials for them, or drop their "
             "training trials."
         )
-    return [float(c) for c in conds]
+
+
+def check_split_tables(
+    human_train: pd.DataFrame, human_test: pd.DataFrame, *, source: str = ""
+) -> list[float]:
+    """Validated numeric (coherence %) conditions of the training split; the test split must have the same.
+
+    ``source`` (e.g. the data file) starts the messages. For fits whose methods have one set of parameters
+    per training coherence (every test coherence needs a fit) and are evaluated on every one of them.
+    :func:`run_fit` itself uses :func:`fit_conditions`, which accepts unseen test coherences.
+    """
+    prefix = f"{source}: " if source else ""
+    conds, test_conds = _coherence_splits(human_train, human_test, prefix)
+    missing = [c for c in test_conds if c not in conds]
+    if missing:
+        raise PerceptAlignError(
+            f"{prefix}test coherence(s) {missing} have no training trials; every test coherence needs "
+            "training trials: add them to the train split, or drop those test trials."
+        )
+    _check_tested(conds, test_conds, prefix)
+    return conds
+
+
+@dataclass(frozen=True)
+class FitConditions:
+    """Coherences of an `rtify fit`: fitted (train split), scored (test split), and the scored ones that
+    have no training trials (predicted from the coherence alone)."""
+
+    train: list[float]
+    test: list[float]
+    unseen: list[float]
+
+
+def fit_conditions(human_train: pd.DataFrame, human_test: pd.DataFrame, *, source: str = "") -> FitConditions:
+    """The coherences of :func:`run_fit`, checked before any work.
+
+    A test coherence absent from the train split is accepted: every method maps the coherence to its
+    input (the GRU sees a stimulus of that strength, which the RTify head and the entropy and evidential
+    read-outs decide on; the DDMs' drift is k·coherence), so each predicts it with the parameters fitted on
+    the other coherences. Refused, naming the values: labelled (non-numeric) conditions, which no method
+    can take; coherences outside [0, 100] %; and training coherences without test trials (nothing to score).
+    """
+    prefix = f"{source}: " if source else ""
+    conds, test_conds = _coherence_splits(human_train, human_test, prefix)
+    _check_tested(conds, test_conds, prefix)
+    return FitConditions(conds, test_conds, [c for c in test_conds if c not in conds])
 
 
 def run_fit(
@@ -91,18 +143,33 @@ def run_fit(
     progress: PhaseStatusCallback | None = None,
 ) -> FitResult:
     """Train (or load) the GRU, fit the RTify head (human or self-penalty objective), fit the baselines,
-    and evaluate every method on ``human_test``. The task's coherences are the human conditions.
+    and evaluate every method on ``human_test``.
+
+    The GRU is trained, and every method fitted, on the training coherences; every method is then
+    simulated at the test coherences, including test coherences without training trials (see
+    :func:`fit_conditions`; the report lists them under ``data.unseen_test_conditions`` and in
+    ``data.notes``). Human RTs at or beyond the fit's window (:func:`rt_window_s`) are kept and counted,
+    never dropped: they are missing mass of the histogram objective, censored trials of the DDM likelihood,
+    and responses that W1 and KS compare with the model's (so a model that never responds that late scores
+    worse); ``data.rt_beyond_window`` gives their number per split and condition.
 
     ``reuse`` holds seed-independent fits of an earlier run on the same training trials (the DDMs,
     from ``FitResult.fitted``), which are then only resimulated."""
-    conds = check_split_tables(human_train, human_test)
+    split = fit_conditions(human_train, human_test)
+    conds, test_conds = split.train, split.test
     # Human targets first: bad human data must stop the run before the GRU is trained.
-    targets_train = HumanTargets.from_table(human_train, conds, config, name="human training trials")
-    targets_test = HumanTargets.from_table(human_test, conds, config, name="human test trials")
+    targets_train = HumanTargets.from_table(
+        human_train, conds, config, name="human training trials", beyond_window="count"
+    )
+    targets_test = HumanTargets.from_table(
+        human_test, test_conds, config, name="human test trials", beyond_window="count"
+    )
     task = task or RDMTaskConfig()
     task = RDMTaskConfig(
         coherences=tuple(conds), dt=task.dt, n_steps=task.n_steps, gain=task.gain, noise=task.noise
     )
+    # The same stream at the scored coherences (the same trials as before when both splits agree).
+    eval_task = replace(task, coherences=tuple(test_conds))
     gru = gru or GRUTrainConfig(seed=config.seed)
     runtime: dict[str, float] = {}
     torch.manual_seed(config.seed)
@@ -120,7 +187,7 @@ def run_fit(
 
     start = time.perf_counter()
     sim_train = simulate(backbone, task, config.n_train, seed=config.seed + 101)
-    sim_eval = simulate(backbone, task, config.n_eval, seed=config.seed + 202)
+    sim_eval = simulate(backbone, eval_task, config.n_eval, seed=config.seed + 202)
     runtime["simulate"] = time.perf_counter() - start
     gru_accuracy = {
         c: float(
@@ -131,7 +198,7 @@ def run_fit(
             .float()
             .mean()
         )
-        for k, c in enumerate(conds)
+        for k, c in enumerate(test_conds)
     }
 
     t0_box = default_t0_max(human_train)
@@ -189,11 +256,18 @@ def run_fit(
                 result_fitted[f"{name}-selection"] = item["estimator_selection"]
             if "selection" in item:
                 report["selection"] = item["selection"]
+            if item.get("notes"):
+                report["notes"] = item["notes"]
             report["fit_seconds"] = item["seconds"]
             baseline_reports[name] = report
             tables[name] = item["table"]
         runtime["baselines"] = time.perf_counter() - start
 
+    window = rt_window_s(config)
+    beyond = {
+        name: {str(c): int(n) for c, n in rt_beyond(table_, window).items()}
+        for name, table_ in (("train", human_train), ("test", human_test))
+    }
     stride = max(1, len(history) // 100)
     report = {
         "version": 1,
@@ -206,10 +280,15 @@ def run_fit(
             "t0_max_s": t0_box,
         },
         "data": {
-            "conditions": conds,
+            "conditions": test_conds,
+            "train_conditions": conds,
+            "unseen_test_conditions": split.unseen,
             "n_train": len(human_train),
             "n_test": len(human_test),
             "human_train_accuracy": dict(zip(map(str, conds), targets_train.accuracy.tolist(), strict=True)),
+            "rt_window_s": window,
+            "rt_beyond_window": beyond,
+            "notes": data_notes(split, beyond, window),
         },
         "gru": {**gru_info, "final_step_accuracy": {str(c): a for c, a in gru_accuracy.items()}},
         "rtify": model_eval,
@@ -218,6 +297,30 @@ def run_fit(
         "runtime_s": {**runtime, "total": float(sum(runtime.values()))},
     }
     return FitResult(report=report, tables=tables, head=head, fitted=result_fitted)
+
+
+def data_notes(split: FitConditions, beyond: dict[str, dict[str, int]], window: float) -> list[str]:
+    """Plain-language notes on what the scores of a fit mean for this data (written to fit.json)."""
+    notes = []
+    if split.unseen:
+        notes.append(
+            f"test coherence(s) {split.unseen} have no training trials: every method predicts them from "
+            "the coherence alone (GRU stimulus strength; DDM drift = k·coherence), with the parameters "
+            "fitted on the training coherences, so their scores measure generalisation."
+        )
+    counted = {
+        "train": "they are missing mass of the fitting objective and censored trials of the DDM likelihood",
+        "test": "they are missing mass of the test loss, and W1 and KS compare them with the model's RTs, "
+        "so a model that never responds that late scores worse",
+    }
+    for name, counts in beyond.items():
+        late = {c: n for c, n in counts.items() if n}
+        if late:
+            notes.append(
+                f"{sum(late.values())} {name} trial(s) have RTs at or beyond the {window:g} s window (per "
+                f"coherence: {late}), beyond what the fits see: {counted[name]} (none is dropped)."
+            )
+    return notes
 
 
 def write_fit_outputs(result: FitResult, human_test: pd.DataFrame, out: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -15,20 +16,33 @@ from perceptalign.rtify.experiments.rdm.config import FitConfig
 from perceptalign.rtify.experiments.rdm.decision_head import init_threshold
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
 from perceptalign.rtify.heads import RTifyHead, RTifyOutput
+from perceptalign.rtify.losses import soft_histogram
 from perceptalign.rtify.objective import RTSample, RTTargets, weighted_quantiles
-from perceptalign.rtify.trials import check_rt_window, validate_trials
+from perceptalign.rtify.trials import check_rt_window, rt_beyond, validate_trials
 
 __all__ = [
     "WINDOW_TOLERANCE",
+    "BeyondWindow",
     "HumanTargets",
     "check_human_window",
     "expected_signed_histograms",
     "fit_head_to_human",
     "head_sample",
     "predict_table",
+    "rt_window_s",
     "table_loss",
     "weighted_quantiles",
 ]
+
+
+#: What :meth:`HumanTargets.from_table` does with human RTs beyond the fit's window (:func:`rt_window_s`).
+BeyondWindow = Literal["refuse", "count"]
+
+
+def rt_window_s(config: FitConfig) -> float:
+    """The end of the fit's RT window (s): the signed-RT histograms of the objective cover [−w, w] (and
+    the DDMs are solved to 2.5 s), so an RT from w on is beyond what the fits see."""
+    return float(min(config.hi, -config.lo))
 
 
 class HumanTargets(RTTargets):
@@ -36,13 +50,58 @@ class HumanTargets(RTTargets):
 
     @classmethod
     def from_table(
-        cls, human: pd.DataFrame, conds: Sequence[float], config: FitConfig, *, name: str = "human trials"
+        cls,
+        human: pd.DataFrame,
+        conds: Sequence[float],
+        config: FitConfig,
+        *,
+        name: str = "human trials",
+        beyond_window: BeyondWindow = "refuse",
     ) -> HumanTargets:
-        """Targets of ``conds`` from a trials table; RTs beyond the fit's window are refused, not dropped."""
+        """Targets of ``conds`` from a trials table.
+
+        RTs at or beyond the fit's window (:func:`rt_window_s`) are refused (``"refuse"``, past a small
+        tolerance, see :func:`check_human_window`) or counted (``"count"``): within the window such a
+        trial has no response, exactly like an undecided model trial, so it becomes missing mass of its
+        condition's histogram (normalised by ALL its trials, as the model's are), while the accuracy and
+        RT-quantile targets keep it. Dropping it instead would let a model that never responds that late
+        look perfect.
+        """
         human = validate_trials(human, required_conditions=list(conds), name=name)
-        check_human_window(human, config, name=name)
+        if beyond_window == "refuse":
+            check_human_window(human, config, name=name)
+        elif beyond_window != "count":
+            raise PerceptAlignError(f"`beyond_window` must be 'refuse' or 'count', got {beyond_window!r}.")
         base = config.rt_loss.targets(human, list(conds), name=name)
+        if beyond_window == "count":
+            base.hist = _histograms_with_missing_mass(human, list(conds), config, base.hist)
         return cls(**vars(base))
+
+
+def _histograms_with_missing_mass(
+    human: pd.DataFrame, conds: list[float], config: FitConfig, hist: Tensor
+) -> Tensor:
+    """Rows of conditions with RTs beyond the window rebuilt from the in-window trials and scaled by their
+    share, so the late trials are missing mass; the other rows are returned unchanged (bit for bit)."""
+    window = rt_window_s(config)
+    late = rt_beyond(human, window)
+    rows = list(hist)
+    for k, cond in enumerate(conds):
+        if int(late.get(cond, 0)) == 0:
+            continue
+        sub = human[human["condition"] == cond]
+        inside = sub[sub["rt_s"] < window]
+        if len(inside) == 0:  # no response within the window at all: an all-missing histogram
+            rows[k] = torch.zeros_like(hist[k])
+            continue
+        rt = inside["rt_s"].to_numpy(dtype=float)
+        signed = torch.tensor(np.where(inside["correct"].to_numpy(bool), rt, -rt), dtype=torch.float32)
+        # built exactly like RTLoss.targets' histograms (float32 signed RTs, the loss's kernel and bins)
+        shape = soft_histogram(
+            signed, lo=config.lo, hi=config.hi, n_bins=config.n_bins, sigma=config.sigma
+        ).to(hist.dtype)
+        rows[k] = shape * (len(inside) / len(sub))
+    return torch.stack(rows)
 
 
 #: Human RTs up to this fraction beyond the fit's window are kept: the window's edge is soft (models add

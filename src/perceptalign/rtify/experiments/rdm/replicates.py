@@ -118,7 +118,12 @@ def run_fit_seeds(
         )
     model_conditions = first.tables[config.model_name]["condition"]
     n_model = {c: int((model_conditions == c).sum()) for c in first.report["data"]["conditions"]}
-    result.floor = noise_floor(human_train, human_test, n_model=n_model, seed=config.seed)
+    # A test coherence without training trials has no floor (nothing to resample); the summary shows "—".
+    trained = set(human_train["condition"])
+    floor_conditions = [c for c in pd.unique(human_test["condition"]) if c in trained]
+    result.floor = noise_floor(
+        human_train, human_test, n_model=n_model, seed=config.seed, conditions=floor_conditions
+    )
     return result
 
 
