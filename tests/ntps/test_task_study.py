@@ -163,7 +163,37 @@ def test_analysis_finds_a_planted_association_and_not_a_null():
 def test_deviations_name_what_differs_from_the_preregistration():
     prereg = json.loads((REPO / "results/ntps-task-study/preregistration.json").read_text())
     config = TaskStudyConfig()
-    assert deviations(config, prereg) == []
+    # The planned secondary tests (scratch LMs, LoRA gain) are not part of this run and say so.
+    assert [d.split()[0] for d in deviations(config, prereg)] == ["S2", "S3"]
     changed = replace(config, layer=12, tasks=(*TASKS, "rt-3way"))
     found = deviations(changed, prereg)
     assert any("layer" in d for d in found) and any("tasks" in d for d in found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["debates-party", "chatterbot-6way"])
+def test_ntps_score_reproduces_the_committed_study(task, tmp_path):
+    """`ntps score --dataset task:<name>` at the declared layer/ridge gives the study's ntps_declared.
+
+    The study multiplies in float64 and accumulates its statistics per task half; `ntps score` multiplies in
+    float32 blocks over the task in load order: NTPS differs by float32 rounding only (the issue allows 2e-3).
+    """
+    from perceptalign.ntps.jobs.score import ScoreConfig, run_score
+
+    report = json.loads((REPO / "results/ntps-task-study/report.json").read_text())
+    declared = report["preregistration"]["configuration"]
+    row = next(t for t in report["tasks"] if t["name"] == task)
+    result = run_score(
+        ScoreConfig(
+            model=declared["model"],
+            dataset=f"task:{task}",
+            out=tmp_path,
+            layers=[declared["layer"]],
+            ridge=declared["ridge"],
+            max_length=declared["max_length"],
+        )
+    )
+    table = result.results["ntps"]
+    fractions = result.results["fractions"]
+    got = table[0][fractions.index(declared["fraction"])]
+    assert got == pytest.approx(row["ntps_declared"], abs=2e-3)

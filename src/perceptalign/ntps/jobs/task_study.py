@@ -349,6 +349,9 @@ def deviations(config: TaskStudyConfig, prereg: Mapping[str, Any]) -> list[str]:
         out.append(f"tasks: declared all {len(TASKS)}, run {len(config.tasks)}")
     if tuple(config.peers) != DECLARED_PEERS:
         out.append(f"peers: declared {list(DECLARED_PEERS)}, run {list(config.peers)}")
+    for test in prereg.get("analysis", {}).get("secondary", []):
+        if test.get("planned"):
+            out.append(f"{test['id']} not run in this round (planned): {test['hypothesis']}")
     return out
 
 
