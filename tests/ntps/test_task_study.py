@@ -197,3 +197,28 @@ def test_ntps_score_reproduces_the_committed_study(task, tmp_path):
     fractions = result.results["fractions"]
     got = table[0][fractions.index(declared["fraction"])]
     assert got == pytest.approx(row["ntps_declared"], abs=2e-3)
+
+
+def test_reanalysis_redraws_the_report_from_the_stored_table(tmp_path):
+    """`--reanalyse` reads only report.json's per-task table (no model): same table, same tests."""
+    from perceptalign.ntps.jobs.task_study import TaskStudyReport, reanalyse_task_study
+    from perceptalign.ntps.jobs.task_study_report import write_task_study
+
+    prereg = json.loads((REPO / "results/ntps-task-study/preregistration.json").read_text())
+    config = TaskStudyConfig(
+        tasks=(*TASKS, "rt-3way", "rt-fresh-plot", "rt-plot-rotten", "guardian-month", "vader-domain"),
+        peers=("logme", "knn_accuracy"),
+        noise_levels=(0.0, 0.4),
+        n_permutations=500,
+        n_boot=100,
+        n_power_simulations=20,
+    )
+    table = _table(n_per_parent=2, parents=4).assign(
+        name=list(config.tasks), classes=2, class_names=[["a", "b"]] * 8
+    )
+    first = TaskStudyReport(table, analyse(table, config), prereg, deviations(config, prereg))
+    write_task_study(tmp_path, first)
+    again = reanalyse_task_study(config, tmp_path, prereg)
+    assert again.analysis["primary"]["rho"] == pytest.approx(first.analysis["primary"]["rho"])
+    assert again.analysis["primary"]["p"] == pytest.approx(first.analysis["primary"]["p"])
+    assert json.loads((tmp_path / "report.json").read_text())["deviations"] == first.deviations

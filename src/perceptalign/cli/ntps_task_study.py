@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,6 +30,13 @@ def task_study(
         str | None,
         typer.Option(help="Comma-separated task names (default all; a subset is reported as a deviation)."),
     ] = None,
+    reanalyse: Annotated[
+        bool,
+        typer.Option(
+            help="Redo only the declared analysis and the report files from the per-task table already in "
+            "OUT/report.json (no model, no pass)."
+        ),
+    ] = False,
     quick: Annotated[
         bool,
         typer.Option(help="Fewer permutations, bootstrap resamples and power simulations (for a smoke run)."),
@@ -44,7 +51,7 @@ def task_study(
     reuses the saved pass when nothing that changes it differs.
     """
     from perceptalign.io import PerceptAlignError
-    from perceptalign.ntps.jobs.task_study import TaskStudyConfig, run_task_study
+    from perceptalign.ntps.jobs.task_study import TaskStudyConfig, reanalyse_task_study, run_task_study
 
     with exit_on_error():
         if not preregistration.is_file():
@@ -60,6 +67,11 @@ def task_study(
             options.update(n_permutations=2_000, n_boot=300, n_power_simulations=100)
         config = TaskStudyConfig(**options)
     started = time.perf_counter()
+    if reanalyse:
+        with exit_on_error():
+            report = reanalyse_task_study(config, out, prereg)
+        _print_summary(report, out, started)
+        return
     progress = RateProgress(console, "forward pass")
     done: list[str] = []
     with exit_on_error(), progress:
@@ -72,6 +84,10 @@ def task_study(
             on_batch=progress.advance,
             on_task=done.append,
         )
+    _print_summary(report, out, started)
+
+
+def _print_summary(report: Any, out: Path, started: float) -> None:
     p1 = report.analysis["primary"]
     console.print(
         f"P1: ρ(NTPS, target) = {p1['rho']:+.3f} [{p1['ci'][0]:+.3f}, {p1['ci'][1]:+.3f}], p = {p1['p']:.3g} "

@@ -440,3 +440,31 @@ def run_task_study(
     )
     write_task_study(out, report)
     return report
+
+
+def reanalyse_task_study(
+    config: TaskStudyConfig, out: Path, preregistration: Mapping[str, Any]
+) -> TaskStudyReport:
+    """Redo the declared analysis and the report files from the per-task table stored in ``out/report.json``
+    (no model, no pass): for an analysis or report change after the measurements."""
+    from perceptalign.ntps.jobs.task_study_report import write_task_study
+
+    path = out / "report.json"
+    if not path.is_file():
+        raise PerceptAlignError(f"no {path}: run the study first (without --reanalyse).")
+    import json
+
+    stored = json.loads(path.read_text())
+    table = pd.DataFrame.from_records(stored["tasks"])
+    missing = sorted(set(config.tasks) - set(table["name"]))
+    if missing:
+        raise PerceptAlignError(f"{path} lacks tasks {missing[:5]}: rerun the study without --reanalyse.")
+    table = table[table["name"].isin(config.tasks)].reset_index(drop=True)
+    report = TaskStudyReport(
+        table=table,
+        analysis=analyse(table, config),
+        preregistration=dict(preregistration),
+        deviations=deviations(config, preregistration),
+    )
+    write_task_study(out, report)
+    return report
