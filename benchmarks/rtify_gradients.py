@@ -3,27 +3,39 @@
 Run:  python benchmarks/rtify_gradients.py [--quick] [--temperature 0.1]
 
 Processes: a two-bound random walk, a noisy leaky read-out accumulator (``increment``-like evidence), and
-the Wong–Wang race at 6.4 % and 51.2 % coherence (1/10 of the trials: its trajectories are long).
-For noisy accumulators the quantities a fit to human data needs are distributional: the mean reaction
-time E[RT] and the probability of a correct choice P(correct). This prints, for each process and each
-parameter (threshold θ, drift/input, non-decision time t₀), their derivative by
+the Wong–Wang race at 6.4 % and 51.2 % coherence (1/10 of the trials: its trajectories are long). For
+noisy accumulators the quantities a fit to human data needs are distributional: the mean reaction time
+E[RT] and the probability of a correct choice P(correct). This prints, for each process and each parameter
+(threshold θ, drift/input, non-decision time t₀; for Wong–Wang, except with ``--quick``, also J₁₁, J₁₂,
+J_ext and σ: everything the Wong–Wang fit learns), their derivative by
 
-* ``soft``: the default estimator, the soft first-passage distribution (``decision.first_passage``),
+* ``default``: the estimator the fits use. For the accumulators and for θ and t₀ that is the soft
+  first-passage distribution (``decision.first_passage``; for Wong–Wang at the fit's temperature). For
+  Wong–Wang's dynamical parameters it is the fit's ``"crn"`` gradient
+  (``wongwang_fit.crn_gradients``: central differences of the hard process on the batch's own noise,
+  with the fit's steps),
+* ``soft``: the soft first-passage estimator at ``--temperature``, pathwise (autograd) for every parameter,
 * ``implicit``: the published implicit-function rule on the hard crossing (pathwise; no choice gradient),
 * ``interp``: the exact derivative of each trial's interpolated crossing time (pathwise),
 * ``FD``: central finite differences of the hard process on common random numbers (the truth), with its
   standard error from the per-trial differences.
 
-The estimators' own standard errors come from splitting the trials into 10 batches.
+The estimators' own standard errors come from splitting the trials into 10 batches (each batch has its
+own noise, independent of the truth's for Wong–Wang). For Wong–Wang's dynamical parameters the default is
+itself a finite difference; the truth's step (1 %) equals the fit's step for I₀ and J₁₁, so there the
+comparison checks noise and wiring, not the step's own bias (~7 % for dP/dI₀ from a 0.5/1/2 % scan).
 
-Known limitation, shown by this benchmark: in Wong–Wang the choice is settled by the competition between
-the populations long before either crosses θ, so no smoothing at the bound gives dP(correct)/dI₀ (the
-soft estimator returns ~0 there, as the pathwise rules do); E[RT] derivatives are right. The relative error
-of an estimator is |est − FD| / |FD| where the FD differs from 0 by more than 3 standard errors
-(otherwise that row is skipped: nothing to be relative to). A 5-standard-error rule keeps rows whose truth
-is known to better than 20 %. The last lines report the cost of one
-forward + backward pass of each estimator, and the worst relative error of the default estimator
-(target ≤ 0.15).
+Known limitation of every pathwise estimator, shown by the ``soft`` column: in Wong–Wang the choice is
+settled by the competition between the populations long before either crosses θ, and moving a dynamical
+parameter switches the winner of some trials, a jump no pathwise derivative sees (dP(correct)/dI₀ is ~0
+by ``soft`` against −6 by FD at 6.4 %). The last block prints the unbiased alternative inside the
+autograd framework, the likelihood-ratio (score-function) term of the Euler–Maruyama path density, with
+its standard error next to the finite differences' on the same trials.
+
+The relative error of an estimator is |est − FD| / |FD| where the FD differs from 0 by more than 5 joint
+standard errors (otherwise that row is skipped: nothing to be relative to), i.e. where the truth is known
+to better than 20 %. The last lines report the cost of one forward + backward pass of each estimator, and
+the worst relative error of the default estimator (target ≤ 0.15).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from perceptalign.rtify.decision import (
     first_passage,
     rt_seconds,
 )
+from perceptalign.rtify.experiments.rdm.wongwang_fit import FD_STEPS, WWFitConfig, crn_gradients
 
 N_BATCHES = 10
 
@@ -61,10 +74,16 @@ class Process:
     correct: int = 1
     initial: float = 0.0
     fd_rel_step: float = 0.05
+    extra: tuple[str, ...] = ()  # further parameters to differentiate (after threshold, drift, t₀)
+    # The default estimator: pathwise soft at this temperature (None: --temperature), except for the
+    # parameters named here, which get the Wong–Wang fit's finite differences with these relative steps.
+    default_temperature: float | None = None
+    crn_steps: dict[str, float] | None = None
+    # Likelihood-ratio estimate of d/d(drift) for one batch: {quantity: per-trial contributions}.
+    score: Callable[[Tensor, float], dict[str, Tensor]] | None = None
 
 
-def _hard(process: Process, params: dict[str, Tensor], noise: Tensor, gradient: str):
-    phi = process.phi(params, noise)
+def _hard(process: Process, params: dict[str, Tensor], phi: Tensor, gradient: str):
     if process.mode == "two_bound":
         d = first_crossing_two_bound(phi, params["threshold"], gradient=gradient)
     else:
@@ -72,16 +91,21 @@ def _hard(process: Process, params: dict[str, Tensor], noise: Tensor, gradient: 
     return d
 
 
-def hard_quantities(process: Process, params: dict[str, Tensor], noise: Tensor, gradient: str):
+def hard_quantities(
+    process: Process, params: dict[str, Tensor], noise: Tensor, gradient: str, phi: Tensor | None = None
+):
     """Per-trial (RT, correct, decided) of the hard process; RT differentiable by ``gradient``."""
-    d = _hard(process, params, noise, gradient)
+    phi = process.phi(params, noise) if phi is None else phi
+    d = _hard(process, params, phi, gradient)
     rt = rt_seconds(d.tau, process.dt, params["t0"])
     return rt, (d.choice == process.correct) & d.decided, d.decided
 
 
-def soft_quantities(process: Process, params: dict[str, Tensor], noise: Tensor, temperature: float):
+def soft_quantities(
+    process: Process, params: dict[str, Tensor], noise: Tensor, temperature: float, phi: Tensor | None = None
+):
     """(E[RT | decided], P(correct)) of a batch under the soft first-passage distribution."""
-    phi = process.phi(params, noise)
+    phi = process.phi(params, noise) if phi is None else phi
     fp = first_passage(
         phi, params["threshold"], mode=process.mode, temperature=temperature, initial=process.initial
     )
@@ -116,6 +140,29 @@ def finite_differences(process: Process, noise: Tensor, name: str) -> dict[str, 
     return out
 
 
+def hard_statistics(process: Process, params: dict[str, Tensor], noise: Tensor) -> Tensor:
+    """(E[RT], P(correct)) of the hard process on a batch, as one tensor (for finite differences)."""
+    rt, correct, decided = hard_quantities(process, params, noise, "interpolated")
+    if not bool(decided.all()):
+        raise SystemExit(f"{process.name}: some trials do not decide; lengthen the window")
+    return torch.stack([rt.double().mean(), correct.double().mean()])
+
+
+def crn_estimator(process: Process, noise: Tensor, name: str) -> dict[str, tuple[float, float]]:
+    """The Wong–Wang fit's gradient of a dynamical parameter (``wongwang_fit.crn_gradients``) per batch."""
+    assert process.crn_steps is not None
+    steps = process.crn_steps
+
+    def one(chunk: Tensor) -> dict[str, float]:
+        params = _params(process)
+        grad = crn_gradients(
+            {name: params[name]}, lambda: hard_statistics(process, params, chunk), steps=steps
+        )
+        return {"E[RT]": float(grad[name][0]), "P(correct)": float(grad[name][1])}
+
+    return _batched(one, noise)
+
+
 def _batched(estimate: Callable[[Tensor], dict[str, float]], noise: Tensor) -> dict[str, tuple[float, float]]:
     """Mean and standard error of a per-batch estimate over N_BATCHES equal batches."""
     rows = [estimate(chunk) for chunk in noise.chunk(N_BATCHES)]
@@ -129,24 +176,37 @@ def _batched(estimate: Callable[[Tensor], dict[str, float]], noise: Tensor) -> d
 
 
 def estimator_gradients(
-    process: Process, noise: Tensor, name: str, kind: str, temperature: float
-) -> dict[str, tuple[float, float]]:
+    process: Process, noise: Tensor, name: str, estimators: dict[str, str | float]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Pathwise estimators from one forward pass per batch: {label: {quantity: (mean, se)}}.
+
+    ``estimators`` maps a label to a soft temperature (a float) or a hard gradient rule ("implicit",
+    "interpolated"; a hard choice has no gradient, so their P(correct) derivative is 0).
+    """
+
     def one(chunk: Tensor) -> dict[str, float]:
         params = _params(process, requires_grad=True)
-        if kind == "soft":
-            mean_rt, p_correct = soft_quantities(process, params, chunk, temperature)
-            (g_rt,) = torch.autograd.grad(mean_rt, params[name], retain_graph=True, allow_unused=True)
-            (g_p,) = torch.autograd.grad(p_correct, params[name], allow_unused=True)
-        else:
-            rt, _, _ = hard_quantities(process, params, chunk, kind)
-            (g_rt,) = torch.autograd.grad(rt.mean(), params[name], allow_unused=True)
-            g_p = None  # a hard choice has no gradient: the published rule gives 0
-        return {
-            "E[RT]": 0.0 if g_rt is None else float(g_rt),
-            "P(correct)": 0.0 if g_p is None else float(g_p),
-        }
+        phi = process.phi(params, chunk)
+        out: dict[str, float] = {}
+        for label, kind in estimators.items():
+            if isinstance(kind, float):
+                mean_rt, p_correct = soft_quantities(process, params, chunk, kind, phi=phi)
+            else:
+                rt, _, _ = hard_quantities(process, params, chunk, kind, phi=phi)
+                mean_rt, p_correct = rt.mean(), None
+            for quantity, value in (("E[RT]", mean_rt), ("P(correct)", p_correct)):
+                grad = None
+                if value is not None and value.requires_grad:
+                    (grad,) = torch.autograd.grad(value, params[name], retain_graph=True, allow_unused=True)
+                out[f"{label}|{quantity}"] = 0.0 if grad is None else float(grad)
+        return out
 
-    return _batched(one, noise)
+    flat = _batched(one, noise)
+    result: dict[str, dict[str, tuple[float, float]]] = {label: {} for label in estimators}
+    for key, value in flat.items():
+        label, quantity = key.split("|")
+        result[label][quantity] = value
+    return result
 
 
 # ----------------------------------------------------------------------------- processes
@@ -199,7 +259,7 @@ def increment_accumulator() -> Process:
 
 class _Trajectories(torch.nn.Module):
     """Calls ``WongWang2.trajectories`` from ``forward``, so ``torch.func.functional_call`` can swap in the
-    benchmark's own I₀ tensor (and gradients reach it through the model's adjoint)."""
+    benchmark's own I₀, J₁₁, J₁₂, J_ext and σ tensors (gradients reach them through the model's adjoint)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -207,6 +267,10 @@ class _Trajectories(torch.nn.Module):
 
     def forward(self, coherence: float, n: int, seed: int) -> Tensor:
         return self.ww.trajectories(coherence, n, seed=seed, grad=True)
+
+
+# Benchmark name → WongWang2 attribute of every parameter that enters the dynamics.
+_WW_DYNAMICS = {"input": "I0", "J11": "J11", "J12": "J12", "J_ext": "J_ext", "sigma": "sigma"}
 
 
 def wong_wang(coherence: float) -> Process:
@@ -217,21 +281,65 @@ def wong_wang(coherence: float) -> Process:
     """
     from perceptalign.rtify.wongwang import WongWang2
 
-    model = _Trajectories(WongWang2(dt_ms=5.0, max_time_s=4.0, stim_duration_s=4.0))
-    s0 = float(model.ww.s0)
+    grid = {"max_time_s": 4.0, "stim_duration_s": 4.0}
+    model = _Trajectories(WongWang2(dt_ms=5.0, **grid))
+    ww = model.ww
+    s0 = float(ww.s0)
+    base = {"threshold": 0.5, "input": 0.3255, "t0": 0.1}
+    base.update({k: float(getattr(ww, a).detach()) for k, a in _WW_DYNAMICS.items() if k != "input"})
 
     def noise(n: int, seed: int) -> Tensor:
         return torch.arange(n) + seed * 1_000_000
 
     def phi(p: dict[str, Tensor], idx: Tensor) -> Tensor:
-        swapped = {"ww.I0": p["input"].float()}
+        swapped = {f"ww.{attr}": p[name].float() for name, attr in _WW_DYNAMICS.items()}
         traj = torch.func.functional_call(model, swapped, (coherence, len(idx), int(idx[0])))
         return traj.double()
 
+    def score(idx: Tensor, temperature: float) -> dict[str, Tensor]:
+        """Per-trial likelihood-ratio contributions to d/dI₀ of (E[RT | decided], P(correct | decided)).
+
+        The path density is Gaussian in the OU innovations ξ_k = (z_k − ρ z_{k−1})/c_n of the internal
+        (1 ms) steps, and I₀ enters x exactly as σz does, so with w = I₀ + σz as the random variables
+        ∂ log p/∂I₀ = Σ_k Σ_pop ξ_k (1 − ρ)/(σ c_n) (1/(σ c_n) at k = 0). A first-passage cell at output
+        step t depends on the steps up to its end only, so it is weighted by the cumulative score there
+        (unbiased, and less noisy than the whole window's). The same seed at dt = 1 ms integrates the
+        same trajectory (same internal step) and returns σz of every internal step.
+        """
+        fine = WongWang2(dt_ms=1.0, **grid)
+        batch = torch.full((len(idx),), coherence)
+        with torch.no_grad():
+            run = fine.inference(
+                batch, generator=torch.Generator().manual_seed(int(idx[0])), return_noise=True
+            )
+        assert run.noise is not None
+        m = round(5.0 / 1.0)
+        S = run.S[:, m - 1 :: m].double()
+        sigma = float(fine.sigma.detach())
+        z = run.noise.double() / sigma  # (B, K, 2)
+        rho = math.exp(-1.0 / fine.tau_a_ms)
+        cn = math.sqrt((1 - rho * rho) / 2)
+        xi = (z - rho * torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)) / cn
+        coef = torch.full((z.shape[1],), (1 - rho), dtype=torch.float64)
+        coef[0] = 1.0
+        cumulative = torch.cumsum(xi.sum(dim=2) * coef / (sigma * cn), dim=1)[:, m - 1 :: m]
+        fp = first_passage(S, base["threshold"], mode="race", temperature=temperature, initial=s0)
+        rt = rt_seconds(fp.time, 0.005, base["t0"])
+        mass = fp.mass
+        total = float(mass.sum()) / len(idx)  # decided mass per trial (1 when every trial decides)
+        p_bar = float(mass[..., 0].sum()) / float(mass.sum())
+        rt_bar = float((mass * rt).sum()) / float(mass.sum())
+        weight = cumulative.unsqueeze(-1)
+        # d(C/M) = (dC − (C/M) dM)/M per trial, and likewise for the mean RT: the ratio's own baseline.
+        p_terms = ((mass[..., 0] - p_bar * mass.sum(dim=-1)) * cumulative).sum(dim=1) / total
+        rt_terms = (mass * (rt - rt_bar) * weight).sum(dim=(1, 2)) / total
+        return {"E[RT]": rt_terms, "P(correct)": p_terms}
+
+    fit = WWFitConfig()
     return Process(
-        name=f"Wong–Wang {coherence:g} % (I₀ 0.3255 nA)",
+        name=f"Wong–Wang {coherence:g} %",
         mode="race",
-        base={"threshold": 0.5, "input": 0.3255, "t0": 0.1},
+        base=base,
         drift_name="input",
         dt=0.005,
         noise=noise,
@@ -239,6 +347,12 @@ def wong_wang(coherence: float) -> Process:
         correct=0,
         initial=s0,
         fd_rel_step=0.01,
+        extra=("J11", "J12", "J_ext", "sigma"),
+        default_temperature=fit.temperature,
+        crn_steps={name: FD_STEPS[attr] for name, attr in _WW_DYNAMICS.items()}
+        if fit.dynamics_gradient == "crn"
+        else None,
+        score=score,
     )
 
 
@@ -272,6 +386,25 @@ def _time_pass(process: Process, noise: Tensor, kind: str, temperature: float, r
     return best
 
 
+def score_function_block(process: Process, noise: Tensor, temperature: float) -> list[str]:
+    """Likelihood-ratio d/d(drift) against the finite differences on the same trials (Wong–Wang)."""
+    if process.score is None:
+        return []
+    parts = [process.score(chunk, temperature) for chunk in noise.chunk(N_BATCHES)]
+    fd = finite_differences(process, noise, process.drift_name)
+    lines = []
+    for key in ("E[RT]", "P(correct)"):
+        terms = torch.cat([p[key] for p in parts])
+        est, se = float(terms.mean()), float(terms.std()) / math.sqrt(len(terms))
+        f, fse = fd[key]
+        lines.append(
+            f"score function (likelihood ratio), {process.name}, d{key}/d{process.drift_name}: "
+            f"{est:.4g} ± {se:.2g} (per-trial s.d. {float(terms.std()):.3g}); FD {f:.4g} ± {fse:.2g}: "
+            f"standard error {se / fse:.1f}× the finite differences' on the same {len(terms)} trials"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials (CI smoke run)")
@@ -285,36 +418,57 @@ def main() -> None:
     worst = 0.0
     worst_rule = 0.0
     worst_by_process: dict[str, float] = {}
+    worst_soft: dict[str, float] = {}
     print(f"{n} trials per process; soft temperature {args.temperature} (× median |ΔΦ| per step)")
-    header = f"{'process':42s} {'d/d':10s} {'quantity':11s} {'FD ± se':>17s} {'soft ± se':>17s}"
-    print(header + f" {'implicit':>9s} {'interp':>9s} {'rel.soft':>8s} {'rel.impl':>8s}")
+    header = f"{'process':34s} {'d/d':9s} {'quantity':10s} {'FD ± se':>17s} {'default ± se':>17s}"
+    header += (
+        f" {'soft':>9s} {'implicit':>9s} {'interp':>9s} {'rel.def':>7s} {'rel.soft':>8s} {'rel.impl':>8s}"
+    )
+    print(header)
     costs = []
+    score_lines: list[str] = []
     for key, make in PROCESSES.items():
         process = make()
         noise = process.noise(n_ww if key.startswith("ww") else n, 1234 if not key.startswith("ww") else 7)
-        for name in ("threshold", process.drift_name, "t0"):
+        extra = () if args.quick else process.extra  # the quick run keeps the smoke test short
+        for name in ("threshold", process.drift_name, "t0", *extra):
             fd = finite_differences(process, noise, name)
-            soft = estimator_gradients(process, noise, name, "soft", args.temperature)
-            implicit = estimator_gradients(process, noise, name, "implicit", args.temperature)
-            interp = estimator_gradients(process, noise, name, "interpolated", args.temperature)
-            for key in ("E[RT]", "P(correct)"):
-                f, fse = fd[key]
-                s, sse = soft[key]
+            crn = process.crn_steps is not None and name in process.crn_steps
+            estimators: dict[str, str | float] = {
+                "soft": args.temperature,
+                "implicit": "implicit",
+                "interp": "interpolated",
+            }
+            if not crn:  # the default is the soft estimator, at the fit's temperature where it has one
+                estimators["default"] = process.default_temperature or args.temperature
+            pathwise = estimator_gradients(process, noise, name, estimators)
+            soft, implicit, interp = pathwise["soft"], pathwise["implicit"], pathwise["interp"]
+            default = crn_estimator(process, noise, name) if crn else pathwise["default"]
+            for quantity in ("E[RT]", "P(correct)"):
+                f, fse = fd[quantity]
+                d, dse = default[quantity]
                 # The FD and the estimator both carry sampling error: compare with their joint error.
-                se = math.hypot(fse, sse)
-                rel_soft = _relative(s, f, se)
-                rel_impl = _relative(implicit[key][0], f, se)
+                se = math.hypot(fse, dse)
+                rel_default = _relative(d, f, se)
+                rel_soft = _relative(soft[quantity][0], f, math.hypot(fse, soft[quantity][1]))
+                rel_impl = _relative(implicit[quantity][0], f, se)
+                if rel_default is not None:
+                    worst = max(worst, rel_default)
+                    worst_by_process[process.name] = max(worst_by_process.get(process.name, 0.0), rel_default)
                 if rel_soft is not None:
-                    worst = max(worst, rel_soft)
-                    worst_by_process[process.name] = max(worst_by_process.get(process.name, 0.0), rel_soft)
+                    worst_soft[process.name] = max(worst_soft.get(process.name, 0.0), rel_soft)
                 if rel_impl is not None:
                     worst_rule = max(worst_rule, rel_impl)
                 print(
-                    f"{process.name:42s} {name:10s} {key:11s} {f:9.4g} ± {fse:<6.2g} {s:9.4g} ± {sse:<6.2g}"
-                    f" {implicit[key][0]:9.4g} {interp[key][0]:9.4g}"
+                    f"{process.name:34s} {name:9s} {quantity:10s}"
+                    f" {f:9.4g} ± {fse:<6.2g} {d:9.4g} ± {dse:<6.2g}"
+                    f" {soft[quantity][0]:9.4g} {implicit[quantity][0]:9.4g} {interp[quantity][0]:9.4g}"
+                    f" {'—' if rel_default is None else f'{rel_default:.3f}':>7s}"
                     f" {'—' if rel_soft is None else f'{rel_soft:.3f}':>8s}"
                     f" {'—' if rel_impl is None else f'{rel_impl:.3f}':>8s}"
                 )
+        if key == "ww_6.4":
+            score_lines += score_function_block(process, noise, args.temperature)
         batch = noise[: min(2000, len(noise))]
         costs.append(
             (
@@ -323,13 +477,17 @@ def main() -> None:
                 _time_pass(process, batch, "implicit", args.temperature),
             )
         )
+    for line in score_lines:
+        print(line)
     for name, soft_s, rule_s in costs:
         print(
             f"cost per forward+backward on 2000 trials, {name}: soft {soft_s * 1e3:.1f} ms, "
             f"implicit {rule_s * 1e3:.1f} ms, ratio {soft_s / rule_s:.2f}×"
         )
+    for name, value in worst_soft.items():
+        print(f"worst relative error of the soft (pathwise) estimator, {name}: {value:.3f}")
     for name, value in worst_by_process.items():
-        print(f"worst relative error of the soft estimator, {name}: {value:.3f}")
+        print(f"worst relative error of the default estimator, {name}: {value:.3f}")
     print(f"worst relative error of the published implicit rule vs finite differences: {worst_rule:.3f}")
     print(f"worst relative error vs finite differences: {worst:.3f}")
 

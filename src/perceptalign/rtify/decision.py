@@ -22,6 +22,11 @@ Two ways to get gradients:
   trial a first-passage distribution over (step, choice) whose mass moves smoothly between steps as θ,
   the drift or any network weight changes. Every step's mass sits at that step's interpolated crossing
   time, so as the temperature T → 0 it converges to the hard crossing (the same t* and choice).
+  What it smooths is the crossing of θ. A choice settled away from the bound — an attractor model such as
+  Wong–Wang, where the noisy symmetry breaking picks the winner long before either population nears θ —
+  still jumps between trials' winners as a parameter moves, and no pathwise derivative (soft or hard)
+  sees that jump: there the Wong–Wang fit differentiates the dynamics by finite differences on common
+  random numbers (``experiments.rdm.wongwang_fit``; measured in ``benchmarks/rtify_gradients.py``).
 
 Slopes below ``min_slope`` (including Φ̇ ≤ 0, possible only at s = 0 with a threshold below ``initial``)
 are replaced by ``min_slope`` and counted in ``Decision.n_clamped`` (the published −1/(Φ̇ + 1e−6)

@@ -46,7 +46,11 @@ False, zero gradient; they are reported (``no_decision_rate``), never dropped.
 
 Gradients reach J, J_ext, I₀, σ and the input through the whole trajectory: by default through the
 hand-written adjoint of the engine (``backward="adjoint"``), or through plain autograd of
-:func:`reference_trajectory` (``backward="autograd"``, readable, slower, same noise).
+:func:`reference_trajectory` (``backward="autograd"``, readable, slower, same noise). They are pathwise:
+exact for each trajectory, but blind to the switches of the winner that moving these parameters causes
+on some trials (the choice is settled by the symmetry breaking, not at θ), so the derivative of
+P(correct) they give is 0; the fit (:mod:`perceptalign.rtify.experiments.rdm.wongwang_fit`) uses finite
+differences on common random numbers for these parameters instead.
 :meth:`WongWang2.trajectories` returns the differentiable (B, T, n) trajectories for an external
 decision rule such as :func:`perceptalign.rtify.decision.first_passage` (``initial=model.s0``).
 """

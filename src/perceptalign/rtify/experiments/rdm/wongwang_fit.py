@@ -10,22 +10,39 @@ Choices and why:
   runs with one learning rate per parameter: ``lr`` × the parameter's initial magnitude × a sensitivity
   factor (``_LR_FACTOR``). After each step the parameters are projected back into a physiological box
   (``_BOUNDS``; the delay into [0, fastest human RT]).
-* Gradient estimator (``estimator``). ``"soft"`` (default): each trial's S trajectories go through the
-  soft first-passage distribution (:func:`perceptalign.rtify.decision.first_passage`, race, S_{−1} = s0)
-  and every (step, choice) cell enters the objective with its probability mass, the estimator the RTify
-  head uses; RT distributions and the decided mass are then smooth in every parameter.
-  ``"interpolated"``: hard decisions with the interpolated crossing time (the choice has no gradient).
-  The objective is the shared :class:`perceptalign.rtify.objective.RTLoss` (W1 / MSE / quantile distance
-  on signed-RT histograms + the Bernoulli KL accuracy term), so the methods are comparable.
-  The choice deliberately gets no pathwise surrogate. The former straight-through choice (value: hard
-  outcome, gradient: that of sigmoid(k·(S_correct − S_wrong)) at the crossing) has the wrong sign for
-  I₀ and J₁₁: raising them widens the margin at the crossing but makes decisions faster and LESS
-  accurate (finite differences with common noise at the default parameters, dt = 1 ms, 7 coherences ×
-  1000 trials × 3 seeds: ∂KL/∂I₀·I₀ = −23, surrogate +32; ∂KL/∂J₁₁·J₁₁ = −6, surrogate +10). Whenever
-  the model was more accurate than the humans — at dt ≤ 5 ms before the noise fix, and at every dt
-  since, because the 10-ms Euler step used to triple the noise and hide it — the accuracy term pushed
-  I₀ and J₁₁ down until the symmetric state became stable and trials stopped deciding (undecided
-  trials carry no gradient to come back): the "collapse into no-decision at dt = 5 ms".
+* Gradient estimator (``estimator``) for θ and the motor delay. ``"soft"`` (default): each trial's S
+  trajectories go through the soft first-passage distribution
+  (:func:`perceptalign.rtify.decision.first_passage`, race, S_{−1} = s0) and every (step, choice) cell
+  enters the objective with its probability mass, the estimator the RTify head uses.
+  ``"interpolated"``: hard decisions with the interpolated crossing time. The objective is the shared
+  :class:`perceptalign.rtify.objective.RTLoss` (W1 / MSE / quantile distance on signed-RT histograms + the
+  Bernoulli KL accuracy term), so the methods are comparable.
+* Gradient of the dynamical parameters (J₁₁, J₁₂, J_ext, I₀, σ and the logit scale w;
+  ``dynamics_gradient``). ``"crn"`` (default): central finite differences of the hard-decision
+  objective (:func:`hard_loss`), both sides on the step's own noise (common random numbers), steps
+  :data:`FD_STEPS` (:func:`crn_gradients`, wired in by :func:`ww_objective`); the loss value is unchanged.
+  Cost: 2 hard runs (no gradient, early stop) per learnt dynamical parameter, against the adjoint it
+  saves — a step is ~2× the pathwise one (25 steps at dt = 5 ms on the human data: 18 s against 9 s).
+  ``"pathwise"``: autograd through the trajectories (the hand-written adjoint), as for θ.
+  Why not pathwise: which population wins is settled by the noisy symmetry breaking long before either S
+  nears θ, and moving I₀ (or J₁₁, σ, J_ext) switches the winner of some trials — a jump of the per-trial
+  choice that no pathwise derivative sees, soft or hard (the soft split at the crossing is saturated:
+  its derivative is ~1e−12). At 6.4 % coherence (dt 5 ms, 4000 trials, differences on common noise)
+  dP(correct)/dI₀ = −6.1 ± 0.5 where every pathwise rule gives 0; dP/dJ₁₁ = −2.3 ± 0.4, dP/dσ = −16 ± 3,
+  dP/dJ_ext = +10 ± 3. Nor does anything smooth in the framework: the margin S_correct − S_wrong at the
+  crossing jumps across a gap of ±0.4 when the winner switches, so a temperature on it changes P(correct)
+  itself long before its gradient sees a switch (and its straight-through form has the wrong sign for I₀
+  and J₁₁: raising them widens that margin but makes decisions faster and LESS accurate; with dt = 1 ms,
+  7 coherences × 1000 trials × 3 seeds, ∂KL/∂I₀·I₀ = −23 by differences, +32 by that surrogate, and it
+  collapsed fits into no-decision). The likelihood-ratio (score function) term of the Euler–Maruyama path
+  density is unbiased, but its standard error is 14× that of the differences on the same trials
+  (per-trial s.d. ≈ 460 against 33 for dP/dI₀: the 1-ms path carries far more information about I₀ than
+  the choice; ``benchmarks/rtify_gradients.py`` prints it), and Girsanov weights that keep S₁ − S₂ fixed
+  along the perturbation are no better (s.d. ≈ 1000: the noisy gains leak the common-mode perturbation
+  into S₁ − S₂ at every step). The differences also fix the E[RT] derivative at low coherence, where
+  trials near a switch linger at the saddle and give the pathwise derivative a heavy tail. In the same
+  25-step fit, accuracy at 3.2/12.8/51.2 % went .69/.98/1.0 → .56/.79/1.0 with "crn" (humans .56/.73/.98)
+  and → .62/.94/1.0 with "pathwise" (final loss 0.69 against 1.25).
 * Every optimisation step draws fresh noise (seed + step): WW is a stochastic model and a fixed noise
   sample would be over-fitted. A step whose trials leave more than ``max_no_decision`` undecided is
   still rolled back (a safety net; it did not fire in a 150-step fit at dt = 5 ms on the human data,
@@ -47,7 +64,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -75,13 +93,18 @@ from perceptalign.rtify.trials import check_coherences, validate_trials
 from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2
 
 __all__ = [
+    "DYNAMICS_NAMES",
+    "FD_STEPS",
     "PARAM_NAMES",
     "WWFitConfig",
     "WWFitRun",
     "WWTrials",
     "build_ww",
     "coherence_trials",
+    "crn_gradients",
+    "dynamics_parameters",
     "fit_ww_to_human",
+    "hard_loss",
     "init_logit_scale",
     "input_kind",
     "predict_ww_table",
@@ -89,12 +112,14 @@ __all__ = [
     "run_ww_fit",
     "trajectory_figure",
     "write_ww_outputs",
+    "ww_objective",
     "ww_parameters",
     "ww_sample",
 ]
 
 LossKind = Literal["mse", "wasserstein", "quantile"]
 Estimator = Literal["soft", "interpolated"]
+DynamicsGradient = Literal["crn", "pathwise"]
 WWModel = WongWang2
 
 PARAM_NAMES: tuple[str, ...] = ("J11", "J12", "J_ext", "I0", "sigma", "threshold", "motor_delay_s")
@@ -121,6 +146,16 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "threshold": (0.15, 0.95),
     "motor_delay_s": (0.0, 1.0),
 }
+# The parameters that enter the dynamics (θ and the motor delay only read the trajectories out).
+DYNAMICS_NAMES: tuple[str, ...] = ("J11", "J12", "J_ext", "I0", "sigma", "w")
+# Central-difference steps of the "crn" gradient, relative to max(|value|, _FD_FLOOR). Chosen from a
+# scan at the default parameters (6.4 %, 4000 trials, steps 0.5-5 %): I₀ sits 5 % above the loss of
+# bistability (at −5 % no trial decides within 4 s) and dP/dI₀ curves (−5.4 ± 0.7, −6.1 ± 0.5, −7.3 ± 0.4
+# at 0.5, 1, 2 %), so its step is 1 %; J₁₁'s derivatives agree over 0.5-5 % (1 %); J₁₂, J_ext, σ and w
+# move fewer trials per % (standard error ∝ 1/√step), so 2 %, where they agree with 0.5-1 % within errors.
+FD_STEPS: dict[str, float] = {"J11": 0.01, "J12": 0.02, "J_ext": 0.02, "I0": 0.01, "sigma": 0.02, "w": 0.02}
+# Scale floor of a step (a parameter at 0, e.g. J₁₂ on its bound, still gets a non-zero step).
+_FD_FLOOR: dict[str, float] = {"J11": 0.05, "J12": 0.01, "J_ext": 1e-3, "I0": 0.05, "sigma": 1e-3, "w": 1e-3}
 _EVAL_CHUNK = 8192  # trials per forward call at evaluation: bounded memory at any dt
 # First-passage cells with less mass than this are left out of the objective's sample (each soft histogram
 # entry costs n_bins floats): at most T·2·1e-6 of a trial's mass, against its O(1) mass at the crossing.
@@ -134,6 +169,7 @@ class WWFitConfig:
     loss: LossKind = "wasserstein"
     acc_weight: float = 1.0
     estimator: Estimator = "soft"
+    dynamics_gradient: DynamicsGradient = "crn"
     temperature: float = 0.2
     dt_ms: float = 10.0
     fine_dt_ms: float | None = 1.0
@@ -158,6 +194,11 @@ class WWFitConfig:
             raise PerceptAlignError(f"loss must be one of mse, wasserstein, quantile, got {self.loss!r}.")
         if self.estimator not in ("soft", "interpolated"):
             raise PerceptAlignError(f"estimator must be 'soft' or 'interpolated', got {self.estimator!r}.")
+        if self.dynamics_gradient not in ("crn", "pathwise"):
+            raise PerceptAlignError(
+                f"dynamics_gradient must be 'crn' (finite differences on common noise) or 'pathwise', got "
+                f"{self.dynamics_gradient!r}."
+            )
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
             raise PerceptAlignError(f"temperature must be a positive number, got {self.temperature!r}.")
         for name in ("steps", "n_train", "n_eval", "n_bins"):
@@ -390,6 +431,82 @@ def ww_sample(
 # --------------------------------------------------------------------------------------------------------
 
 
+def dynamics_parameters(model: WWModel) -> dict[str, Tensor]:
+    """The learnable parameters that enter the dynamics (``DYNAMICS_NAMES`` that require a gradient)."""
+    named = {name: getattr(model, name) for name in DYNAMICS_NAMES if name != "w"}
+    if model.drive.scale is not None:
+        named["w"] = model.drive.scale
+    return {name: p for name, p in named.items() if p.requires_grad}
+
+
+@contextmanager
+def _frozen(params: Sequence[Tensor]) -> Iterator[None]:
+    """Parameters marked as needing no gradient for the block: the model then integrates without building
+    its adjoint (θ and the motor delay still get theirs from the read-out)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def hard_loss(
+    model: WWModel, trials: WWTrials, targets: HumanTargets, config: WWFitConfig, seed: int
+) -> Tensor:
+    """The objective on hard decisions (first crossing) of ``trials``, noise from ``seed``; no gradient."""
+    with torch.no_grad():
+        out = model(trials.drive, generator=torch.Generator().manual_seed(seed), frame_s=trials.frame_s)
+        correct = (out.choice == trials.correct_choice).to(out.rt_s.dtype)
+        sample = RTSample.from_decisions(
+            out.rt_s, correct, out.decided, trials.cond_idx, len(trials.conditions)
+        )
+        return config.hist_config().rt_loss(sample, targets)[0]
+
+
+def crn_gradients(
+    params: Mapping[str, Tensor],
+    quantity: Callable[[], Tensor],
+    *,
+    steps: Mapping[str, float] | None = None,
+) -> dict[str, Tensor]:
+    """∂quantity/∂p for each named parameter by central differences on common random numbers.
+
+    ``quantity()`` must draw its noise from a fixed seed (so both sides of a difference see the same
+    trials: only the trials whose outcome the parameter changes contribute, which is what makes this
+    estimator far less noisy than a likelihood ratio). Each parameter is moved in place by
+    ±h = ``steps[name]``·max(|p|, floor) (default steps: ``FD_STEPS``) and restored bit for bit.
+    The result has the shape of ``quantity()``'s output (e.g. a scalar loss, or several statistics).
+    """
+    steps = FD_STEPS if steps is None else steps
+    out: dict[str, Tensor] = {}
+    for name, param in params.items():
+        if name not in steps:
+            raise PerceptAlignError(
+                f"no finite-difference step for parameter {name!r}; give one in `steps` (relative to |p|)."
+            )
+        with torch.no_grad():
+            saved = param.detach().clone()
+            h = float(steps[name]) * max(abs(float(saved)), _FD_FLOOR.get(name, 1e-3))
+            try:
+                param.copy_(saved + h)
+                up = quantity().detach().double()
+                param.copy_(saved - h)
+                down = quantity().detach().double()
+            finally:
+                param.copy_(saved)
+        out[name] = (up - down) / (2.0 * h)
+    return out
+
+
+def _with_gradients(loss: Tensor, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> Tensor:
+    """``loss`` with the same value whose gradient w.r.t. each of ``params`` is in addition ``grads``."""
+    extra = [((params[n] - params[n].detach()) * grads[n].to(params[n].dtype)).to(loss.dtype) for n in grads]
+    return loss + torch.stack(extra).sum() if extra else loss
+
+
 def _optimizer(model: WWModel, lr: float) -> torch.optim.Optimizer:
     groups = []
     named = [(n, getattr(model, n)) for n in PARAM_NAMES]
@@ -402,6 +519,26 @@ def _optimizer(model: WWModel, lr: float) -> torch.optim.Optimizer:
     if not groups:
         raise PerceptAlignError("nothing to fit: config.learn names no parameter (and no logit scale).")
     return torch.optim.Adam(groups)
+
+
+def ww_objective(
+    model: WWModel, trials: WWTrials, targets: HumanTargets, config: WWFitConfig, seed: int
+) -> tuple[Tensor, dict[str, float], float]:
+    """One batch's objective as the fit differentiates it: (loss, its parts, the no-decision rate).
+
+    The value is exactly the plain estimator's (``ww_sample`` on noise from ``seed``, then the objective);
+    θ and the motor delay get that estimator's gradient. With ``dynamics_gradient="crn"`` the dynamical
+    parameters are frozen for the sample (no adjoint is built) and get :func:`crn_gradients` of
+    :func:`hard_loss` on the same noise instead, attached as ``(p − p.detach())·g`` (value 0).
+    """
+    dynamics = dynamics_parameters(model) if config.dynamics_gradient == "crn" else {}
+    with _frozen(list(dynamics.values())):
+        sample, no_decision = ww_sample(model, trials, config, torch.Generator().manual_seed(seed))
+    loss, parts = config.hist_config().rt_loss(sample, targets)
+    if dynamics:
+        grads = crn_gradients(dynamics, lambda: hard_loss(model, trials, targets, config, seed))
+        loss = _with_gradients(loss, dynamics, grads)
+    return loss, parts, no_decision
 
 
 def fit_ww_to_human(
@@ -421,7 +558,7 @@ def fit_ww_to_human(
     and Adam state of the last healthy step, step size halved): a safety net, since a model that stops
     deciding gets little gradient back. Its former trigger, the straight-through choice gradient, is
     gone (module docstring). Rolled-back iterates are not averaged. ``history`` records the parameters
-    each step simulated with.
+    each step simulated with. Each step's loss and gradient are :func:`ww_objective`'s.
 
     ``max_delay_s`` caps the non-decision time (the fastest human RT: a larger delay could not produce
     it); parameters are projected into their box after every step.
@@ -435,7 +572,6 @@ def fit_ww_to_human(
         bounds["motor_delay_s"] = (0.0, float(max_delay_s))
     project_parameters(model, bounds)
     opt = _optimizer(model, config.lr)
-    rt_loss = config.hist_config().rt_loss
     history: list[dict[str, float]] = []
     params = [p for group in opt.param_groups for p in group["params"]]
     first_avg = (
@@ -446,9 +582,9 @@ def fit_ww_to_human(
     snapshot: tuple[list[Tensor], dict[str, Any]] | None = None
     n_rollbacks = 0
     for step in range(config.steps):
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        sample, no_decision = ww_sample(model, trials, config, gen)
-        loss, parts = rt_loss(sample, targets)
+        loss, parts, no_decision = ww_objective(
+            model, trials, targets, config, config.seed * 1_000_003 + step
+        )
         record = {
             "loss": float(loss.detach()),
             **parts,
