@@ -207,7 +207,7 @@ def load_cost_ratios(path: Path | str | None = None) -> tuple[dict[str, float], 
     label naming the file and its set-up. A missing file or missing keys is an error naming the file."""
     path = Path(path) if path is not None else DEFAULT_COST_FILE
     regenerate = (
-        "write it with `python benchmarks/ntps_cost.py --json PATH` and pass `cost_json` (CLI: --cost-json), "
+        "write it with `python benchmarks/ntps_cost.py --json PATH` and pass it as `cost_json`, "
         "or give a study with measured cell times"
     )
     if not path.is_file():

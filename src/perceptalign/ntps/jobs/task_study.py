@@ -451,14 +451,14 @@ def reanalyse_task_study(
 
     path = out / "report.json"
     if not path.is_file():
-        raise PerceptAlignError(f"no {path}: run the study first (without --reanalyse).")
+        raise PerceptAlignError(f"no {path}: run the whole study first (the measurements write it).")
     import json
 
     stored = json.loads(path.read_text())
     table = pd.DataFrame.from_records(stored["tasks"])
     missing = sorted(set(config.tasks) - set(table["name"]))
     if missing:
-        raise PerceptAlignError(f"{path} lacks tasks {missing[:5]}: rerun the study without --reanalyse.")
+        raise PerceptAlignError(f"{path} lacks tasks {missing[:5]}: rerun the whole study on them first.")
     table = table[table["name"].isin(config.tasks)].reset_index(drop=True)
     report = TaskStudyReport(
         table=table,
