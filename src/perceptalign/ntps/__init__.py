@@ -11,12 +11,13 @@ The front door::
     result.best(0.5)            # the layer of highest NTPS at f = 0.5
 
 For data streamed batch by batch, feed a :class:`StatisticsAccumulator` and solve its moments with
-:func:`ntps_from_statistics`. The command-line jobs (``perceptalign ntps score`` …) live in
+:func:`ntps_from_statistics`; for many overlapping text sets (carved tasks, halves, folds) from one pass,
+:class:`GroupedStatistics`. The command-line jobs (``perceptalign ntps score`` …) live in
 :mod:`perceptalign.ntps.jobs` and use the same engine.
 """
 
 from perceptalign.ntps.api import ntps_from_hidden, ntps_from_statistics, score
-from perceptalign.ntps.datasets import TextDataset, load_text_dataset
+from perceptalign.ntps.datasets import TextDataset, list_tasks, load_text_dataset
 from perceptalign.ntps.models import as_loaded_model, load_causal_lm
 from perceptalign.ntps.result import BestLayer, NTPSResult
 from perceptalign.ntps.statistics import (
@@ -25,16 +26,19 @@ from perceptalign.ntps.statistics import (
     load_statistics,
     save_statistics,
 )
+from perceptalign.ntps.statistics.grouped import GroupedStatistics
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
 __all__ = [
     "DEFAULT_FRACTIONS",
     "BestLayer",
+    "GroupedStatistics",
     "LayerStatistics",
     "NTPSResult",
     "StatisticsAccumulator",
     "TextDataset",
     "as_loaded_model",
+    "list_tasks",
     "load_causal_lm",
     "load_statistics",
     "load_text_dataset",
