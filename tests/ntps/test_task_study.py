@@ -222,3 +222,72 @@ def test_reanalysis_redraws_the_report_from_the_stored_table(tmp_path):
     assert again.analysis["primary"]["rho"] == pytest.approx(first.analysis["primary"]["rho"])
     assert again.analysis["primary"]["p"] == pytest.approx(first.analysis["primary"]["p"])
     assert json.loads((tmp_path / "report.json").read_text())["deviations"] == first.deviations
+
+
+def test_lora_arm_follows_its_declared_rule_and_feeds_s3():
+    from perceptalign.ntps.jobs.task_lora import ADAPTERS, PILOT_TASK, RECIPE, lora_arm_tasks
+
+    prereg = json.loads((REPO / "results/ntps-task-study/preregistration.json").read_text())
+    amendment = prereg["amendments"][0]
+    assert lora_arm_tasks() == amendment["tasks"] and PILOT_TASK not in amendment["tasks"]
+    recipe = amendment["recipe"]
+    assert (RECIPE.steps, RECIPE.batch_size, RECIPE.lr, ADAPTERS.r, ADAPTERS.alpha) == (
+        recipe["steps"],
+        recipe["batch_size"],
+        recipe["lr"],
+        recipe["r"],
+        recipe["alpha"],
+    )
+    # S3 joins the Holm family and tests NTPS against the gain over the probe.
+    config = TaskStudyConfig(
+        tasks=(*TASKS, "rt-3way", "rt-fresh-plot", "rt-plot-rotten", "guardian-month", "vader-domain"),
+        peers=("logme",),
+        noise_levels=(0.0, 0.4),
+        n_permutations=500,
+        n_boot=100,
+        n_power_simulations=20,
+    )
+    table = _table(n_per_parent=2, parents=4).assign(name=list(config.tasks))
+    lora = pd.DataFrame(
+        {
+            "name": table["name"],
+            "parent": table["parent"],
+            "gain_over_probe": table["ntps_declared"] * 0.1,  # planted: rises with NTPS
+            "gain_over_head": 0.05 + 0.01 * table["ntps_half0"],
+            "accuracy_probe": 0.8,
+        }
+    )
+    report = analyse(table, config, lora)
+    s3 = next(t for t in report["secondary"] if t["id"] == "S3")
+    # Within-parent permutations of 4 parents × 2 tasks: 2⁴ = 16, all enumerated; ρ = 1 is the single most
+    # extreme, so the exact one-sided p is 1/16.
+    assert s3["rho"] == pytest.approx(1.0) and s3["exact"] and s3["p"] == pytest.approx(1 / 16)
+    assert report["lora_arm"]["n_tasks"] == 8
+    assert report["primary"]["p_holm"] >= report["primary"]["p"]
+    assert not any(d.startswith("S3") for d in deviations(config, prereg, lora_run=True))
+
+
+def test_summary_reports_the_lora_arm_when_there_is_one():
+    from perceptalign.ntps.jobs.task_study_report import summary_markdown
+
+    config = TaskStudyConfig(
+        tasks=(*TASKS, "rt-3way", "rt-fresh-plot", "rt-plot-rotten", "guardian-month", "vader-domain"),
+        peers=("logme",),
+        noise_levels=(0.0, 0.4),
+        n_permutations=200,
+        n_boot=50,
+        n_power_simulations=10,
+    )
+    table = _table(n_per_parent=2, parents=4).assign(name=list(config.tasks))
+    lora = table[["name", "parent"]].assign(
+        gain_over_probe=-0.1 + 0.01 * table["ntps_half1"],
+        gain_over_head=0.2 + 0.01 * table["ntps_half0"],
+        accuracy_probe=0.8,
+        accuracy_head=0.7,
+        accuracy_lora=0.75,
+    )
+    lora.loc[0, "gain_over_probe"] = 0.05
+    report = {**analyse(table, config, lora), "deviations": [], "tasks": table.to_dict(orient="records")}
+    text = summary_markdown(report)
+    assert "## LoRA arm (8 tasks" in text and "LoRA above the probe on 12%" in text
+    assert "| S3 |" in text

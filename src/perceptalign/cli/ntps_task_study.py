@@ -37,6 +37,13 @@ def task_study(
             "OUT/report.json (no model, no pass)."
         ),
     ] = False,
+    lora_arm: Annotated[
+        bool,
+        typer.Option(
+            help="Run the pre-registered LoRA arm (S3: 20 tasks, r = 8, 90 steps × 8; ≈ 2–4 min per task) on "
+            "the study already in OUT, then redo the analysis with it."
+        ),
+    ] = False,
     quick: Annotated[
         bool,
         typer.Option(help="Fewer permutations, bootstrap resamples and power simulations (for a smoke run)."),
@@ -67,6 +74,19 @@ def task_study(
             options.update(n_permutations=2_000, n_boot=300, n_power_simulations=100)
         config = TaskStudyConfig(**options)
     started = time.perf_counter()
+    if lora_arm:
+        from perceptalign.ntps.jobs.task_lora import run_study_lora_arm
+
+        with exit_on_error():
+            report = run_study_lora_arm(
+                config,
+                out,
+                prereg,
+                on_task=lambda name, i, n: console.print(f"LoRA arm {i + 1}/{n}: {name}"),
+                on_status=print_status,
+            )
+        _print_summary(report, out, started)
+        return
     if reanalyse:
         with exit_on_error():
             report = reanalyse_task_study(config, out, prereg)

@@ -201,8 +201,15 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def _declared_test(table: pd.DataFrame, column: str, config: TaskStudyConfig, test_id: str) -> dict[str, Any]:
-    x, y = table[column].to_numpy(float), table["target"].to_numpy(float)
+def _declared_test(
+    table: pd.DataFrame,
+    column: str,
+    config: TaskStudyConfig,
+    test_id: str,
+    target: str = "target",
+    target_label: str = "chance-corrected balanced accuracy (mean over resplits)",
+) -> dict[str, Any]:
+    x, y = table[column].to_numpy(float), table[target].to_numpy(float)
     groups = table["parent"].to_numpy()
     perm = permutation_test(
         x, y, groups=groups, alternative="greater", n_permutations=config.n_permutations, seed=config.seed
@@ -212,7 +219,7 @@ def _declared_test(table: pd.DataFrame, column: str, config: TaskStudyConfig, te
         "id": test_id,
         "model": config.model,
         "predictor": column,
-        "target": "chance-corrected balanced accuracy (mean over resplits)",
+        "target": target_label,
         "rho": float(perm.statistic),
         "ci": [float(ci[0]), float(ci[1])],
         "p": float(perm.p),
@@ -256,13 +263,31 @@ def _split_half(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"half_rho": r, "spearman_brown": 2 * r / (1 + r) if r > -1 else float("nan")}
 
 
-def analyse(table: pd.DataFrame, config: TaskStudyConfig) -> dict[str, Any]:
-    """The declared tests on the per-task table (one row per task)."""
+def analyse(table: pd.DataFrame, config: TaskStudyConfig, lora: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The declared tests on the per-task table (one row per task); S3 when the LoRA arm's table is given."""
     if len(table) < 4:
         raise PerceptAlignError(f"the analysis needs at least 4 tasks, got {len(table)}.")
     groups = table["parent"].to_numpy()
     primary = _declared_test(table, "ntps_declared", config, "P1")
     secondary = [_declared_test(table, "ntps_reference", config, "S1")]
+    lora_arm: dict[str, Any] | None = None
+    if lora is not None and len(lora):
+        arm = lora.merge(table[["name", "ntps_declared"]], on="name", how="left")
+        if arm["ntps_declared"].isna().any():
+            raise PerceptAlignError("the LoRA arm holds tasks that the study did not measure.")
+        label = "LoRA gain over the converged probe (chance-corrected accuracy, same 400 texts)"
+        secondary.append(_declared_test(arm, "ntps_declared", config, "S3", "gain_over_probe", label))
+        lora_arm = {
+            "n_tasks": len(arm),
+            "mean_gain_over_probe": float(arm["gain_over_probe"].mean()),
+            "mean_gain_over_head": float(arm["gain_over_head"].mean()),
+            "share_lora_above_probe": float((arm["gain_over_probe"] > 0).mean()),
+            "share_lora_above_head": float((arm["gain_over_head"] > 0).mean()),
+            "rho_ntps_gain_over_head": _spearman(
+                arm["ntps_declared"].to_numpy(), arm["gain_over_head"].to_numpy()
+            ),
+            "tasks": arm.to_dict(orient="records"),
+        }
     adjusted = holm([primary["p"], *(s["p"] for s in secondary)])
     primary["p_holm"] = float(adjusted[0])
     for s, p in zip(secondary, adjusted[1:], strict=True):
@@ -332,13 +357,14 @@ def analyse(table: pd.DataFrame, config: TaskStudyConfig) -> dict[str, Any]:
         "secondary": secondary,
         "peers_head_to_head": peers,
         "reliability": reliability,
+        "lora_arm": lora_arm,
         "controls": controls,
         "within_parent": by_parent.to_dict(orient="records"),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
     }
 
 
-def deviations(config: TaskStudyConfig, prereg: Mapping[str, Any]) -> list[str]:
+def deviations(config: TaskStudyConfig, prereg: Mapping[str, Any], *, lora_run: bool = False) -> list[str]:
     """Where the run differs from the pre-registration (empty when it follows it)."""
     out = []
     declared = prereg.get("configuration", {})
@@ -350,7 +376,7 @@ def deviations(config: TaskStudyConfig, prereg: Mapping[str, Any]) -> list[str]:
     if tuple(config.peers) != DECLARED_PEERS:
         out.append(f"peers: declared {list(DECLARED_PEERS)}, run {list(config.peers)}")
     for test in prereg.get("analysis", {}).get("secondary", []):
-        if test.get("planned"):
+        if test.get("planned") and not (test["id"] == "S3" and lora_run):
             out.append(f"{test['id']} not run in this round (planned): {test['hypothesis']}")
     return out
 
@@ -460,11 +486,15 @@ def reanalyse_task_study(
     if missing:
         raise PerceptAlignError(f"{path} lacks tasks {missing[:5]}: rerun the whole study on them first.")
     table = table[table["name"].isin(config.tasks)].reset_index(drop=True)
+    arm_path = out / "lora_arm.json"
+    lora = (
+        pd.DataFrame.from_records(json.loads(arm_path.read_text())["tasks"]) if arm_path.is_file() else None
+    )
     report = TaskStudyReport(
         table=table,
-        analysis=analyse(table, config),
+        analysis=analyse(table, config, lora),
         preregistration=dict(preregistration),
-        deviations=deviations(config, preregistration),
+        deviations=deviations(config, preregistration, lora_run=lora is not None),
     )
     write_task_study(out, report)
     return report

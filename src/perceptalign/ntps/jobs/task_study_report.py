@@ -64,6 +64,28 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"| {e['peer']} | {e['rho_peer']:+.3f} | {e['delta_rho']:+.3f} | "
             f"[{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}] | {_p(e['p_holm'])} | {e['verdict']} |"
         )
+    arm = report.get("lora_arm")
+    if arm:
+        lines += [
+            "",
+            f"## LoRA arm ({arm['n_tasks']} tasks, pre-registration amendment 1)",
+            "",
+            f"- Mean gain of LoRA over the converged probe: {arm['mean_gain_over_probe']:+.3f} "
+            f"(chance-corrected accuracy; LoRA above the probe on {arm['share_lora_above_probe']:.0%} "
+            "of tasks).",
+            f"- Mean gain over the same-budget frozen head: {arm['mean_gain_over_head']:+.3f} "
+            f"(LoRA above on {arm['share_lora_above_head']:.0%}); "
+            f"ρ(NTPS, that gain) = {arm['rho_ntps_gain_over_head']:+.3f}.",
+            "",
+            "| task | NTPS | probe | head | LoRA | gain over probe | gain over head |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {t['name']} | {t['ntps_declared']:.3f} | {t['accuracy_probe']:.3f} | "
+                f"{t['accuracy_head']:.3f} | {t['accuracy_lora']:.3f} | {t['gain_over_probe']:+.3f} | "
+                f"{t['gain_over_head']:+.3f} |"
+                for t in arm["tasks"]
+            ),
+        ]
     rel, ctl = report["reliability"], report["controls"]
     perm = ctl["permuted_labels"]
     lines += [
