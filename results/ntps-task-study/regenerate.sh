@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1
 perceptalign ntps task-study --out runs/task-study --preregistration results/ntps-task-study/preregistration.json
-cp runs/task-study/{report.json,report.html,summary.md,tasks.csv} results/ntps-task-study/
+# The LoRA arm (S3, amendment 1): 20 tasks, ≈ 2 h on 2 cores, resumable per task; it reruns the analysis.
+perceptalign ntps task-study --out runs/task-study --preregistration results/ntps-task-study/preregistration.json --lora-arm
+cp runs/task-study/{report.json,report.html,summary.md,tasks.csv,lora_arm.json} results/ntps-task-study/

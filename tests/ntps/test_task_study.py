@@ -283,6 +283,7 @@ def test_summary_reports_the_lora_arm_when_there_is_one():
         gain_over_probe=-0.1 + 0.01 * table["ntps_half1"],
         gain_over_head=0.2 + 0.01 * table["ntps_half0"],
         accuracy_probe=0.8,
+        n_eval=400,
         accuracy_head=0.7,
         accuracy_lora=0.75,
     )

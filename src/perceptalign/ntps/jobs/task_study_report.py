@@ -77,10 +77,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"(LoRA above on {arm['share_lora_above_head']:.0%}); "
             f"ρ(NTPS, that gain) = {arm['rho_ntps_gain_over_head']:+.3f}.",
             "",
-            "| task | NTPS | probe | head | LoRA | gain over probe | gain over head |",
-            "|---|---|---|---|---|---|---|",
+            "Probe, head and LoRA columns: balanced accuracy on the same n held-out texts; gains: "
+            "differences of chance-corrected balanced accuracy.",
+            "",
+            "| task | n | NTPS | probe | head | LoRA | gain over probe | gain over head |",
+            "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {t['name']} | {t['ntps_declared']:.3f} | {t['accuracy_probe']:.3f} | "
+                f"| {t['name']} | {t['n_eval']} | {t['ntps_declared']:.3f} | {t['accuracy_probe']:.3f} | "
                 f"{t['accuracy_head']:.3f} | {t['accuracy_lora']:.3f} | {t['gain_over_probe']:+.3f} | "
                 f"{t['gain_over_head']:+.3f} |"
                 for t in arm["tasks"]
