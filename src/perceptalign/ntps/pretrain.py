@@ -42,7 +42,7 @@ from perceptalign.io import (
 ALIAS_PREFIX = "scratch-lm-"
 RECORD_FILE = "perceptalign_pretrain.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,23 @@ class ModelSize:
 
 
 #: Non-embedding parameters grow ~4x per size (0.80M, 3.96M, 12.4M; tied 4k-token embeddings add 0.5M,
-#: 1.0M, 1.6M). Steps are set for roughly equal wall time (≲ 15 min on 2 idle cores at 4,096 tokens per
-#: step), so the zoo is compute-matched: bigger models see fewer tokens (4.9M, 2.6M, 1.15M; the corpus
-#: has 1.05M train tokens).
+#: 1.0M, 1.6M). The zoo is token-matched (recipe 2): every size takes the same 400 steps of 16 × 256
+#: tokens, and since the batch of a step depends only on (seed, step), every size sees the very same
+#: 1.64M tokens in the same order (1.56 epochs of the 1.05M-token train split). Size is then the only
+#: difference, so a bigger model is not handicapped by seeing fewer tokens. (Recipe 1 was compute-matched:
+#: 1200/640/280 steps, so the bigger models saw fewer tokens and came out worse.) On 2 idle cores:
+#: ≈ 5, 9 and 21 min.
+ZOO_STEPS = 400
+
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(
-        "tiny", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, steps=1200, lr=3e-3
+        "tiny", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, steps=ZOO_STEPS, lr=3e-3
     ),
     "small": ModelSize(
-        "small", hidden_size=256, num_layers=5, num_heads=4, intermediate_size=688, steps=640, lr=2e-3
+        "small", hidden_size=256, num_layers=5, num_heads=4, intermediate_size=688, steps=ZOO_STEPS, lr=2e-3
     ),
     "base": ModelSize(
-        "base", hidden_size=384, num_layers=7, num_heads=6, intermediate_size=1024, steps=280, lr=1.5e-3
+        "base", hidden_size=384, num_layers=7, num_heads=6, intermediate_size=1024, steps=ZOO_STEPS, lr=1.5e-3
     ),
 }
 
@@ -84,7 +89,7 @@ class PretrainConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 352
-    steps: int = 1200
+    steps: int = ZOO_STEPS
     batch_size: int = 16
     seq_len: int = 256
     lr: float = 3e-3
