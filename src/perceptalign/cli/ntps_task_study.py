@@ -44,6 +44,14 @@ def task_study(
             "the study already in OUT, then redo the analysis with it."
         ),
     ] = False,
+    zoo_arm: Annotated[
+        bool,
+        typer.Option(
+            help="Run the pre-registered scratch-LM arm (S2: scratch-lm-tiny/small/base, token-matched, "
+            "trained first with `perceptalign ntps pretrain --size all`) on the study already in OUT, then "
+            "redo the analysis with it (≈ 5–10 min per model on 2 cores)."
+        ),
+    ] = False,
     quick: Annotated[
         bool,
         typer.Option(help="Fewer permutations, bootstrap resamples and power simulations (for a smoke run)."),
@@ -87,6 +95,21 @@ def task_study(
             )
         _print_summary(report, out, started)
         return
+    if zoo_arm:
+        from perceptalign.ntps.jobs.task_study_zoo import run_study_zoo_arm
+
+        progress = RateProgress(console, "forward pass")
+        with exit_on_error(), progress:
+            report = run_study_zoo_arm(
+                config,
+                out,
+                prereg,
+                on_status=print_status,
+                on_start=lambda n, _t: progress.start(n),
+                on_batch=progress.advance,
+            )
+        _print_summary(report, out, started)
+        return
     if reanalyse:
         with exit_on_error():
             report = reanalyse_task_study(config, out, prereg)
@@ -113,6 +136,11 @@ def _print_summary(report: Any, out: Path, started: float) -> None:
         f"P1: ρ(NTPS, target) = {p1['rho']:+.3f} [{p1['ci'][0]:+.3f}, {p1['ci'][1]:+.3f}], p = {p1['p']:.3g} "
         f"(Holm {p1['p_holm']:.3g}), n = {p1['n']} tasks, power at ρ = .5: {p1['power_at_rho_0.5']:.2f}"
     )
+    for test in report.analysis["secondary"]:
+        console.print(
+            f"{test['id']}: {'β' if test['id'] == 'S2' else 'ρ'} = {test['rho']:+.3f} "
+            f"[{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}], p = {test['p']:.3g} (Holm {test['p_holm']:.3g})"
+        )
     for entry in report.analysis["peers_head_to_head"]:
         console.print(
             f"  vs {entry['peer']}: ρ_peer {entry['rho_peer']:+.3f}, Δρ {entry['delta_rho']:+.3f} "

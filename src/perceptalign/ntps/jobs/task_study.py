@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class TaskStudyConfig:
     n_permutations: int = 100_000
     n_boot: int = 5_000
     n_power_simulations: int = 1_000
+    zoo_permutations: int = 2_000
+    zoo_boot: int = 1_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -263,8 +265,15 @@ def _split_half(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"half_rho": r, "spearman_brown": 2 * r / (1 + r) if r > -1 else float("nan")}
 
 
-def analyse(table: pd.DataFrame, config: TaskStudyConfig, lora: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The declared tests on the per-task table (one row per task); S3 when the LoRA arm's table is given."""
+def analyse(
+    table: pd.DataFrame,
+    config: TaskStudyConfig,
+    lora: pd.DataFrame | None = None,
+    zoo: Mapping[str, pd.DataFrame] | None = None,
+    zoo_about: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The declared tests on the per-task table (one row per task); S3 when the LoRA arm's table is given,
+    S2 when the zoo models' tables are (``zoo``: model → per-task table, the declared model's excluded)."""
     if len(table) < 4:
         raise PerceptAlignError(f"the analysis needs at least 4 tasks, got {len(table)}.")
     groups = table["parent"].to_numpy()
@@ -287,6 +296,25 @@ def analyse(table: pd.DataFrame, config: TaskStudyConfig, lora: pd.DataFrame | N
                 arm["ntps_declared"].to_numpy(), arm["gain_over_head"].to_numpy()
             ),
             "tasks": arm.to_dict(orient="records"),
+        }
+    zoo_arm: dict[str, Any] | None = None
+    if zoo:
+        from perceptalign.ntps.jobs.task_study_zoo import zoo_test
+
+        tables = {config.model: table, **zoo}
+        s2 = zoo_test(
+            tables, n_permutations=config.zoo_permutations, n_boot=config.zoo_boot, seed=config.seed
+        )
+        secondary.insert(1, s2)
+        per_model = []
+        for model, model_table in tables.items():
+            entry = _declared_test(model_table, "ntps_declared", replace(config, model=model), "S2-" + model)
+            about = next((dict(a) for a in zoo_about if a.get("model") == model), {"model": model})
+            per_model.append({**about, "rho": entry["rho"], "ci": entry["ci"], "p": entry["p"]})
+        zoo_arm = {
+            "models": per_model,
+            "mean_rho": float(np.mean([m["rho"] for m in per_model])),
+            "n_tasks": s2["n"],
         }
     adjusted = holm([primary["p"], *(s["p"] for s in secondary)])
     primary["p_holm"] = float(adjusted[0])
@@ -358,13 +386,16 @@ def analyse(table: pd.DataFrame, config: TaskStudyConfig, lora: pd.DataFrame | N
         "peers_head_to_head": peers,
         "reliability": reliability,
         "lora_arm": lora_arm,
+        "zoo_arm": zoo_arm,
         "controls": controls,
         "within_parent": by_parent.to_dict(orient="records"),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
     }
 
 
-def deviations(config: TaskStudyConfig, prereg: Mapping[str, Any], *, lora_run: bool = False) -> list[str]:
+def deviations(
+    config: TaskStudyConfig, prereg: Mapping[str, Any], *, lora_run: bool = False, zoo_run: bool = False
+) -> list[str]:
     """Where the run differs from the pre-registration (empty when it follows it)."""
     out = []
     declared = prereg.get("configuration", {})
@@ -376,7 +407,8 @@ def deviations(config: TaskStudyConfig, prereg: Mapping[str, Any], *, lora_run: 
     if tuple(config.peers) != DECLARED_PEERS:
         out.append(f"peers: declared {list(DECLARED_PEERS)}, run {list(config.peers)}")
     for test in prereg.get("analysis", {}).get("secondary", []):
-        if test.get("planned") and not (test["id"] == "S3" and lora_run):
+        ran = (test["id"] == "S3" and lora_run) or (test["id"] == "S2" and zoo_run)
+        if test.get("planned") and not ran:
             out.append(f"{test['id']} not run in this round (planned): {test['hypothesis']}")
     return out
 
@@ -402,6 +434,65 @@ class TaskStudyReport:
 # ---------------------------------------------------------------------------------------------- the run
 
 
+def measure_model(
+    config: TaskStudyConfig,
+    out: Path,
+    loaded: Any,
+    *,
+    on_status: Callable[[str], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_task: Callable[[str], None] | None = None,
+    reuse_table: Callable[[dict[str, Any]], pd.DataFrame | None] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One model's per-task table: the pass (reused from ``out/pass.safetensors`` when its identity matches)
+    and the per-task measurements, unless ``reuse_table`` returns a stored table for the pass identity."""
+    from perceptalign.io import ensure_output_dir
+    from perceptalign.ntps.jobs.task_pass import (
+        TaskUniverse,
+        load_task_pass,
+        pass_identity,
+        run_task_pass,
+        save_task_pass,
+    )
+
+    ensure_output_dir(out)
+    universe = TaskUniverse.build(config.tasks)
+    if not 0 <= config.layer < loaded.n_hidden_states:
+        raise PerceptAlignError(
+            f"`layer` {config.layer} does not exist: {config.model} has hidden states "
+            f"0..{loaded.n_hidden_states - 1}."
+        )
+    identity = pass_identity(loaded, universe, config.layer, config.max_length)
+    if reuse_table is not None:
+        stored = reuse_table(identity)
+        if stored is not None:
+            if on_status:
+                on_status(f"reusing the per-task table of {config.model} saved in {out}")
+            return stored, identity
+    path = out / "pass.safetensors"
+    task_pass = load_task_pass(path, universe, identity, loaded.hidden_size)
+    if task_pass is None:
+        if on_status:
+            on_status(
+                f"one pass of {config.model} over {len(universe.texts)} texts of {len(config.tasks)} tasks"
+            )
+        if on_start:
+            on_start(len(universe.texts), 0)
+        task_pass = run_task_pass(
+            loaded,
+            universe,
+            config.layer,
+            max_length=config.max_length,
+            token_budget=config.token_budget,
+            on_batch=on_batch,
+        )
+        save_task_pass(path, task_pass)
+    elif on_status:
+        on_status(f"reusing the pass saved in {path}")
+    return measure_tasks(task_pass, config, on_task=on_task), identity
+
+
 def run_task_study(
     config: TaskStudyConfig,
     out: Path,
@@ -416,48 +507,18 @@ def run_task_study(
     """The whole study: one pass (reused from ``out/pass.safetensors`` when its identity matches), the
     per-task measurements, the declared analysis, and the report files in ``out``."""
     from perceptalign.io import ensure_output_dir
-    from perceptalign.ntps.jobs.task_pass import (
-        TaskUniverse,
-        load_task_pass,
-        pass_identity,
-        run_task_pass,
-        save_task_pass,
-    )
     from perceptalign.ntps.jobs.task_study_report import write_task_study
 
     ensure_output_dir(out)
-    universe = TaskUniverse.build(config.tasks)
     if loaded is None:
         from perceptalign.ntps.models import load_causal_lm
 
         if on_status:
             on_status(f"loading {config.model}")
         loaded = load_causal_lm(config.model)
-    if not 0 <= config.layer < loaded.n_hidden_states:
-        raise PerceptAlignError(
-            f"`layer` {config.layer} does not exist: {config.model} has hidden states "
-            f"0..{loaded.n_hidden_states - 1}."
-        )
-    identity = pass_identity(loaded, universe, config.layer, config.max_length)
-    path = out / "pass.safetensors"
-    task_pass = load_task_pass(path, universe, identity, loaded.hidden_size)
-    if task_pass is None:
-        if on_status:
-            on_status(f"one pass over {len(universe.texts)} texts of {len(config.tasks)} tasks")
-        if on_start:
-            on_start(len(universe.texts), 0)
-        task_pass = run_task_pass(
-            loaded,
-            universe,
-            config.layer,
-            max_length=config.max_length,
-            token_budget=config.token_budget,
-            on_batch=on_batch,
-        )
-        save_task_pass(path, task_pass)
-    elif on_status:
-        on_status(f"reusing the pass saved in {path}")
-    table = measure_tasks(task_pass, config, on_task=on_task)
+    table, _ = measure_model(
+        config, out, loaded, on_status=on_status, on_start=on_start, on_batch=on_batch, on_task=on_task
+    )
     report = TaskStudyReport(
         table=table,
         analysis=analyse(table, config),
@@ -490,11 +551,14 @@ def reanalyse_task_study(
     lora = (
         pd.DataFrame.from_records(json.loads(arm_path.read_text())["tasks"]) if arm_path.is_file() else None
     )
+    from perceptalign.ntps.jobs.task_study_zoo import load_zoo_tables
+
+    zoo, zoo_about = load_zoo_tables(out, config.tasks)
     report = TaskStudyReport(
         table=table,
-        analysis=analyse(table, config, lora),
+        analysis=analyse(table, config, lora, zoo or None, zoo_about),
         preregistration=dict(preregistration),
-        deviations=deviations(config, preregistration, lora_run=lora is not None),
+        deviations=deviations(config, preregistration, lora_run=lora is not None, zoo_run=bool(zoo)),
     )
     write_task_study(out, report)
     return report

@@ -64,6 +64,34 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"| {e['peer']} | {e['rho_peer']:+.3f} | {e['delta_rho']:+.3f} | "
             f"[{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}] | {_p(e['p_holm'])} | {e['verdict']} |"
         )
+    zoo = report.get("zoo_arm")
+    if zoo:
+        s2 = next(t for t in report["secondary"] if t["id"] == "S2")
+        comps = s2["variance_components"]
+        lines += [
+            "",
+            f"## Scratch-LM arm (S2, pre-registration amendment 2; {len(zoo['models'])} models × "
+            f"{zoo['n_tasks']} tasks)",
+            "",
+            "- S2's ρ column is the mixed-model slope β of z(rank target) on z(rank NTPS), ranks within "
+            "each model, with random intercepts for task (shared by the models) and parent: "
+            f"β = {s2['beta']:+.3f} "
+            f"(model-based SE {s2['beta_se_model_based']:.3f}); variance components: task "
+            f"{comps['task']:.3f}, parent {comps['parent']:.3f}, residual {comps['residual']:.3f}.",
+            f"- Mean of the per-model ρ: {zoo['mean_rho']:+.3f}. Descriptive, not pre-registered: the slope "
+            f"between tasks (task means over models) is {s2['descriptive_slopes']['between_tasks']:+.3f}, "
+            f"within tasks (each model's deviation) {s2['descriptive_slopes']['within_tasks']:+.3f}; "
+            "β blends the two.",
+            "",
+            "| model | layer | held-out perplexity | ρ(NTPS, target) | 95 % CI | p (within parent) |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {m['model']} | {m.get('layer', report['config']['layer'])} | "
+                f"{format(m['val_perplexity'], '.1f') if m.get('val_perplexity') else 'pretrained'} | "
+                f"{m['rho']:+.3f} | [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}] | {_p(m['p'])} |"
+                for m in zoo["models"]
+            ),
+        ]
     arm = report.get("lora_arm")
     if arm:
         lines += [
