@@ -193,7 +193,7 @@ def test_late_training_rts_are_censored_in_the_ddm_likelihood(tmp_path: Path) ->
         notes = result.report["baselines"][name]["notes"]
         assert notes[0].startswith("5 training trial(s) with RTs at or beyond max_time_s = 2.5 s"), name
         # censored, not conditioned on a response: P(no response within 2.5 s) is in the likelihood
-        assert result.fitted[name].config.condition_on_response is False, name
+        assert result.fitted[name].model_.config.condition_on_response is False, name
     for name, entry in [("rtify", result.report["rtify"]), *result.report["baselines"].items()]:
         assert np.isfinite(entry["test_loss"]), name
         row = next(r for r in entry["per_condition"] if r["condition"] == 6.4)

@@ -1,9 +1,10 @@
-"""RT losses: soft histogram properties, Wasserstein vs scipy, quantiles vs numpy, Pearson vs scipy,
-self-penalties against hand-computed formulas, and errors."""
+"""RT losses: soft histogram properties, Wasserstein vs scipy, Pearson vs scipy, parameter recovery with
+the shared objective (RTLoss), self-penalties against hand-computed formulas, and errors."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,16 +14,13 @@ from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.decision import first_crossing
 from perceptalign.rtify.losses import (
     histogram_mse,
-    histograms_by_condition,
     neg_pearson,
-    quantile_loss,
-    rt_histogram_loss,
-    sample_quantiles,
     self_penalty_loss,
     signed_rt,
     soft_histogram,
     wasserstein1_from_histograms,
 )
+from perceptalign.rtify.objective import RTLoss, RTSample
 
 
 def _rts(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -97,69 +95,6 @@ def test_histogram_mse_is_mean_square() -> None:
     assert histogram_mse(a, b).item() == pytest.approx((0.09 + 0.04 + 0.25) / 3)
 
 
-def test_rt_histogram_loss_sums_over_conditions_and_dict_equals_tensor() -> None:
-    human = torch.cat([_rts(400, 5), _rts(400, 6, shift=0.3)])
-    hcond = torch.tensor([0.0] * 400 + [1.0] * 400, dtype=torch.float64)
-    hists = histograms_by_condition(human, hcond)
-    model = torch.cat([_rts(300, 7), _rts(300, 8, shift=0.1)]).requires_grad_(True)
-    mcond = torch.tensor([0.0] * 300 + [1.0] * 300, dtype=torch.float64)
-    for distance in ("mse", "wasserstein"):
-        total = rt_histogram_loss(model, mcond, hists, distance=distance)
-        parts = [
-            rt_histogram_loss(model[mcond == k], mcond[mcond == k], {k: hists[k]}, distance=distance)
-            for k in (0.0, 1.0)
-        ]
-        torch.testing.assert_close(total, parts[0] + parts[1])
-        as_tensor = rt_histogram_loss(
-            model, mcond.long(), torch.stack([hists[0.0], hists[1.0]]), distance=distance
-        )
-        torch.testing.assert_close(as_tensor, total)
-    total.backward()
-    assert torch.isfinite(model.grad).all()
-    # identical model and human trials give zero loss
-    same = rt_histogram_loss(human, hcond, hists)
-    assert same.item() == pytest.approx(0.0, abs=1e-20)
-
-
-def test_correct_only_mode_ignores_errors() -> None:
-    human = _rts(500, 9)
-    hists = histograms_by_condition(human, torch.zeros(500), mode="correct_only")
-    assert hists[0.0][:250].sum().item() == pytest.approx(0.0, abs=1e-6)  # no mass on the error side
-    model = _rts(400, 10)
-    flipped_errors = torch.where(model < 0, model - 1.0, model)  # move only error trials
-    a = rt_histogram_loss(model, torch.zeros(400), hists, mode="correct_only")
-    b = rt_histogram_loss(flipped_errors, torch.zeros(400), hists, mode="correct_only")
-    assert a.item() == pytest.approx(b.item(), rel=1e-12)
-    c = rt_histogram_loss(flipped_errors, torch.zeros(400), hists, mode="signed")
-    assert c.item() != pytest.approx(a.item(), rel=1e-3)
-
-
-def test_sample_quantiles_match_numpy_and_loss_is_mean_square() -> None:
-    x = _rts(101, 11).abs()
-    qs = (0.1, 0.3, 0.5, 0.7, 0.9)
-    np.testing.assert_allclose(sample_quantiles(x, qs).numpy(), np.quantile(x.numpy(), qs), rtol=1e-12)
-    human_q = torch.tensor([0.3, 0.4, 0.5, 0.6, 0.8], dtype=torch.float64)
-    expected = np.mean((np.quantile(x.numpy(), qs) - human_q.numpy()) ** 2)
-    assert quantile_loss(x, human_q).item() == pytest.approx(expected, rel=1e-12)
-
-
-def test_quantile_loss_gradient_reaches_only_order_statistics_used() -> None:
-    x = torch.arange(11, dtype=torch.float64).requires_grad_(True)  # median is exactly x[5]
-    quantile_loss(x, torch.tensor([0.0], dtype=torch.float64), qs=(0.5,)).backward()
-    expected = torch.zeros(11, dtype=torch.float64)
-    expected[5] = 2 * 5.0  # d/dx5 of (x5 − 0)²
-    torch.testing.assert_close(x.grad, expected)
-
-
-def test_quantile_loss_per_condition() -> None:
-    x = torch.cat([_rts(50, 12).abs(), _rts(60, 13).abs()])
-    cond = torch.tensor([3] * 50 + [7] * 60)
-    hq = {3: torch.full((5,), 0.5, dtype=torch.float64), 7: torch.full((5,), 0.7, dtype=torch.float64)}
-    total = quantile_loss(x, hq, model_condition=cond)
-    expected = quantile_loss(x[:50], hq[3]) + quantile_loss(x[50:], hq[7])
-    torch.testing.assert_close(total, expected)
-
-
 def test_neg_pearson_matches_scipy_and_constant_model_is_finite() -> None:
     gen = torch.Generator().manual_seed(0)
     human = torch.rand(40, generator=gen, dtype=torch.float64)
@@ -232,10 +167,12 @@ def _recover(
         cond,
     )
     model_noise = torch.randn(3 * n_per_cond, steps, generator=gen)
-    if distance == "quantile":
-        target = torch.stack([sample_quantiles(human_rt[cond == k]) for k in range(3)])
-    else:
-        target = torch.stack(list(histograms_by_condition(human_rt, cond).values()))
+    # The shared objective (RTLoss) without its accuracy term: every trial here is correct.
+    loss_fn = RTLoss(kind=distance, acc_weight=0.0)
+    human = pd.DataFrame(
+        {"condition": cond.double().numpy(), "rt_s": human_rt.double().numpy(), "correct": True}
+    )
+    targets = loss_fn.targets(human, [0.0, 1.0, 2.0])
     # log-parametrised so one Adam learning rate suits drifts (~0.01) and t₀ (~0.3 s) alike
     log_v = torch.nn.Parameter(torch.log(torch.tensor([0.03, 0.03, 0.03])))
     log_theta = torch.nn.Parameter(torch.log(torch.tensor(0.6)))
@@ -244,10 +181,8 @@ def _recover(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
     for _ in range(iters):
         rt, decided = _simulate(log_v.exp(), log_theta.exp(), log_t0.exp(), model_noise, cond)
-        if distance == "quantile":
-            loss = quantile_loss(rt, target, model_condition=cond)
-        else:  # all trials are "correct" here, so the signed histogram is the RT histogram
-            loss = rt_histogram_loss(rt, cond, target, distance=distance, weights=decided.double())
+        sample = RTSample.from_decisions(rt, torch.ones_like(rt), decided, cond, 3)
+        loss, _ = loss_fn(sample, targets)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -255,7 +190,7 @@ def _recover(
     return log_v.exp().detach() / v_true, log_theta.exp().item(), log_t0.exp().item()
 
 
-def test_parameter_recovery_fast_quantile_loss() -> None:
+def test_parameter_recovery_fast_quantile_objective() -> None:
     # Starts at drift ratios (3, 1.5, 0.75), θ = 0.6, t₀ = 0.15 s. With 400 trials per condition, seeds 1–3
     # gave worst errors of 24 % (drift), 18 % (θ) and 0.035 s (t₀): sampling error plus a systematic +5–8 %
     # on θ (the implicit gradient is local: under per-step noise a raised bound can also push the crossing to
@@ -291,25 +226,6 @@ def test_parameter_recovery_histogram_loss(distance: str) -> None:
         (lambda: histogram_mse(torch.zeros(3), torch.zeros(4)), "share bins"),
         (lambda: wasserstein1_from_histograms(torch.zeros(3), torch.zeros(3), bin_width=0.0), "bin_width"),
         (lambda: signed_rt(torch.zeros(3), torch.ones(2, dtype=torch.bool)), "must match"),
-        (
-            lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(3), {1.0: torch.zeros(500)}),
-            "no model trials",
-        ),
-        (lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(3), {0.0: torch.zeros(10)}), "n_bins"),
-        (lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(2), {0.0: torch.zeros(500)}), "entries"),
-        (lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(3), {}), "empty"),
-        (lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(3), torch.zeros(500), mode="signed"), r"\(K"),
-        (
-            lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(3), {0.0: torch.zeros(500)}, mode="x"),
-            "mode",
-        ),
-        (
-            lambda: rt_histogram_loss(torch.zeros(3), torch.zeros(3), {0.0: torch.zeros(500)}, distance="kl"),
-            "distance",
-        ),
-        (lambda: histograms_by_condition(-torch.ones(3), torch.zeros(3), mode="correct_only"), "no correct"),
-        (lambda: quantile_loss(torch.zeros(3), torch.zeros(4)), "matching qs"),
-        (lambda: quantile_loss(torch.zeros(3), torch.zeros(2), qs=(0.5, 1.5)), "probabilities"),
         (lambda: neg_pearson(torch.zeros(3), torch.ones(3)), "constant"),
         (lambda: neg_pearson(torch.zeros(1), torch.ones(1)), "at least 2"),
         (lambda: neg_pearson(torch.zeros(3), torch.arange(4.0)), "must match"),

@@ -9,8 +9,10 @@ The front door::
     fit_quality(human_test, model_trials)                   # per-condition accuracy, quantiles, KS, W1
 
 Trials tables (``condition``, ``rt_s``, ``correct``, optional ``split``/``decided``) are the one format in
-which human data, models and baselines exchange reaction times (:mod:`perceptalign.rtify.trials`). The
-command-line experiments (``perceptalign rtify fit`` …) compose these parts.
+which human data, models and baselines exchange reaction times (:mod:`perceptalign.rtify.trials`). Every
+method is fitted the same way, as an estimator (:mod:`perceptalign.rtify.estimators`: ``fit(trials)``,
+``simulate(conditions, n)``, ``score(trials)``) built from a frozen config and sharing one objective
+(:class:`RTLoss`); the command-line experiments (``perceptalign rtify fit`` …) build those estimators.
 """
 
 from perceptalign.rtify.baselines import DDMBaseline, EntropyThresholdRT, EvidentialRT
@@ -24,19 +26,26 @@ from perceptalign.rtify.decision import (
     first_passage,
     rt_seconds,
 )
+from perceptalign.rtify.estimators import (
+    DDMEstimator,
+    DDMEstimatorConfig,
+    EntropyThresholdConfig,
+    EntropyThresholdEstimator,
+    EvidentialConfig,
+    EvidentialEstimator,
+    NetworkTrials,
+    RTEstimator,
+    RTifyHeadConfig,
+    RTifyHeadEstimator,
+    WongWangEstimator,
+)
 from perceptalign.rtify.figures import (
     psychometric_chronometric,
     quantile_probability_plot,
     signed_rt_histograms,
 )
 from perceptalign.rtify.heads import RTifyHead, RTifyOutput
-from perceptalign.rtify.losses import (
-    neg_pearson,
-    quantile_loss,
-    rt_histogram_loss,
-    self_penalty_loss,
-    soft_histogram,
-)
+from perceptalign.rtify.losses import neg_pearson, self_penalty_loss, soft_histogram
 from perceptalign.rtify.metrics import fit_quality, rt_quantiles, summarize_fit
 from perceptalign.rtify.objective import RTLoss, RTSample, RTTargets
 from perceptalign.rtify.trials import (
@@ -61,17 +70,28 @@ __all__ = [
     "WW_DEFAULTS",
     "DDMBaseline",
     "DDMConfig",
+    "DDMEstimator",
+    "DDMEstimatorConfig",
     "Decision",
+    "EntropyThresholdConfig",
+    "EntropyThresholdEstimator",
     "EntropyThresholdRT",
+    "EvidentialConfig",
+    "EvidentialEstimator",
     "EvidentialRT",
     "FirstPassage",
+    "NetworkTrials",
+    "RTEstimator",
     "RTLoss",
     "RTSample",
     "RTTargets",
     "RTifyHead",
+    "RTifyHeadConfig",
+    "RTifyHeadEstimator",
     "RTifyOutput",
     "WWParams",
     "WongWang2",
+    "WongWangEstimator",
     "WongWangN",
     "aggregate_seeds",
     "bootstrap_fit_quality",
@@ -87,9 +107,7 @@ __all__ = [
     "noise_floor",
     "paired_difference",
     "psychometric_chronometric",
-    "quantile_loss",
     "quantile_probability_plot",
-    "rt_histogram_loss",
     "rt_quantiles",
     "rt_seconds",
     "self_penalty_loss",

@@ -1,14 +1,14 @@
 """Losses that pull a model's decision times towards human behaviour (RTify §2).
 
-(a) distributions: a differentiable soft histogram of signed RTs (+ correct, − error) compared with the
-human one per condition by MSE or 1-D Wasserstein, or RT quantiles compared directly; (b) per-item
-RTs: negative Pearson correlation; (c) no human data: cross-entropy plus a penalty on decision time.
-All losses are plain differentiable tensor functions; bad input raises PerceptAlignError.
+(a) distributions: the pieces of the shared objective :class:`perceptalign.rtify.objective.RTLoss` (a
+differentiable soft histogram of signed RTs, + correct, − error, and its MSE or 1-D Wasserstein distance
+to the human one); (b) per-item RTs: negative Pearson correlation; (c) no human data: cross-entropy plus
+a penalty on decision time. All are plain differentiable tensor functions; bad input raises
+PerceptAlignError. Distribution fits go through ``RTLoss`` (per condition, with the accuracy term).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -22,21 +22,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "histogram_mse",
-    "histograms_by_condition",
     "neg_pearson",
-    "quantile_loss",
-    "rt_histogram_loss",
-    "sample_quantiles",
     "self_penalty_loss",
     "self_penalty_objective",
     "signed_rt",
     "soft_histogram",
     "wasserstein1_from_histograms",
 ]
-
-HistMode = Literal["signed", "correct_only"]
-Distance = Literal["mse", "wasserstein"]
-DEFAULT_QS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def _as_1d(x: Tensor, name: str, *, min_len: int = 1) -> Tensor:
@@ -133,167 +125,6 @@ def _check_pair(model_hist: Tensor, human_hist: Tensor) -> None:
         raise PerceptAlignError(
             f"histograms must share bins: model {tuple(model_hist.shape)} vs human {tuple(human_hist.shape)}."
         )
-
-
-def _condition_keys(human: Mapping[object, Tensor] | Tensor, name: str) -> list[tuple[object, Tensor]]:
-    """(key, target) pairs from a {condition: tensor} mapping or a (K, ...) tensor indexed 0..K−1."""
-    if isinstance(human, Tensor):
-        if human.dim() != 2 or human.shape[0] == 0:
-            raise PerceptAlignError(
-                f"{name} as a tensor must be (K conditions, n), got {tuple(human.shape)}."
-            )
-        return [(k, human[k]) for k in range(human.shape[0])]
-    if isinstance(human, Mapping):
-        if not human:
-            raise PerceptAlignError(f"{name} is empty; give at least one condition.")
-        return list(human.items())
-    raise PerceptAlignError(f"{name} must be a dict {{condition: tensor}} or a (K, n) tensor.")
-
-
-def _select(model_condition: Tensor, key: object, n_trials: int) -> Tensor:
-    if model_condition.shape[0] != n_trials:
-        raise PerceptAlignError(
-            f"model_condition has {model_condition.shape[0]} entries for {n_trials} model trials."
-        )
-    mask = model_condition == torch.as_tensor(key, dtype=model_condition.dtype, device=model_condition.device)
-    if not mask.any():
-        raise PerceptAlignError(
-            f"no model trials for condition {key!r}; simulate every condition present in the human data "
-            f"(model conditions: {sorted(set(model_condition.tolist()))[:10]})."
-        )
-    return mask
-
-
-def histograms_by_condition(
-    signed_rt: Tensor,
-    condition: Tensor,
-    *,
-    mode: HistMode = "signed",
-    lo: float = -2.5,
-    hi: float = 2.5,
-    n_bins: int = 500,
-    sigma: float = 40.0,
-) -> dict[float, Tensor]:
-    """Per-condition soft histograms of (human) signed RTs, built exactly as the model's will be."""
-    _as_1d(signed_rt, "signed_rt")
-    _as_1d(condition, "condition")
-    if mode not in ("signed", "correct_only"):
-        raise PerceptAlignError(f"mode must be 'signed' or 'correct_only', got {mode!r}.")
-    out: dict[float, Tensor] = {}
-    for key in sorted(set(condition.tolist())):
-        mask = _select(condition, key, signed_rt.shape[0])
-        values = signed_rt[mask]
-        if mode == "correct_only":
-            values = values[values > 0]
-            if values.numel() == 0:
-                raise PerceptAlignError(
-                    f"condition {key!r} has no correct trials for a correct-only histogram."
-                )
-        out[key] = soft_histogram(values, lo=lo, hi=hi, n_bins=n_bins, sigma=sigma)
-    return out
-
-
-def rt_histogram_loss(
-    model_signed_rt: Tensor,
-    model_condition: Tensor,
-    human_hist_by_condition: Mapping[object, Tensor] | Tensor,
-    *,
-    mode: HistMode = "signed",
-    distance: Distance = "mse",
-    lo: float = -2.5,
-    hi: float = 2.5,
-    n_bins: int = 500,
-    sigma: float = 40.0,
-    weights: Tensor | None = None,
-) -> Tensor:
-    """Σ over conditions of distance(model soft histogram, human histogram).
-
-    ``human_hist_by_condition`` is {condition value: (n_bins,) histogram} (see
-    :func:`histograms_by_condition`) or a (K, n_bins) tensor whose row k matches ``model_condition == k``.
-    ``mode="correct_only"`` histograms only correct (positive) model trials; the human histograms must
-    have been built the same way. ``weights`` (e.g. decided flags) down-weight model trials.
-    """
-    _as_1d(model_signed_rt, "model_signed_rt")
-    _as_1d(model_condition, "model_condition")
-    if mode not in ("signed", "correct_only"):
-        raise PerceptAlignError(f"mode must be 'signed' or 'correct_only', got {mode!r}.")
-    if distance not in ("mse", "wasserstein"):
-        raise PerceptAlignError(f"distance must be 'mse' or 'wasserstein', got {distance!r}.")
-    n = model_signed_rt.shape[0]
-    w = torch.ones_like(model_signed_rt) if weights is None else weights.to(model_signed_rt.dtype)
-    if w.shape != model_signed_rt.shape:
-        raise PerceptAlignError(
-            f"weights {tuple(w.shape)} must match model_signed_rt {tuple(model_signed_rt.shape)}."
-        )
-    if mode == "correct_only":
-        w = w * (model_signed_rt.detach() > 0).to(w.dtype)
-    total = model_signed_rt.new_zeros(())
-    for key, human in _condition_keys(human_hist_by_condition, "human_hist_by_condition"):
-        if not isinstance(human, Tensor) or human.dim() != 1 or human.shape[0] != n_bins:
-            raise PerceptAlignError(
-                f"human histogram for condition {key!r} must be a ({n_bins},) tensor matching n_bins."
-            )
-        mask = _select(model_condition, key, n)
-        hist = soft_histogram(
-            model_signed_rt[mask], lo=lo, hi=hi, n_bins=n_bins, sigma=sigma, weights=w[mask]
-        )
-        if distance == "mse":
-            total = total + histogram_mse(hist, human)
-        else:
-            total = total + wasserstein1_from_histograms(hist, human, bin_width=(hi - lo) / n_bins)
-    return total
-
-
-def sample_quantiles(values: Tensor, qs: Sequence[float] = DEFAULT_QS) -> Tensor:
-    """Linear-interpolation sample quantiles (numpy's default), differentiable through the sorted values."""
-    _as_1d(values, "values")
-    q = _check_qs(qs, values)
-    ordered = torch.sort(values).values
-    pos = q * (values.shape[0] - 1)
-    below = pos.floor().long()
-    above = pos.ceil().long()
-    frac = (pos - below.to(pos.dtype)).to(values.dtype)
-    return ordered[below] + frac * (ordered[above] - ordered[below])
-
-
-def _check_qs(qs: Sequence[float], like: Tensor) -> Tensor:
-    q = torch.as_tensor(list(qs), dtype=like.dtype if like.is_floating_point() else torch.float32)
-    if q.dim() != 1 or q.numel() == 0 or (q < 0).any() or (q > 1).any():
-        raise PerceptAlignError(f"qs must be a non-empty sequence of probabilities in [0, 1], got {qs!r}.")
-    return q.to(like.device)
-
-
-def quantile_loss(
-    model_rt: Tensor,
-    human_quantiles: Mapping[object, Tensor] | Tensor,
-    qs: Sequence[float] = DEFAULT_QS,
-    *,
-    model_condition: Tensor | None = None,
-) -> Tensor:
-    """Σ over conditions of the mean squared difference (s²) between model and human RT quantiles.
-
-    Without ``model_condition``, ``human_quantiles`` is one (len(qs),) tensor. With it, a {condition:
-    quantiles} dict or a (K, len(qs)) tensor as in :func:`rt_histogram_loss`. Model quantiles are
-    sorted-sample quantiles, whose gradient reaches the trials sitting at (or next to) each quantile.
-    """
-    _as_1d(model_rt, "model_rt")
-    q = _check_qs(qs, model_rt)
-    if model_condition is None:
-        if not isinstance(human_quantiles, Tensor) or human_quantiles.shape != q.shape:
-            raise PerceptAlignError(
-                f"without model_condition, human_quantiles must be a ({q.numel()},) tensor matching qs."
-            )
-        pairs: list[tuple[object, Tensor]] = [(None, human_quantiles)]
-    else:
-        _as_1d(model_condition, "model_condition")
-        pairs = _condition_keys(human_quantiles, "human_quantiles")
-    total = model_rt.new_zeros(())
-    for key, human in pairs:
-        if not isinstance(human, Tensor) or human.shape != q.shape:
-            raise PerceptAlignError(f"human quantiles for condition {key!r} must have shape ({q.numel()},).")
-        values = model_rt if key is None else model_rt[_select(model_condition, key, model_rt.shape[0])]
-        total = total + torch.mean((sample_quantiles(values, qs) - human.to(model_rt)) ** 2)
-    return total
 
 
 def neg_pearson(model_rt: Tensor, human_rt: Tensor) -> Tensor:

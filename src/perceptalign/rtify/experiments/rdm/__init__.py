@@ -26,13 +26,14 @@ Choices and why:
 
 Modules: ``task`` (the abstract RDM task and its GRU), ``config``, ``simulated_trials`` (simulation
 through the frozen GRU), ``decision_head``, ``human_fit`` (targets and the human-fit objective),
-``self_penalised``, ``baseline_fits``, ``fit_experiment`` (`rtify fit`), ``compare`` (`rtify compare`),
+``self_penalised``, ``baseline_fits``, ``fit_experiment`` (`rtify fit`, through the estimators of
+:mod:`perceptalign.rtify.estimators`), ``compare`` (`rtify compare`),
 ``wongwang_fit`` (`rtify fit-ww`).
 """
 
 from __future__ import annotations
 
-from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, run_baselines
+from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, fit_baselines
 from perceptalign.rtify.experiments.rdm.compare import (
     coherence_markdown,
     compare_fits,
@@ -72,13 +73,14 @@ from perceptalign.rtify.experiments.rdm.human_fit import (
     weighted_quantiles,
 )
 from perceptalign.rtify.experiments.rdm.self_penalised import train_self_penalised, train_self_penalised_on
-from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials, simulate
+from perceptalign.rtify.experiments.rdm.simulated_trials import GRUTrials, SimulatedTrials, simulate
 
 __all__ = [
     "METHOD_LABELS",
     "EvidenceKind",
     "FitConfig",
     "FitResult",
+    "GRUTrials",
     "HumanTargets",
     "IncrementEvidence",
     "LossKind",
@@ -93,13 +95,13 @@ __all__ = [
     "comparison_markdown",
     "evaluate_method",
     "expected_signed_histograms",
+    "fit_baselines",
     "fit_head_to_human",
     "head_sample",
     "init_threshold",
     "markdown_number",
     "p_correct",
     "predict_table",
-    "run_baselines",
     "run_fit",
     "simulate",
     "summary_markdown",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +12,16 @@ import torch
 
 from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError, write_json_atomic
-from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, run_baselines
-from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, FitConfig
-from perceptalign.rtify.experiments.rdm.decision_head import build_head
-from perceptalign.rtify.experiments.rdm.human_fit import (
-    HumanTargets,
-    fit_head_to_human,
-    head_sample,
-    predict_table,
-    rt_window_s,
+from perceptalign.rtify.estimators import (
+    TRAIN_SEED_OFFSET,
+    DDMEstimator,
+    RTifyHeadConfig,
+    RTifyHeadEstimator,
 )
-from perceptalign.rtify.experiments.rdm.self_penalised import train_self_penalised
-from perceptalign.rtify.experiments.rdm.simulated_trials import simulate
+from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, fit_baselines, json_records
+from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, FitConfig
+from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, head_sample, rt_window_s
+from perceptalign.rtify.experiments.rdm.simulated_trials import GRUTrials
 from perceptalign.rtify.experiments.rdm.task import (
     GRUTrainConfig,
     RDMTaskConfig,
@@ -33,6 +31,9 @@ from perceptalign.rtify.heads import RTifyHead
 from perceptalign.rtify.trials import check_coherences, default_t0_max, rt_beyond, validate_trials
 from perceptalign.rtify.trials import conditions as table_conditions
 
+#: The evaluation trials of the network-based methods are simulated with ``seed + EVAL_SEED_OFFSET``.
+EVAL_SEED_OFFSET = 202
+
 
 @dataclass
 class FitResult:
@@ -41,7 +42,7 @@ class FitResult:
     report: dict[str, Any]
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     head: RTifyHead | None = None
-    fitted: dict[str, Any] = field(default_factory=dict)  # seed-independent fits (DDMs) to reuse
+    fitted: dict[str, Any] = field(default_factory=dict)  # seed-independent estimators (DDMs) to reuse
 
 
 def _coherence_splits(
@@ -168,8 +169,6 @@ def run_fit(
     task = RDMTaskConfig(
         coherences=tuple(conds), dt=task.dt, n_steps=task.n_steps, gain=task.gain, noise=task.noise
     )
-    # The same stream at the scored coherences (the same trials as before when both splits agree).
-    eval_task = replace(task, coherences=tuple(test_conds))
     gru = gru or GRUTrainConfig(seed=config.seed)
     runtime: dict[str, float] = {}
     torch.manual_seed(config.seed)
@@ -185,9 +184,10 @@ def run_fit(
     )
     runtime["gru"] = time.perf_counter() - start
 
+    network = GRUTrials(backbone, task)  # keeps its last simulations: every method sees the same trials
     start = time.perf_counter()
-    sim_train = simulate(backbone, task, config.n_train, seed=config.seed + 101)
-    sim_eval = simulate(backbone, eval_task, config.n_eval, seed=config.seed + 202)
+    network(conds, config.n_train, seed=config.seed + TRAIN_SEED_OFFSET)
+    sim_eval = network(test_conds, config.n_eval, seed=config.seed + EVAL_SEED_OFFSET)
     runtime["simulate"] = time.perf_counter() - start
     gru_accuracy = {
         c: float(
@@ -202,32 +202,23 @@ def run_fit(
     }
 
     t0_box = default_t0_max(human_train)
-    head = build_head(backbone, task, config, t0_max=t0_box)
+    head_config = RTifyHeadConfig.from_fit_config(config, t0_max=t0_box)
     start = time.perf_counter()
-    if config.objective == "human":
-        history = fit_head_to_human(head, sim_train, targets_train, config, progress=progress)
-    else:
-        history = train_self_penalised(head, backbone, task, config, progress=progress)
+    rtify = RTifyHeadEstimator(head_config, network, progress=progress).fit(human_train)
+    history, head = rtify.history_, rtify.head_
     runtime["head"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    table = predict_table(head, sim_eval)
+    table = rtify.simulate(test_conds, config.n_eval, seed=config.seed + EVAL_SEED_OFFSET)
     model_eval = evaluate_method(table, human_test, targets_test, config)
     with torch.no_grad():
+        sim_eval = network(test_conds, config.n_eval, seed=config.seed + EVAL_SEED_OFFSET)
         out = head(sim_eval.hidden)
         expected, _ = config.rt_loss(head_sample(out, head, sim_eval), targets_test)
         n_clamped = out.decision.n_clamped
     model_eval["test_objective_expected"] = float(expected)
-    model_eval["n_params"] = head.n_fitted_parameters() if config.objective == "human" else 0
-    model_eval["params"] = {
-        "threshold": float(head.threshold.detach()),
-        "t0": float(head.t0.detach()),
-        "t0_max": t0_box if config.objective == "human" else None,
-        "t0_learned": config.objective == "human",
-        "choice": "accumulator (bound crossed)",
-        "estimator": config.estimator,
-        "n_clamped_slopes_eval": int(n_clamped),
-    }
+    model_eval["n_params"] = rtify.n_parameters
+    model_eval["params"] = {**rtify.params(), "n_clamped_slopes_eval": int(n_clamped)}
     runtime["evaluate"] = time.perf_counter() - start
     tables = {config.model_name: table}
 
@@ -235,32 +226,34 @@ def run_fit(
     result_fitted: dict[str, Any] = {}
     if baselines:
         start = time.perf_counter()
-        fitted = run_baselines(
-            sim_train,
-            sim_eval,
+        fitted, seconds = fit_baselines(
+            network,
             human_train,
-            task.dt,
+            loss=config.rt_loss,
+            n_train=config.n_train,
             seed=config.seed,
-            objective="hist_mse" if config.loss == "mse" else "wasserstein",
             t0_max=t0_box,
             reuse=reuse,
             progress=progress,
         )
-        for name, item in fitted.items():
-            report = evaluate_method(item["table"], human_test, targets_test, config)
-            report["params"] = item["params"]
-            report["n_params"] = item.get("n_params")
-            if "estimator" in item:
-                result_fitted[name] = item["estimator"]
-            if "estimator_selection" in item:
-                result_fitted[f"{name}-selection"] = item["estimator_selection"]
-            if "selection" in item:
-                report["selection"] = item["selection"]
-            if item.get("notes"):
-                report["notes"] = item["notes"]
-            report["fit_seconds"] = item["seconds"]
+        for name, estimator in fitted.items():
+            # The network's trials of the head's evaluation; the DDMs draw their own (seeded) trials.
+            is_ddm = isinstance(estimator, DDMEstimator)
+            eval_seed = config.seed + (0 if is_ddm else EVAL_SEED_OFFSET)
+            baseline_table = estimator.simulate(test_conds, config.n_eval, seed=eval_seed)
+            report = evaluate_method(baseline_table, human_test, targets_test, config)
+            report["params"] = estimator.params()
+            report["n_params"] = estimator.n_parameters
+            if is_ddm:
+                assert isinstance(estimator, DDMEstimator)
+                result_fitted[name] = estimator
+                if estimator.selection_ is not None:
+                    report["selection"] = json_records(estimator.selection_)
+                if estimator.notes_:
+                    report["notes"] = list(estimator.notes_)
+            report["fit_seconds"] = seconds[name]
             baseline_reports[name] = report
-            tables[name] = item["table"]
+            tables[name] = baseline_table
         runtime["baselines"] = time.perf_counter() - start
 
     window = rt_window_s(config)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +16,10 @@ from perceptalign.rtify.experiments.rdm.task import (
     RDMTaskConfig,
     make_trials,
 )
+
+if TYPE_CHECKING:
+    from perceptalign.rtify.experiments.rdm.config import FitConfig
+    from perceptalign.rtify.heads import RTifyHead
 
 
 @dataclass
@@ -43,3 +50,43 @@ def simulate(
     hidden, logits = backbone.encode(trials.x)
     cond_idx = torch.arange(len(task.coherences)).repeat_interleave(n_per_condition)
     return SimulatedTrials(hidden, logits, trials.labels, cond_idx, list(task.coherences))
+
+
+class GRUTrials:
+    """The frozen GRU run on fresh RDM trials of any coherences: the
+    :class:`perceptalign.rtify.estimators.NetworkTrials` of the abstract RDM task.
+
+    ``GRUTrials(backbone, task)(conditions, n, seed=s)`` equals ``simulate(backbone, task with those
+    coherences, n, seed=s)``. The last few results are kept, so that estimators sharing one network (the
+    RTify head and the entropy and evidential baselines) decide on the very same simulated trials without
+    running the GRU again.
+    """
+
+    def __init__(self, backbone: GRUBackbone, task: RDMTaskConfig, *, keep: int = 4) -> None:
+        self.backbone, self.task, self.keep = backbone, task, keep
+        self._cache: OrderedDict[tuple[tuple[float, ...], int, int], SimulatedTrials] = OrderedDict()
+
+    @property
+    def dt(self) -> float:
+        return self.task.dt
+
+    @property
+    def n_steps(self) -> int:
+        return self.task.n_steps
+
+    def __call__(self, conditions: Sequence[float], n_per_condition: int, *, seed: int) -> SimulatedTrials:
+        key = (tuple(float(c) for c in conditions), int(n_per_condition), int(seed))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        sim = simulate(self.backbone, replace(self.task, coherences=key[0]), key[1], seed=key[2])
+        self._cache[key] = sim
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return sim
+
+    def build_head(self, config: FitConfig, *, t0_max: float | None = None) -> RTifyHead:
+        """A two-bound head started from the GRU's own read-out (:func:`decision_head.build_head`)."""
+        from perceptalign.rtify.experiments.rdm.decision_head import build_head
+
+        return build_head(self.backbone, self.task, config, t0_max=t0_max)

@@ -79,6 +79,7 @@ from torch import Tensor
 from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.decision import first_passage, rt_seconds
+from perceptalign.rtify.estimators.wongwang import WongWangEstimator
 from perceptalign.rtify.experiments.rdm import (
     FitConfig,
     FitResult,
@@ -88,7 +89,7 @@ from perceptalign.rtify.experiments.rdm import (
     write_fit_outputs,
 )
 from perceptalign.rtify.metrics import fit_quality, summarize_fit
-from perceptalign.rtify.objective import RTSample
+from perceptalign.rtify.objective import RTLoss, RTSample
 from perceptalign.rtify.trials import check_coherences, validate_trials
 from perceptalign.rtify.wongwang import WW_DEFAULTS, WongWang2
 
@@ -246,6 +247,11 @@ class WWFitConfig:
             hi=self.hi,
             seed=self.seed,
         )
+
+    @property
+    def rt_loss(self) -> RTLoss:
+        """The shared objective of the fit (the same object a head fit with these settings uses)."""
+        return self.hist_config().rt_loss
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -463,7 +469,7 @@ def hard_loss(
         sample = RTSample.from_decisions(
             out.rt_s, correct, out.decided, trials.cond_idx, len(trials.conditions)
         )
-        return config.hist_config().rt_loss(sample, targets)[0]
+        return config.rt_loss(sample, targets)[0]
 
 
 def crn_gradients(
@@ -534,7 +540,7 @@ def ww_objective(
     dynamics = dynamics_parameters(model) if config.dynamics_gradient == "crn" else {}
     with _frozen(list(dynamics.values())):
         sample, no_decision = ww_sample(model, trials, config, torch.Generator().manual_seed(seed))
-    loss, parts = config.hist_config().rt_loss(sample, targets)
+    loss, parts = config.rt_loss(sample, targets)
     if dynamics:
         grads = crn_gradients(dynamics, lambda: hard_loss(model, trials, targets, config, seed))
         loss = _with_gradients(loss, dynamics, grads)
@@ -754,10 +760,8 @@ def run_ww_fit(
     targets_test = HumanTargets.from_table(human_test, conds, config.hist_config(), name="human test trials")
     if (fit_trials is None) != (eval_trials is None):
         raise PerceptAlignError("give both fit_trials and eval_trials (backbone-driven) or neither.")
+    coherence_driven = fit_trials is None or eval_trials is None
     if fit_trials is None or eval_trials is None:
-        model = build_ww(config)
-        fit_pool = coherence_trials(conds, config.n_train)
-        eval_pool = coherence_trials(conds, config.n_eval)
         model_name = name or "ww-coherence"
     else:
         for pool in (fit_trials, eval_trials):
@@ -770,12 +774,19 @@ def run_ww_fit(
         fit_pool = fit_trials.repeat(max(1, round(config.n_train / per_cond)))
         eval_pool = eval_trials.repeat(max(1, math.ceil(config.n_eval / (len(eval_trials) / len(conds)))))
         model_name = name or "ww-logit"
-    init = ww_parameters(model)
-    max_delay = float(validate_trials(human_train)["rt_s"].min())
     start = time.perf_counter()
-    history = fit_ww_to_human(
-        model, fit_pool, targets_train, config, max_delay_s=max_delay, progress=progress
-    )
+    if coherence_driven:  # the estimator every coherence-driven fit goes through
+        estimator = WongWangEstimator(config, progress=progress).fit(human_train)
+        model, init, history = estimator.model_, estimator.params_init_, estimator.history_
+        n_fit_trials = estimator.fit_trials_per_step_
+        eval_pool = coherence_trials(conds, config.n_eval)
+    else:
+        init = ww_parameters(model)
+        max_delay = float(validate_trials(human_train)["rt_s"].min())
+        history = fit_ww_to_human(
+            model, fit_pool, targets_train, config, max_delay_s=max_delay, progress=progress
+        )
+        n_fit_trials = len(fit_pool)
     runtime["fit"] = time.perf_counter() - start
     start = time.perf_counter()
     entry, table = _evaluate(model, eval_pool, human_test, targets_test, config)
@@ -793,7 +804,7 @@ def run_ww_fit(
             "n_train": len(human_train),
             "n_test": len(human_test),
             "human_train_accuracy": dict(zip(map(str, conds), targets_train.accuracy.tolist(), strict=True)),
-            "model_trials_per_step": len(fit_pool),
+            "model_trials_per_step": n_fit_trials,
             "model_eval_trials": len(eval_pool),
         },
         "rtify": entry,

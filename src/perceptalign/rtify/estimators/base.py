@@ -1,0 +1,131 @@
+"""The one interface of every RT model fitted to human trials: ``fit`` → ``simulate`` → ``score``.
+
+Why a base class: the RTify head, Wong–Wang, the drift-diffusion models and the entropy and evidential
+baselines are fitted in very different ways (gradient steps on the shared objective, likelihood, grid
+search), but a comparison is only fair if every method is fitted on the same trials table, simulated the
+same way and scored with the same per-condition metric table (:func:`perceptalign.rtify.fit_quality`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.metrics import fit_quality
+from perceptalign.rtify.trials import conditions as table_conditions
+from perceptalign.rtify.trials import normalise_conditions, validate_trials
+
+__all__ = ["RTEstimator", "check_optional_t0_max", "check_positive_int"]
+
+
+def check_positive_int(owner: str, name: str, value: Any) -> None:
+    """Refuse anything but an integer ≥ 1 (bools included), naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PerceptAlignError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+
+
+def check_optional_t0_max(owner: str, value: Any) -> None:
+    """``t0_max`` is None (the shared default box) or a positive number of seconds."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise PerceptAlignError(
+            f"{owner}: `t0_max` must be None (min(0.8 s, median training RT)) or a number of seconds > 0, "
+            f"got {value!r}."
+        )
+
+
+class RTEstimator(ABC):
+    """A reaction-time model fitted to a trials table (``condition``, ``rt_s``, ``correct``, optional
+    ``decided``; :mod:`perceptalign.rtify.trials`).
+
+    Subclasses implement :meth:`fit`, :meth:`_simulate`, :attr:`n_parameters` and :meth:`params`; the
+    base class checks arguments, refuses use before ``fit`` and scores every method alike.
+    """
+
+    #: Short method name, as in ``fit.json`` ("rtify-human", "ddm", …).
+    name: str = "estimator"
+    #: Simulated trials per condition that :meth:`score` draws unless told otherwise.
+    score_trials: ClassVar[int] = 2000
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self._fitted = False
+
+    # ---------------------------------------------------------------- to implement
+
+    @abstractmethod
+    def fit(self, trials: pd.DataFrame) -> Self:
+        """Fit to the (human training) trials; returns ``self``."""
+
+    @abstractmethod
+    def _simulate(self, conditions: list[Any], n_per_condition: int, seed: int) -> pd.DataFrame:
+        """Model trials for checked ``conditions`` (the table is validated by :meth:`simulate`)."""
+
+    @property
+    @abstractmethod
+    def n_parameters(self) -> int:
+        """How many parameters were fitted to the human trials (what a fair comparison charges for)."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The fitted parameter values, JSON-ready."""
+
+    # ---------------------------------------------------------------- shared
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def _check_fitted(self, what: str) -> None:
+        if not self._fitted:
+            raise PerceptAlignError(
+                f"{type(self).__name__} is not fitted yet: call fit(trials) before {what}."
+            )
+
+    def _mark_fitted(self) -> None:
+        self._fitted = True
+
+    def simulate(self, conditions: Sequence[Any], n: int, *, seed: int = 0) -> pd.DataFrame:
+        """``n`` model trials per condition as a validated trials table (``decided`` included).
+
+        Reproducible: the same ``seed`` gives the same table.
+        """
+        self._check_fitted("simulate()")
+        check_positive_int(type(self).__name__, "n", n)
+        if isinstance(conditions, (str, bytes)) or not isinstance(conditions, Sequence) or not conditions:
+            raise PerceptAlignError(
+                f"{type(self).__name__}: `conditions` must be a non-empty list, got {conditions!r}."
+            )
+        conds = normalise_conditions(list(dict.fromkeys(conditions)))
+        table = self._simulate(conds, int(n), int(seed))
+        if "decided" not in table.columns:
+            table = table.assign(decided=True)
+        return validate_trials(table, required_conditions=conds, name=f"{self.name} simulated trials")
+
+    def score(self, trials: pd.DataFrame, *, n: int | None = None, seed: int = 0) -> pd.DataFrame:
+        """The per-condition metric table of every method: :func:`perceptalign.rtify.fit_quality` of ``n``
+        simulated trials per condition of ``trials`` (default :attr:`score_trials`) against ``trials``."""
+        self._check_fitted("score()")
+        human = validate_trials(trials, name="trials to score against")
+        model = self.simulate(table_conditions(human), self.score_trials if n is None else n, seed=seed)
+        return fit_quality(model, human)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``fit.json`` records of the method: name, settings, parameter count and values."""
+        config = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(vars(self.config))
+        out: dict[str, Any] = {"method": self.name, "config": config}
+        if self._fitted:
+            out["n_parameters"] = self.n_parameters
+            out["params"] = self.params()
+        return out
+
+    def __repr__(self) -> str:
+        state = "fitted" if self._fitted else "not fitted"
+        return f"{type(self).__name__}({state})"
