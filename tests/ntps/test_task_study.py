@@ -292,3 +292,22 @@ def test_summary_reports_the_lora_arm_when_there_is_one():
     text = summary_markdown(report)
     assert "## LoRA arm (8 tasks" in text and "LoRA above the probe on 12%" in text
     assert "| S3 |" in text
+
+
+def test_a_finished_lora_run_is_reused_across_new_config_fields_only_at_their_defaults():
+    # A LoRA run saved before a config field existed is the same run when that field, left at its
+    # default, resolves to the current value; any other difference must force a rerun.
+    from dataclasses import asdict, replace
+
+    from perceptalign.ntps.jobs.task_lora import _matches, lora_job_config
+
+    config = lora_job_config("vader-nyt-polarity", Path("unused"), "smollm2-135m", 512)
+    stored = json.loads(json.dumps(asdict(config), default=str))
+    assert _matches(stored, config)
+    older = {k: v for k, v in stored.items() if k not in ("recipe", "tokenizer", "linear_train")}
+    older["train"] = {k: v for k, v in stored["train"].items() if k not in ("weight_decay", "head_dropout")}
+    assert _matches(older, config)
+    assert not _matches(older, replace(config, recipe="paper", linear_train=None))
+    assert not _matches(older, replace(config, train=replace(config.train, weight_decay=1e-5)))
+    assert not _matches(older, replace(config, max_length=256))
+    assert not _matches({**stored, "retired_option": 1}, config)

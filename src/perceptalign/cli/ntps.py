@@ -27,6 +27,7 @@ from perceptalign.cli.options import (
     SubsetSeedOption,
     TextColumnOption,
     TokenBudgetOption,
+    TokenizerOption,
     TrustRemoteCodeOption,
 )
 from perceptalign.cli.progress import RateProgress
@@ -41,6 +42,17 @@ T = TypeVar("T")
 def print_status(message: str) -> None:
     """A job's status line, dimmed so that the results stand out."""
     console.print(f"[dim]{message}[/dim]")
+
+
+def print_recipe_note(recipe: str) -> None:
+    """Once per command: what a recipe still leaves different from the published code (``paper`` only).
+
+    An unknown name prints nothing here; the job config refuses it with the list of recipes."""
+    from perceptalign.ntps.recipes import RECIPES
+
+    note = RECIPES[recipe].note if recipe in RECIPES else None
+    if note:
+        console.print(note, style="yellow", markup=False, highlight=False)
 
 
 def run_with_progress(
@@ -114,6 +126,7 @@ def score(
     label_column: LabelColumnOption = None,
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    tokenizer: TokenizerOption = None,
     ridge: Annotated[
         float, typer.Option(help="Relative ridge added to M_xx and C0 before whitening.", min=0.0)
     ] = 0.0,
@@ -152,6 +165,7 @@ def score(
             label_column=label_column,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
             ridge=ridge,
             seed=seed,
             overwrite=overwrite,
@@ -239,6 +253,10 @@ def datasets(
     table = Table(title="perceptalign text datasets")
     for column in ("name", "kind", "classes", "description"):
         table.add_column(column)
-    for info in list_datasets():
+    infos = list_datasets()
+    for info in infos:
         table.add_row(info.name, info.kind, str(info.n_classes or "?"), info.description)
     console.print(table)
+    for info in infos:
+        if info.note:
+            console.print(f"{info.name}: {info.note}", markup=False, highlight=False)

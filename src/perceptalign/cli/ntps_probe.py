@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from perceptalign.cli.errors import exit_on_error
-from perceptalign.cli.ntps import console, ntps_app, parse_int_list, run_with_progress
+from perceptalign.cli.ntps import console, ntps_app, parse_int_list, print_recipe_note, run_with_progress
 from perceptalign.cli.options import (
     DatasetOption,
     DtypeOption,
@@ -20,9 +20,11 @@ from perceptalign.cli.options import (
     MaxLengthOption,
     ModelOption,
     OverwriteOption,
+    RecipeOption,
     RevisionOption,
     TextColumnOption,
     TokenBudgetOption,
+    TokenizerOption,
     TrustRemoteCodeOption,
 )
 
@@ -61,7 +63,7 @@ def probe(
         int | None,
         typer.Option(help="Use at most this many texts of each split (seeded stratified subset).", min=1),
     ] = None,
-    max_length: MaxLengthOption = 512,
+    max_length: MaxLengthOption = None,
     token_budget: TokenBudgetOption = 2048,
     dtype: DtypeOption = "float32",
     cv: Annotated[
@@ -72,8 +74,13 @@ def probe(
         ),
     ] = None,
     max_iter: Annotated[
-        int, typer.Option(help="Iteration cap of the lbfgs logistic-regression fits.")
-    ] = 2000,
+        int | None,
+        typer.Option(
+            help="Iteration cap of the logistic-regression fits (unset: the --recipe's: lbfgs 2000; the "
+            "paper's saga 1000).",
+            min=1,
+        ),
+    ] = None,
     ntps_fraction: Annotated[
         float,
         typer.Option(help="Fraction f of rank(V) whose NTPS is plotted/tabled when OUT/ntps.json exists."),
@@ -82,13 +89,16 @@ def probe(
     label_column: LabelColumnOption = None,
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    tokenizer: TokenizerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the --max-samples subsets and of the CV folds.")] = 0,
     overwrite: OverwriteOption = False,
+    recipe: RecipeOption = "default",
 ) -> None:
     """Fit linear probes per layer on --split and score them on held-out data.
 
-    Per layer: standardize + L2 logistic regression (C = 1) → accuracy and log-loss, and standardize +
-    least squares on one-hot targets → MSE (mean over samples and classes). The published probes were
+    Per layer: standardize + L2 logistic regression (C = 1; lbfgs, or the published saga with
+    --recipe paper) → accuracy and log-loss, and standardize + least squares on one-hot targets → MSE
+    (mean over samples and classes). The published probes were
     scored on their own training data; those scores are shown as train_* so their saturation is visible.
     Features (masked mean of each layer's hidden states) are cached in OUT/features_{split}.safetensors
     and reused on reruns with the same model, data and tokenisation; a cache made otherwise is refused
@@ -115,10 +125,13 @@ def probe(
             label_column=label_column,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
             seed=seed,
             ntps_fraction=ntps_fraction,
             overwrite=overwrite,
+            recipe=recipe,
         )
+    print_recipe_note(recipe)
     started = time.perf_counter()
     result = run_with_progress(lambda **callbacks: run_probe(config, **callbacks), "features")
     print_probe_table(result.results)
@@ -172,4 +185,7 @@ def print_probe_table(results: dict) -> None:
         table.add_row(*cells)
     console.print(table)
     if not all(row["converged"] for row in results["rows"]):
-        console.print("[yellow]*[/yellow] lbfgs hit --max-iter on this layer; raise --max-iter.")
+        console.print(
+            f"[yellow]*[/yellow] the {results.get('logistic', {}).get('solver', 'lbfgs')} fit hit "
+            "--max-iter on this layer; raise --max-iter."
+        )

@@ -16,6 +16,7 @@ from perceptalign.cli.ntps import (
     ntps_app,
     parse_float_list,
     parse_int_list,
+    print_recipe_note,
     print_status,
     run_with_progress,
 )
@@ -29,10 +30,12 @@ from perceptalign.cli.options import (
     MaxSamplesPerDatasetOption,
     ModelOption,
     OverwriteOption,
+    RecipeOption,
     RevisionOption,
     SubsetSeedOption,
     TextColumnOption,
     TokenBudgetOption,
+    TokenizerOption,
     TopKOption,
     TrustRemoteCodeOption,
 )
@@ -84,6 +87,7 @@ def peers(
     label_column: LabelColumnOption = None,
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    tokenizer: TokenizerOption = None,
     seed: SubsetSeedOption = 0,
     overwrite: OverwriteOption = False,
 ) -> None:
@@ -111,6 +115,7 @@ def peers(
             label_column=label_column,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
             seed=seed,
             overwrite=overwrite,
         )
@@ -158,7 +163,7 @@ def study(
     layers: LayersOption = None,
     fractions: FractionsOption = None,
     max_samples: MaxSamplesPerDatasetOption = None,
-    max_length: MaxLengthOption = 512,
+    max_length: MaxLengthOption = None,
     token_budget: TokenBudgetOption = 2048,
     dtype: DtypeOption = "float32",
     peer_metrics: Annotated[
@@ -181,6 +186,7 @@ def study(
             "--stop-on-error", help="Stop at the first failing cell (default: record it and go on)."
         ),
     ] = False,
+    recipe: RecipeOption = "default",
 ) -> None:
     """Run NTPS, probes, peers and LoRA over models × datasets, skipping what is already stored.
 
@@ -214,7 +220,9 @@ def study(
             seed=seed,
             trust_remote_code=trust_remote_code,
             keep_going=not stop_on_error,
+            recipe=recipe,
         )
+    print_recipe_note(recipe)
     started = time.perf_counter()
     progress = progress_bar(console, label="cells", field="where")
     with exit_on_error():

@@ -15,6 +15,7 @@ from perceptalign.cli.ntps import (
     ntps_app,
     parse_float_list,
     parse_int_list,
+    print_recipe_note,
     print_status,
 )
 from perceptalign.cli.options import (
@@ -30,9 +31,11 @@ from perceptalign.cli.options import (
     MaxEvalSamplesOption,
     MaxLengthOption,
     ModelOption,
+    RecipeOption,
     RevisionOption,
     StepsOption,
     TextColumnOption,
+    TokenizerOption,
     TrainMaxSamplesOption,
     TrainOutOption,
     TrainSeedOption,
@@ -74,11 +77,20 @@ class PhaseProgress:
 
 
 def _train_config(
-    steps: int, batch_size: int, lr: float, eval_interval: int, seed: int, eval_token_budget: int
+    recipe: str,
+    part: str,
+    steps: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    eval_interval: int,
+    seed: int,
+    eval_token_budget: int,
 ) -> Any:
-    from perceptalign.ntps.finetune import TrainConfig
+    """The recipe's training run of ``part`` with the options the user gave (unset ones: the recipe's)."""
+    from perceptalign.ntps.recipes import get_recipe
 
-    return TrainConfig(
+    return get_recipe(recipe).train_config(
+        part,
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -105,9 +117,9 @@ def lora(
     dataset: DatasetOption,
     out: TrainOutOption,
     model: ModelOption = "smollm2-135m",
-    steps: StepsOption = 5000,
-    batch_size: BatchSizeOption = 1,
-    lr: LrOption = 1e-4,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
     eval_interval: EvalIntervalOption = 500,
     seed: TrainSeedOption = 0,
     r: Annotated[int, typer.Option("--r", help="LoRA rank r of the adapters (the paper: 32).")] = 32,
@@ -143,19 +155,23 @@ def lora(
     eval_fraction: EvalFractionOption = 0.3,
     max_samples: TrainMaxSamplesOption = None,
     max_eval_samples: MaxEvalSamplesOption = None,
-    max_length: MaxLengthOption = 512,
-    dtype: DtypeOption = "float32",
+    max_length: MaxLengthOption = None,
+    dtype: DtypeOption = None,
     device: DeviceOption = "cpu",
     text_column: TextColumnOption = None,
     label_column: LabelColumnOption = None,
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    tokenizer: TokenizerOption = None,
+    recipe: RecipeOption = "default",
 ) -> None:
     """Fine-tune LoRA adapters + a linear head, against the frozen-backbone linear head; NTPS after LoRA.
 
     Writes OUT/lora.json (accuracies, gain = acc(LoRA) − acc(linear head), loss curves, eval history,
     NTPS before/after), OUT/adapter/ (peft), OUT/head.safetensors, OUT/linear_head.safetensors,
     OUT/lora_training.png, OUT/ntps_before_after.png and the NTPS statistics of both models.
+    With --recipe default the linear head is trained exactly like LoRA (same optimizer, steps, batches);
+    with --recipe paper as published (AdamW lr 1e-4, 50 epochs at batch 64, no schedule).
     """
     from perceptalign.ntps.finetune import NTPSSettings
     from perceptalign.ntps.jobs.lora import LoraJobConfig, LoraSettings, run_lora
@@ -177,8 +193,10 @@ def lora(
             label_column=label_column,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
+            recipe=recipe,
             device=device,
-            train=_train_config(steps, batch_size, lr, eval_interval, seed, token_budget),
+            train=_train_config(recipe, "lora", steps, batch_size, lr, eval_interval, seed, token_budget),
             lora=LoraSettings(r=r, alpha=alpha, dropout=lora_dropout, target_modules=targets),
             linear_baseline=linear_baseline,
             ntps=ntps,
@@ -188,6 +206,7 @@ def lora(
                 token_budget=token_budget,
             ),
         )
+    print_recipe_note(recipe)
     started = time.perf_counter()
     result = _run(lambda **kw: run_lora(config, **kw)).results
     table = Table(
@@ -233,9 +252,9 @@ def scratch(
     dataset: DatasetOption,
     out: TrainOutOption,
     model: ModelOption = "smollm2-135m",
-    steps: StepsOption = 5000,
-    batch_size: BatchSizeOption = 1,
-    lr: LrOption = 1e-4,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
     eval_interval: EvalIntervalOption = 500,
     seed: TrainSeedOption = 0,
     save_model: Annotated[
@@ -247,18 +266,21 @@ def scratch(
     eval_fraction: EvalFractionOption = 0.3,
     max_samples: TrainMaxSamplesOption = None,
     max_eval_samples: MaxEvalSamplesOption = None,
-    max_length: MaxLengthOption = 512,
-    dtype: DtypeOption = "float32",
+    max_length: MaxLengthOption = None,
+    dtype: DtypeOption = None,
     device: DeviceOption = "cpu",
     text_column: TextColumnOption = None,
     label_column: LabelColumnOption = None,
     revision: RevisionOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
+    tokenizer: TokenizerOption = None,
+    recipe: RecipeOption = "default",
 ) -> None:
     """Train the same head on a randomly initialised model of the same configuration (all weights trained).
 
     Writes OUT/scratch.json, OUT/scratch_head.safetensors and OUT/scratch_training.png (and the model with
-    --save-model). Same optimizer, schedule and batches as `ntps lora`, for the comparison.
+    --save-model). Same optimizer, schedule and batches as `ntps lora`, for the comparison; --recipe paper
+    trains as the published from_scratch.py (10,000 steps).
     """
     from perceptalign.ntps.jobs.scratch import ScratchJobConfig, run_scratch
 
@@ -278,10 +300,13 @@ def scratch(
             label_column=label_column,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
+            recipe=recipe,
             device=device,
-            train=_train_config(steps, batch_size, lr, eval_interval, seed, token_budget),
+            train=_train_config(recipe, "scratch", steps, batch_size, lr, eval_interval, seed, token_budget),
             save_model=save_model,
         )
+    print_recipe_note(recipe)
     started = time.perf_counter()
     result = _run(lambda **kw: run_scratch(config, **kw)).results
     console.print(

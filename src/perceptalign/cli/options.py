@@ -33,9 +33,59 @@ DatasetOption = Annotated[
         help="Registry name (see `ntps datasets`), hub dataset, or a local .csv/.tsv/.jsonl/.parquet file.",
     ),
 ]
-DtypeOption = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16, float16 or float64.")]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Model dtype: float32, bfloat16, float16 or float64 (lora and scratch, when unset: the "
+        "--recipe's, float32; the paper's LoRA loads bfloat16)."
+    ),
+]
+
+
+def parse_max_length(value: object) -> int | str | None:
+    """--max-length: an integer ≥ 2, or `model` (the model's own maximum); None = the command's default."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "model":
+        return "model"
+    try:
+        number = int(text)
+    except ValueError:
+        number = None
+    if number is None or number < 2:
+        raise typer.BadParameter(
+            f"--max-length takes an integer ≥ 2 (NTPS needs a next token) or `model` for the model's own "
+            f"maximum; got {value!r}. Fix: e.g. --max-length 512 or --max-length model."
+        )
+    return number
+
+
 MaxLengthOption = Annotated[
-    int, typer.Option(help="Truncate texts to this many tokens (≥ 2: NTPS needs a next token).", min=2)
+    str | None,
+    typer.Option(
+        help="Truncate texts to this many tokens (≥ 2: NTPS needs a next token), or `model` for the model's "
+        "own maximum (Qwen2 32,768, Llama-3 8,192, OpenELM 2,048); unset: 512, or what --recipe sets. "
+        "Long texts are costly and weigh more: a text's share of C0/C1 grows roughly with L³ (prefix sums "
+        "over L tokens), its forward pass with L² attention.",
+        callback=parse_max_length,
+    ),
+]
+RecipeOption = Annotated[
+    str,
+    typer.Option(
+        help="`paper`: every published choice (probe saga tol 0.01, 1000 iterations; LoRA Adafactor with "
+        "weight decay 1e-5, bf16 weights and autocast, head dropout 0.05; linear baseline AdamW, 50 epochs "
+        "at batch 64; scratch 10,000 steps; --max-length model). `default`: this package's recipe "
+        '(docs/ntps.md, "Recipes: paper vs default"). Options given explicitly win over the recipe.',
+    ),
+]
+TokenizerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Pair the model with another tokenizer (hub id or folder), e.g. OpenELM checkpoints with "
+        "meta-llama/Llama-2-7b-hf; default: the model's own.",
+    ),
 ]
 TextColumnOption = Annotated[str | None, typer.Option(help="Text column of a local file (default `text`).")]
 LabelColumnOption = Annotated[
@@ -92,10 +142,19 @@ SubsetSeedOption = Annotated[int, typer.Option(help="Seed of the --max-samples s
 # training jobs: `ntps lora` and `ntps scratch` (the comparison needs them trained identically)
 
 TrainOutOption = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
-StepsOption = Annotated[int, typer.Option(help="Optimizer steps (the paper: 5000 at batch size 1).")]
-BatchSizeOption = Annotated[int, typer.Option(help="Texts per optimizer step (the paper: 1).")]
+StepsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Optimizer steps (unset: the --recipe's: LoRA 5,000 in both; scratch 5,000, the paper 10,000).",
+        min=1,
+    ),
+]
+BatchSizeOption = Annotated[
+    int | None, typer.Option(help="Texts per optimizer step (unset: the --recipe's, 1 in both).", min=1)
+]
 LrOption = Annotated[
-    float, typer.Option(help="Peak learning rate of Adafactor (cosine schedule, 5% warm-up).")
+    float | None,
+    typer.Option(help="Peak learning rate of Adafactor (unset: the --recipe's, 1e-4 in both)."),
 ]
 EvalIntervalOption = Annotated[
     int, typer.Option(help="Score the held-out set every this many steps (and at the end).")

@@ -13,12 +13,14 @@ The front door::
 For data streamed batch by batch, feed a :class:`StatisticsAccumulator` and solve its moments with
 :func:`ntps_from_statistics`; for many overlapping text sets (carved tasks, halves, folds) from one pass,
 :class:`GroupedStatistics`. The command-line jobs (``perceptalign ntps score`` …) live in
-:mod:`perceptalign.ntps.jobs` and use the same engine.
+:mod:`perceptalign.ntps.jobs` and use the same engine; their training and probing recipes (``paper``, the
+published code's choices, and ``default``) are :data:`RECIPES` (:mod:`perceptalign.ntps.recipes`).
 """
 
 from perceptalign.ntps.api import ntps_from_hidden, ntps_from_statistics, score
 from perceptalign.ntps.datasets import TextDataset, list_tasks, load_text_dataset
 from perceptalign.ntps.models import as_loaded_model, load_causal_lm
+from perceptalign.ntps.recipes import RECIPES, Recipe, get_recipe
 from perceptalign.ntps.result import BestLayer, NTPSResult
 from perceptalign.ntps.statistics import (
     LayerStatistics,
@@ -31,13 +33,16 @@ from perceptalign.ntps.subspace import DEFAULT_FRACTIONS
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "RECIPES",
     "BestLayer",
     "GroupedStatistics",
     "LayerStatistics",
     "NTPSResult",
+    "Recipe",
     "StatisticsAccumulator",
     "TextDataset",
     "as_loaded_model",
+    "get_recipe",
     "list_tasks",
     "load_causal_lm",
     "load_statistics",

@@ -85,7 +85,7 @@ def score(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     ks: Sequence[int] | None = None,
     ridge: float = 0.0,
-    max_length: int = 512,
+    max_length: int | str = 512,
     token_budget: int = 2048,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> NTPSResult:
@@ -93,18 +93,21 @@ def score(
 
     ``labels``: class names (strings) or integer classes. One forward pass of the base model over
     length-sorted token-budget batches; ``layers`` are hidden-state indices (0 = embeddings, negative
-    from the end). ``on_batch(n_texts, n_tokens)`` is called after each batch (for a progress bar).
+    from the end). ``max_length``: tokens per text, or ``'model'`` for the model's own maximum (long texts
+    weigh more: a text's share of C0/C1 grows roughly with L³). ``on_batch(n_texts, n_tokens)`` is called
+    after each batch (for a progress bar).
     """
     from perceptalign.ntps.measure import (
         cached_or_computed_statistics,
         resolve_layers,
         validate_extraction_settings,
     )
-    from perceptalign.ntps.models import as_loaded_model
+    from perceptalign.ntps.models import as_loaded_model, check_max_length, resolve_max_length
 
     validate_extraction_settings(max_length=max_length, token_budget=token_budget)
     dataset = _text_dataset(texts, labels)
     loaded = as_loaded_model(model, tokenizer)
+    max_length = resolve_max_length(check_max_length(max_length), loaded)
     measured = cached_or_computed_statistics(
         loaded,
         dataset,

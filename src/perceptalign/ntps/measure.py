@@ -38,13 +38,15 @@ from perceptalign.ntps.statistics import (
 )
 
 
-def validate_extraction_settings(*, max_length: int | None = None, token_budget: int | None = None) -> None:
-    """The tokenisation settings every extraction job shares: at least one next-token pair per text
-    (a setting passed as None is not checked)."""
-    if max_length is not None and max_length < 2:
-        raise PerceptAlignError(
-            f"`max_length` must be ≥ 2 tokens (got {max_length}): NTPS needs a next token after the first."
-        )
+def validate_extraction_settings(
+    *, max_length: int | str | None = None, token_budget: int | None = None
+) -> None:
+    """The tokenisation settings every extraction job shares: at least one next-token pair per text, or
+    ``'model'`` for the model's own maximum (a setting passed as None is not checked)."""
+    if max_length is not None:
+        from perceptalign.ntps.models import check_max_length
+
+        check_max_length(max_length)
     if token_budget is not None and token_budget < 1:
         raise PerceptAlignError(f"`token_budget` must be ≥ 1 token per batch (got {token_budget}).")
 

@@ -76,6 +76,172 @@ class LoadedModel:
         return list(range(self.n_hidden_states))
 
 
+#: Configuration keys by meaning, each with the spellings architectures use for it, tried in this order
+#: (the first one a config sets wins). OpenELM: model_dim, num_transformer_layers, num_query_heads,
+#: max_context_length; GPT-2: n_embd, n_layer, n_head, n_positions; T5-style: d_model, num_layers.
+CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "model_dim", "dim", "embed_dim", "n_embed"),
+    "num_hidden_layers": (
+        "num_hidden_layers",
+        "n_layer",
+        "num_transformer_layers",
+        "num_layers",
+        "n_layers",
+    ),
+    "num_attention_heads": ("num_attention_heads", "n_head", "num_query_heads", "num_heads", "n_heads"),
+    "max_position_embeddings": (
+        "max_position_embeddings",
+        "max_context_length",
+        "n_positions",
+        "n_ctx",
+        "max_sequence_length",
+        "max_seq_len",
+        "seq_length",
+    ),
+    "vocab_size": ("vocab_size", "n_vocab", "padded_vocab_size"),
+}
+
+#: A tokenizer's ``model_max_length`` at or above this is transformers' "no limit" placeholder (1e30).
+_NO_TOKENIZER_LIMIT = 10**9
+
+
+def config_value(config: Any, key: str) -> Any | None:
+    """The value of ``key`` (a key of :data:`CONFIG_ALIASES`) in a model config under any of its spellings,
+    or None when the config sets none of them (or only to 0/None)."""
+    if key not in CONFIG_ALIASES:
+        raise KeyError(f"unknown configuration key {key!r}; known: {sorted(CONFIG_ALIASES)}")
+    for name in CONFIG_ALIASES[key]:
+        value = getattr(config, name, None)
+        if value is None and isinstance(config, dict):
+            value = config.get(name)
+        if value not in (None, 0, [], ()):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    """What NTPS reads from a model: width, layer count (hidden states = layers + 1), heads, positions."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int | list[int] | None
+    max_position_embeddings: int | None
+    source: str  # "config" or "hidden states"
+
+
+def model_dimensions(model: nn.Module, tokenizer: Any = None) -> ModelDimensions:
+    """Hidden size and layer count of a causal LM: from its config through :data:`CONFIG_ALIASES`, or,
+    when the config names neither under a known spelling, from the hidden states of a two-token forward
+    pass (their number and width)."""
+    config = getattr(model, "config", None)
+    hidden = config_value(config, "hidden_size") if config is not None else None
+    layers = config_value(config, "num_hidden_layers") if config is not None else None
+    heads = config_value(config, "num_attention_heads") if config is not None else None
+    positions = config_value(config, "max_position_embeddings") if config is not None else None
+    source = "config"
+    if not hidden or not layers:
+        states = _probe_hidden_states(model, tokenizer)
+        hidden, layers, source = int(states[0].shape[-1]), len(states) - 1, "hidden states"
+    return ModelDimensions(
+        hidden_size=int(hidden),
+        num_hidden_layers=int(layers),
+        num_attention_heads=heads if isinstance(heads, list) else (int(heads) if heads else None),
+        max_position_embeddings=int(positions) if positions else None,
+        source=source,
+    )
+
+
+@torch.inference_mode()
+def _probe_hidden_states(model: nn.Module, tokenizer: Any) -> tuple[torch.Tensor, ...]:
+    """Hidden states of a two-token input (ids of the tokenizer's EOS/BOS, else 0)."""
+    token = 0
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            token = value
+            break
+    ids = torch.tensor([[token, token]], dtype=torch.long)
+    try:
+        out = backbone(model)(
+            input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True, use_cache=False
+        )
+    except Exception as exc:  # any failure means the same thing to the user
+        raise PerceptAlignError(
+            f"cannot read the hidden size and layer count of {type(model).__name__}: its config names "
+            "neither "
+            f"(tried {', '.join(CONFIG_ALIASES['hidden_size'] + CONFIG_ALIASES['num_hidden_layers'])}) and "
+            f"a forward pass with output_hidden_states failed ({type(exc).__name__}: {str(exc)[:200]}); NTPS "
+            "needs a decoder-only causal LM."
+        ) from exc
+    states = getattr(out, "hidden_states", None)
+    if not states:
+        raise PerceptAlignError(
+            f"cannot read the hidden size and layer count of {type(model).__name__}: its config names "
+            "neither and its forward pass returns no hidden_states; NTPS needs a decoder-only causal LM."
+        )
+    return tuple(states)
+
+
+def model_max_length(model: nn.Module, tokenizer: Any = None) -> int | None:
+    """The model's own maximum length in tokens: the smaller of its config's positional limit (any alias
+    of ``max_position_embeddings``) and its tokenizer's ``model_max_length`` when that is a real limit;
+    None when neither states one. (Qwen2: the tokenizer's 32,768; Llama-3: 8,192; OpenELM: 2,048.)"""
+    limits = []
+    config = getattr(model, "config", None)
+    positions = config_value(config, "max_position_embeddings") if config is not None else None
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < _NO_TOKENIZER_LIMIT:
+        limits.append(declared)
+    return min(limits) if limits else None
+
+
+def resolve_max_length(value: int | str, loaded: LoadedModel) -> int:
+    """``max_length`` in tokens: an integer as given, ``'model'`` as :func:`model_max_length`."""
+    from perceptalign.ntps.recipes import MAX_LENGTH_MODEL
+
+    if value != MAX_LENGTH_MODEL:
+        return int(value)
+    limit = model_max_length(loaded.model, loaded.tokenizer)
+    if limit is None:
+        raise PerceptAlignError(
+            "`max_length` 'model' needs the model's own maximum, but neither the config of "
+            f"{loaded.model_id!r} ({', '.join(CONFIG_ALIASES['max_position_embeddings'])}) nor its "
+            "tokenizer (model_max_length) states one; pass an integer `max_length` instead."
+        )
+    if limit < 2:
+        raise PerceptAlignError(
+            f"the model's own maximum length is {limit} token(s); NTPS needs ≥ 2: pass an integer "
+            "`max_length`."
+        )
+    return limit
+
+
+def check_max_length(value: object) -> int | str:
+    """A ``max_length`` setting: an integer ≥ 2 (a numeric string is read as one) or ``'model'``; anything
+    else is refused naming the parameter and the fix."""
+    from perceptalign.ntps.recipes import MAX_LENGTH_MODEL
+
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == MAX_LENGTH_MODEL:
+            return MAX_LENGTH_MODEL
+        if text.lstrip("-").isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PerceptAlignError(
+            f"`max_length` must be an integer ≥ 2 or 'model' (the model's own maximum), got {value!r}."
+        )
+    if value < 2:
+        raise PerceptAlignError(
+            f"`max_length` must be ≥ 2 tokens (got {value}): NTPS needs a next token after the first; "
+            "pass an integer ≥ 2 or 'model'."
+        )
+    return value
+
+
 def backbone(model: nn.Module) -> nn.Module:
     """The transformer without its vocabulary head (``model.model`` for Llama, ``transformer`` for GPT-2)."""
     base = getattr(model, "base_model", None)
@@ -147,8 +313,12 @@ def _directory_fingerprint(path: Path) -> str:
     return "files-sha256:" + digest.hexdigest()[:32]
 
 
-def resolve_model_path(name: str, progress: Callable[[str], None] | None = None) -> tuple[str, str | None]:
-    """Map a user-given model name to what ``from_pretrained`` takes, plus a fingerprint if it is local."""
+def resolve_model_path(
+    name: str, progress: Callable[[str], None] | None = None, *, needs_tokenizer: bool = True
+) -> tuple[str, str | None]:
+    """Map a user-given model name to what ``from_pretrained`` takes, plus a fingerprint if it is local.
+
+    ``needs_tokenizer=False``: a local folder may lack tokenizer files (a separate tokenizer is given)."""
     if name in EMBEDDED_MODELS:
         path = prepare_embedded_model(name, progress)
         return str(path), _directory_fingerprint(path)
@@ -156,20 +326,21 @@ def resolve_model_path(name: str, progress: Callable[[str], None] | None = None)
 
     if (zoo := resolve_pretrained_alias(name)) is not None:
         return str(zoo), _directory_fingerprint(zoo)
-    local = check_model_source(name)
+    local = check_model_source(name, needs_tokenizer=needs_tokenizer)
     if local is not None:
         return str(local), _directory_fingerprint(local)
     return name, None
 
 
-def check_model_source(name: str) -> Path | None:
+def check_model_source(name: str, *, needs_tokenizer: bool = True) -> Path | None:
     """Cheap checks of a model name before any work: a local folder (returned) must hold a complete model,
-    a path must exist; aliases and hub ids pass (None), as their loading is checked when it happens."""
+    a path must exist; aliases and hub ids pass (None), as their loading is checked when it happens.
+    ``needs_tokenizer=False`` when a separate tokenizer is given: the folder then needs no tokenizer."""
     if name in EMBEDDED_MODELS:
         return None
     local = Path(name).expanduser()
     if local.is_dir():
-        check_model_folder(local)
+        check_model_folder(local, needs_tokenizer=needs_tokenizer)
         return local
     if local.suffix in {".gguf", ".safetensors", ".bin"} or local.exists():
         raise PerceptAlignError(
@@ -195,8 +366,9 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
-def check_model_folder(folder: Path) -> None:
-    """A local model folder needs config.json, weights and a tokenizer: name what is missing up front."""
+def check_model_folder(folder: Path, *, needs_tokenizer: bool = True) -> None:
+    """A local model folder needs config.json, weights and a tokenizer (unless a separate one is given):
+    name what is missing up front."""
     if not (folder / "config.json").is_file():
         raise PerceptAlignError(f"{folder} is a folder without config.json: not a Hugging Face model folder.")
     if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
@@ -204,10 +376,10 @@ def check_model_folder(folder: Path) -> None:
             f"the model folder {folder} has no weight files (*.safetensors or *.bin); save the model there "
             "with model.save_pretrained(folder)."
         )
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+    if needs_tokenizer and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         raise PerceptAlignError(
             f"the model folder {folder} has no tokenizer ({', '.join(_TOKENIZER_FILES[:2])}, …); save it "
-            "there with tokenizer.save_pretrained(folder)."
+            "there with tokenizer.save_pretrained(folder), or pair the model with another one (`tokenizer`)."
         )
 
 
@@ -217,24 +389,31 @@ def load_causal_lm(
     dtype: str = "float32",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    tokenizer: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load any causal LM (hub id, local directory or embedded alias) for hidden-state extraction.
 
     ``trust_remote_code`` is passed through only when the user asks for it: remote code is never
-    executed by default. A missing pad token falls back to EOS; the tokenizer's padding side is kept
-    as it is (the statistics handle either side).
+    executed by default. ``tokenizer`` (a hub id or local folder) pairs the model with another
+    tokenizer, as OpenELM checkpoints need the Llama-2 tokenizer; ``revision`` then applies to the model
+    only, and the tokenizer's identity joins the model fingerprint. A missing pad token falls back to EOS;
+    the tokenizer's padding side is kept as it is (the statistics handle either side).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise PerceptAlignError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}.")
-    path, fingerprint = resolve_model_path(name, progress)
+    path, fingerprint = resolve_model_path(name, progress, needs_tokenizer=tokenizer is None)
     kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
         kwargs["revision"] = revision
+    tokenizer_path, tokenizer_kwargs = path, kwargs
+    if tokenizer is not None:
+        tokenizer_path = resolve_tokenizer_path(tokenizer)
+        tokenizer_kwargs = {"trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
     except OSError as exc:
         raise PerceptAlignError(
@@ -250,7 +429,41 @@ def load_causal_lm(
         raise PerceptAlignError(f"could not load model {name!r}: {str(exc)[:300]}") from exc
     if fingerprint is None:
         fingerprint = "revision:" + str(getattr(model.config, "_commit_hash", None) or revision or "unknown")
-    return as_loaded_model(model, tokenizer, model_id=name, fingerprint=fingerprint, dtype=dtype)
+    if tokenizer is not None:
+        fingerprint += "+tokenizer:" + tokenizer_fingerprint(tokenizer)
+    return as_loaded_model(model, loaded_tokenizer, model_id=name, fingerprint=fingerprint, dtype=dtype)
+
+
+def resolve_tokenizer_path(name: str) -> str:
+    """A separate tokenizer: an existing folder with tokenizer files, or a hub id (checked when loaded)."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not any((local / f).is_file() for f in (*_TOKENIZER_FILES, "tokenizer_config.json")):
+            raise PerceptAlignError(
+                f"the `tokenizer` folder {local} holds no tokenizer ({', '.join(_TOKENIZER_FILES[:2])}, …); "
+                "save one there with tokenizer.save_pretrained(folder) or pass a hub id."
+            )
+        return str(local)
+    if local.exists() or _looks_like_path(name):
+        raise PerceptAlignError(
+            f"no such `tokenizer` folder: {local}; pass a folder saved with tokenizer.save_pretrained or a "
+            "hub id such as 'meta-llama/Llama-2-7b-hf'."
+        )
+    return name
+
+
+def tokenizer_fingerprint(name: str) -> str:
+    """Identity of a separate tokenizer: a hash of its files (a folder) or its hub id."""
+    local = Path(name).expanduser()
+    if not local.is_dir():
+        return "hub:" + name
+    digest = hashlib.sha256()
+    for file in sorted(local.iterdir()):
+        if file.is_file() and file.name.startswith(
+            ("tokenizer", "vocab", "merges", "special_tokens", "spiece")
+        ):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return "files-sha256:" + digest.hexdigest()[:32]
 
 
 def as_loaded_model(
@@ -265,6 +478,8 @@ def as_loaded_model(
 
     A missing pad token falls back to EOS (only positions the mask marks as real are ever read); the model
     is put in eval mode. ``model_id`` and ``fingerprint`` default to the model's config name and commit.
+    Hidden size and layer count are read through :func:`model_dimensions` (config aliases such as
+    OpenELM's ``model_dim`` / ``num_transformer_layers``, else the hidden states themselves).
     """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -273,16 +488,9 @@ def as_loaded_model(
             )
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    config = model.config
-    hidden_size = int(
-        getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or getattr(config, "d_model", 0)
-    )
-    n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
-    if not hidden_size or not n_layers:
-        raise PerceptAlignError(
-            f"cannot read the hidden size and layer count of {type(model).__name__} from its config "
-            "(hidden_size / num_hidden_layers); NTPS needs a decoder-only causal LM."
-        )
+    config = getattr(model, "config", None)
+    dimensions = model_dimensions(model, tokenizer)
+    hidden_size, n_layers = dimensions.hidden_size, dimensions.num_hidden_layers
     model_id = model_id or str(getattr(config, "_name_or_path", "") or type(model).__name__)
     if fingerprint is None:
         fingerprint = "revision:" + str(getattr(config, "_commit_hash", None) or "unknown")

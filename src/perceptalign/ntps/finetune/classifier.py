@@ -38,14 +38,21 @@ def last_hidden_state(
 
 
 class SequenceClassifier(nn.Module):
-    """Backbone → masked mean pooling of the last layer → linear head (float32)."""
+    """Backbone → masked mean pooling of the last layer → (dropout) → linear head (float32).
 
-    def __init__(self, causal_lm: nn.Module, hidden_size: int, n_classes: int) -> None:
+    ``head_dropout`` > 0 drops pooled features before the head in train mode (the paper's
+    ``ClassificationModel``, p = 0.05); at 0 there is no dropout module at all.
+    """
+
+    def __init__(
+        self, causal_lm: nn.Module, hidden_size: int, n_classes: int, head_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if n_classes < 2:
             raise PerceptAlignError(f"a classifier needs at least 2 classes (got {n_classes}).")
         self.causal_lm = causal_lm
         self.head = nn.Linear(hidden_size, n_classes)
+        self.head_dropout = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
         # Resolved once: a PEFT wrapper injects its adapters into this same module tree.
         self._body = backbone(causal_lm)
         self._with_positions = accepts_position_ids(self._body)
@@ -55,7 +62,8 @@ class SequenceClassifier(nn.Module):
         return masked_mean(hidden, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(input_ids, attention_mask).to(self.head.weight.dtype))
+        pooled = self.head_dropout(self.pooled(input_ids, attention_mask))
+        return self.head(pooled.to(self.head.weight.dtype))
 
 
 def trainable_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -66,17 +66,25 @@ class BatchSampler:
     """Seeded mini-batches: a fresh permutation per epoch, consumed ``batch_size`` indices at a time.
 
     Every run of one comparison builds its own sampler with the same seed, so LoRA, the linear head and
-    the scratch model see exactly the same sequence of batches.
+    the scratch model see exactly the same sequence of batches. ``epoch_aligned`` keeps batches within one
+    epoch, its last batch shorter (a shuffled ``DataLoader`` without ``drop_last``, as the paper's
+    epoch-counted linear baseline); otherwise a batch may straddle two epochs.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, *, epoch_aligned: bool = False) -> None:
         if n < 1:
             raise PerceptAlignError("the training set is empty; check the split and `max_samples`.")
         self.n, self.batch_size = n, batch_size
+        self.epoch_aligned = epoch_aligned
         self._generator = torch.Generator().manual_seed(seed)
         self._order: list[int] = []
 
     def next(self) -> list[int]:
+        if self.epoch_aligned:
+            if not self._order:
+                self._order = torch.randperm(self.n, generator=self._generator).tolist()
+            batch, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+            return batch
         while len(self._order) < self.batch_size:
             self._order.extend(torch.randperm(self.n, generator=self._generator).tolist())
         batch, self._order = self._order[: self.batch_size], self._order[self.batch_size :]

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -14,13 +14,23 @@ from perceptalign.io import PerceptAlignError
 from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.finetune.config import TrainConfig
 from perceptalign.ntps.finetune.data import load_train_eval
-from perceptalign.ntps.finetune.schedule import OPTIMIZER_DESCRIPTION
+from perceptalign.ntps.finetune.schedule import optimizer_description
 from perceptalign.ntps.models import LoadedModel
 
 
 @dataclass(frozen=True)
 class FinetuneJobConfig:
-    """Model, data and optimisation of one training job (the CLI fills it from its options)."""
+    """Model, data and optimisation of one training job (the CLI fills it from its options).
+
+    ``recipe`` (``default`` or ``paper``, :mod:`perceptalign.ntps.recipes`) fills what is left as None:
+    ``max_length`` (512 / the model's own maximum), ``dtype`` (the weights: float32 / the published
+    bfloat16 for LoRA, float32 for scratch) and ``train`` (the recipe's run of this job's kind; to change a
+    few of its settings pass ``train=get_recipe(name).train_config(part, steps=…)``). Settings given
+    explicitly win over the recipe.
+    """
+
+    #: Which training run of the recipe this job is (``lora`` or ``scratch``).
+    RECIPE_PART: ClassVar[str] = "lora"
 
     model: str
     dataset: str
@@ -30,18 +40,32 @@ class FinetuneJobConfig:
     eval_fraction: float = 0.3
     max_samples: int | None = None
     max_eval_samples: int | None = None
-    max_length: int = 512
-    dtype: str = "float32"
+    max_length: int | str | None = None  # None: the recipe's; "model": the model's own maximum
+    dtype: str | None = None  # None: the recipe's (float32 unless the recipe loads bfloat16 weights)
     text_column: str | None = None
     label_column: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
     device: str = "cpu"
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig | None = None  # None: the recipe's run of this kind (the default: TrainConfig())
+    recipe: str = "default"
+    tokenizer: str | None = None  # another tokenizer for the model (hub id or folder)
 
     def __post_init__(self) -> None:
-        if self.max_length < 1:
-            raise PerceptAlignError(f"`max_length` must be ≥ 1 (got {self.max_length}).")
+        from perceptalign.ntps.models import DTYPES, check_max_length
+        from perceptalign.ntps.recipes import get_recipe
+
+        recipe = get_recipe(self.recipe)
+        training = getattr(recipe, self.RECIPE_PART)
+        if self.max_length is None:
+            object.__setattr__(self, "max_length", recipe.max_length)
+        object.__setattr__(self, "max_length", check_max_length(self.max_length))
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", training.weights_dtype or "float32")
+        if self.dtype not in DTYPES:
+            raise PerceptAlignError(f"unknown `dtype` {self.dtype!r}; choose one of {sorted(DTYPES)}.")
+        if self.train is None:
+            object.__setattr__(self, "train", recipe.train_config(self.RECIPE_PART))
         resolve_device(self.device)
 
 
@@ -85,13 +109,17 @@ def job_record(
     eval_ds: TextDataset,
     eval_source: str,
     device: torch.device,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """The data and optimisation entries every training job records (lora.json and scratch.json alike).
 
     One definition keeps the jobs' results comparable key for key: the comparison rests on their data,
-    held-out set and optimisation being the same.
+    held-out set and optimisation being the same. ``max_length``: the tokens per text actually used
+    (``config.max_length`` resolved when it is 'model').
     """
-    return {
+    assert config.train is not None
+    train = config.train
+    record = {
         "dataset": train_ds.name,
         "dataset_source": train_ds.source,
         "n_train": len(train_ds),
@@ -100,16 +128,24 @@ def job_record(
         "n_classes": train_ds.n_classes,
         "class_names": list(train_ds.class_names),
         "chance_accuracy": float(eval_ds.class_counts().max() / len(eval_ds)),
-        "max_length": config.max_length,
+        "max_length": max_length if max_length is not None else config.max_length,
         "dtype": config.dtype,
         "device": str(device),
-        "steps": config.train.steps,
-        "batch_size": config.train.batch_size,
-        "lr": config.train.lr,
-        "warmup_steps": config.train.warmup_steps,
-        "optimizer": OPTIMIZER_DESCRIPTION,
-        "seed": config.train.seed,
+        "steps": train.steps_for(len(train_ds)),
+        "batch_size": train.batch_size,
+        "lr": train.lr,
+        "warmup_steps": train.warmup_for(train.steps_for(len(train_ds))),
+        "optimizer": optimizer_description(train.optimizer, train.weight_decay, train.schedule),
+        "seed": train.seed,
     }
+    if config.recipe != "default" or train.head_dropout or train.autocast or train.epochs:
+        record.update(
+            recipe=config.recipe,
+            head_dropout=train.head_dropout,
+            autocast=train.autocast,
+            epochs=train.epochs,
+        )
+    return record
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,12 @@ def pooled_features(
     device: torch.device | str = "cpu",
     progress: PhaseCallback | None = None,
     phase: str = "features",
+    autocast: str | None = None,
 ) -> torch.Tensor:
-    """Mean-pooled last-layer features of every text (N×d, float32), computed once in eval mode."""
+    """Mean-pooled last-layer features of every text (N×d, float32), computed once in eval mode (under
+    ``torch.autocast`` in ``autocast`` when given, as the training runs' forward passes)."""
+    from perceptalign.ntps.finetune.training import autocast_context
+
     model.eval()
     features: torch.Tensor | None = None
     done = 0
@@ -35,7 +39,9 @@ def pooled_features(
         progress(phase, 0, len(data))
     for indices in data.eval_batches(token_budget):
         input_ids, mask, _ = data.batch(indices)
-        pooled = model.pooled(input_ids.to(device), mask.to(device)).float().cpu()
+        with autocast_context(device, autocast):
+            pooled = model.pooled(input_ids.to(device), mask.to(device))
+        pooled = pooled.float().cpu()
         if features is None:
             features = torch.empty(len(data), pooled.shape[1], dtype=torch.float32)
         features[indices] = pooled
@@ -49,13 +55,14 @@ def pooled_features(
 class _FeatureClassifier(nn.Module):
     """A linear head over precomputed features; its "input ids" are row numbers into the feature matrix."""
 
-    def __init__(self, head: nn.Linear, features: torch.Tensor) -> None:
+    def __init__(self, head: nn.Linear, features: torch.Tensor, head_dropout: float = 0.0) -> None:
         super().__init__()
         self.head = head
+        self.head_dropout = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
         self.register_buffer("features", features, persistent=False)
 
     def forward(self, rows: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features[rows])
+        return self.head(self.head_dropout(self.features[rows]))
 
 
 @dataclass
@@ -94,14 +101,19 @@ def train_linear_head(
     cached features is the same computation as running the backbone each step (checked in the tests),
     minus the per-step forward. The backbone is in eval mode: its own dropout (e.g. GPT-2's 0.1) is off
     for this baseline, which is what "frozen feature extractor" means; LoRA and scratch train in train mode.
+    ``config.head_dropout`` (the paper's 0.05) drops cached features before the head while it trains.
+    ``config.autocast`` applies to the head's forward passes here and to the extraction of the features
+    (:func:`pooled_features`, pass it there); the pooled features themselves are kept in float32.
     """
     torch.manual_seed(config.seed)
     head = nn.Linear(train_features.shape[1], n_classes)
     features = torch.cat([train_features, eval_features]).float()
-    model = _FeatureClassifier(head, features)
+    model = _FeatureClassifier(head, features, config.head_dropout)
     train = FeatureRows(train_labels.long(), offset=0)
     held_out = FeatureRows(eval_labels.long(), offset=len(train_labels))
-    result = train_classifier(model, train, held_out, config, name=name, progress=progress, train_mode=False)
+    result = train_classifier(
+        model, train, held_out, config, name=name, progress=progress, train_mode=config.head_dropout > 0
+    )
     return head, result
 
 

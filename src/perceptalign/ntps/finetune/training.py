@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,14 +67,32 @@ def loss_curve(losses: Sequence[float], points: int = 100) -> dict[str, list[flo
     }
 
 
-def _eval_steps(config: TrainConfig) -> set[int]:
+def _eval_steps(config: TrainConfig, steps: int | None = None) -> set[int]:
     """Steps (1-based, counted after the update) at which the held-out set is scored; always the last."""
-    return {s for s in range(config.eval_interval, config.steps + 1, config.eval_interval)} | {config.steps}
+    total = config.steps if steps is None else steps
+    return {s for s in range(config.eval_interval, total + 1, config.eval_interval)} | {total}
+
+
+@contextlib.contextmanager
+def autocast_context(device: torch.device | str, dtype: str | None) -> Iterator[None]:
+    """``torch.autocast`` in ``dtype`` on the device's type (the paper's bf16 mixed precision); a no-op
+    for None."""
+    if dtype is None:
+        yield
+        return
+    kind = torch.device(device).type
+    with torch.autocast(device_type=kind, dtype=getattr(torch, dtype)):
+        yield
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Batches, token_budget: int, device: torch.device | str = "cpu"
+    model: nn.Module,
+    data: Batches,
+    token_budget: int,
+    device: torch.device | str = "cpu",
+    *,
+    autocast: str | None = None,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on ``data`` in eval mode (no dropout); restores the training mode."""
     was_training = model.training
@@ -81,7 +100,9 @@ def evaluate(
     total_loss, correct = 0.0, 0
     for indices in data.eval_batches(token_budget):
         input_ids, mask, labels = data.batch(indices)
-        logits = model(input_ids.to(device), mask.to(device)).float()
+        with autocast_context(device, autocast):
+            logits = model(input_ids.to(device), mask.to(device))
+        logits = logits.float()
         labels = labels.to(device)
         total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(-1) == labels).sum())
@@ -103,26 +124,33 @@ def train_classifier(
     """Train the parameters of ``model`` that require grad, scoring ``held_out`` as it goes.
 
     ``train_mode=False`` keeps dropout off while training (a frozen feature extractor under a trained head).
+    With ``config.epochs`` the run is that many reshuffled passes over ``train`` (the last batch of each
+    shorter); with ``config.autocast`` every forward pass runs under ``torch.autocast`` in that dtype.
     """
     params = [p for _, p in trainable_parameters(model)]
     if not params:
         raise PerceptAlignError(f"{name}: the model has no trainable parameters.")
     model.to(device)
-    optimizer = make_optimizer(params, config.lr)
-    scheduler = make_scheduler(optimizer, config.steps, config.warmup_steps)
-    sampler = BatchSampler(len(train), config.batch_size, config.seed)
-    evals = _eval_steps(config)
+    total_steps = config.steps_for(len(train))
+    optimizer = make_optimizer(params, config.lr, kind=config.optimizer, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, total_steps, config.warmup_for(total_steps), config.schedule)
+    sampler = BatchSampler(
+        len(train), config.batch_size, config.seed, epoch_aligned=config.epochs is not None
+    )
+    evals = _eval_steps(config, total_steps)
     losses: list[float] = []
     lrs: list[float] = []
     history: list[dict[str, float]] = []
     eval_seconds = 0.0
     if progress:
-        progress(name, 0, config.steps)
+        progress(name, 0, total_steps)
     model.train(train_mode)
     started = time.perf_counter()
-    for step in range(1, config.steps + 1):
+    for step in range(1, total_steps + 1):
         input_ids, mask, labels = train.batch(sampler.next())
-        loss = F.cross_entropy(model(input_ids.to(device), mask.to(device)).float(), labels.to(device))
+        with autocast_context(device, config.autocast):
+            logits = model(input_ids.to(device), mask.to(device))
+        loss = F.cross_entropy(logits.float(), labels.to(device))
         if not torch.isfinite(loss):
             raise PerceptAlignError(
                 f"{name}: the training loss became {float(loss)} at step {step}; lower `lr` or use "
@@ -136,7 +164,9 @@ def train_classifier(
         losses.append(float(loss.detach()))
         if step in evals:
             t0 = time.perf_counter()
-            eval_loss, accuracy = evaluate(model, held_out, config.eval_token_budget, device)
+            eval_loss, accuracy = evaluate(
+                model, held_out, config.eval_token_budget, device, autocast=config.autocast
+            )
             eval_seconds += time.perf_counter() - t0
             history.append(
                 {
@@ -147,7 +177,7 @@ def train_classifier(
                 }
             )
         if progress:
-            progress(name, step, config.steps)
+            progress(name, step, total_steps)
     model.eval()
     seconds = time.perf_counter() - started
     return TrainResult(
@@ -159,5 +189,6 @@ def train_classifier(
         eval_loss=history[-1]["eval_loss"],
         n_trainable=sum(p.numel() for p in params),
         seconds=seconds,
-        seconds_per_step=(seconds - eval_seconds) / config.steps,
+        seconds_per_step=(seconds - eval_seconds) / total_steps,
+        extra={"steps": total_steps, "epochs": config.epochs} if config.epochs is not None else {},
     )

@@ -33,7 +33,8 @@ EXTRACTION_SETTINGS = (
 
 
 class ModelSource(Protocol):
-    """The model fields of a job config."""
+    """The model fields of a job config (a ``tokenizer`` field, when the config has one, pairs the model
+    with another tokenizer)."""
 
     model: str
     dtype: str
@@ -65,7 +66,7 @@ def check_job_inputs(config: OutputSource) -> Path:
     from perceptalign.ntps.models import check_model_source
 
     out = ensure_output_dir(config.out)
-    check_model_source(config.model)
+    check_model_source(config.model, needs_tokenizer=getattr(config, "tokenizer", None) is None)
     return out
 
 
@@ -73,12 +74,14 @@ def load_job_model(config: ModelSource, status: StatusCallback) -> LoadedModel:
     """The causal LM of ``config`` (its dtype, revision and remote-code choice), announced on ``status``."""
     from perceptalign.ntps.models import load_causal_lm
 
-    status(f"loading model {config.model}")
+    tokenizer = getattr(config, "tokenizer", None)
+    status(f"loading model {config.model}" + (f" with the tokenizer {tokenizer}" if tokenizer else ""))
     return load_causal_lm(
         config.model,
         dtype=config.dtype,
         revision=config.revision,
         trust_remote_code=config.trust_remote_code,
+        tokenizer=tokenizer,
         progress=status,
     )
 

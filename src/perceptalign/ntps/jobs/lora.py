@@ -27,6 +27,7 @@ from perceptalign.ntps.finetune import (
     FinetuneJobConfig,
     NTPSSettings,
     SequenceClassifier,
+    TrainConfig,
     TrainResult,
     active_dropout,
     job_record,
@@ -42,7 +43,7 @@ from perceptalign.ntps.finetune import (
 )
 from perceptalign.ntps.identity import CacheMismatchError
 from perceptalign.ntps.jobs.inputs import check_job_inputs
-from perceptalign.ntps.models import LoadedModel, backbone
+from perceptalign.ntps.models import LoadedModel, backbone, resolve_max_length
 
 RESULTS_FILE = "lora.json"
 ADAPTER_DIR = "adapter"
@@ -214,9 +215,28 @@ class LoraJobConfig(FinetuneJobConfig):
     #: written, and used for "NTPS before" when their identity matches; otherwise they are computed into
     #: OUT as usual.
     statistics_before: Path | None = None
+    #: Training of the frozen-backbone linear head. None: the recipe's (``default``: exactly ``train``, so
+    #: the gain compares what is trained, not how; ``paper``: AdamW, 50 epochs at batch 64, no schedule),
+    #: with ``train``'s seed, evaluation interval and evaluation budget.
+    linear_train: TrainConfig | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.linear_train is None:
+            from perceptalign.ntps.recipes import get_recipe
+
+            recipe = get_recipe(self.recipe)
+            assert self.train is not None
+            if recipe.linear_baseline is None:
+                linear = self.train
+            else:
+                linear = recipe.train_config(
+                    "linear_baseline",
+                    seed=self.train.seed,
+                    eval_interval=self.train.eval_interval,
+                    eval_token_budget=self.train.eval_token_budget,
+                )
+            object.__setattr__(self, "linear_train", linear)
 
 
 @dataclass
@@ -245,9 +265,13 @@ def run_lora(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     train_ds, eval_ds, eval_source, loaded = load_job_inputs(config, status)
+    assert config.train is not None and config.linear_train is not None
     targets = resolve_target_modules(loaded.model, config.lora.target_modules)
-    train_enc = EncodedTexts.from_dataset(loaded, train_ds, config.max_length)
-    eval_enc = EncodedTexts.from_dataset(loaded, eval_ds, config.max_length)
+    max_length = resolve_max_length(config.max_length, loaded)
+    if max_length != config.max_length:
+        status(f"max_length 'model': {max_length} tokens (the model's own maximum)")
+    train_enc = EncodedTexts.from_dataset(loaded, train_ds, max_length)
+    eval_enc = EncodedTexts.from_dataset(loaded, eval_ds, max_length)
     dropout = active_dropout(loaded.model)
     seconds["load"] = time.perf_counter() - t0
 
@@ -257,7 +281,7 @@ def run_lora(
         t0 = time.perf_counter()
         status("NTPS before LoRA")
         ntps_before, before_reused, before_file = _ntps_before(
-            config, loaded, train_ds, out, status, progress
+            config, loaded, train_ds, out, status, progress, max_length
         )
         write_json_atomic(out / NTPS_BEFORE_FILE, ntps_before)
         seconds["ntps_before"] = time.perf_counter() - t0
@@ -266,13 +290,10 @@ def run_lora(
     if config.linear_baseline:
         t0 = time.perf_counter()
         frozen = SequenceClassifier(loaded.model, loaded.hidden_size, train_ds.n_classes).to(device)
-        budget = config.train.eval_token_budget
-        train_x = pooled_features(
-            frozen, train_enc, budget, device=device, progress=progress, phase="features (train)"
-        )
-        eval_x = pooled_features(
-            frozen, eval_enc, budget, device=device, progress=progress, phase="features (eval)"
-        )
+        budget = config.linear_train.eval_token_budget
+        features = {"device": device, "progress": progress, "autocast": config.linear_train.autocast}
+        train_x = pooled_features(frozen, train_enc, budget, phase="features (train)", **features)
+        eval_x = pooled_features(frozen, eval_enc, budget, phase="features (eval)", **features)
         seconds["features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         linear_head, linear = train_linear_head(
@@ -281,10 +302,12 @@ def run_lora(
             eval_x,
             eval_enc.labels,
             train_ds.n_classes,
-            config.train,
+            config.linear_train,
             name="linear head (frozen)",
             progress=progress,
         )
+        if config.linear_train is not config.train:
+            linear.extra["optimizer"] = _optimizer_text(config.linear_train)
         save_head(out / LINEAR_HEAD_FILE, linear_head, _head_metadata(loaded, train_ds.class_names, "frozen"))
         seconds["linear_head"] = time.perf_counter() - t0
         del frozen
@@ -294,7 +317,9 @@ def run_lora(
     peft_model = apply_lora(loaded.model, settings, seed=config.train.seed)
     n_adapted = _n_adapted(peft_model)
     torch.manual_seed(config.train.seed)  # the head starts where the linear baseline's head started
-    classifier = SequenceClassifier(loaded.model, loaded.hidden_size, train_ds.n_classes)
+    classifier = SequenceClassifier(
+        loaded.model, loaded.hidden_size, train_ds.n_classes, head_dropout=config.train.head_dropout
+    )
     lora = train_classifier(
         classifier, train_enc, eval_enc, config.train, name="LoRA + head", device=device, progress=progress
     )
@@ -317,7 +342,9 @@ def run_lora(
 
     t0 = time.perf_counter()
     merged = merged_loaded_model(peft_model, loaded, adapter_hash)
-    merged_eval = _merged_accuracy(classifier, eval_enc, config.train.eval_token_budget, device)
+    merged_eval = _merged_accuracy(
+        classifier, eval_enc, config.train.eval_token_budget, device, config.train.autocast
+    )
     _cpu(merged.model)
     seconds["merge"] = time.perf_counter() - t0
     ntps_after: dict[str, Any] | None = None
@@ -328,7 +355,7 @@ def run_lora(
             merged,
             train_ds,
             config.ntps_settings,
-            max_length=config.max_length,
+            max_length=max_length,
             max_samples=config.max_samples,
             cache=out / STATISTICS_AFTER,
             reuse=False,
@@ -349,7 +376,7 @@ def run_lora(
         "model": loaded.model_id,
         "model_fingerprint": loaded.fingerprint,
         "merged_model_fingerprint": merged.fingerprint,
-        **job_record(config, train_ds, eval_ds, eval_source, device),
+        **job_record(config, train_ds, eval_ds, eval_source, device, max_length),
         "r": settings.r,
         "alpha": settings.alpha,
         "lora_dropout": settings.dropout,
@@ -380,8 +407,18 @@ def run_lora(
         },
         "config": json.loads(json.dumps(asdict(config), default=str)),
     }
+    if config.recipe != "default":
+        from perceptalign.ntps.recipes import get_recipe
+
+        results["recipe_note"] = get_recipe(config.recipe).note
     write_json_atomic(out / RESULTS_FILE, results)
     return LoraJobResult(results=results, out=out, lora=lora, linear=linear)
+
+
+def _optimizer_text(train: TrainConfig) -> str:
+    from perceptalign.ntps.finetune.schedule import optimizer_description
+
+    return optimizer_description(train.optimizer, train.weight_decay, train.schedule)
 
 
 def _ntps_before(
@@ -391,11 +428,12 @@ def _ntps_before(
     out: Path,
     status: StatusCallback,
     progress: PhaseCallback | None,
+    max_length: int,
 ) -> tuple[dict[str, Any], bool, Path]:
     """NTPS of the base model, from ``config.statistics_before`` when it matches, else OUT's cache.
 
     Returns the scores, whether statistics were reused, and the statistics file they came from."""
-    kwargs = dict(max_length=config.max_length, max_samples=config.max_samples, progress=progress)
+    kwargs = dict(max_length=max_length, max_samples=config.max_samples, progress=progress)
     shared = config.statistics_before
     if shared is not None and Path(shared).is_file():
         try:
@@ -420,12 +458,16 @@ def _ntps_before(
 
 
 def _merged_accuracy(
-    classifier: SequenceClassifier, data: EncodedTexts, token_budget: int, device: torch.device
+    classifier: SequenceClassifier,
+    data: EncodedTexts,
+    token_budget: int,
+    device: torch.device,
+    autocast: str | None = None,
 ) -> float:
     """Held-out accuracy with the merged weights: equals the adapter model's when the merge is right."""
     from perceptalign.ntps.finetune import evaluate
 
-    return evaluate(classifier, data, token_budget, device)[1]
+    return evaluate(classifier, data, token_budget, device, autocast=autocast)[1]
 
 
 def _n_adapted(peft_model: Any) -> int:

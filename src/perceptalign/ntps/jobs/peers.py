@@ -39,7 +39,7 @@ class PeersConfig:
     layers: list[int] | None = None
     metrics: list[str] | None = None
     max_samples: int | None = None
-    max_length: int = 512
+    max_length: int | str = 512  # tokens, or "model": the model's own maximum
     token_budget: int = 2048
     dtype: str = "float32"
     top_k: int | None = DEFAULT_TOP_K
@@ -49,8 +49,12 @@ class PeersConfig:
     trust_remote_code: bool = False
     seed: int = 0
     overwrite: bool = False  # recompute the feature and next-token caches in ``out``
+    tokenizer: str | None = None  # another tokenizer for the model (hub id or folder)
 
     def __post_init__(self) -> None:
+        from perceptalign.ntps.models import check_max_length
+
+        object.__setattr__(self, "max_length", check_max_length(self.max_length))
         resolve_metrics(self.metrics)  # unknown metric names are refused before any work
 
 
@@ -83,6 +87,7 @@ def run_peers(
     from perceptalign.ntps.features import FeatureCache, feature_metadata
     from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.measure import resolve_layers
+    from perceptalign.ntps.models import resolve_max_length
 
     status = on_status or (lambda _msg: None)
     metrics = resolve_metrics(config.metrics)
@@ -90,13 +95,12 @@ def run_peers(
     dataset = load_job_dataset(config, status)
     loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
+    max_length = resolve_max_length(config.max_length, loaded)
     cache = FeatureCache(out)
     need_lm = any(m in LM_METRICS for m in metrics)
     pending = 0
     if cache.exists(dataset.split) and not config.overwrite:
-        cache.load(
-            dataset.split, feature_metadata(loaded, dataset, layers, config.max_length, config.max_samples)
-        )
+        cache.load(dataset.split, feature_metadata(loaded, dataset, layers, max_length, config.max_samples))
     else:
         pending += len(dataset)
     lm_cache = NextTokenCache(out)
@@ -110,7 +114,7 @@ def run_peers(
         loaded,
         dataset,
         layers,
-        max_length=config.max_length,
+        max_length=max_length,
         token_budget=config.token_budget,
         max_samples=config.max_samples,
         on_batch=on_batch,
@@ -123,7 +127,7 @@ def run_peers(
         probs = lm_cache.load_or_compute(
             loaded,
             dataset,
-            max_length=config.max_length,
+            max_length=max_length,
             token_budget=config.token_budget,
             max_samples=config.max_samples,
             top_k=config.top_k,

@@ -54,7 +54,7 @@ class PrescreenConfig:
     score_metric: str = "ntps"
     layers: list[int] | None = None
     max_samples: int | None = None
-    max_length: int = 512
+    max_length: int | str = 512  # tokens, or "model": the model's own maximum
     token_budget: int = 2048
     dtype: str = "float32"
     seed: int = 0
@@ -62,6 +62,9 @@ class PrescreenConfig:
     cost_json: Path | None = None
 
     def __post_init__(self) -> None:
+        from perceptalign.ntps.models import check_max_length
+
+        object.__setattr__(self, "max_length", check_max_length(self.max_length))
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise PerceptAlignError(f"`datasets` must list each candidate once (got {self.datasets}).")
         if not 0 < self.fraction <= 1:

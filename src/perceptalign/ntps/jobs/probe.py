@@ -23,11 +23,13 @@ from perceptalign.io import (
 from perceptalign.ntps.datasets import TextDataset, load_text_dataset, stratified_split
 from perceptalign.ntps.datasets.core import SPLIT_SEED, TEST_FRACTION
 from perceptalign.ntps.probes import (
-    DEFAULT_MAX_ITER,
     best_layer,
     check_cv,
     probe_layers,
 )
+
+#: Logistic-regression solvers a probe may use (sklearn's names; all fit the same L2 objective).
+SOLVERS = ("lbfgs", "saga", "sag", "newton-cg", "newton-cholesky")
 
 RESULTS_FILE = "probe.json"
 TABLE_FILE = "probe.csv"
@@ -44,6 +46,11 @@ class ProbeConfig:
     stratified ``test_fraction`` of the train split held out by content hash (seed 42, docs/ntps.md, "The
     paper's protocol"), so a
     single local file without a ``split`` column still gets an honest held-out score.
+
+    ``recipe`` (``default`` or ``paper``, :mod:`perceptalign.ntps.recipes`) fills the settings left as
+    None: ``max_length`` (512 / the model's own maximum) and the logistic probe's ``C``, ``max_iter``,
+    ``tol`` and ``solver`` (lbfgs, tol 1e-4, 2000 iterations / the published saga, tol 0.01, 1000).
+    Settings given explicitly win over the recipe.
     """
 
     model: str
@@ -54,12 +61,12 @@ class ProbeConfig:
     test_fraction: float | None = None
     layers: list[int] | None = None
     max_samples: int | None = None
-    max_length: int = 512
+    max_length: int | str | None = None  # None: the recipe's; "model": the model's own maximum
     token_budget: int = 2048
     dtype: str = "float32"
     cv: int | None = None
-    C: float = 1.0
-    max_iter: int = DEFAULT_MAX_ITER
+    C: float | None = None
+    max_iter: int | None = None
     text_column: str | None = None
     label_column: str | None = None
     revision: str | None = None
@@ -67,9 +74,28 @@ class ProbeConfig:
     seed: int = 0
     ntps_fraction: float = 0.5
     overwrite: bool = False  # recompute the feature caches in ``out`` instead of reusing or refusing them
+    recipe: str = "default"
+    tol: float | None = None
+    solver: str | None = None
+    tokenizer: str | None = None  # another tokenizer for the model (hub id or folder)
 
     def __post_init__(self) -> None:
-        """Settings that cannot work are refused at construction, before any data or model loads."""
+        """Settings that cannot work are refused at construction, before any data or model loads; settings
+        left as None are filled from the recipe."""
+        from perceptalign.ntps.models import check_max_length
+        from perceptalign.ntps.recipes import get_recipe
+
+        recipe = get_recipe(self.recipe)
+        for name, value in (
+            ("max_length", recipe.max_length),
+            ("C", recipe.probe.C),
+            ("max_iter", recipe.probe.max_iter),
+            ("tol", recipe.probe.tol),
+            ("solver", recipe.probe.solver),
+        ):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "max_length", check_max_length(self.max_length))
         if self.test_fraction is not None:
             if not 0 < self.test_fraction < 1:
                 raise PerceptAlignError(
@@ -87,10 +113,13 @@ class ProbeConfig:
             )
         if not 0 < self.ntps_fraction <= 1:
             raise PerceptAlignError(f"`ntps_fraction` must lie in (0, 1] (got {self.ntps_fraction}).")
-        if self.C <= 0 or self.max_iter < 1:
+        if self.C <= 0 or self.max_iter < 1 or not self.tol > 0:
             raise PerceptAlignError(
-                f"C must be > 0 and max_iter ≥ 1 (got C={self.C}, max_iter={self.max_iter})."
+                f"C must be > 0, `max_iter` ≥ 1 and tol > 0 (got C={self.C}, max_iter={self.max_iter}, "
+                f"tol={self.tol})."
             )
+        if self.solver not in SOLVERS:
+            raise PerceptAlignError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}.")
 
 
 @dataclass
@@ -225,6 +254,7 @@ def run_probe(
     from perceptalign.ntps.features import FeatureCache, feature_metadata
     from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.measure import resolve_layers
+    from perceptalign.ntps.models import resolve_max_length
 
     status = on_status or (lambda _msg: None)
     out = check_job_inputs(config)
@@ -233,13 +263,16 @@ def run_probe(
     check_cv(config.cv, train.labels[evaluation.train_rows])
     loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
+    max_length = resolve_max_length(config.max_length, loaded)
+    if max_length != config.max_length:
+        status(f"max_length 'model': {max_length} tokens (the model's own maximum)")
     cache = FeatureCache(out)
     splits = [train] + ([evaluation.test] if evaluation.test is not None else [])
     # Check every cache (and refuse mismatching ones) before any forward pass, so the bar knows its total.
     pending = 0
     for ds in splits:
         if cache.exists(ds.split) and not config.overwrite:
-            cache.load(ds.split, feature_metadata(loaded, ds, layers, config.max_length, config.max_samples))
+            cache.load(ds.split, feature_metadata(loaded, ds, layers, max_length, config.max_samples))
         else:
             pending += len(ds)
     if on_start and pending:
@@ -249,7 +282,7 @@ def run_probe(
             loaded,
             ds,
             layers,
-            max_length=config.max_length,
+            max_length=max_length,
             token_budget=config.token_budget,
             max_samples=config.max_samples,
             on_batch=on_batch,
@@ -273,6 +306,8 @@ def run_probe(
         seed=config.seed,
         C=config.C,
         max_iter=config.max_iter,
+        tol=config.tol,
+        solver=config.solver,
     )
     probe_seconds = time.perf_counter() - started
     overlay = _ntps_overlay(out, loaded.fingerprint, train.name, config.ntps_fraction)
@@ -307,11 +342,13 @@ def run_probe(
         "train_class_counts": np.bincount(y_fit, minlength=train.n_classes).tolist(),
         "test_class_counts": np.bincount(y_test, minlength=train.n_classes).tolist(),
         "majority_class_accuracy": float(np.mean(y_test == majority)),
-        "max_length": config.max_length,
+        "max_length": max_length,
         "dtype": config.dtype,
         "layers": [int(x) for x in table["layer"]],
         "cv": config.cv,
         "seed": config.seed,
+        "recipe": config.recipe,
+        "logistic": {"solver": config.solver, "C": config.C, "tol": config.tol, "max_iter": config.max_iter},
         "best_layer": best_layer(table),
         "columns": list(table.columns),
         "rows": _records(table),
@@ -319,8 +356,9 @@ def run_probe(
         "features": {split: str(item.path) for split, item in extracted.items()},
         "timing": {"features": timing, "probe_seconds": round(probe_seconds, 3)},
         "definitions": {
-            "accuracy/log_loss": f"standardize + L2 logistic regression (C = {config.C}, lbfgs), fit on the "
-            "train rows, scored on the evaluation rows; log-loss over all classes",
+            "accuracy/log_loss": "standardize + L2 logistic regression "
+            f"(C = {config.C}, {config.solver}), fit on the train rows, scored on the evaluation rows; "
+            "log-loss over all classes",
             "mse": "standardize + least squares on one-hot targets; mean over samples and classes",
             "train_*": "the same probes scored on their own training rows (the published, saturating "
             "protocol)",

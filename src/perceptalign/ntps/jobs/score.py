@@ -29,6 +29,8 @@ from perceptalign.ntps.measure import (
     validate_solver_settings,
 )
 from perceptalign.ntps.models import (
+    check_max_length,
+    resolve_max_length,
     resolve_model_path,
 )
 from perceptalign.ntps.statistics import (
@@ -53,7 +55,7 @@ class ScoreConfig:
     split: str = "train"
     layers: list[int] | None = None
     max_samples: int | None = None
-    max_length: int = 512
+    max_length: int | str = 512  # tokens, or "model": the model's own maximum
     token_budget: int = 2048
     dtype: str = "float32"
     fractions: list[float] | None = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
@@ -66,9 +68,11 @@ class ScoreConfig:
     checkpoint_seconds: float = 60.0
     ridge: float = 0.0
     overwrite: bool = False
+    tokenizer: str | None = None  # another tokenizer for the model (hub id or folder), e.g. OpenELM's Llama-2
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work before any model or data is loaded."""
+        object.__setattr__(self, "max_length", check_max_length(self.max_length))
         validate_extraction_settings(max_length=self.max_length, token_budget=self.token_budget)
         validate_solver_settings(fractions=self.fractions, ks=self.ks, ridge=self.ridge)
         if not self.checkpoint_seconds > 0:
@@ -145,15 +149,18 @@ def _run_score(
         if not config.overwrite:
             refuse_other_data(cache, data_identity(dataset, config.max_samples))
         if context is not None:
-            resolve_model_path(config.model, status)
+            resolve_model_path(config.model, status, needs_tokenizer=config.tokenizer is None)
     loaded = load_job_model(config, status)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     check_ks_fit(config.ks, loaded.hidden_size)
+    max_length = resolve_max_length(config.max_length, loaded)
+    if max_length != config.max_length:
+        status(f"max_length 'model': {max_length} tokens (the model's own maximum)")
     measured = cached_or_computed_statistics(
         loaded,
         dataset,
         layers,
-        max_length=config.max_length,
+        max_length=max_length,
         max_samples=config.max_samples,
         token_budget=config.token_budget,
         cache=cache,
@@ -201,7 +208,7 @@ def _run_score(
         "n_tokens": int(metadata["n_tokens"]),
         "n_classes": dataset.n_classes,
         "class_names": list(dataset.class_names),
-        "max_length": config.max_length,
+        "max_length": max_length,
         "dtype": config.dtype,
         **scores,
         "definitions": {

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from perceptalign.ntps.finetune import (
     training_figure,
 )
 from perceptalign.ntps.jobs.inputs import check_job_inputs
-from perceptalign.ntps.models import DTYPES, LoadedModel
+from perceptalign.ntps.models import DTYPES, LoadedModel, resolve_max_length
 
 RESULTS_FILE = "scratch.json"
 HEAD_FILE = "scratch_head.safetensors"
@@ -54,7 +54,13 @@ def random_init_like(loaded: LoadedModel, seed: int, trust_remote_code: bool = F
 
 @dataclass(frozen=True)
 class ScratchJobConfig(FinetuneJobConfig):
-    """`ntps scratch`: data/model/optimisation (see :class:`FinetuneJobConfig`), whether to keep the model."""
+    """`ntps scratch`: data/model/optimisation (see :class:`FinetuneJobConfig`), whether to keep the model.
+
+    The recipe's ``scratch`` run: ``default`` trains like the default LoRA run (5,000 steps); ``paper``
+    is the published from_scratch.py (10,000 steps, Adafactor weight decay 1e-5, head dropout 0.05,
+    float32 weights under bf16 autocast)."""
+
+    RECIPE_PART: ClassVar[str] = "scratch"
 
     save_model: bool = False
 
@@ -79,8 +85,12 @@ def run_scratch(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     train_ds, eval_ds, eval_source, loaded = load_job_inputs(config, status)
-    train_enc = EncodedTexts.from_dataset(loaded, train_ds, config.max_length)
-    eval_enc = EncodedTexts.from_dataset(loaded, eval_ds, config.max_length)
+    assert config.train is not None
+    max_length = resolve_max_length(config.max_length, loaded)
+    if max_length != config.max_length:
+        status(f"max_length 'model': {max_length} tokens (the model's own maximum)")
+    train_enc = EncodedTexts.from_dataset(loaded, train_ds, max_length)
+    eval_enc = EncodedTexts.from_dataset(loaded, eval_ds, max_length)
     status("initialising a random model of the same configuration")
     model = random_init_like(loaded, config.train.seed, config.trust_remote_code)
     loaded.model = model  # the pretrained weights are not needed any more
@@ -88,7 +98,9 @@ def run_scratch(
 
     t0 = time.perf_counter()
     torch.manual_seed(config.train.seed)  # same head initialisation as the LoRA and linear-head runs
-    classifier = SequenceClassifier(model, loaded.hidden_size, train_ds.n_classes)
+    classifier = SequenceClassifier(
+        model, loaded.hidden_size, train_ds.n_classes, head_dropout=config.train.head_dropout
+    )
     scratch = train_classifier(
         classifier,
         train_enc,
@@ -126,7 +138,7 @@ def run_scratch(
     results: dict[str, Any] = {
         "model": loaded.model_id,
         "init": f"random (AutoModelForCausalLM.from_config, torch seed {config.train.seed})",
-        **job_record(config, train_ds, eval_ds, eval_source, device),
+        **job_record(config, train_ds, eval_ds, eval_source, device, max_length),
         "n_trainable_params": scratch.n_trainable,
         "backbone_dropout_in_train_mode": active_dropout(model),
         "eval_accuracy_scratch": scratch.eval_accuracy,
@@ -139,5 +151,9 @@ def run_scratch(
         },
         "config": json.loads(json.dumps(asdict(config), default=str)),
     }
+    if config.recipe != "default":
+        from perceptalign.ntps.recipes import get_recipe
+
+        results["recipe_note"] = get_recipe(config.recipe).note
     write_json_atomic(out / RESULTS_FILE, results)
     return ScratchJobResult(results=results, out=out, scratch=scratch)

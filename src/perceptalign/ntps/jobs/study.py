@@ -45,7 +45,12 @@ LORA_SCALARS = (
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """The grid and the settings shared by every cell (the CLI fills it from its options)."""
+    """The grid and the settings shared by every cell (the CLI fills it from its options).
+
+    ``recipe`` (``default`` or ``paper``, :mod:`perceptalign.ntps.recipes`) sets the probe's solver, the
+    LoRA run's optimizer, precision and head dropout, its linear baseline, and ``max_length`` when that is
+    left as None (512 / the model's own maximum). A study keeps one recipe: it is part of its settings.
+    """
 
     models: list[str]
     datasets: list[str]
@@ -54,7 +59,7 @@ class StudyConfig:
     layers: list[int] | None = None
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     max_samples: int | None = None
-    max_length: int = 512
+    max_length: int | str | None = None  # None: the recipe's; "model": each model's own maximum
     token_budget: int = 2048
     dtype: str = "float32"
     seed: int = 0
@@ -69,8 +74,16 @@ class StudyConfig:
     device: str = "cpu"
     trust_remote_code: bool = False
     keep_going: bool = True
+    recipe: str = "default"
 
     def __post_init__(self) -> None:
+        from perceptalign.ntps.models import check_max_length
+        from perceptalign.ntps.recipes import get_recipe
+
+        recipe = get_recipe(self.recipe)
+        if self.max_length is None:
+            object.__setattr__(self, "max_length", recipe.max_length)
+        object.__setattr__(self, "max_length", check_max_length(self.max_length))
         for what, values in (("`models`", self.models), ("`datasets`", self.datasets)):
             if not values or any(not str(v).strip() for v in values):
                 raise PerceptAlignError(f"{what} needs at least one non-empty name, e.g. {what} a,b.")
@@ -95,6 +108,8 @@ class StudyConfig:
         data = asdict(self)
         for key in ("models", "datasets", "out", "measures", "device", "keep_going"):
             data.pop(key)
+        if data["recipe"] == "default":
+            data.pop("recipe")  # studies made before recipes existed keep their settings digest
         return json.loads(json.dumps(data))
 
     def digest(self, measure: str) -> str:
@@ -324,7 +339,9 @@ def _run_probe(
 
     out = cell_dir(config.out, model, dataset)
     result = run_probe(
-        ProbeConfig(model=model, dataset=dataset, out=out, **extraction_settings(config)),
+        ProbeConfig(
+            model=model, dataset=dataset, out=out, recipe=config.recipe, **extraction_settings(config)
+        ),
         on_status=status,
         on_batch=on_batch,
     )
@@ -388,10 +405,12 @@ def _run_peers(
 def _run_lora(
     config: StudyConfig, model: str, dataset: str, status: Any, on_batch: Any
 ) -> list[dict[str, Any]]:
-    from perceptalign.ntps.finetune import NTPSSettings, TrainConfig
+    from perceptalign.ntps.finetune import NTPSSettings
     from perceptalign.ntps.jobs.lora import LoraJobConfig, LoraSettings, run_lora
     from perceptalign.ntps.jobs.score import STATISTICS_FILE
+    from perceptalign.ntps.recipes import get_recipe
 
+    recipe = get_recipe(config.recipe)
     out = cell_dir(config.out, model, dataset) / "lora"
     job = LoraJobConfig(
         model=model,
@@ -400,10 +419,13 @@ def _run_lora(
         max_samples=config.max_samples,
         max_eval_samples=config.lora_max_eval_samples,
         max_length=config.max_length,
-        dtype=config.dtype,
+        # The recipe's LoRA weights (paper: bfloat16); the default recipe keeps the study's dtype.
+        dtype=recipe.lora.weights_dtype or config.dtype,
         trust_remote_code=config.trust_remote_code,
         device=config.device,
-        train=TrainConfig(
+        recipe=config.recipe,
+        train=recipe.train_config(
+            "lora",
             steps=config.lora_steps,
             batch_size=config.lora_batch_size,
             lr=config.lora_lr,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,44 @@ def _finished(path: Path, config: LoraJobConfig) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    expected = json.loads(json.dumps(asdict(config), default=str))
-    return saved if saved.get("config") == expected else None
+    stored = saved.get("config")
+    return saved if isinstance(stored, dict) and _matches(stored, config) else None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(asdict(value) if is_dataclass(value) else value, default=str))
+
+
+def _default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise PerceptAlignError(f"`{f.name}` has no default")
+
+
+def _matches(stored: dict[str, Any], config: Any) -> bool:
+    """Whether a stored config equals ``config``. A field that the stored run predates matches only when
+    leaving it at its default would resolve to the current value (the run is then unchanged); an unknown
+    stored key never matches."""
+    if set(stored) - {f.name for f in fields(config)}:
+        return False
+    missing = [f for f in fields(config) if f.name not in stored]
+    try:
+        baseline = replace(config, **{f.name: _default(f) for f in missing})
+    except (PerceptAlignError, TypeError, ValueError):
+        return False
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name not in stored:
+            if _jsonable(getattr(baseline, f.name)) != _jsonable(value):
+                return False
+        elif is_dataclass(value):
+            if not (isinstance(stored[f.name], dict) and _matches(stored[f.name], value)):
+                return False
+        elif _jsonable(value) != stored[f.name]:
+            return False
+    return True
 
 
 def probe_accuracy(task_pass: TaskPass, task: str, evaluation: Any) -> float:
