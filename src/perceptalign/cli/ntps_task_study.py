@@ -95,38 +95,24 @@ def task_study(
             )
         _print_summary(report, out, started)
         return
-    if zoo_arm:
-        from perceptalign.ntps.jobs.task_study_zoo import run_study_zoo_arm
-
-        progress = RateProgress(console, "forward pass")
-        with exit_on_error(), progress:
-            report = run_study_zoo_arm(
-                config,
-                out,
-                prereg,
-                on_status=print_status,
-                on_start=lambda n, _t: progress.start(n),
-                on_batch=progress.advance,
-            )
-        _print_summary(report, out, started)
-        return
-    if reanalyse:
+    if reanalyse and not zoo_arm:  # --zoo-arm redoes the analysis itself
         with exit_on_error():
             report = reanalyse_task_study(config, out, prereg)
         _print_summary(report, out, started)
         return
     progress = RateProgress(console, "forward pass")
-    done: list[str] = []
+    callbacks: dict[str, Any] = {
+        "on_status": print_status,
+        "on_start": lambda n, _t: progress.start(n),
+        "on_batch": progress.advance,
+    }
     with exit_on_error(), progress:
-        report = run_task_study(
-            config,
-            out,
-            prereg,
-            on_status=print_status,
-            on_start=lambda n, _t: progress.start(n),
-            on_batch=progress.advance,
-            on_task=done.append,
-        )
+        if zoo_arm:
+            from perceptalign.ntps.jobs.task_study_zoo import run_study_zoo_arm
+
+            report = run_study_zoo_arm(config, out, prereg, **callbacks)
+        else:
+            report = run_task_study(config, out, prereg, **callbacks)
     _print_summary(report, out, started)
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from perceptalign.io import PerceptAlignError, write_json_atomic
-from perceptalign.ntps.analysis import _blocks, _random_permutations
-from perceptalign.ntps.mixed_model import fit_random_intercepts, indicator
+from perceptalign.ntps.analysis import _blocks, _percentile_ci, _random_permutations
+from perceptalign.ntps.mixed_model import MixedModelFit, fit_random_intercepts, indicator
 
 #: The zoo models of S2 (pretraining recipe 2, token-matched) and the declared relative depth.
 ZOO_MODELS = ("scratch-lm-tiny", "scratch-lm-small", "scratch-lm-base")
@@ -68,13 +68,16 @@ def _aligned(
     return models, parents, names, x, y
 
 
-def _slope(zx: np.ndarray, zy: np.ndarray, parent_ids: np.ndarray, task_ids: np.ndarray) -> float:
-    """β of z(rank target) on z(rank NTPS) with model intercepts and parent/task random intercepts."""
+def _fit(zx: np.ndarray, zy: np.ndarray, parent_ids: np.ndarray, task_ids: np.ndarray) -> MixedModelFit:
+    """z(rank target) on z(rank NTPS) with model intercepts and parent/task random intercepts (β last)."""
     n_models, n_tasks = zx.shape
     model = np.repeat(np.arange(n_models), n_tasks)
     X = np.column_stack([indicator(model), zx.ravel()])
-    fit = fit_random_intercepts(zy.ravel(), X, [np.tile(parent_ids, n_models), np.tile(task_ids, n_models)])
-    return float(fit.beta[-1])
+    return fit_random_intercepts(zy.ravel(), X, [np.tile(parent_ids, n_models), np.tile(task_ids, n_models)])
+
+
+def _slope(zx: np.ndarray, zy: np.ndarray, parent_ids: np.ndarray, task_ids: np.ndarray) -> float:
+    return float(_fit(zx, zy, parent_ids, task_ids).beta[-1])
 
 
 def zoo_test(
@@ -102,7 +105,8 @@ def _zoo_test(
     task_ids = np.arange(len(names))
     zx = np.stack([_within_model_z(v) for v in x])
     zy = np.stack([_within_model_z(v) for v in y])
-    observed = _slope(zx, zy, parent_ids, task_ids)
+    fit = _fit(zx, zy, parent_ids, task_ids)
+    observed = float(fit.beta[-1])
     rng = np.random.default_rng(seed)
     blocks = _blocks(parent_ids, len(names))
     null = np.empty(n_permutations)
@@ -111,8 +115,7 @@ def _zoo_test(
         # structure is kept under the null.
         null[i] = _slope(zx[:, perm], zy, parent_ids, task_ids)
     p = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + n_permutations))
-    unique_parents = np.unique(parent_ids)
-    members = [np.flatnonzero(parent_ids == g) for g in unique_parents]
+    members = [np.flatnonzero(parent_ids == g) for g in range(parent_ids.max() + 1)]
     boot = np.empty(n_boot)
     for b in range(n_boot):
         drawn = rng.integers(len(members), size=len(members))
@@ -121,12 +124,7 @@ def _zoo_test(
         bx = np.stack([_within_model_z(v[rows]) for v in x])
         by = np.stack([_within_model_z(v[rows]) for v in y])
         boot[b] = _slope(bx, by, copy_parent, np.arange(len(rows)))
-    ci = np.percentile(boot, [2.5, 97.5])
-    model_rows = np.repeat(np.arange(len(models)), len(names))
-    X = np.column_stack([indicator(model_rows), zx.ravel()])
-    fit = fit_random_intercepts(
-        zy.ravel(), X, [np.tile(parent_ids, len(models)), np.tile(task_ids, len(models))]
-    )
+    ci = _percentile_ci(boot)
     # Descriptive (not pre-registered): the two sources of information that the mixed model blends. Between
     # tasks: task means of the z-ranks over models; within tasks: each model's deviation from those means.
     mean_x, mean_y = zx.mean(axis=0), zy.mean(axis=0)
