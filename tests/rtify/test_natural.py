@@ -141,27 +141,37 @@ def test_teacher_difficulty_is_an_entropy_that_tracks_errors(digits, backbone):
 # --- fitting deciders to per-image RTs ------------------------------------------------------------
 
 
+def fit_items(backbone, digits, rt_table, **settings) -> nat.ItemRTEstimator:
+    return nat.ItemRTEstimator(nat.ItemRTConfig(**settings), backbone, digits.test).fit(rt_table)
+
+
 def test_rtify_fit_recovers_ranking_on_heldout_images(backbone, digits, rt_table):
-    fit = nat.fit_item_rts(backbone, digits.test, rt_table, decider="rtify", epochs=100, lr=0.003, seed=0)
-    held = fit.table[fit.table.split == "heldout"]
-    assert set(held.image_id).isdisjoint(fit.table[fit.table.split == "fit"].image_id)
+    est = fit_items(backbone, digits, rt_table, decider="rtify", epochs=100, lr=0.003, seed=0)
+    score = est.score()
+    held = score.table
+    assert set(held.image_id).isdisjoint(est.fit_table_.image_id)
     assert len(held) == round(0.5 * len(digits.test))
     # Held-out r well above 0 (≈0.6 observed; the generating noise caps it below 1) and clearly above
     # the same procedure fitted to shuffled RTs (≈0.3 observed).
-    assert fit.r_heldout > 0.3
-    assert fit.r_shuffled_heldout is not None and fit.r_heldout > fit.r_shuffled_heldout + 0.1
-    assert fit.accuracy_heldout > 0.8
+    assert score.r > 0.3
+    assert score.r_shuffled is not None and score.r > score.r_shuffled + 0.1
+    assert score.accuracy > 0.8
     # The reported r is the Pearson r of the table's columns (independent formula: numpy).
-    assert math.isclose(fit.r_heldout, np.corrcoef(held.model_rt_s, held.human_rt_s)[0, 1], abs_tol=1e-9)
+    assert math.isclose(score.r, np.corrcoef(held.model_rt_s, held.human_rt_s)[0, 1], abs_tol=1e-9)
+    # A percentile bootstrap interval of r over ~225 images brackets the estimate (it is ≈ ±0.1 wide).
+    lo, hi = score.r_ci95
+    assert lo < score.r < hi and hi - lo < 0.4
+    summary = score.summary()
+    assert summary["r_heldout"] == score.r and summary["n_heldout"] == len(held)
 
 
 def test_rtify_fit_from_random_init_learns_from_the_rts(backbone, digits, rt_table):
-    fit = nat.fit_item_rts(
-        backbone, digits.test, rt_table, init="random", epochs=100, lr=0.01, shuffled_control=False
-    )
+    est = fit_items(backbone, digits, rt_table, init="random", epochs=100, lr=0.01, shuffled_control=False)
+    score = est.score()
     # A random evidence map knows nothing about difficulty; after fitting, held-out r must be positive
     # and above where it started (≈ −0.26 → 0.27 observed).
-    assert fit.r_heldout > 0.1 and fit.r_heldout > fit.r_initial_heldout + 0.2
+    assert score.r > 0.1 and score.r > score.r_initial + 0.2
+    assert score.r_shuffled is None and score.z_diff is None and score.beats_control is None
 
 
 def test_wong_wang_driven_by_logits(backbone, digits, rt_table):
@@ -182,25 +192,27 @@ def test_wong_wang_driven_by_logits(backbone, digits, rt_table):
     with torch.no_grad():
         assert ww(steps, generator=torch.Generator().manual_seed(0)).rt_s.shape == (8,)
 
-    fit = nat.fit_item_rts(
-        backbone, digits.test, rt_table, decider="wong-wang", epochs=8, shuffled_control=False, eval_repeats=4
+    est = fit_items(
+        backbone, digits, rt_table, decider="wong-wang", epochs=8, shuffled_control=False, eval_repeats=4
     )
-    assert fit.no_decision_rate_heldout < 0.05
-    assert fit.r_heldout > 0.2  # ≈0.4 before fitting, ≈0.55 after 40 epochs
-    assert fit.table.model_rt_s.min() >= WW_DEFAULTS["motor_delay_s"]
+    score = est.score()
+    assert score.no_decision_rate < 0.05
+    assert score.r > 0.2  # ≈0.4 before fitting, ≈0.55 after 40 epochs
+    assert score.table.model_rt_s.min() >= WW_DEFAULTS["motor_delay_s"]
+    assert est.fit_table_.model_rt_s.min() >= WW_DEFAULTS["motor_delay_s"]
+    # Trainable scalars: the 10×10 mixing matrix, the 10×10 coupling J and J_ext, I₀, σ, θ.
+    assert est.n_parameters == 100 + 100 + 4
+    assert set(est.params()) >= {"J_ext", "I0", "sigma", "threshold", "mix_diagonal_mean"}
 
 
-def test_fit_item_rts_errors(backbone, digits, rt_table):
+def test_item_fit_data_errors(backbone, digits, rt_table):
+    est = nat.ItemRTEstimator(nat.ItemRTConfig(epochs=1), backbone, digits.test)
     with pytest.raises(PerceptAlignError, match="only 0 of the RT table"):
-        nat.fit_item_rts(backbone, digits.test, rt_table.assign(image_id="zzz-" + rt_table.image_id))
-    with pytest.raises(PerceptAlignError, match="decider"):
-        nat.fit_item_rts(backbone, digits.test, rt_table, decider="lstm")
-    with pytest.raises(PerceptAlignError, match="holdout_fraction"):
-        nat.fit_item_rts(backbone, digits.test, rt_table, holdout_fraction=1.0)
+        est.fit(rt_table.assign(image_id="zzz-" + rt_table.image_id))
     with pytest.raises(PerceptAlignError, match="constant"):
-        nat.fit_item_rts(backbone, digits.test, rt_table.assign(rt_s=0.5))
-    with pytest.raises(PerceptAlignError, match="eval_repeats"):
-        nat.fit_item_rts(backbone, digits.test, rt_table, eval_repeats=0)
+        est.fit(rt_table.assign(rt_s=0.5))
+    with pytest.raises(PerceptAlignError, match="cannot be split into training and validation"):
+        nat.ItemRTEstimator(nat.ItemRTConfig(val_fraction=0.15), backbone, digits.test).fit(rt_table.head(20))
     with pytest.raises(PerceptAlignError, match="init"):
         nat.make_item_head(backbone, init="zeros")
 
@@ -208,11 +220,18 @@ def test_fit_item_rts_errors(backbone, digits, rt_table):
 # --- self-penalised -------------------------------------------------------------------------------
 
 
+def self_penalised(backbone, **settings) -> nat.ItemSelfPenalisedEstimator:
+    return nat.ItemSelfPenalisedEstimator(nat.ItemSelfPenaltyConfig(**settings), backbone)
+
+
 def test_self_penalised_larger_lambda_gives_faster_decisions(backbone, digits):
     train = nat.features_of(backbone, digits.train)
     test = nat.features_of(backbone, digits.test)
     taus = [
-        nat.train_self_penalised(backbone, train, test, lam=lam, kind="tau", epochs=10).mean_tau
+        self_penalised(backbone, lam=lam, penalty="tau", epochs=10)
+        .fit(train)
+        .score(test)
+        .summary()["mean_tau"]
         for lam in (0.0, 0.003, 0.03)
     ]
     # Property: mean τ is non-increasing in λ (ties allowed: τ is in whole steps and saturates),
@@ -224,19 +243,23 @@ def test_self_penalised_larger_lambda_gives_faster_decisions(backbone, digits):
 def test_self_penalised_finetune_trains_a_copy(backbone, digits):
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     small = digits.train.subset(np.arange(64))
-    res = nat.train_self_penalised(
-        backbone, small, digits.test.subset(np.arange(32)), lam=0.01, epochs=1, finetune_backbone=True
-    )
-    assert 0 <= res.accuracy <= 1 and res.kind == "margin"
+    est = self_penalised(backbone, lam=0.01, epochs=1, finetune_backbone=True).fit(small)
+    score = est.score(digits.test.subset(np.arange(32)))
+    row = score.summary()
+    assert 0 <= row["accuracy"] <= 1 and row["kind"] == "margin" and row["n_images"] == 32
+    assert list(score.table.image_id[:2]) == ["test-00000", "test-00001"]
+    assert est.network_ is not backbone and est.n_parameters == 0  # nothing fitted to human data
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, before[k])
     feats = nat.features_of(backbone, small)
-    with pytest.raises(PerceptAlignError, match="finetune_backbone"):
-        nat.train_self_penalised(backbone, feats, feats, lam=0.1, finetune_backbone=True)
-    with pytest.raises(PerceptAlignError, match="lam"):
-        nat.train_self_penalised(backbone, feats, feats, lam=-1.0)
-    with pytest.raises(PerceptAlignError, match="kind"):
-        nat.train_self_penalised(backbone, feats, feats, lam=0.1, kind="speed")
+    with pytest.raises(PerceptAlignError, match="`finetune_backbone`"):
+        self_penalised(backbone, lam=0.1, finetune_backbone=True).fit(feats)
+    with pytest.raises(PerceptAlignError, match="`lam`"):
+        nat.ItemSelfPenaltyConfig(lam=-1.0)
+    with pytest.raises(PerceptAlignError, match="`penalty`"):
+        nat.ItemSelfPenaltyConfig(penalty="speed")
+    with pytest.raises(PerceptAlignError, match=r"not fitted yet.*score\(\)"):
+        self_penalised(backbone).score(feats)
 
 
 # --- saliency -------------------------------------------------------------------------------------
@@ -290,11 +313,13 @@ def test_figures(backbone, digits, rt_table):
     maps = nat.saliency(backbone, _half_decided_head(backbone, images), images)
     fig = nat.saliency_figure(maps, [str(k) for k in range(10)])
     assert isinstance(fig, Figure) and len(fig.axes) == 9
-    fit = nat.fit_item_rts(backbone, digits.test, rt_table, epochs=2, shuffled_control=False)
-    scatter = nat.rt_scatter_figure([fit], ["head"])
-    assert f"r = {fit.r_heldout:.2f}" in scatter.axes[0].get_title()
+    score = fit_items(backbone, digits, rt_table, epochs=2).score()
+    scatter = nat.rt_scatter_figure([score], ["head"])
+    lo, hi = score.r_ci95
+    assert f"r = {score.r:.2f} [{lo:.2f}, {hi:.2f}]" in scatter.axes[0].get_title()
+    assert f"shuffled control r = {score.r_shuffled:.2f}" in scatter.axes[0].get_title()
     with pytest.raises(PerceptAlignError, match="names"):
-        nat.rt_scatter_figure([fit], ["a", "b"])
+        nat.rt_scatter_figure([score], ["a", "b"])
     with pytest.raises(PerceptAlignError, match="at least one"):
         nat.rt_scatter_figure([])
 
@@ -332,7 +357,11 @@ def test_cli_end_to_end_on_digits(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     summary = read_json(tmp_path / "out" / "images.json")
     assert len(summary["accuracy_per_step"]) == 6 and summary["accuracy_per_step"][-1] > 0.8
-    assert summary["rtify"]["r_heldout"] > summary["rtify"]["r_shuffled_heldout"]
+    assert summary["schema"] == 2
+    rtify = summary["rtify"]
+    assert rtify["r_heldout"] > rtify["r_shuffled_heldout"]
+    assert rtify["r_heldout_ci95"][0] < rtify["r_heldout"] < rtify["r_heldout_ci95"][1]
+    assert rtify["estimator"]["config"]["decider"] == "rtify" and rtify["n_fit"] + rtify["n_heldout"] > 0
     assert len(summary["self_penalised"]) == 12
     for name in ("rt_scatter.png", "saliency.png", "item_rts.csv", "synthetic_rts.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0

@@ -6,11 +6,13 @@ Pipeline (docs/rtify.md, "The Wong–Wang model" and "Experiments"): train
 on EVERY step's readout (so an early decision reads a usable classifier; training on the last step only
 leaves early readouts near chance and the head could only decide late); freeze it; then
 
-* :func:`fit_item_rts` fits a multi-class RTify head (per-step features → accumulators → τ) or a
-  :class:`LogitWongWang` race (|Linear(logits)| → n populations) to a per-image RT table with
-  −Pearson r (+ a small CE that keeps the choice accurate), and reports r on held-out images against a
-  control refitted on shuffled RTs;
-* :func:`train_self_penalised` trains a head with CE + λ·mean(penalty·τ) and no human data;
+* :class:`ItemRTEstimator` (settings :class:`ItemRTConfig`) fits a multi-class RTify head (per-step
+  features → accumulators → τ) or a :class:`LogitWongWang` race (|Linear(logits)| → n populations) to a
+  per-image RT table with −Pearson r (+ a small CE that keeps the choice accurate); its ``score()``
+  reports r on the held-out images only, with a bootstrap interval over images and the Fisher-z
+  difference from a control refitted on shuffled RTs (:class:`ItemRTScore`);
+* :class:`ItemSelfPenalisedEstimator` (:class:`ItemSelfPenaltyConfig`) trains a head with the
+  self-penalised objective (the RDM head's) and no human data;
 * :func:`saliency` gives ∂(class logit)/∂image and ∂τ/∂image.
 
 No per-image human RTs ship with the project (Kar et al. 2019 is not available), so
@@ -36,8 +38,15 @@ from perceptalign.rtify.experiments.natural.cnn_training import (
     train_backbone,
 )
 from perceptalign.rtify.experiments.natural.deciders import LogitWongWang, make_item_head
+from perceptalign.rtify.experiments.natural.image_data import ImageDataset, ImageSplit, load_image_dataset
 from perceptalign.rtify.experiments.natural.image_experiment import ImagesExperiment, run_images_experiment
-from perceptalign.rtify.experiments.natural.item_fit import ItemRTFit, fit_item_rts
+from perceptalign.rtify.experiments.natural.item_fit import (
+    ItemRTConfig,
+    ItemRTEstimator,
+    ItemRTScore,
+    bootstrap_heldout_r,
+    fisher_z,
+)
 from perceptalign.rtify.experiments.natural.rt_tables import (
     read_rt_table,
     synthetic_item_rts,
@@ -50,24 +59,33 @@ from perceptalign.rtify.experiments.natural.saliency import (
     saliency_figure,
 )
 from perceptalign.rtify.experiments.natural.self_penalised_items import (
-    SelfPenalisedResult,
-    train_self_penalised,
+    ItemSelfPenalisedEstimator,
+    ItemSelfPenaltyConfig,
+    ItemSelfPenaltyScore,
 )
 
 __all__ = [
     "BackboneConfig",
     "Decider",
     "FeatureSet",
+    "ImageDataset",
+    "ImageSplit",
     "ImagesExperiment",
-    "ItemRTFit",
+    "ItemRTConfig",
+    "ItemRTEstimator",
+    "ItemRTScore",
+    "ItemSelfPenalisedEstimator",
+    "ItemSelfPenaltyConfig",
+    "ItemSelfPenaltyScore",
     "LogitWongWang",
     "PenaltyKind",
     "Progress",
     "SaliencyMaps",
-    "SelfPenalisedResult",
+    "bootstrap_heldout_r",
     "extract",
     "features_of",
-    "fit_item_rts",
+    "fisher_z",
+    "load_image_dataset",
     "load_or_train_backbone",
     "make_item_head",
     "read_rt_table",
@@ -79,5 +97,4 @@ __all__ = [
     "synthetic_item_rts",
     "teacher_difficulty",
     "train_backbone",
-    "train_self_penalised",
 ]

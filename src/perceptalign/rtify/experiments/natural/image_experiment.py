@@ -17,15 +17,21 @@ from perceptalign.rtify.experiments.natural.cnn_training import (
     load_or_train_backbone,
     step_accuracy,
 )
-from perceptalign.rtify.experiments.natural.item_fit import ItemRTFit, fit_item_rts
+from perceptalign.rtify.experiments.natural.item_fit import ItemRTConfig, ItemRTEstimator, ItemRTScore
 from perceptalign.rtify.experiments.natural.rt_tables import (
     read_rt_table,
     synthetic_item_rts,
     teacher_difficulty,
 )
 from perceptalign.rtify.experiments.natural.saliency import rt_scatter_figure, saliency, saliency_figure
-from perceptalign.rtify.experiments.natural.self_penalised_items import train_self_penalised
+from perceptalign.rtify.experiments.natural.self_penalised_items import (
+    ItemSelfPenalisedEstimator,
+    ItemSelfPenaltyConfig,
+)
 from perceptalign.rtify.heads import RTifyHead
+
+#: Version of the images.json layout (2: estimators; held-out r intervals and the Fisher-z difference).
+IMAGES_SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,8 @@ class ImagesExperiment:
 
     ``items``: test images given generated RTs (ignored with ``rt_table``); ``self_penalised_train``:
     training images for the λ sweep (features of a frozen backbone, so cheap); ``rt_unit``: unit of the
-    ``rt_table``'s ``rt_s`` column, ``"s"`` or ``"ms"``.
+    ``rt_table``'s ``rt_s`` column, ``"s"`` or ``"ms"``; ``n_bootstrap``: image resamples behind each
+    held-out interval (:class:`ItemRTConfig`).
     """
 
     dataset: str = "fashion-mnist"
@@ -51,6 +58,22 @@ class ImagesExperiment:
     use_cache: bool = True
     seed: int = 0
     rt_unit: str = "s"
+    n_bootstrap: int = 2000
+
+
+def item_summary(estimator: ItemRTEstimator, score: ItemRTScore) -> dict[str, Any]:
+    """One decider's entry of images.json: the fit facts, the held-out score and the estimator record."""
+    record = estimator.to_dict()
+    return {
+        "decider": estimator.config.decider,
+        "n_fit": record["n_train"] + record["n_val"],
+        "n_train": record["n_train"],
+        "n_val": record["n_val"],
+        "r_fit": record["r_fit"],
+        **score.summary(),
+        "n_parameters": record["n_parameters"],
+        "estimator": record,
+    }
 
 
 def run_images_experiment(
@@ -109,50 +132,48 @@ def run_images_experiment(
     lap("rt_table_s")
     feats = features_of(backbone, items)
 
-    def fit(decider: Decider, epochs: int, init: Literal["readout", "random"] = "readout") -> ItemRTFit:
-        return fit_item_rts(
-            backbone,
-            items,
-            table,
-            decider=decider,
-            init=init,
-            epochs=epochs,
-            features=feats,
-            seed=config.seed,
-            progress=progress,
+    def fit(decider: Decider, epochs: int, init: Literal["readout", "random"] = "readout") -> ItemRTEstimator:
+        item = ItemRTConfig(
+            decider=decider, init=init, epochs=epochs, n_bootstrap=config.n_bootstrap, seed=config.seed
         )
+        return ItemRTEstimator(item, backbone, items, feats, progress=progress).fit(table)
 
     fits = [fit("rtify", config.fit_epochs, "readout"), fit("rtify", config.fit_epochs, "random")]
     lap("fit_rtify_s")
     fits.append(fit("wong-wang", config.ww_epochs))
     lap("fit_wong_wang_s")
+    scores: list[ItemRTScore] = [f.score() for f in fits]
+    lap("score_s")
 
     rng = np.random.default_rng(config.seed + 1)
     sp_pick = rng.permutation(len(dataset.train))[: config.self_penalised_train]
     sp_train = features_of(backbone, dataset.train.subset(np.sort(sp_pick)))
     sp_eval = features_of(backbone, dataset.test)
-    sweep = [
-        train_self_penalised(
-            backbone, sp_train, sp_eval, lam=lam, kind=kind, seed=config.seed, progress=progress
-        ).summary()
-        for kind in config.penalties
-        for lam in config.lambdas
-    ]
+    sweep = []
+    for kind in config.penalties:
+        for lam in config.lambdas:
+            sp_config = ItemSelfPenaltyConfig(lam=lam, penalty=kind, seed=config.seed)  # type: ignore[arg-type]
+            sp = ItemSelfPenalisedEstimator(sp_config, backbone, progress=progress).fit(sp_train)
+            sweep.append(sp.score(sp_eval).summary())
     lap("self_penalised_s")
 
-    head = fits[0].module
+    head = fits[0].decider_
     assert isinstance(head, RTifyHead)
     n_sal = min(config.saliency_images, len(items))
     maps = saliency(backbone, head, items.images[:n_sal])
     out.mkdir(parents=True, exist_ok=True)
     names = ["rtify", "rtify_random_init", "wong_wang"]
     save_figure(saliency_figure(maps, dataset.class_names), out / "saliency.png")
-    save_figure(rt_scatter_figure(fits, names), out / "rt_scatter.png")
-    tables = [f.table.assign(decider=name) for f, name in zip(fits, names, strict=True)]
+    save_figure(rt_scatter_figure(scores, names), out / "rt_scatter.png")
+    tables = [
+        pd.concat([f.fit_table_, s.table.assign(split="heldout")], ignore_index=True).assign(decider=name)
+        for f, s, name in zip(fits, scores, names, strict=True)
+    ]
     write_text_atomic(out / "item_rts.csv", pd.concat(tables, ignore_index=True).to_csv(index=False))
     lap("figures_s")
 
     summary: dict[str, Any] = {
+        "schema": IMAGES_SCHEMA,
         "dataset": dataset.name,
         "n_train_images": len(dataset.train),
         "n_test_images": len(dataset.test),
@@ -164,7 +185,7 @@ def run_images_experiment(
         },
         "accuracy_per_step": [round(float(a), 4) for a in accuracy],
         "rt_source": rt_source,
-        **{name: fit.summary() for name, fit in zip(names, fits, strict=True)},
+        **{name: item_summary(f, s) for name, f, s in zip(names, fits, scores, strict=True)},
         "self_penalised": sweep,
         "timings": timings,
         "total_s": round(sum(timings.values()), 2),

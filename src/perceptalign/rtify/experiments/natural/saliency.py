@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.experiments.natural.item_fit import ItemRTFit
+from perceptalign.rtify.experiments.natural.item_fit import ItemRTScore
 from perceptalign.rtify.experiments.natural.recurrent_cnn import RecurrentCNN
 from perceptalign.rtify.heads import RTifyHead
 
@@ -80,21 +80,23 @@ def saliency_figure(maps: SaliencyMaps, class_names: Sequence[str] | None = None
     return fig
 
 
-def rt_scatter_figure(fits: Sequence[ItemRTFit], names: Sequence[str] | None = None) -> Figure:
-    """Held-out model RT vs human RT per image, one panel per fit (errors in red), r in the title."""
-    if not fits:
-        raise PerceptAlignError("rt_scatter_figure needs at least one fit.")
-    if names is not None and len(names) != len(fits):
-        raise PerceptAlignError(f"names has {len(names)} entries for {len(fits)} fits.")
-    labels = list(names) if names is not None else [f.decider for f in fits]
-    fig = Figure(figsize=(4.2 * len(fits), 4.0))
-    axes = fig.subplots(1, len(fits), squeeze=False)[0]
-    for ax, fit, label in zip(axes, fits, labels, strict=True):
-        held = fit.table[fit.table.split == "heldout"]
+def rt_scatter_figure(scores: Sequence[ItemRTScore], names: Sequence[str] | None = None) -> Figure:
+    """Held-out model RT vs human RT per image, one panel per score (errors in red); r with its 95 %
+    interval and the shuffled control's r in the title."""
+    if not scores:
+        raise PerceptAlignError("rt_scatter_figure needs at least one score.")
+    if names is not None and len(names) != len(scores):
+        raise PerceptAlignError(f"names has {len(names)} entries for {len(scores)} scores.")
+    labels = list(names) if names is not None else [s.decider for s in scores]
+    fig = Figure(figsize=(4.2 * len(scores), 4.0))
+    axes = fig.subplots(1, len(scores), squeeze=False)[0]
+    for ax, score, label in zip(axes, scores, labels, strict=True):
+        held = score.table
         ax.scatter(held.human_rt_s, held.model_rt_s, s=6, alpha=0.4, c=np.where(held.correct, "C0", "C3"))
         ax.set_xlabel("human RT (s)")
         ax.set_ylabel("model RT (s)")
-        shuffled = "" if fit.r_shuffled_heldout is None else f", shuffled {fit.r_shuffled_heldout:.2f}"
-        ax.set_title(f"{label}: held-out r = {fit.r_heldout:.2f}{shuffled}", fontsize=9)
+        lo, hi = score.r_ci95
+        shuffled = "" if score.r_shuffled is None else f"\nshuffled control r = {score.r_shuffled:.2f}"
+        ax.set_title(f"{label}: held-out r = {score.r:.2f} [{lo:.2f}, {hi:.2f}]{shuffled}", fontsize=9)
     fig.tight_layout()
     return fig
