@@ -107,7 +107,7 @@ def fit_ww(
 
     fit.json has the same method schema as `rtify fit`, so `rtify compare` puts WW next to RTify and DDM.
     """
-    from perceptalign.rtify.experiments.pixel.pixel_experiment import backbone_trials, load_outputs_dir
+    from perceptalign.rtify.experiments.pixel.pixel_experiment import backbone_drive, load_outputs_dir
     from perceptalign.rtify.experiments.rdm import check_split_tables
     from perceptalign.rtify.experiments.rdm.wongwang_fit import WWFitConfig, run_ww_fit, write_ww_outputs
 
@@ -141,8 +141,9 @@ def fit_ww(
             assert backbone is not None
             outputs = load_outputs_dir(backbone)
             conds = check_split_tables(human_train, human_test)
-            fit_trials = backbone_trials(outputs, conds, logit=logit, part="fit")
-            eval_pool = backbone_trials(outputs, conds, logit=logit, part="eval")
+            drive = backbone_drive(outputs, logit)
+            fit_trials = drive.pool_trials(conds, "fit")
+            eval_pool = drive.pool_trials(conds, "eval")
         ensure_output_dir(out)
         progress, update = _progress()
         with progress:
@@ -208,21 +209,39 @@ def pixel_rdm(
         str, typer.Option("--loss", help="Distance: wasserstein (default), mse (published) or quantile.")
     ] = "wasserstein",
     steps: Annotated[int, typer.Option("--steps", help="Optimisation steps of every head.", min=1)] = 300,
+    ww_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--ww-steps",
+            help="Adam steps of the WW heads only (default: --steps); each step costs 2 hard WW runs per "
+            "dynamical parameter, far more than an RTify head's step.",
+            min=1,
+        ),
+    ] = None,
     lam: Annotated[float, typer.Option("--lam", help="Self-penalty weight λ (τ in frames).")] = 0.0035,
     trials: Annotated[
         int, typer.Option("--trials", help="WW simulated trials per coherence per step.", min=2)
     ] = 300,
     eval_trials: Annotated[
-        int, typer.Option("--eval-trials", help="WW simulated evaluation trials per coherence.", min=2)
+        int,
+        typer.Option(
+            "--eval-trials",
+            help="WW simulated evaluation trials per coherence (RTify heads: the whole eval pool).",
+            min=2,
+        ),
     ] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     rt_unit: RTUnitOption = "s",
 ) -> None:
     """Run every head on a trained backbone's cached outputs and write the pixel-RDM comparison table.
 
+    Every head is an estimator (as in `rtify fit`), fitted on the even trials of each cached (coherence,
+    direction) cell and scored on the odd ones, against the human test split.
+
     Writes fit.json (compatible with `rtify compare`), pixel_rdm.md / pixel_rdm.csv (per coherence: human
     vs each head, accuracy, median correct RT, W1 on the test split) and figures.
     """
+    from perceptalign.rtify.estimators import RTifyHeadConfig
     from perceptalign.rtify.experiments.pixel.pixel_experiment import (
         HEAD_LABELS,
         PixelRDMConfig,
@@ -230,8 +249,8 @@ def pixel_rdm(
         run_pixel_rdm,
         write_pixel_rdm_outputs,
     )
-    from perceptalign.rtify.experiments.rdm import FitConfig
     from perceptalign.rtify.experiments.rdm.wongwang_fit import WWFitConfig
+    from perceptalign.rtify.objective import RTLoss
 
     check_step_ms(dt, "--dt")
     check_step_ms(fine_dt, "--fine-dt", allow_zero=True)
@@ -242,17 +261,23 @@ def pixel_rdm(
                 loss=loss,  # type: ignore[arg-type]
                 dt_ms=dt,
                 fine_dt_ms=fine_dt if fine_dt > 0 else None,
-                steps=steps,
+                steps=steps if ww_steps is None else ww_steps,
                 n_train=trials,
                 n_eval=eval_trials,
                 seed=seed,
             ),
-            head=FitConfig(loss=loss, head_steps=steps, lr=0.03, lam=lam, seed=seed),  # type: ignore[arg-type]
+            head=RTifyHeadConfig(
+                loss=RTLoss(kind=loss),  # type: ignore[arg-type]
+                head_steps=steps,
+                lr=0.03,
+                lam=lam,
+                seed=seed,
+            ),
             seed=seed,
         )
         outputs = load_outputs_dir(backbone)
         human_train, human_test = load_splits(
-            data, data_path, rt_unit, windows=[config.head, config.ww.hist_config()]
+            data, data_path, rt_unit, windows=[config.head.fit_config(), config.ww.hist_config()]
         )
         ensure_output_dir(out)
         progress, update = _progress()
@@ -267,12 +292,13 @@ def pixel_rdm(
     ]
     console.print(_per_condition_table("pixel RDM: heads on the frozen backbone vs human test", entries))
     summary = Table(title="mean over coherences")
-    for name in ("method", "mean W1 (s)", "mean accuracy", "no decision", "fit (s)"):
+    for name in ("method", "parameters", "mean W1 (s)", "mean accuracy", "no decision", "fit (s)"):
         summary.add_column(name, justify="right")
     for name, entry in entries:
         s = entry["summary"]
         summary.add_row(
             name,
+            _fmt(entry.get("n_params")),
             _fmt(s.get("mean_wasserstein")),
             _fmt(s.get("mean_accuracy_model")),
             _fmt(entry["no_decision_rate"]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,26 @@ from perceptalign.rtify.metrics import fit_quality
 from perceptalign.rtify.trials import conditions as table_conditions
 from perceptalign.rtify.trials import normalise_conditions, validate_trials
 
-__all__ = ["RTEstimator", "check_optional_t0_max", "check_positive_int"]
+__all__ = ["POOLS", "Pool", "RTEstimator", "check_optional_t0_max", "check_pool", "check_positive_int"]
+
+#: Which trials of a trial source a call draws from: ``fit`` (what ``fit`` trains on) or ``eval`` (what
+#: ``simulate`` and ``score`` report). A fresh simulation's pools are its seeds (disjoint by construction);
+#: a cache of network outputs splits its fixed trials into two disjoint pools
+#: (:mod:`perceptalign.rtify.estimators.cached`).
+Pool = Literal["fit", "eval"]
+POOLS: tuple[Pool, ...] = ("fit", "eval")
 
 
 def check_positive_int(owner: str, name: str, value: Any) -> None:
     """Refuse anything but an integer ≥ 1 (bools included), naming the parameter."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise PerceptAlignError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+
+
+def check_pool(owner: str, pool: Any) -> None:
+    """Refuse a trial pool other than "fit" or "eval", naming the parameter."""
+    if pool not in POOLS:
+        raise PerceptAlignError(f"{owner}: `pool` must be 'fit' or 'eval', got {pool!r}.")
 
 
 def check_optional_t0_max(owner: str, value: Any) -> None:

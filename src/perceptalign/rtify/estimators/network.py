@@ -5,6 +5,11 @@ All three read the same :class:`NetworkTrials` (a frozen network run on stimuli 
 they differ only in how a decision time is read from that one representation. Training trials are
 simulated with ``seed + 101`` (``n_train`` per condition), the seed offset of ``rtify fit``, so a
 network's cache hands every method the very same trials.
+
+Every call names its pool: ``fit`` draws ``pool="fit"`` trials, ``simulate`` (and so ``score``) draws
+``pool="eval"`` trials. A fresh simulation (``GRUTrials``) ignores the pool (other seeds are other
+trials); a cache of network outputs (:class:`perceptalign.rtify.estimators.CachedTrials`) keeps the two
+pools disjoint, so no estimator is scored on the trials it was fitted on.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import torch
 
 from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.io import PerceptAlignError
-from perceptalign.rtify.estimators.base import RTEstimator, check_optional_t0_max, check_positive_int
+from perceptalign.rtify.estimators.base import (
+    Pool,
+    RTEstimator,
+    check_optional_t0_max,
+    check_positive_int,
+)
 from perceptalign.rtify.objective import RTLoss
 from perceptalign.rtify.trials import conditions as table_conditions
 from perceptalign.rtify.trials import default_t0_max, validate_trials
@@ -47,8 +57,9 @@ TRAIN_SEED_OFFSET = 101
 
 
 class NetworkTrials(Protocol):
-    """A frozen network run on fresh trials of given conditions (e.g.
-    :class:`perceptalign.rtify.experiments.rdm.simulated_trials.GRUTrials`)."""
+    """A frozen network's trials of given conditions: run on fresh stimuli (e.g.
+    :class:`perceptalign.rtify.experiments.rdm.simulated_trials.GRUTrials`) or read from a cache of its
+    outputs (:class:`perceptalign.rtify.estimators.CachedTrials`)."""
 
     @property
     def dt(self) -> float: ...
@@ -56,8 +67,13 @@ class NetworkTrials(Protocol):
     @property
     def n_steps(self) -> int: ...
 
-    def __call__(self, conditions: Sequence[float], n_per_condition: int, *, seed: int) -> SimulatedTrials:
-        """States (N, T, H), logits (N, T, C) and labels of ``n_per_condition`` trials per condition."""
+    def __call__(
+        self, conditions: Sequence[float], n_per_condition: int, *, seed: int, pool: Pool = "fit"
+    ) -> SimulatedTrials:
+        """States (N, T, H), logits (N, T, C) and labels of ``n_per_condition`` trials per condition,
+        drawn from ``pool``: "fit" trials for fitting, "eval" trials for simulating/scoring. A source that
+        cannot honour a request (an unknown condition, more trials than its pool holds) must refuse it
+        with a :class:`PerceptAlignError`, never hand out trials of the other pool."""
         ...
 
     def build_head(self, config: FitConfig, *, t0_max: float | None = None) -> RTifyHead:
@@ -143,6 +159,10 @@ class RTifyHeadEstimator(RTEstimator):
     (``objective="self-penalty"``: :func:`perceptalign.rtify.experiments.rdm.train_self_penalised_on` on
     fresh trials every step; the trials passed to ``fit`` then only name the conditions).
 
+    ``fit`` draws ``n_train`` trials per condition (self-penalised: ``self_penalty_batch`` per step) from
+    the network's fit pool, ``simulate`` from its eval pool; a cached network
+    (:class:`perceptalign.rtify.estimators.CachedTrials`) refuses sizes beyond its pools.
+
     After ``fit``: ``head_`` (the :class:`RTifyHead`), ``history_`` (per-step loss) and ``t0_max_``.
     """
 
@@ -178,16 +198,16 @@ class RTifyHeadEstimator(RTEstimator):
             targets = HumanTargets.from_table(
                 human, conds, settings, name="human training trials", beyond_window="count"
             )
-            sim = self.network(conds, cfg.n_train, seed=cfg.seed + TRAIN_SEED_OFFSET)
+            sim = self.network(conds, cfg.n_train, seed=cfg.seed + TRAIN_SEED_OFFSET, pool="fit")
             self.head_ = self.network.build_head(settings, t0_max=self.t0_max_)
             self.history_ = fit_head_to_human(self.head_, sim, targets, settings, progress=self.progress)
         else:
             batch = cfg.self_penalty_batch
-            warm = self.network(conds, batch, seed=cfg.seed + 7919)
+            warm = self.network(conds, batch, seed=cfg.seed + 7919, pool="fit")
             self.head_ = self.network.build_head(settings, t0_max=self.t0_max_)
             self.history_ = train_self_penalised_on(
                 self.head_,
-                lambda step: self.network(conds, batch, seed=cfg.seed + 10_000 + step),
+                lambda step: self.network(conds, batch, seed=cfg.seed + 10_000 + step, pool="fit"),
                 warm.hidden,
                 self.network.n_steps / 2,
                 settings,
@@ -199,7 +219,7 @@ class RTifyHeadEstimator(RTEstimator):
     def _simulate(self, conditions: list[Any], n_per_condition: int, seed: int) -> pd.DataFrame:
         from perceptalign.rtify.experiments.rdm.human_fit import predict_table
 
-        return predict_table(self.head_, self.network(conditions, n_per_condition, seed=seed))
+        return predict_table(self.head_, self.network(conditions, n_per_condition, seed=seed, pool="eval"))
 
     @property
     def n_parameters(self) -> int:
@@ -325,13 +345,13 @@ class _ThresholdEstimator(RTEstimator):
         human = validate_trials(trials, name="human training trials")
         conds = table_conditions(human)
         self.t0_max_ = self.config.t0_max if self.config.t0_max is not None else default_t0_max(human)
-        sim = self.network(conds, self.config.n_train, seed=self.config.seed + TRAIN_SEED_OFFSET)
+        sim = self.network(conds, self.config.n_train, seed=self.config.seed + TRAIN_SEED_OFFSET, pool="fit")
         self.model_ = self._make(self.t0_max_).fit(self._inputs(sim), human, _labels(sim))
         self._mark_fitted()
         return self
 
     def _simulate(self, conditions: list[Any], n_per_condition: int, seed: int) -> pd.DataFrame:
-        sim = self.network(conditions, n_per_condition, seed=seed)
+        sim = self.network(conditions, n_per_condition, seed=seed, pool="eval")
         return self.model_.predict(self._inputs(sim), _labels(sim))
 
 

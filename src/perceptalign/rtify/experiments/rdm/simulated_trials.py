@@ -18,6 +18,7 @@ from perceptalign.rtify.experiments.rdm.task import (
 )
 
 if TYPE_CHECKING:
+    from perceptalign.rtify.estimators.base import Pool
     from perceptalign.rtify.experiments.rdm.config import FitConfig
     from perceptalign.rtify.heads import RTifyHead
 
@@ -74,7 +75,11 @@ class GRUTrials:
     def n_steps(self) -> int:
         return self.task.n_steps
 
-    def __call__(self, conditions: Sequence[float], n_per_condition: int, *, seed: int) -> SimulatedTrials:
+    def __call__(
+        self, conditions: Sequence[float], n_per_condition: int, *, seed: int, pool: Pool = "fit"
+    ) -> SimulatedTrials:
+        """Fresh trials; ``pool`` is accepted and ignored (trials of other seeds are other trials, so the
+        estimators' fit and eval seeds already keep their pools disjoint)."""
         key = (tuple(float(c) for c in conditions), int(n_per_condition), int(seed))
         if key in self._cache:
             self._cache.move_to_end(key)

@@ -745,8 +745,8 @@ def run_ww_fit(
     """Fit WW to ``human_train`` and evaluate on ``human_test``.
 
     Without trials the model is coherence-driven (``config.n_train`` / ``n_eval`` trials per coherence).
-    With backbone trials (``fit_trials`` and ``eval_trials``, e.g. from
-    :func:`perceptalign.rtify.experiments.pixel.pixel_experiment.backbone_trials`) it is logit-driven;
+    With backbone trials (``fit_trials`` and ``eval_trials``, e.g. the pools of
+    :func:`perceptalign.rtify.experiments.pixel.pixel_experiment.backbone_drive`) it is logit-driven;
     each step uses the fit pool
     repeated to about ``n_train`` trials per condition, and evaluation the eval pool repeated to
     ``n_eval``.
