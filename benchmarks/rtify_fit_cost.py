@@ -33,10 +33,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="optimisation steps per timed unit")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="5 steps × 2 repetitions")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the stable verdict clock)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.repeats = 5, 2
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     train = load_rt_dataset("rdm-human", split="train")
     conds = conditions(train)
@@ -52,7 +53,7 @@ def main() -> None:
     t0_max = default_t0_max(train)
     print(
         f"GRU {'cached' if info['cached'] else 'trained'}; {len(sim)} trials × {task.n_steps} steps; "
-        f"{args.steps} head steps per unit, best of {args.repeats}, 1 thread"
+        f"{args.steps} head steps per unit, best of {args.repeats}, {args.threads} thread(s)"
     )
 
     heads = {}

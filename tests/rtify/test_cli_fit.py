@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import perceptalign.cli.rtify_fit  # noqa: F401  (registers fit/compare on rtify_app)
@@ -93,6 +94,30 @@ def test_fit_writes_report_and_figures(fits: tuple[Path, Path]) -> None:
     assert other["settings"]["fit"]["penalty"] == "tau" and other["settings"]["fit"]["lam"] == 0.01
     # The second run reused the GRU trained by the first (same task and training settings).
     assert report["gru"]["cached"] is False and other["gru"]["cached"] is True
+    # The default is one torch thread, recorded with the settings.
+    assert report["settings"]["torch_threads"] == 1 and other["settings"]["torch_threads"] == 1
+
+
+def test_threads_are_applied_recorded_and_key_the_gru_cache(csv: Path, tmp_path: Path) -> None:
+    """Another thread count rounds training's parallel sums differently, so it must not reuse a GRU trained
+    at 1 thread (same task and training settings otherwise) and it is recorded in fit.json."""
+    cache = tmp_path / "cache"
+    before = torch.get_num_threads()
+    try:
+        first = _fit(csv, tmp_path / "one", cache, "--no-baselines")
+        assert first.exit_code == 0, first.output
+        second = _fit(csv, tmp_path / "two", cache, "--no-baselines", "--threads", "2")
+        assert second.exit_code == 0, second.output
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    one, two = read_json(tmp_path / "one" / "fit.json"), read_json(tmp_path / "two" / "fit.json")
+    assert one["settings"]["torch_threads"] == 1 and two["settings"]["torch_threads"] == 2
+    assert one["gru"]["cached"] is False and two["gru"]["cached"] is False
+    assert one["gru"]["key"] != two["gru"]["key"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"gru-{r['gru']['key']}.safetensors" for r in (one, two)
+    )
 
 
 def test_compare_prints_tables_and_writes_markdown(fits: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from perceptalign.callbacks import PhaseStatusCallback
 from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.progress import phase_progress
 from perceptalign.cli.rtify import check_step_ms, console, rtify_app
-from perceptalign.cli.rtify_fit import RTUnitOption, load_splits
+from perceptalign.cli.rtify_fit import RTUnitOption, ThreadsOption, load_splits, use_threads
 from perceptalign.io import PerceptAlignError, ensure_output_dir
 
 _INPUTS = ("coherence", "backbone")
@@ -102,6 +102,7 @@ def fit_ww(
     ] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     rt_unit: RTUnitOption = "s",
+    threads: ThreadsOption = 1,
 ) -> None:
     """Fit the Wong–Wang model to human RTs (coherence- or backbone-driven) and evaluate on the test split.
 
@@ -112,6 +113,7 @@ def fit_ww(
     from perceptalign.rtify.experiments.rdm.wongwang_fit import WWFitConfig, run_ww_fit, write_ww_outputs
 
     check_step_ms(dt, "--dt")
+    use_threads(threads)
     check_step_ms(fine_dt, "--fine-dt", allow_zero=True)
     with exit_on_error():
         if input_kind not in _INPUTS:
@@ -232,6 +234,7 @@ def pixel_rdm(
     ] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     rt_unit: RTUnitOption = "s",
+    threads: ThreadsOption = 1,
 ) -> None:
     """Run every head on a trained backbone's cached outputs and write the pixel-RDM comparison table.
 
@@ -253,6 +256,7 @@ def pixel_rdm(
     from perceptalign.rtify.objective import RTLoss
 
     check_step_ms(dt, "--dt")
+    use_threads(threads)
     check_step_ms(fine_dt, "--fine-dt", allow_zero=True)
     with exit_on_error():
         config = PixelRDMConfig(

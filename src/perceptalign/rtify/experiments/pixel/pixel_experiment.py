@@ -383,6 +383,7 @@ def run_pixel_rdm(
         "model": primary,
         "methods": list(config.heads),
         "settings": {
+            "torch_threads": torch.get_num_threads(),
             "pixel_rdm": config.to_dict(),
             "t0_max_s": default_t0_max(human_train),
             "eval_seed": eval_seed,

@@ -267,6 +267,7 @@ def run_fit(
         "objective": config.objective,
         "model": config.model_name,
         "settings": {
+            "torch_threads": torch.get_num_threads(),
             "fit": config.to_dict(),
             "task": task.to_dict(),
             "gru": gru.to_dict(),

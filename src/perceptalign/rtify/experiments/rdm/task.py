@@ -221,7 +221,17 @@ def train_gru(
 
 
 def _cache_key(task: RDMTaskConfig, config: GRUTrainConfig) -> str:
-    blob = json.dumps({"task": task.to_dict(), "train": config.to_dict(), "version": 1}, sort_keys=True)
+    # The thread count is part of the identity: training's parallel sums round differently with more
+    # threads, and the trained weights (and every fit on them) differ with it.
+    blob = json.dumps(
+        {
+            "task": task.to_dict(),
+            "train": config.to_dict(),
+            "torch_threads": torch.get_num_threads(),
+            "version": 1,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -235,8 +245,8 @@ def load_or_train_gru(
     """The trained GRU for these settings: loaded from ``cache`` (default: the toolkit cache) if present.
 
     Returns (model, info) with info = {cached, path, key, seconds, final_loss}. The file is keyed by a hash
-    of the task and training settings and stores them as metadata, so a changed setting never silently
-    reuses weights trained for another task.
+    of the task and training settings and torch's thread count (training's result depends on it) and stores
+    them as metadata, so a changed setting never silently reuses weights trained for another task.
     """
     key = _cache_key(task, config)
     folder = Path(cache) if cache is not None else cache_dir("rtify", "gru")
@@ -267,7 +277,11 @@ def load_or_train_gru(
             "final_loss": None,
         }
     model, history = train_gru(task, config, progress=progress)
-    metadata = {"task": json.dumps(task.to_dict()), "train": json.dumps(config.to_dict())}
+    metadata = {
+        "task": json.dumps(task.to_dict()),
+        "train": json.dumps(config.to_dict()),
+        "torch_threads": str(torch.get_num_threads()),
+    }
     save_tensors_atomic(path, model.state_dict(), metadata)
     tail = history[-max(1, len(history) // 10) :]
     return model, {

@@ -798,7 +798,11 @@ def run_ww_fit(
         "version": 1,
         "objective": "human",
         "model": model_name,
-        "settings": {"ww_fit": config.to_dict(), "input": input_kind(model)},
+        "settings": {
+            "ww_fit": config.to_dict(),
+            "input": input_kind(model),
+            "torch_threads": torch.get_num_threads(),
+        },
         "data": {
             "conditions": conds,
             "n_train": len(human_train),
