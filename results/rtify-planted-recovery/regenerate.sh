@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerate the planted-recovery study (PREREGISTRATION.md): data, fits with package defaults, summary.
+# Fits and figures go to runs/planted (not kept); summary.md / summary.json are written here.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+runs="${RUNS:-runs/planted}"
+python "$here/make_data.py" "$runs"
+for name in constant_sv collapsing collapsing_sv; do
+  [ -f "$runs/fit-$name/fit.json" ] || perceptalign rtify fit --data "$runs/$name.csv" --out "$runs/fit-$name"
+  [ -f "$runs/ww-$name/fit.json" ] || perceptalign rtify fit-ww --data "$runs/$name.csv" --out "$runs/ww-$name"
+done
+python "$here/summarise.py" "$runs" "$here"
