@@ -287,7 +287,8 @@ def test_fit_json_schema(fit_dirs: tuple[Path, Path]) -> None:
     human_dir, self_dir = fit_dirs
     report = read_json(human_dir / "fit.json")
     assert report["objective"] == "human" and report["model"] == "rtify-human"
-    assert set(report["settings"]) == {"fit", "task", "gru", "t0_max_s"}
+    assert set(report["settings"]) == {"fit", "task", "gru", "t0_max_s", "torch_threads"}
+    assert report["settings"]["torch_threads"] == torch.get_num_threads()
     assert report["settings"]["task"]["coherences"] == list(TASK.coherences)
     for section in (report["rtify"], *report["baselines"].values()):
         rows = section["per_condition"]
