@@ -8,5 +8,8 @@ python "$here/make_data.py" "$runs"
 for name in constant_sv collapsing collapsing_sv; do
   [ -f "$runs/fit-$name/fit.json" ] || perceptalign rtify fit --data "$runs/$name.csv" --out "$runs/fit-$name"
   [ -f "$runs/ww-$name/fit.json" ] || perceptalign rtify fit-ww --data "$runs/$name.csv" --out "$runs/ww-$name"
+  # amendment 1: the head with a learnable urgency gain (collapsing bound)
+  [ -f "$runs/urgency-$name/fit.json" ] ||
+    perceptalign rtify fit --urgency --no-baselines --data "$runs/$name.csv" --out "$runs/urgency-$name"
 done
 python "$here/summarise.py" "$runs" "$here"

@@ -16,6 +16,7 @@ MARGIN_S = 0.01
 PLANTED = ["constant_sv", "collapsing", "collapsing_sv"]
 METHODS = {  # label: (fit directory prefix, path to the method's entry in fit.json)
     "RTify head": ("fit", ("rtify",)),
+    "RTify head + urgency": ("urgency", ("rtify",)),  # amendment 1
     "Wong–Wang": ("ww", ("rtify",)),
     "DDM (BIC-selected)": ("fit", ("baselines", "ddm")),
 }

@@ -258,3 +258,14 @@ def test_fit_predicts_a_test_coherence_without_training_trials(tmp_path: Path) -
     report = read_json(tmp_path / "out" / "fit.json")
     assert [r["condition"] for r in report["rtify"]["per_condition"]] == [6.4, 25.6, 51.2]
     assert report["data"]["unseen_test_conditions"] == [25.6]
+
+
+def test_urgency_adds_one_fitted_collapse_rate(csv: Path, fits: tuple[Path, Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = _fit(csv, tmp_path / "urgent", cache, "--no-baselines", "--loss", "quantile", "--urgency")
+    assert result.exit_code == 0, result.output
+    urgent, plain = read_json(tmp_path / "urgent" / "fit.json"), read_json(fits[0] / "fit.json")
+    assert urgent["settings"]["fit"]["urgency"] is True and plain["settings"]["fit"]["urgency"] is False
+    assert urgent["rtify"]["n_params"] == plain["rtify"]["n_params"] + 1
+    assert urgent["rtify"]["params"]["urgency_rate_per_s"] > 0
+    assert plain["rtify"]["params"]["urgency_rate_per_s"] is None

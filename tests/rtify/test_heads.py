@@ -225,3 +225,58 @@ def test_bad_evidence_module_and_predict_args_raise() -> None:
         head.predict_trials(torch.zeros(1, 5, 4), choice_from="both")
     with pytest.raises(PerceptAlignError, match="batch_size"):
         head.predict_trials(torch.zeros(1, 5, 4), batch_size=0)
+
+
+# ---------------------------------------------------------------- urgency (collapsing bound)
+
+
+def _identity_two_bound(urgency: bool, rate: float = 0.5) -> RTifyHead:
+    """A two-bound head whose evidence is the (1-d) hidden state itself, θ = 1.5, dt = 0.05 s."""
+    head = RTifyHead(1, 2, mode="two_bound", dt=0.05, threshold_init=1.5, urgency=urgency, urgency_init=rate)
+    with torch.no_grad():
+        head.evidence.weight.fill_(1.0)
+        head.evidence.bias.zero_()
+    return head
+
+
+def test_urgency_is_the_crossing_of_the_gain_weighted_accumulator() -> None:
+    """Independent construction: a head WITHOUT urgency fed increments of Φ_t·exp(r·t) must decide exactly
+    like the urgency head fed the raw evidence (hard crossing, RT and the soft first passage)."""
+    rate = 0.8
+    gen = torch.Generator().manual_seed(3)
+    evidence = 0.05 + 0.3 * torch.randn(64, 40, 1, generator=gen)
+    time_s = (torch.arange(40, dtype=torch.float32) + 1.0) * 0.05
+    phi_gain = torch.cumsum(evidence, 1) * torch.exp(rate * time_s).view(1, -1, 1)
+    increments = torch.diff(phi_gain, dim=1, prepend=torch.zeros(64, 1, 1))
+    urgent, plain = _identity_two_bound(True, rate), _identity_two_bound(False)
+    a, b = urgent(evidence), plain(increments)
+    assert float(urgent.urgency_rate.detach()) == pytest.approx(rate, rel=1e-6)
+    assert torch.equal(a.decision.choice, b.decision.choice)
+    # float32 cumsum of the increments vs the direct product: ~1e-6 relative
+    torch.testing.assert_close(a.rt_s, b.rt_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.passage.mass, b.passage.mass, rtol=1e-4, atol=1e-6)
+
+
+def test_urgency_shortens_the_right_tail_and_has_a_gradient() -> None:
+    """A faster collapse can only make each trial decide earlier (the gain is ≥ 1 and grows with r), so the
+    90 % RT quantile falls monotonically with r; the rate gets a gradient from the RTs."""
+    gen = torch.Generator().manual_seed(4)
+    evidence = 0.02 + 0.2 * torch.randn(2000, 80, 1, generator=gen)
+    q90 = []
+    for rate in (0.01, 0.5, 2.0):
+        out = _identity_two_bound(True, rate)(evidence)
+        q90.append(float(torch.quantile(out.rt_s[out.decision.decided], 0.9)))
+    assert q90[0] > q90[1] > q90[2]
+    head = _identity_two_bound(True, 0.5)
+    head(evidence).rt_s.mean().backward()
+    assert head.raw_urgency.grad is not None and float(head.raw_urgency.grad) < 0  # faster collapse → faster
+
+
+def test_urgency_counts_one_parameter_and_is_validated() -> None:
+    with_urgency, without = _identity_two_bound(True), _identity_two_bound(False)
+    assert with_urgency.n_fitted_parameters() == without.n_fitted_parameters() + 1
+    assert without.urgency_rate is None
+    with pytest.raises(PerceptAlignError, match="urgency_init"):
+        RTifyHead(1, 2, mode="two_bound", urgency=True, urgency_init=0.0)
+    with pytest.raises(PerceptAlignError, match="urgency"):
+        RTifyHead(1, 2, mode="two_bound", urgency="yes")  # type: ignore[arg-type]

@@ -157,6 +157,14 @@ def fit(
     evidence: Annotated[
         str, typer.Option("--evidence", help="Evidence function: linear (published) or increment.")
     ] = "linear",
+    urgency: Annotated[
+        bool,
+        typer.Option(
+            "--urgency/--no-urgency",
+            help="Give the head a learnable urgency gain Φ·exp(r·t), i.e. a bound θ·exp(−r·t) that collapses "
+            "at a fitted rate r (one more parameter).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (GRU, trials, fits).")] = 0,
     seeds: Annotated[
         int,
@@ -195,6 +203,7 @@ def fit(
             penalty=penalty,
             lam=lam,
             evidence=evidence,  # type: ignore[arg-type]
+            urgency=urgency,
             head_steps=steps,
             n_train=trials,
             n_eval=eval_trials,

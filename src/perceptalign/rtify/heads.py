@@ -117,6 +117,8 @@ class RTifyHead(nn.Module):
         min_slope: float = 1e-3,
         estimator: Estimator = "soft",
         temperature: float = 0.1,
+        urgency: bool = False,
+        urgency_init: float = 0.1,
     ) -> None:
         super().__init__()
         if not (isinstance(hidden_size, int) and hidden_size > 0):
@@ -154,6 +156,12 @@ class RTifyHead(nn.Module):
             )
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise PerceptAlignError(f"`temperature` must be a positive number, got {temperature!r}.")
+        if not isinstance(urgency, bool):
+            raise PerceptAlignError(f"`urgency` must be True or False, got {urgency!r}.")
+        if not (isinstance(urgency_init, (int, float)) and math.isfinite(urgency_init) and urgency_init > 0):
+            raise PerceptAlignError(
+                f"`urgency_init` is the starting collapse rate in 1/s and must be > 0, got {urgency_init!r}."
+            )
 
         self.hidden_size = hidden_size
         self.n_classes = n_classes
@@ -188,6 +196,11 @@ class RTifyHead(nn.Module):
         else:  # t₀ = t0_max·σ(raw): the same box [0, t0_max] every compared method gets
             raw_t0 = torch.tensor(math.log(t0_init / (self.t0_max - t0_init)))
         self.raw_t0 = nn.Parameter(raw_t0, requires_grad=learn_t0)
+        # Urgency: Φ_t·exp(r·t) against θ is the same crossing as Φ_t against a bound θ·exp(−r·t) that
+        # collapses at rate r ≥ 0 (1/s); a constant threshold cannot shorten the right tail of the RTs.
+        self.raw_urgency = (
+            nn.Parameter(torch.tensor(inverse_softplus(float(urgency_init)))) if urgency else None
+        )
 
     @property
     def threshold(self) -> Tensor:
@@ -201,12 +214,18 @@ class RTifyHead(nn.Module):
             return self.t0_max * torch.sigmoid(self.raw_t0)
         return F.softplus(self.raw_t0)
 
+    @property
+    def urgency_rate(self) -> Tensor | None:
+        """The bound's collapse rate r (1/s, > 0) when the head has urgency, else None."""
+        return None if self.raw_urgency is None else F.softplus(self.raw_urgency)
+
     def n_fitted_parameters(self, *, include_classifier: bool = False) -> int:
-        """Trainable scalars that shape RTs and choices: evidence, θ and t₀ (the read-out only when asked,
-        since a human fit's choices come from the accumulator and never use it)."""
+        """Trainable scalars that shape RTs and choices: evidence, θ, t₀ and the urgency rate (the read-out
+        only when asked, since a human fit's choices come from the accumulator and never use it)."""
         modules = [self.evidence] + ([self.classifier] if include_classifier and self.classifier else [])
         count = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
-        return count + int(self.raw_threshold.requires_grad) + int(self.raw_t0.requires_grad)
+        urgency = int(self.raw_urgency is not None and self.raw_urgency.requires_grad)
+        return count + int(self.raw_threshold.requires_grad) + int(self.raw_t0.requires_grad) + urgency
 
     def _check_hidden(self, hidden: Tensor) -> None:
         if not isinstance(hidden, Tensor) or hidden.dim() != 3:
@@ -250,6 +269,10 @@ class RTifyHead(nn.Module):
             )
         ev = F.softplus(raw) if self.nonnegative else raw
         phi = torch.cumsum(ev, dim=1)
+        rate = self.urgency_rate
+        if rate is not None:  # index t holds the state at time (t + 1)·dt
+            time_s = (torch.arange(phi.shape[1], device=phi.device, dtype=phi.dtype) + 1.0) * self.dt
+            phi = phi * torch.exp(rate * time_s).view(1, -1, 1)
         theta = self.threshold
         gradient = "implicit" if self.estimator == "implicit" else "interpolated"
         if self.mode == "multiclass":

@@ -240,6 +240,7 @@ class CachedTrials(_Pools):
             t0_init=t0_start,
             learn_t0=human,
             t0_max=t0_max if human else None,
+            urgency=config.urgency,
         )
         with torch.no_grad():
             target: Any = head.evidence.linear if increment else head.evidence

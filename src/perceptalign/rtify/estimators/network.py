@@ -113,6 +113,7 @@ class RTifyHeadConfig:
     readout: Literal["soft_mask", "gaussian"] = "gaussian"
     estimator: Literal["soft", "interpolated", "implicit"] = "soft"
     temperature: float = 0.1
+    urgency: bool = False
     head_steps: int = 200
     lr: float = 0.03
     n_train: int = 250
@@ -236,6 +237,7 @@ class RTifyHeadEstimator(RTEstimator):
             "t0_learned": human,
             "choice": "accumulator (bound crossed)",
             "estimator": self.config.estimator,
+            "urgency_rate_per_s": None if self.head_.urgency_rate is None else float(self.head_.urgency_rate),
         }
 
 

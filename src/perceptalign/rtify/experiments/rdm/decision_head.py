@@ -60,6 +60,7 @@ def build_head(
         t0_init=t0_start,
         learn_t0=human,
         t0_max=t0_max if human else None,
+        urgency=config.urgency,
     )
     with torch.no_grad():
         weight, bias = backbone.readout.weight, backbone.readout.bias
