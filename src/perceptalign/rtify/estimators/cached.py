@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.estimators.base import Pool, check_pool, check_positive_int
@@ -216,40 +216,18 @@ class CachedTrials(_Pools):
         shared box [0, ``t0_max``] (starting at min(``t0_init``, t0_max/2)) for a human fit, fixed at
         ``t0_fixed`` when self-penalised.
         """
-        from perceptalign.rtify.experiments.rdm.decision_head import IncrementEvidence
-        from perceptalign.rtify.heads import RTifyHead
+        from perceptalign.rtify.experiments.rdm.decision_head import head_from_readout
 
         weight, bias = self.readout()
-        size = self.hidden.shape[-1]
-        human = config.objective == "human"
-        t0_start = config.t0_init if human else config.t0_fixed
-        if human and t0_max is not None:
-            t0_start = min(t0_start, 0.5 * t0_max)
-        increment = config.evidence == "increment"
-        evidence: nn.Module = IncrementEvidence(size) if increment else nn.Linear(size, 1)
-        head = RTifyHead(
-            size,
-            2,
-            mode="two_bound",
-            dt=self.dt,
-            evidence=evidence,
-            classifier="linear",
-            readout=config.readout,
-            estimator=config.estimator,
-            temperature=config.temperature,
-            t0_init=t0_start,
-            learn_t0=human,
-            t0_max=t0_max if human else None,
-            urgency=config.urgency,
+        # The log-odds l = a·h + c as a 2-class read-out [−l/2, l/2] (softmax = sigmoid of l).
+        return head_from_readout(
+            self.hidden.shape[-1],
+            self.dt,
+            config,
+            torch.stack([-0.5 * weight, 0.5 * weight]),
+            torch.tensor([-0.5 * bias, 0.5 * bias]),
+            t0_max=t0_max,
         )
-        with torch.no_grad():
-            target: Any = head.evidence.linear if increment else head.evidence
-            target.weight.copy_(weight.unsqueeze(0))
-            target.bias.fill_(0.0 if increment else bias)  # increment: no urgency at the start
-            assert head.classifier is not None
-            head.classifier.weight.copy_(torch.stack([-0.5 * weight, 0.5 * weight]))
-            head.classifier.bias.copy_(torch.tensor([-0.5 * bias, 0.5 * bias]))
-        return head
 
 
 class CachedDrive(_Pools):

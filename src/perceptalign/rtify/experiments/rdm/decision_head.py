@@ -30,28 +30,34 @@ class IncrementEvidence(nn.Module):
         return self.linear(hidden - previous)
 
 
-def build_head(
-    backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig, *, t0_max: float | None = None
+def head_from_readout(
+    hidden_size: int,
+    dt: float,
+    config: FitConfig,
+    readout_weight: Tensor,
+    readout_bias: Tensor,
+    *,
+    t0_max: float | None = None,
 ) -> RTifyHead:
-    """A two-bound RTify head on the backbone's states, started from the backbone's own read-out.
+    """A two-bound RTify head started from a 2-class linear read-out of the states (weight (2, H), bias (2,)).
 
     Evidence weights start as the read-out's log-odds direction (class 1 − class 0) and the per-step
-    classifier as the read-out itself: at initialisation the head bounds, and reads, the trained network's
-    decision variable, so fitting starts from a sensible decision process instead of a random one.
+    classifier as the read-out itself: at initialisation the head bounds, and reads, the network's decision
+    variable, so fitting starts from a sensible decision process instead of a random one. t₀ is learnt in the
+    shared box [0, ``t0_max``] (starting at min(``t0_init``, t0_max/2)) for a human fit, fixed at
+    ``t0_fixed`` when self-penalised.
     """
-    hidden_size = backbone.hidden_size
     human = config.objective == "human"
     t0_start = config.t0_init if human else config.t0_fixed
     if human and t0_max is not None:
         t0_start = min(t0_start, 0.5 * t0_max)  # start inside the shared box, whatever the data
-    evidence: nn.Module = (
-        IncrementEvidence(hidden_size) if config.evidence == "increment" else nn.Linear(hidden_size, 1)
-    )
+    increment = config.evidence == "increment"
+    evidence: nn.Module = IncrementEvidence(hidden_size) if increment else nn.Linear(hidden_size, 1)
     head = RTifyHead(
         hidden_size,
         2,
         mode="two_bound",
-        dt=task.dt,
+        dt=dt,
         evidence=evidence,
         classifier="linear",
         readout=config.readout,
@@ -63,17 +69,27 @@ def build_head(
         urgency=config.urgency,
     )
     with torch.no_grad():
-        weight, bias = backbone.readout.weight, backbone.readout.bias
         target = head.evidence.linear if isinstance(head.evidence, IncrementEvidence) else head.evidence
-        target.weight.copy_((weight[1] - weight[0]).unsqueeze(0))
-        if config.evidence == "increment":
+        target.weight.copy_((readout_weight[1] - readout_weight[0]).unsqueeze(0))
+        if increment:
             target.bias.zero_()  # no urgency at the start: the accumulator is the read-out's log-odds
         else:
-            target.bias.copy_((bias[1] - bias[0]).unsqueeze(0))
+            target.bias.copy_((readout_bias[1] - readout_bias[0]).unsqueeze(0))
         assert head.classifier is not None
-        head.classifier.weight.copy_(weight)
-        head.classifier.bias.copy_(bias)
+        head.classifier.weight.copy_(readout_weight)
+        head.classifier.bias.copy_(readout_bias)
     return head
+
+
+def build_head(
+    backbone: GRUBackbone, task: RDMTaskConfig, config: FitConfig, *, t0_max: float | None = None
+) -> RTifyHead:
+    """A two-bound RTify head on the GRU's states, started from the GRU's own read-out
+    (:func:`head_from_readout`)."""
+    readout = backbone.readout
+    return head_from_readout(
+        backbone.hidden_size, task.dt, config, readout.weight, readout.bias, t0_max=t0_max
+    )
 
 
 @torch.no_grad()
