@@ -54,43 +54,28 @@ def check_optional_t0_max(owner: str, value: Any) -> None:
         )
 
 
-class RTEstimator(ABC):
-    """A reaction-time model fitted to a trials table (``condition``, ``rt_s``, ``correct``, optional
-    ``decided``; :mod:`perceptalign.rtify.trials`).
-
-    Subclasses implement :meth:`fit`, :meth:`_simulate`, :attr:`n_parameters` and :meth:`params`; the
-    base class checks arguments, refuses use before ``fit`` and scores every method alike.
-    """
+class FittedEstimator(ABC):
+    """What every fitted RT model shares, whatever data it fits: a config, ``fit`` → ``self``, refusal
+    before ``fit``, ``n_parameters``, ``params()``, ``to_dict()`` and a repr saying whether it is fitted.
+    Subclasses call :meth:`_mark_fitted` at the end of ``fit``."""
 
     #: Short method name, as in ``fit.json`` ("rtify-human", "ddm", …).
     name: str = "estimator"
-    #: Simulated trials per condition that :meth:`score` draws unless told otherwise.
-    score_trials: ClassVar[int] = 2000
+    #: How the refusal before ``fit`` names the call to make.
+    fit_call: ClassVar[str] = "fit(...)"
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self._fitted = False
 
-    # ---------------------------------------------------------------- to implement
-
-    @abstractmethod
-    def fit(self, trials: pd.DataFrame) -> Self:
-        """Fit to the (human training) trials; returns ``self``."""
-
-    @abstractmethod
-    def _simulate(self, conditions: list[Any], n_per_condition: int, seed: int) -> pd.DataFrame:
-        """Model trials for checked ``conditions`` (the table is validated by :meth:`simulate`)."""
-
     @property
     @abstractmethod
     def n_parameters(self) -> int:
-        """How many parameters were fitted to the human trials (what a fair comparison charges for)."""
+        """How many parameters were fitted to the data (what a fair comparison charges for)."""
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The fitted parameter values, JSON-ready."""
-
-    # ---------------------------------------------------------------- shared
 
     @property
     def is_fitted(self) -> bool:
@@ -99,11 +84,51 @@ class RTEstimator(ABC):
     def _check_fitted(self, what: str) -> None:
         if not self._fitted:
             raise PerceptAlignError(
-                f"{type(self).__name__} is not fitted yet: call fit(trials) before {what}."
+                f"{type(self).__name__} is not fitted yet: call {self.fit_call} before {what}."
             )
 
     def _mark_fitted(self) -> None:
         self._fitted = True
+
+    def _fitted_dict(self) -> dict[str, Any]:
+        """Extra facts of a fitted model for :meth:`to_dict` (none by default)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``fit.json`` records of the method: name, settings and (once fitted) parameter count and
+        values."""
+        config = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(vars(self.config))
+        out: dict[str, Any] = {"method": self.name, "config": config}
+        if self._fitted:
+            out["n_parameters"] = self.n_parameters
+            out["params"] = self.params()
+            out.update(self._fitted_dict())
+        return out
+
+    def __repr__(self) -> str:
+        state = "fitted" if self._fitted else "not fitted"
+        return f"{type(self).__name__}({state})"
+
+
+class RTEstimator(FittedEstimator):
+    """A reaction-time model fitted to a trials table (``condition``, ``rt_s``, ``correct``, optional
+    ``decided``; :mod:`perceptalign.rtify.trials`).
+
+    Subclasses implement :meth:`fit`, :meth:`_simulate`, :attr:`n_parameters` and :meth:`params`; the
+    base class checks arguments, refuses use before ``fit`` and scores every method alike.
+    """
+
+    fit_call = "fit(trials)"
+    #: Simulated trials per condition that :meth:`score` draws unless told otherwise.
+    score_trials: ClassVar[int] = 2000
+
+    @abstractmethod
+    def fit(self, trials: pd.DataFrame) -> Self:
+        """Fit to the (human training) trials; returns ``self``."""
+
+    @abstractmethod
+    def _simulate(self, conditions: list[Any], n_per_condition: int, seed: int) -> pd.DataFrame:
+        """Model trials for checked ``conditions`` (the table is validated by :meth:`simulate`)."""
 
     def simulate(self, conditions: Sequence[Any], n: int, *, seed: int = 0) -> pd.DataFrame:
         """``n`` model trials per condition as a validated trials table (``decided`` included).
@@ -129,16 +154,3 @@ class RTEstimator(ABC):
         human = validate_trials(trials, name="trials to score against")
         model = self.simulate(table_conditions(human), self.score_trials if n is None else n, seed=seed)
         return fit_quality(model, human)
-
-    def to_dict(self) -> dict[str, Any]:
-        """What ``fit.json`` records of the method: name, settings, parameter count and values."""
-        config = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(vars(self.config))
-        out: dict[str, Any] = {"method": self.name, "config": config}
-        if self._fitted:
-            out["n_parameters"] = self.n_parameters
-            out["params"] = self.params()
-        return out
-
-    def __repr__(self) -> str:
-        state = "fitted" if self._fitted else "not fitted"
-        return f"{type(self).__name__}({state})"

@@ -10,6 +10,7 @@ import numpy as np
 
 from perceptalign.callbacks import PhaseCallback as Progress
 from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.estimators.base import FittedEstimator
 
 Decider = Literal["rtify", "wong-wang"]
 PenaltyKind = Literal["margin", "tau", "p_correct"]
@@ -61,45 +62,10 @@ def check_bool(owner: str, name: str, value: Any) -> None:
         raise PerceptAlignError(f"{owner}: `{name}` must be True or False, got {value!r}.")
 
 
-class ItemEstimatorBase:
-    """What the natural-image estimators share with :class:`perceptalign.rtify.estimators.RTEstimator`:
-    a frozen config, ``fit`` → ``self``, refusal before ``fit``, ``n_parameters``, ``params()`` and
-    ``to_dict()``. (They do not subclass it: that interface is written for trials tables of conditions,
-    these fit per-image tables.)"""
+class ItemEstimatorBase(FittedEstimator):
+    """The natural-image estimators: :class:`perceptalign.rtify.estimators.base.FittedEstimator` (a frozen
+    config, ``fit`` → ``self``, refusal before ``fit``, ``n_parameters``, ``params()``, ``to_dict()``),
+    without :class:`perceptalign.rtify.estimators.RTEstimator`'s simulate/score, which are written for
+    trials tables of conditions; these fit per-image tables."""
 
-    name: str = "item-estimator"
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self._fitted = False
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def _check_fitted(self, what: str) -> None:
-        if not self._fitted:
-            raise PerceptAlignError(f"{type(self).__name__} is not fitted yet: call fit(...) before {what}.")
-
-    @property
-    def n_parameters(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def params(self) -> dict[str, Any]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _fitted_dict(self) -> dict[str, Any]:
-        return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Method name, settings and (once fitted) parameter count, values and fit facts, JSON-ready."""
-        out: dict[str, Any] = {"method": self.name, "config": self.config.to_dict()}
-        if self._fitted:
-            out["n_parameters"] = self.n_parameters
-            out["params"] = self.params()
-            out.update(self._fitted_dict())
-        return out
-
-    def __repr__(self) -> str:
-        state = "fitted" if self._fitted else "not fitted"
-        return f"{type(self).__name__}({state})"
+    name = "item-estimator"

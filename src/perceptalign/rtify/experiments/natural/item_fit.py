@@ -598,7 +598,7 @@ class ItemRTEstimator(ItemEstimatorBase):
             }
         )
         self.r_fit_ = _pearson(rt, fit_rt.numpy())
-        self._fitted = True
+        self._mark_fitted()
         return self
 
     # ---------------------------------------------------------------- use

@@ -190,7 +190,7 @@ class ItemSelfPenalisedEstimator(ItemEstimatorBase):
         net.eval()
         self.head_: RTifyHead = head
         self.network_: RecurrentCNN = net
-        self._fitted = True
+        self._mark_fitted()
         return self
 
     def score(self, evaluate: Images) -> ItemSelfPenaltyScore:
