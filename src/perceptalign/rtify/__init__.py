@@ -27,6 +27,8 @@ from perceptalign.rtify.decision import (
     rt_seconds,
 )
 from perceptalign.rtify.estimators import (
+    CachedDrive,
+    CachedTrials,
     DDMEstimator,
     DDMEstimatorConfig,
     EntropyThresholdConfig,
@@ -68,6 +70,8 @@ __all__ = [
     "DDM",
     "RT_DATASETS",
     "WW_DEFAULTS",
+    "CachedDrive",
+    "CachedTrials",
     "DDMBaseline",
     "DDMConfig",
     "DDMEstimator",
