@@ -11,5 +11,10 @@ for name in constant_sv collapsing collapsing_sv; do
   # amendment 1: the head with a learnable urgency gain (collapsing bound)
   [ -f "$runs/urgency-$name/fit.json" ] ||
     perceptalign rtify fit --urgency --no-baselines --data "$runs/$name.csv" --out "$runs/urgency-$name"
+  # amendment 2: drift variability, alone and with urgency
+  [ -f "$runs/variability-$name/fit.json" ] ||
+    perceptalign rtify fit --drift-variability --no-baselines --data "$runs/$name.csv" --out "$runs/variability-$name"
+  [ -f "$runs/both-$name/fit.json" ] || perceptalign rtify fit --urgency --drift-variability --no-baselines \
+    --data "$runs/$name.csv" --out "$runs/both-$name"
 done
 python "$here/summarise.py" "$runs" "$here"

@@ -17,6 +17,8 @@ PLANTED = ["constant_sv", "collapsing", "collapsing_sv"]
 METHODS = {  # label: (fit directory prefix, path to the method's entry in fit.json)
     "RTify head": ("fit", ("rtify",)),
     "RTify head + urgency": ("urgency", ("rtify",)),  # amendment 1
+    "RTify head + drift variability": ("variability", ("rtify",)),  # amendment 2
+    "RTify head + urgency + drift variability": ("both", ("rtify",)),  # amendment 2
     "Wong–Wang": ("ww", ("rtify",)),
     "DDM (BIC-selected)": ("fit", ("baselines", "ddm")),
 }

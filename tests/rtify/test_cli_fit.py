@@ -260,12 +260,31 @@ def test_fit_predicts_a_test_coherence_without_training_trials(tmp_path: Path) -
     assert report["data"]["unseen_test_conditions"] == [25.6]
 
 
-def test_urgency_adds_one_fitted_collapse_rate(csv: Path, fits: tuple[Path, Path], tmp_path: Path) -> None:
+def test_urgency_and_drift_variability_add_one_fitted_parameter_each(
+    csv: Path, fits: tuple[Path, Path], tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     result = _fit(csv, tmp_path / "urgent", cache, "--no-baselines", "--loss", "quantile", "--urgency")
     assert result.exit_code == 0, result.output
+    both = _fit(
+        csv,
+        tmp_path / "both",
+        cache,
+        "--no-baselines",
+        "--loss",
+        "quantile",
+        "--urgency",
+        "--drift-variability",
+    )
+    assert both.exit_code == 0, both.output
     urgent, plain = read_json(tmp_path / "urgent" / "fit.json"), read_json(fits[0] / "fit.json")
+    variable = read_json(tmp_path / "both" / "fit.json")
     assert urgent["settings"]["fit"]["urgency"] is True and plain["settings"]["fit"]["urgency"] is False
+    assert variable["settings"]["fit"]["drift_variability"] is True
+    assert plain["settings"]["fit"]["drift_variability"] is False
     assert urgent["rtify"]["n_params"] == plain["rtify"]["n_params"] + 1
+    assert variable["rtify"]["n_params"] == urgent["rtify"]["n_params"] + 1
     assert urgent["rtify"]["params"]["urgency_rate_per_s"] > 0
+    assert variable["rtify"]["params"]["drift_sd_per_s"] > 0
     assert plain["rtify"]["params"]["urgency_rate_per_s"] is None
+    assert urgent["rtify"]["params"]["drift_sd_per_s"] is None

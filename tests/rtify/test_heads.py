@@ -280,3 +280,98 @@ def test_urgency_counts_one_parameter_and_is_validated() -> None:
         RTifyHead(1, 2, mode="two_bound", urgency=True, urgency_init=0.0)
     with pytest.raises(PerceptAlignError, match="urgency"):
         RTifyHead(1, 2, mode="two_bound", urgency="yes")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- drift variability (slow errors)
+
+
+def _identity_variable(drift_sd: float | None, dt: float = 0.05) -> RTifyHead:
+    """Like :func:`_identity_two_bound`, with drift variability s_v = ``drift_sd`` when given."""
+    head = RTifyHead(
+        1,
+        2,
+        mode="two_bound",
+        dt=dt,
+        threshold_init=1.5,
+        drift_variability=drift_sd is not None,
+        drift_sd_init=drift_sd or 0.5,
+        noise_seed=7,
+    )
+    with torch.no_grad():
+        head.evidence.weight.fill_(1.0)
+        head.evidence.bias.zero_()
+    return head
+
+
+def test_drift_variability_is_a_per_trial_constant_offset_of_the_evidence() -> None:
+    """Independent construction: a head WITHOUT variability fed evidence + s_v·dt·z (z the trial's draw,
+    constant over the trial) must decide exactly like the variable head fed the raw evidence."""
+    sd, dt = 2.0, 0.05
+    gen = torch.Generator().manual_seed(5)
+    evidence = 0.05 + 0.3 * torch.randn(64, 40, 1, generator=gen)
+    variable, plain = _identity_variable(sd, dt), _identity_variable(None, dt)
+    z = variable.trial_noise(64)
+    a, b = variable(evidence), plain(evidence + sd * dt * z.view(64, 1, 1))
+    assert float(variable.drift_sd.detach()) == pytest.approx(sd, rel=1e-6)
+    assert torch.equal(a.decision.choice, b.decision.choice)
+    # the same float32 additions in the same order: equal up to the softplus round trip of s_v (~1e-7)
+    torch.testing.assert_close(a.rt_s, b.rt_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.passage.mass, b.passage.mass, rtol=1e-4, atol=1e-6)
+    # an explicit draw overrides the seeded one, and a wrong shape is refused
+    c = variable(evidence, torch.zeros(64, 1))
+    torch.testing.assert_close(c.rt_s, plain(evidence).rt_s, rtol=1e-6, atol=1e-6)
+    with pytest.raises(PerceptAlignError, match="trial_noise"):
+        variable(evidence, torch.zeros(63, 1))
+    with pytest.raises(PerceptAlignError, match="no drift variability"):
+        plain(evidence, z)
+
+
+def test_drift_draws_are_fixed_per_trial_and_not_repeated_across_chunks() -> None:
+    """Common random numbers: two calls give the same draws (a deterministic loss); predicting in chunks
+    slices one draw instead of restarting it per chunk (which would give trial i and i + chunk the same z)."""
+    head = _identity_variable(3.0)
+    torch.testing.assert_close(head.trial_noise(50), head.trial_noise(50), rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(6)
+    evidence = 0.05 + 0.3 * torch.randn(50, 40, 1, generator=gen)
+    whole, chunked = head.predict_trials(evidence), head.predict_trials(evidence, batch_size=7)
+    np.testing.assert_array_equal(whole.choice, chunked.choice)
+    np.testing.assert_allclose(whole.rt_s, chunked.rt_s, rtol=0, atol=0)
+
+
+def test_drift_variability_makes_errors_slower_and_has_a_gradient() -> None:
+    """The DDM's signature of drift variability: with s_v = 0 a symmetric random walk's errors and correct
+    responses have the same RT distribution; with large s_v errors come from low-drift trials and are slower.
+    4000 trials (200–800 errors): the error-minus-correct mean RT has a standard error of ~0.02–0.03 s, so
+    |gap| < 0.08 s without s_v is ~3 se, and the measured effect with s_v = 3/s (~0.19 s) is ≥ 0.1 s by
+    ~2.5 se of the difference."""
+    gen = torch.Generator().manual_seed(8)
+    dt, n = 0.01, 4000
+    evidence = 0.03 + 0.18 * torch.randn(n, 400, 1, generator=gen)  # upper bound = correct
+
+    def slow_error_gap(head: RTifyHead) -> float:
+        out = head(evidence)
+        decided, correct = out.decision.decided, out.decision.choice == 1
+        rt = out.rt_s.detach()
+        return float(rt[decided & ~correct].mean() - rt[decided & correct].mean())
+
+    without, with_sv = (
+        slow_error_gap(_identity_variable(None, dt)),
+        slow_error_gap(_identity_variable(3.0, dt)),
+    )
+    assert abs(without) < 0.08
+    assert with_sv > without + 0.1
+    head = _identity_variable(2.0, dt)
+    out = head(evidence)
+    out.passage.mass.sum(1)[:, 0].mean().backward()  # P(lower bound), the error probability
+    assert head.raw_drift_sd.grad is not None and float(head.raw_drift_sd.grad) > 0  # more sv → more errors
+
+
+def test_drift_variability_counts_one_parameter_and_is_validated() -> None:
+    assert _identity_variable(1.0).n_fitted_parameters() == _identity_variable(None).n_fitted_parameters() + 1
+    assert _identity_variable(None).drift_sd is None
+    with pytest.raises(PerceptAlignError, match="drift_sd_init"):
+        RTifyHead(1, 2, mode="two_bound", drift_variability=True, drift_sd_init=-1.0)
+    with pytest.raises(PerceptAlignError, match="drift_variability"):
+        RTifyHead(1, 2, mode="two_bound", drift_variability=1)  # type: ignore[arg-type]
+    with pytest.raises(PerceptAlignError, match="noise_seed"):
+        RTifyHead(1, 2, mode="two_bound", noise_seed=-1)

@@ -165,6 +165,14 @@ def fit(
             "at a fitted rate r (one more parameter).",
         ),
     ] = False,
+    drift_variability: Annotated[
+        bool,
+        typer.Option(
+            "--drift-variability/--no-drift-variability",
+            help="Give the head a fitted across-trial drift sd s_v (the DDM's drift variability: each "
+            "trial's evidence gets a constant offset s_v·dt·z, z ~ N(0, 1); one more parameter).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (GRU, trials, fits).")] = 0,
     seeds: Annotated[
         int,
@@ -204,6 +212,7 @@ def fit(
             lam=lam,
             evidence=evidence,  # type: ignore[arg-type]
             urgency=urgency,
+            drift_variability=drift_variability,
             head_steps=steps,
             n_train=trials,
             n_eval=eval_trials,

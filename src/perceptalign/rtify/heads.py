@@ -119,6 +119,9 @@ class RTifyHead(nn.Module):
         temperature: float = 0.1,
         urgency: bool = False,
         urgency_init: float = 0.1,
+        drift_variability: bool = False,
+        drift_sd_init: float = 0.5,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__()
         if not (isinstance(hidden_size, int) and hidden_size > 0):
@@ -162,6 +165,17 @@ class RTifyHead(nn.Module):
             raise PerceptAlignError(
                 f"`urgency_init` is the starting collapse rate in 1/s and must be > 0, got {urgency_init!r}."
             )
+        if not isinstance(drift_variability, bool):
+            raise PerceptAlignError(f"`drift_variability` must be True or False, got {drift_variability!r}.")
+        if not (
+            isinstance(drift_sd_init, (int, float)) and math.isfinite(drift_sd_init) and drift_sd_init > 0
+        ):
+            raise PerceptAlignError(
+                "`drift_sd_init` is the starting across-trial drift sd (accumulator units per second) and "
+                f"must be > 0, got {drift_sd_init!r}."
+            )
+        if isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0:
+            raise PerceptAlignError(f"`noise_seed` must be a non-negative integer, got {noise_seed!r}.")
 
         self.hidden_size = hidden_size
         self.n_classes = n_classes
@@ -201,6 +215,13 @@ class RTifyHead(nn.Module):
         self.raw_urgency = (
             nn.Parameter(torch.tensor(inverse_softplus(float(urgency_init)))) if urgency else None
         )
+        # Drift variability (the DDM's s_v): each trial's evidence gets a constant offset s_v·dt·z,
+        # z ~ N(0, 1) drawn once per trial, so trials differ in drift and errors come from the low-drift
+        # trials (slow errors), which a constant read-out of a frozen stream cannot produce.
+        self.raw_drift_sd = (
+            nn.Parameter(torch.tensor(inverse_softplus(float(drift_sd_init)))) if drift_variability else None
+        )
+        self.noise_seed = noise_seed
 
     @property
     def threshold(self) -> Tensor:
@@ -219,13 +240,30 @@ class RTifyHead(nn.Module):
         """The bound's collapse rate r (1/s, > 0) when the head has urgency, else None."""
         return None if self.raw_urgency is None else F.softplus(self.raw_urgency)
 
+    @property
+    def drift_sd(self) -> Tensor | None:
+        """The across-trial drift sd s_v (accumulator units per second, > 0) when the head has drift
+        variability, else None."""
+        return None if self.raw_drift_sd is None else F.softplus(self.raw_drift_sd)
+
+    def trial_noise(self, n_trials: int, *, device: torch.device | None = None) -> Tensor:
+        """(n_trials, n_evidence) standard-normal drift draws from the head's ``noise_seed``.
+
+        Trial i gets the same draw at every call (common random numbers), so a fit's loss is a deterministic
+        function of the parameters and a trials table is reproducible; the draws are independent of the
+        stimulus, as the DDM's drift variability is.
+        """
+        gen = torch.Generator().manual_seed(self.noise_seed)
+        return torch.randn(n_trials, self.n_evidence, generator=gen).to(device)
+
     def n_fitted_parameters(self, *, include_classifier: bool = False) -> int:
-        """Trainable scalars that shape RTs and choices: evidence, θ, t₀ and the urgency rate (the read-out
-        only when asked, since a human fit's choices come from the accumulator and never use it)."""
+        """Trainable scalars that shape RTs and choices: evidence, θ, t₀, the urgency rate and the drift sd
+        (the read-out only when asked, since a human fit's choices come from the accumulator and never use
+        it)."""
         modules = [self.evidence] + ([self.classifier] if include_classifier and self.classifier else [])
         count = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
-        urgency = int(self.raw_urgency is not None and self.raw_urgency.requires_grad)
-        return count + int(self.raw_threshold.requires_grad) + int(self.raw_t0.requires_grad) + urgency
+        extras = [self.raw_threshold, self.raw_t0, self.raw_urgency, self.raw_drift_sd]
+        return count + sum(int(p is not None and p.requires_grad) for p in extras)
 
     def _check_hidden(self, hidden: Tensor) -> None:
         if not isinstance(hidden, Tensor) or hidden.dim() != 3:
@@ -258,8 +296,13 @@ class RTifyHead(nn.Module):
         causal = t.unsqueeze(0) <= decision.step.unsqueeze(1).to(t.dtype)
         return weights * causal
 
-    def forward(self, hidden: Tensor) -> RTifyOutput:
-        """Run the head on hidden states (B, T, H)."""
+    def forward(self, hidden: Tensor, trial_noise: Tensor | None = None) -> RTifyOutput:
+        """Run the head on hidden states (B, T, H).
+
+        ``trial_noise`` (B, n_evidence): the standard-normal drift draws of these trials when the head has
+        drift variability; by default :meth:`trial_noise` (B) — pass slices of one draw when splitting a
+        batch, so that chunks do not repeat the same draws.
+        """
         self._check_hidden(hidden)
         raw = self.evidence(hidden)
         if raw.dim() != 3 or raw.shape[-1] != self.n_evidence:
@@ -267,6 +310,19 @@ class RTifyHead(nn.Module):
                 f"the evidence module must map (B, T, H) to (B, T, {self.n_evidence}), "
                 f"got {tuple(raw.shape)}."
             )
+        drift_sd = self.drift_sd
+        if drift_sd is not None:
+            if trial_noise is None:
+                trial_noise = self.trial_noise(raw.shape[0], device=raw.device)
+            if tuple(trial_noise.shape) != (raw.shape[0], self.n_evidence):
+                raise PerceptAlignError(
+                    f"`trial_noise` must be ({raw.shape[0]}, {self.n_evidence}) (trials × accumulators), got "
+                    f"{tuple(trial_noise.shape)}."
+                )
+            # before the non-negativity transform: the raw drift varies, the race stays monotone
+            raw = raw + (drift_sd * self.dt) * trial_noise.to(raw.dtype).unsqueeze(1)
+        elif trial_noise is not None:
+            raise PerceptAlignError("`trial_noise` was given but the head has no drift variability.")
         ev = F.softplus(raw) if self.nonnegative else raw
         phi = torch.cumsum(ev, dim=1)
         rate = self.urgency_rate
@@ -330,9 +386,11 @@ class RTifyHead(nn.Module):
         if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
             raise PerceptAlignError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
         step = batch_size or hidden.shape[0]
+        noise = self.trial_noise(hidden.shape[0], device=hidden.device) if self.drift_sd is not None else None
         rts, choices, decided = [], [], []
         for start in range(0, hidden.shape[0], step):
-            out = self(hidden[start : start + step])
+            chunk = None if noise is None else noise[start : start + step]
+            out = self(hidden[start : start + step], chunk)
             rts.append(out.rt_s.cpu().numpy())
             chosen = out.choice_logits.argmax(-1) if choice_from == "readout" else out.decision.choice
             choices.append(chosen.cpu().numpy())

@@ -114,6 +114,7 @@ class RTifyHeadConfig:
     estimator: Literal["soft", "interpolated", "implicit"] = "soft"
     temperature: float = 0.1
     urgency: bool = False
+    drift_variability: bool = False
     head_steps: int = 200
     lr: float = 0.03
     n_train: int = 250
@@ -238,6 +239,7 @@ class RTifyHeadEstimator(RTEstimator):
             "choice": "accumulator (bound crossed)",
             "estimator": self.config.estimator,
             "urgency_rate_per_s": None if self.head_.urgency_rate is None else float(self.head_.urgency_rate),
+            "drift_sd_per_s": None if self.head_.drift_sd is None else float(self.head_.drift_sd),
         }
 
 

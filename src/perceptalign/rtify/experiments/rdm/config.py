@@ -39,6 +39,7 @@ class FitConfig:
     estimator: GradientEstimator = "soft"
     temperature: float = 0.1
     urgency: bool = False
+    drift_variability: bool = False
     head_steps: int = 200
     lr: float = 0.03
     n_train: int = 250
@@ -80,8 +81,9 @@ class FitConfig:
             raise PerceptAlignError("t0_init and t0_fixed (non-decision times, s) must be positive.")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise PerceptAlignError(f"`temperature` must be a positive number, got {self.temperature!r}.")
-        if not isinstance(self.urgency, bool):
-            raise PerceptAlignError(f"`urgency` must be True or False, got {self.urgency!r}.")
+        for name in ("urgency", "drift_variability"):
+            if not isinstance(getattr(self, name), bool):
+                raise PerceptAlignError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         self.rt_loss  # noqa: B018 — validates the objective's settings now, not at the first fit step
 
     @property

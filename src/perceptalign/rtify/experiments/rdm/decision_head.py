@@ -67,6 +67,8 @@ def head_from_readout(
         learn_t0=human,
         t0_max=t0_max if human else None,
         urgency=config.urgency,
+        drift_variability=config.drift_variability,
+        noise_seed=config.seed,
     )
     with torch.no_grad():
         target = head.evidence.linear if isinstance(head.evidence, IncrementEvidence) else head.evidence
