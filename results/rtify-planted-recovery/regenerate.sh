@@ -16,5 +16,13 @@ for name in constant_sv collapsing collapsing_sv; do
     perceptalign rtify fit --drift-variability --no-baselines --data "$runs/$name.csv" --out "$runs/variability-$name"
   [ -f "$runs/both-$name/fit.json" ] || perceptalign rtify fit --urgency --drift-variability --no-baselines \
     --data "$runs/$name.csv" --out "$runs/both-$name"
+  # amendment 3: the same four heads with a cosine-annealed learning rate
+  for variant in "" urgency variability both; do
+    flags=(--lr-schedule cosine --no-baselines)
+    [[ $variant == urgency || $variant == both ]] && flags+=(--urgency)
+    [[ $variant == variability || $variant == both ]] && flags+=(--drift-variability)
+    dir="$runs/cosine${variant:+-$variant}-$name"
+    [ -f "$dir/fit.json" ] || perceptalign rtify fit "${flags[@]}" --data "$runs/$name.csv" --out "$dir"
+  done
 done
 python "$here/summarise.py" "$runs" "$here"

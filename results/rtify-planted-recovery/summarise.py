@@ -19,6 +19,10 @@ METHODS = {  # label: (fit directory prefix, path to the method's entry in fit.j
     "RTify head + urgency": ("urgency", ("rtify",)),  # amendment 1
     "RTify head + drift variability": ("variability", ("rtify",)),  # amendment 2
     "RTify head + urgency + drift variability": ("both", ("rtify",)),  # amendment 2
+    "RTify head, cosine lr": ("cosine", ("rtify",)),  # amendment 3
+    "RTify head + urgency, cosine lr": ("cosine-urgency", ("rtify",)),
+    "RTify head + drift variability, cosine lr": ("cosine-variability", ("rtify",)),
+    "RTify head + urgency + drift variability, cosine lr": ("cosine-both", ("rtify",)),
     "Wong–Wang": ("ww", ("rtify",)),
     "DDM (BIC-selected)": ("fit", ("baselines", "ddm")),
 }

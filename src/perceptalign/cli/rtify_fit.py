@@ -165,6 +165,14 @@ def fit(
             "at a fitted rate r (one more parameter).",
         ),
     ] = False,
+    lr_schedule: Annotated[
+        str,
+        typer.Option(
+            "--lr-schedule",
+            help="Head learning rate over the fit: constant (default) or cosine (annealed to 0 by the "
+            "last step).",
+        ),
+    ] = "constant",
     drift_variability: Annotated[
         bool,
         typer.Option(
@@ -213,6 +221,7 @@ def fit(
             evidence=evidence,  # type: ignore[arg-type]
             urgency=urgency,
             drift_variability=drift_variability,
+            lr_schedule=lr_schedule,  # type: ignore[arg-type]
             head_steps=steps,
             n_train=trials,
             n_eval=eval_trials,

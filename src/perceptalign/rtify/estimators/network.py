@@ -117,6 +117,7 @@ class RTifyHeadConfig:
     drift_variability: bool = False
     head_steps: int = 200
     lr: float = 0.03
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     n_train: int = 250
     self_penalty_batch: int = 64
     t0_init: float = 0.25
@@ -153,6 +154,10 @@ class RTifyHeadConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _scalar_or_none(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value.detach())
 
 
 class RTifyHeadEstimator(RTEstimator):
@@ -238,8 +243,8 @@ class RTifyHeadEstimator(RTEstimator):
             "t0_learned": human,
             "choice": "accumulator (bound crossed)",
             "estimator": self.config.estimator,
-            "urgency_rate_per_s": None if self.head_.urgency_rate is None else float(self.head_.urgency_rate),
-            "drift_sd_per_s": None if self.head_.drift_sd is None else float(self.head_.drift_sd),
+            "urgency_rate_per_s": _scalar_or_none(self.head_.urgency_rate),
+            "drift_sd_per_s": _scalar_or_none(self.head_.drift_sd),
         }
 
 

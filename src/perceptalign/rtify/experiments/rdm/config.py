@@ -42,6 +42,7 @@ class FitConfig:
     drift_variability: bool = False
     head_steps: int = 200
     lr: float = 0.03
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     n_train: int = 250
     n_eval: int = 2000
     self_penalty_batch: int = 64
@@ -61,6 +62,7 @@ class FitConfig:
             "evidence": ("increment", "linear"),
             "readout": ("soft_mask", "gaussian"),
             "estimator": ("soft", "interpolated", "implicit"),
+            "lr_schedule": ("constant", "cosine"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
