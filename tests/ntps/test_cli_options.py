@@ -61,6 +61,9 @@ EXTRACTION = {
     "--token-budget": opts.TokenBudgetOption,
     "--fractions": opts.FractionsOption,
     "--top-k": opts.TopKOption,
+    "--device": opts.DeviceOption,
+    "--device-map": opts.DeviceMapOption,
+    "--stats-memory": opts.StatsMemoryOption,
 }
 
 
@@ -93,6 +96,21 @@ def test_every_model_and_data_command_takes_the_core_options():
     for name in ("score", "probe", "peers", "lora", "scratch"):
         flags = {o for p in commands[name].params for o in p.opts}
         assert set(EVERYWHERE) <= flags, (name, set(EVERYWHERE) - flags)
+
+
+def test_the_model_commands_take_the_placement_options():
+    # One --device means one thing in score, probe, peers and study (study: LoRA training too); the
+    # statistics memory cap exists where statistics are summed.
+    commands = _ntps_commands()
+    for name in ("score", "probe", "peers", "study"):
+        params = {o: p for p in commands[name].params for o in p.opts}
+        assert {"--device", "--device-map", "--dtype"} <= set(params), name
+        assert params["--device"].default == "auto" and params["--dtype"].default == "auto", name
+    for name in ("score", "study"):
+        assert any("--stats-memory" in p.opts for p in commands[name].params), name
+    for name in ("lora", "scratch"):  # training devices: no `auto`, their NTPS runs on the cpu
+        device = next(p for p in commands[name].params if "--device" in p.opts)
+        assert device.default == "cpu" and "Training device" in device.help
 
 
 def _cli(body) -> typer.Typer:

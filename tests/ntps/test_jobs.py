@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -85,7 +86,11 @@ def test_load_job_model_uses_the_config_dtype(tiny_llama):
 
 
 def test_load_job_model_refuses_an_unknown_dtype(tiny_llama):
-    config = ScoreConfig(model=str(tiny_llama), dataset="d", out=Path("o"), dtype="float8")
+    # The job config refuses it at construction, before any data or model loads ...
+    with pytest.raises(PerceptAlignError, match="unknown `dtype` 'float8'"):
+        ScoreConfig(model=str(tiny_llama), dataset="d", out=Path("o"), dtype="float8")
+    # ... and loading refuses it too, for configs that check nothing.
+    config = SimpleNamespace(model=str(tiny_llama), dtype="float8", revision=None, trust_remote_code=False)
     with pytest.raises(PerceptAlignError, match="dtype"):
         load_job_model(config, lambda _m: None)
 

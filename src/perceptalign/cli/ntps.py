@@ -16,6 +16,8 @@ from rich.table import Table
 from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.options import (
     DatasetOption,
+    DeviceMapOption,
+    DeviceOption,
     DtypeOption,
     FractionsOption,
     LabelColumnOption,
@@ -24,6 +26,7 @@ from perceptalign.cli.options import (
     ModelOption,
     OverwriteOption,
     RevisionOption,
+    StatsMemoryOption,
     SubsetSeedOption,
     TextColumnOption,
     TokenBudgetOption,
@@ -116,7 +119,10 @@ def score(
     ] = None,
     max_length: MaxLengthOption = 512,
     token_budget: TokenBudgetOption = 2048,
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
+    stats_memory: StatsMemoryOption = None,
     fractions: FractionsOption = None,
     k: Annotated[
         str | None,
@@ -142,6 +148,9 @@ def score(
     from its checkpoint. The `ntps_reference` variant is the published estimator reproduced exactly
     (float32, absolute 1e-8 eigenvalue cut-off, k = int(f·kept rank), bottom of both spectra): it is
     ill-posed and not scale invariant, and only meant for comparison with published numbers.
+
+    Runs on --device (auto: a GPU when there is one, in bfloat16 with --dtype auto); the statistics are
+    summed on that device, in as many passes over the data as their memory needs (the plan is printed).
     """
     from perceptalign.ntps.distributed import launch_rank
     from perceptalign.ntps.jobs.score import ScoreConfig, run_score
@@ -158,7 +167,10 @@ def score(
             max_samples=max_samples,
             max_length=max_length,
             token_budget=token_budget,
-            dtype=dtype,
+            dtype=dtype or "auto",
+            device=device,
+            device_map=device_map,
+            stats_memory=stats_memory,
             fractions=None if ks else (parse_float_list(fractions, "--fractions") or list(DEFAULT_FRACTIONS)),
             ks=ks,
             text_column=text_column,

@@ -14,6 +14,8 @@ from perceptalign.cli.errors import exit_on_error
 from perceptalign.cli.ntps import console, ntps_app, parse_int_list, print_recipe_note, run_with_progress
 from perceptalign.cli.options import (
     DatasetOption,
+    DeviceMapOption,
+    DeviceOption,
     DtypeOption,
     LabelColumnOption,
     LayersOption,
@@ -65,7 +67,9 @@ def probe(
     ] = None,
     max_length: MaxLengthOption = None,
     token_budget: TokenBudgetOption = 2048,
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
     cv: Annotated[
         int | None,
         typer.Option(
@@ -118,7 +122,9 @@ def probe(
             max_samples=max_samples,
             max_length=max_length,
             token_budget=token_budget,
-            dtype=dtype,
+            dtype=dtype or "auto",
+            device=device,
+            device_map=device_map,
             cv=cv,
             max_iter=max_iter,
             text_column=text_column,

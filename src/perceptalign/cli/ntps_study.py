@@ -22,6 +22,8 @@ from perceptalign.cli.ntps import (
 )
 from perceptalign.cli.options import (
     DatasetOption,
+    DeviceMapOption,
+    DeviceOption,
     DtypeOption,
     FractionsOption,
     LabelColumnOption,
@@ -32,6 +34,7 @@ from perceptalign.cli.options import (
     OverwriteOption,
     RecipeOption,
     RevisionOption,
+    StatsMemoryOption,
     SubsetSeedOption,
     TextColumnOption,
     TokenBudgetOption,
@@ -81,7 +84,9 @@ def peers(
     max_samples: MaxSamplesPerDatasetOption = None,
     max_length: MaxLengthOption = 512,
     token_budget: TokenBudgetOption = 2048,
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
     top_k: TopKOption = 256,
     text_column: TextColumnOption = None,
     label_column: LabelColumnOption = None,
@@ -109,7 +114,9 @@ def peers(
             max_samples=max_samples,
             max_length=max_length,
             token_budget=token_budget,
-            dtype=dtype,
+            dtype=dtype or "auto",
+            device=device,
+            device_map=device_map,
             top_k=top_k or None,
             text_column=text_column,
             label_column=label_column,
@@ -165,7 +172,10 @@ def study(
     max_samples: MaxSamplesPerDatasetOption = None,
     max_length: MaxLengthOption = None,
     token_budget: TokenBudgetOption = 2048,
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
+    stats_memory: StatsMemoryOption = None,
     peer_metrics: Annotated[
         str | None, typer.Option(help="Comma-separated peer metrics (default all).")
     ] = None,
@@ -177,7 +187,6 @@ def study(
     lora_max_eval_samples: Annotated[
         int | None, typer.Option(help="Score LoRA on at most this many held-out texts.")
     ] = None,
-    device: Annotated[str, typer.Option(help="Training device for LoRA (cpu, cuda, cuda:N, mps).")] = "cpu",
     seed: SubsetSeedOption = 0,
     trust_remote_code: TrustRemoteCodeOption = False,
     stop_on_error: Annotated[
@@ -207,7 +216,9 @@ def study(
             max_samples=max_samples,
             max_length=max_length,
             token_budget=token_budget,
-            dtype=dtype,
+            dtype=dtype or "auto",
+            device_map=device_map,
+            stats_memory=stats_memory,
             peer_metrics=_names(peer_metrics, "--peer-metrics") if peer_metrics else None,
             top_k=top_k or None,
             lora_steps=lora_steps,

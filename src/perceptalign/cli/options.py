@@ -36,8 +36,9 @@ DatasetOption = Annotated[
 DtypeOption = Annotated[
     str | None,
     typer.Option(
-        help="Model dtype: float32, bfloat16, float16 or float64 (lora and scratch, when unset: the "
-        "--recipe's, float32; the paper's LoRA loads bfloat16)."
+        help="Model dtype: float32, bfloat16, float16 or float64, or (score, probe, peers, study) auto: "
+        "bfloat16 on CUDA GPUs that compute in it (A100/H100, RTX 30xx on), float32 elsewhere. lora and "
+        "scratch, when unset: the --recipe's, float32; the paper's LoRA loads bfloat16."
     ),
 ]
 
@@ -180,6 +181,53 @@ TrainMaxSamplesOption = Annotated[
 MaxEvalSamplesOption = Annotated[
     int | None, typer.Option(help="Score at most this many held-out texts.", min=1)
 ]
+TrainDeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Training device: cpu, cuda, cuda:N or mps (the job's NTPS measurements run on the cpu).",
+    ),
+]
+
+# --------------------------------------------------------------------------------------------------
+# placement: score, probe, peers, study
+
+
+def parse_stats_memory(value: float | None) -> float | None:
+    """--stats-memory: a positive number of GB, or unset."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(
+            f"--stats-memory takes a positive number of GB (got {value}); leave it unset to use the free "
+            "memory of the statistics device. Fix: e.g. --stats-memory 8."
+        )
+    return value
+
+
 DeviceOption = Annotated[
-    str, typer.Option(help="Training device: cpu, cuda, cuda:N or mps (NTPS runs on cpu).")
+    str,
+    typer.Option(
+        "--device",
+        help="Where the model runs and the statistics are summed: auto (cuda:0 when torch sees a GPU, else "
+        "mps, else cpu), cpu, cuda, cuda:N or mps; `ntps study` also trains LoRA there. Under torchrun "
+        "with a CUDA device each process takes cuda:LOCAL_RANK.",
+    ),
+]
+DeviceMapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="`auto`: spread a model too large for one GPU over all visible GPUs while loading "
+        "(accelerate); needs --device cuda and no torchrun. Unset: the whole model on --device.",
+    ),
+]
+StatsMemoryOption = Annotated[
+    float | None,
+    typer.Option(
+        "--stats-memory",
+        help="GB the NTPS statistics may use (3·d² float64 values and two float32 d×d blocks per layer: "
+        "~0.55 GB at d = 4096). "
+        "Layers beyond it are measured in further passes over the data. Unset: 80% of the free memory of "
+        "the statistics device once the model is loaded.",
+        callback=parse_stats_memory,
+    ),
 ]

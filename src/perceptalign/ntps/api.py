@@ -20,6 +20,7 @@ from perceptalign.ntps.datasets.core import TextDataset, validate_text_dataset
 from perceptalign.ntps.datasets.local import encode_label_column
 from perceptalign.ntps.result import NTPSResult
 from perceptalign.ntps.statistics import LayerStatistics, StatisticsAccumulator
+from perceptalign.ntps.statistics.precision import precision_policy
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
 
 
@@ -53,8 +54,9 @@ def ntps_from_hidden(
     ``attention_mask`` is ``B×T`` of 0/1 (1 = real token; each row's real tokens contiguous, padding on
     either side, rows may differ); ``labels`` are ``B`` integer classes in ``[0, n_classes)``
     (``n_classes`` defaults to ``max(labels) + 1``). ``layers`` names the tensors (default 0, 1, …). The
-    moments are accumulated in float64 exactly as ``ntps score`` does; for data that do not fit in memory
-    at once, feed batches to a :class:`StatisticsAccumulator` and call :func:`ntps_from_statistics`.
+    moments are accumulated in float64 exactly as ``ntps score`` does, on the device of the hidden states
+    (under its precision policy); for data that do not fit in memory at once, feed batches to a
+    :class:`StatisticsAccumulator` and call :func:`ntps_from_statistics`.
     """
     states = [hidden_states] if isinstance(hidden_states, Tensor) else list(hidden_states)
     if not states:
@@ -69,10 +71,12 @@ def ntps_from_hidden(
         n_classes = int(labels_t.max()) + 1
     if states[0].dim() != 3:
         raise PerceptAlignError(f"hidden states must be B×T×d tensors, got shape {tuple(states[0].shape)}.")
-    accumulator = StatisticsAccumulator(names, int(states[0].shape[-1]), n_classes)
+    options = precision_policy(states[0].device).accumulator_options()
+    accumulator = StatisticsAccumulator(names, int(states[0].shape[-1]), n_classes, **options)
     accumulator.update(states, attention_mask, labels_t)
     info = {"n_texts": accumulator.n_texts, "n_tokens": accumulator.n_tokens, "n_classes": n_classes}
-    return ntps_from_statistics(accumulator.finalize(), fractions=fractions, ks=ks, ridge=ridge, info=info)
+    statistics = accumulator.to("cpu").finalize()
+    return ntps_from_statistics(statistics, fractions=fractions, ks=ks, ridge=ridge, info=info)
 
 
 def score(
@@ -88,6 +92,9 @@ def score(
     max_length: int | str = 512,
     token_budget: int = 2048,
     on_batch: Callable[[int, int], None] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    stats_memory: float | None = None,
 ) -> NTPSResult:
     """NTPS of a loaded Hugging Face causal LM on labelled texts, for every layer (or ``layers``).
 
@@ -96,6 +103,13 @@ def score(
     from the end). ``max_length``: tokens per text, or ``'model'`` for the model's own maximum (long texts
     weigh more: a text's share of C0/C1 grows roughly with L³). ``on_batch(n_texts, n_tokens)`` is called
     after each batch (for a progress bar).
+
+    ``device``: ``auto`` runs a model that is already on a GPU (or spread over several by accelerate)
+    where it is, and moves a CPU model to ``cuda:0`` / ``mps`` when there is one; ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps`` move it there. ``dtype``: ``auto`` keeps the model's own dtype (the weights of a
+    model you loaded are never rounded behind your back); an explicit dtype converts it. Both act on
+    ``model`` in place, as ``model.to`` does. ``stats_memory``: GB the float64 statistics may use
+    (default: what the device has free); beyond it the layers are measured in several passes.
     """
     from perceptalign.ntps.measure import (
         cached_or_computed_statistics,
@@ -106,7 +120,7 @@ def score(
 
     validate_extraction_settings(max_length=max_length, token_budget=token_budget)
     dataset = _text_dataset(texts, labels)
-    loaded = as_loaded_model(model, tokenizer)
+    loaded = as_loaded_model(place_model(model, device=device, dtype=dtype), tokenizer)
     max_length = resolve_max_length(check_max_length(max_length), loaded)
     measured = cached_or_computed_statistics(
         loaded,
@@ -116,9 +130,12 @@ def score(
         max_samples=None,
         token_budget=token_budget,
         on_batch=on_batch,
+        stats_memory=stats_memory,
     )
     info = {
         "model": loaded.model_id,
+        "device": str(loaded.device),
+        "dtype": loaded.dtype,
         "n_texts": len(dataset),
         "n_tokens": measured.metadata["n_tokens"],
         "n_classes": dataset.n_classes,
@@ -126,6 +143,42 @@ def score(
         "max_length": max_length,
     }
     return ntps_from_statistics(measured.statistics, fractions=fractions, ks=ks, ridge=ridge, info=info)
+
+
+def place_model(model: nn.Module, *, device: str = "auto", dtype: str = "auto") -> nn.Module:
+    """Put a model the caller loaded where :func:`score`'s ``device`` and ``dtype`` say (in place).
+
+    ``device`` auto leaves a model that is on an accelerator (or dispatched by accelerate) where it is and
+    moves a CPU model to the accelerator :func:`~perceptalign.ntps.placement.resolve_device` picks;
+    ``dtype`` auto leaves the weights' dtype as it is. A dispatched model is never moved (accelerate's
+    hooks place its parts); naming a device for it is refused.
+    """
+    from perceptalign.ntps.models import DTYPES, input_device
+    from perceptalign.ntps.placement import resolve_device, resolve_dtype
+
+    dispatched = bool(getattr(model, "hf_device_map", None))
+    current = input_device(model)
+    if str(device).strip().lower() == "auto":
+        target = current if dispatched or current.type != "cpu" else resolve_device("auto")
+    else:
+        target = resolve_device(device)
+        if dispatched and target != current:
+            raise PerceptAlignError(
+                f"the model is spread over devices by accelerate (hf_device_map), so it cannot be moved to "
+                f"`device` {device}; pass `device` 'auto' to run it where it is."
+            )
+    if str(dtype).strip().lower() != "auto":
+        wanted = DTYPES[resolve_dtype(dtype, target)]
+        if dispatched and any(p.dtype != wanted for p in model.parameters() if p.is_floating_point()):
+            raise PerceptAlignError(
+                f"the model is spread over devices by accelerate, so its `dtype` cannot be changed here; "
+                f"load it in {dtype} (from_pretrained(dtype=…)) or pass `dtype` 'auto'."
+            )
+        if not dispatched:
+            model = model.to(dtype=wanted)
+    if not dispatched and target != current:
+        model = model.to(target)
+    return model
 
 
 def _text_dataset(texts: Sequence[str], labels: Sequence[Any] | np.ndarray) -> TextDataset:
@@ -139,4 +192,4 @@ def _text_dataset(texts: Sequence[str], labels: Sequence[Any] | np.ndarray) -> T
     return dataset
 
 
-__all__ = ["ntps_from_hidden", "ntps_from_statistics", "score"]
+__all__ = ["ntps_from_hidden", "ntps_from_statistics", "place_model", "score"]

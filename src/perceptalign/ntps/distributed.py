@@ -9,6 +9,8 @@ model, and one SUM all-reduce per tensor at the end gives every process the stat
 Launch: ``torchrun --nproc_per_node K -m perceptalign ntps score …`` (or ``accelerate launch``, which runs
 torchrun) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; :func:`init_distributed` reads
 them and joins the process group (gloo for CPU tensors, NCCL for CUDA tensors) unless one exists already.
+With a CUDA device each rank runs on ``cuda:LOCAL_RANK`` (:func:`rank_device`), so that K processes on
+one node use K GPUs and the sums are all-reduced where they are, by NCCL.
 
 Sharding: batch ``i`` of the length-sorted list goes to rank ``i mod K`` (round-robin). The batches are
 sorted longest first and most hold close to ``token_budget`` padded tokens, so neighbouring batches cost
@@ -137,6 +139,16 @@ def launch_rank(environ: Mapping[str, str] | None = None) -> int:
         rank = env.get("RANK", "0").strip()
         return int(rank) if rank.isdigit() else 0
     return 0 if launch is None else launch.rank
+
+
+def rank_device(device: torch.device | str, context: DistributedContext | None) -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` (modulo the visible GPUs) when ``device`` is CUDA and
+    the run is distributed, whatever CUDA index was asked for (each process takes its own GPU); any other
+    device, or a single-process run, keeps ``device``."""
+    device = torch.device(device)
+    if context is None or context.world_size == 1 or device.type != "cuda":
+        return device
+    return torch.device("cuda", context.local_rank % max(torch.cuda.device_count(), 1))
 
 
 def choose_backend(device: torch.device | str | None = None) -> str:
@@ -334,11 +346,14 @@ def resume_shard(
     context: DistributedContext,
     checkpoint_path: Path,
     plan: Mapping[str, Any],
+    *,
+    accumulator_options: Mapping[str, Any] | None = None,
 ) -> tuple[StatisticsAccumulator | None, int]:
     """Load this rank's checkpoint if it belongs to this job and world size; all ranks decide together.
 
     ``checkpoint_path`` is the single-process checkpoint path; rank r reads its own ``.rank{r}`` file, and
-    rank 0 also checks the single-process file. Returns (saved accumulator or None, next local batch).
+    rank 0 also checks the single-process file. Returns (saved accumulator or None, next local batch);
+    ``accumulator_options`` (device, wide_device, allow_tf32) place the loaded accumulator.
     Raises the same :class:`PerceptAlignError` on every rank when any rank found a checkpoint of this job
     made with another number of processes, or could not read its checkpoint.
     """
@@ -351,7 +366,7 @@ def resume_shard(
         if not path.is_file():
             continue
         try:
-            saved, extra = StatisticsAccumulator.load_checkpoint(path)
+            saved, extra = StatisticsAccumulator.load_checkpoint(path, **dict(accumulator_options or {}))
         except PerceptAlignError as exc:
             failed, local_error = 1, str(exc)
             break
@@ -391,6 +406,7 @@ __all__ = [
     "launch_rank",
     "main_process_first",
     "rank_checkpoint_path",
+    "rank_device",
     "resume_shard",
     "shard_batches",
     "shard_plan",

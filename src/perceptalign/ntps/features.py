@@ -40,9 +40,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Masked mean over the time axis (B×T×d, B×T → B×d), accumulated in float64.
 
     float64 so that bf16/fp16 models do not lose the mean to rounding over hundreds of tokens; pads are
-    excluded whichever side they are on.
+    excluded whichever side they are on. The sum runs where the states are (a GPU's float64), except on
+    MPS, which has no float64: its states are pooled on the host.
     """
-    mask = attention_mask.to(torch.float64)
+    if hidden.device.type == "mps":
+        hidden = hidden.cpu()
+    mask = attention_mask.to(device=hidden.device, dtype=torch.float64)
     counts = mask.sum(dim=1, keepdim=True)
     if bool((counts == 0).any()):
         raise PerceptAlignError("a text in the batch has no real tokens; remove empty texts.")
@@ -76,7 +79,7 @@ def extract_features(
                     f"layer {layer} produced non-finite hidden states (dtype {loaded.dtype}); rerun with "
                     "`dtype` float32."
                 )
-            out[layer][rows] = pooled.to(torch.float32).numpy()
+            out[layer][rows] = pooled.to(torch.float32).cpu().numpy()
         if on_batch:
             on_batch(len(rows), batch.n_tokens)
     return out

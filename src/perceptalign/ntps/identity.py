@@ -157,6 +157,10 @@ def statistics_metadata(
     max_samples: int | None,
 ) -> dict[str, Any]:
     """The identity of a cache of ``loaded`` on ``dataset``: model, data, subset and tokenisation."""
+    # The device is deliberately NOT part of the identity: the dtype (which is) is what changes the numbers
+    # materially, and the precision policy (statistics/precision.py: float32 products without TF32,
+    # float64 sums) keeps statistics from different devices within 1e-5 of each other. The device,
+    # device_map and layer-group plan are recorded with the job's results instead (ntps.json).
     return {
         "model": loaded.model_id,
         "model_fingerprint": loaded.fingerprint,

@@ -31,7 +31,7 @@ from perceptalign.callbacks import BatchCallback
 from perceptalign.io import PerceptAlignError, load_tensors, save_tensors_atomic
 from perceptalign.ntps.datasets import TextDataset
 from perceptalign.ntps.identity import check_identity, statistics_metadata
-from perceptalign.ntps.models import LoadedModel, pad_batch, token_budget_batches, tokenize
+from perceptalign.ntps.models import LoadedModel, input_device, pad_batch, token_budget_batches, tokenize
 
 DEFAULT_TOP_K = 256
 _META_KEY = "perceptalign_lm_probs"
@@ -61,13 +61,15 @@ def last_position_logits(loaded: LoadedModel, token_ids: list[list[int]]) -> tor
     model = loaded.model
     pad_id = int(loaded.tokenizer.pad_token_id)
     input_ids, mask = pad_batch(token_ids, pad_id, "left")
+    device = input_device(model)
+    input_ids, mask = input_ids.to(device), mask.to(device)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
     if _accepts(model, "position_ids"):
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     logits = model(**kwargs).logits
-    return logits[:, -1, :].to(torch.float32)
+    return logits[:, -1, :].to(torch.float32).cpu()
 
 
 def next_token_probs(

@@ -57,7 +57,11 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 @dataclass
 class LoadedModel:
-    """A causal LM ready for hidden-state extraction, with what identifies it in caches."""
+    """A causal LM ready for hidden-state extraction, with what identifies it in caches.
+
+    ``device_map`` records how the model was spread over devices (None: one device). Where it runs is
+    read from the model itself (:attr:`device`), so a model moved after wrapping stays described right.
+    """
 
     model: nn.Module
     tokenizer: object
@@ -66,10 +70,23 @@ class LoadedModel:
     n_hidden_states: int
     hidden_size: int
     dtype: str
+    device_map: str | None = None
 
     @property
     def padding_side(self) -> str:
         return str(getattr(self.tokenizer, "padding_side", "right"))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the input ids go: the device of the input embeddings (:func:`input_device`)."""
+        return input_device(self.model)
+
+    @property
+    def statistics_device(self) -> torch.device:
+        """Where the hidden states arrive for the statistics: the input device. A model spread over several
+        GPUs returns each layer's states on its own GPU; the accumulator multiplies them there and keeps
+        the float64 sums on this device, so nothing is copied to the host per batch."""
+        return self.device
 
     @property
     def layers(self) -> list[int]:
@@ -161,7 +178,7 @@ def _probe_hidden_states(model: nn.Module, tokenizer: Any) -> tuple[torch.Tensor
         if isinstance(value, int):
             token = value
             break
-    ids = torch.tensor([[token, token]], dtype=torch.long)
+    ids = torch.tensor([[token, token]], dtype=torch.long, device=input_device(model))
     try:
         out = backbone(model)(
             input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True, use_cache=False
@@ -240,6 +257,38 @@ def check_max_length(value: object) -> int | str:
             "pass an integer ≥ 2 or 'model'."
         )
     return value
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """The device a model's input ids must be on: its input embeddings' device.
+
+    A model dispatched by accelerate (``device_map``) names it in ``hf_device_map``; an offloaded
+    embedding (``cpu``/``disk``, its weight a meta placeholder) takes CPU inputs. Models without input
+    embeddings fall back to their first parameter; a model without parameters runs on the CPU.
+    """
+    device_map = getattr(model, "hf_device_map", None)
+    if isinstance(device_map, dict) and device_map:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        names = {name for name, module in model.named_modules() if module is embeddings}
+        placed = next(iter(device_map.values()))  # accelerate lists the embeddings first
+        for key, value in device_map.items():
+            if key == "" or any(name == key or name.startswith(key + ".") for name in names):
+                placed = value
+                break
+        if isinstance(placed, int):
+            return torch.device("cuda", placed)
+        return torch.device("cpu") if str(placed) in ("cpu", "disk") else torch.device(str(placed))
+    weight = None
+    try:
+        embeddings = model.get_input_embeddings()  # type: ignore[operator]
+        weight = getattr(embeddings, "weight", None)
+    except (AttributeError, NotImplementedError, TypeError):
+        weight = None
+    if not isinstance(weight, torch.Tensor):
+        weight = next(model.parameters(), None)
+    if weight is None or weight.device.type == "meta":
+        return torch.device("cpu")
+    return weight.device
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -391,8 +440,15 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     tokenizer: str | None = None,
     progress: Callable[[str], None] | None = None,
+    device: torch.device | str = "cpu",
+    device_map: str | None = None,
 ) -> LoadedModel:
     """Load any causal LM (hub id, local directory or embedded alias) for hidden-state extraction.
+
+    ``device``: where the model runs (``model.to(device)`` after loading; a resolved device, see
+    :func:`perceptalign.ntps.placement.resolve_device`). ``device_map="auto"``: accelerate spreads a model
+    too large for one GPU over every visible GPU while loading (``from_pretrained(device_map="auto")``);
+    ``device`` must then be a CUDA device.
 
     ``trust_remote_code`` is passed through only when the user asks for it: remote code is never
     executed by default. ``tokenizer`` (a hub id or local folder) pairs the model with another
@@ -402,8 +458,12 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from perceptalign.ntps.placement import check_device_map
+
     if dtype not in DTYPES:
         raise PerceptAlignError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}.")
+    device = torch.device(device)
+    device_map = check_device_map(device_map, device)
     path, fingerprint = resolve_model_path(name, progress, needs_tokenizer=tokenizer is None)
     kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
@@ -414,7 +474,8 @@ def load_causal_lm(
         tokenizer_kwargs = {"trust_remote_code": trust_remote_code}
     try:
         loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+        placement = {"device_map": device_map} if device_map is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs, **placement)
     except OSError as exc:
         raise PerceptAlignError(
             f"could not load model {name!r}: {exc}. Without hub access use a local model directory or an "
@@ -431,7 +492,24 @@ def load_causal_lm(
         fingerprint = "revision:" + str(getattr(model.config, "_commit_hash", None) or revision or "unknown")
     if tokenizer is not None:
         fingerprint += "+tokenizer:" + tokenizer_fingerprint(tokenizer)
-    return as_loaded_model(model, loaded_tokenizer, model_id=name, fingerprint=fingerprint, dtype=dtype)
+    if device_map is None:
+        model = _place(model, device, name)
+    loaded = as_loaded_model(model, loaded_tokenizer, model_id=name, fingerprint=fingerprint, dtype=dtype)
+    loaded.device_map = device_map
+    return loaded
+
+
+def _place(model: nn.Module, device: torch.device, name: str) -> nn.Module:
+    """``model.to(device)``; an out-of-memory error names the ways out."""
+    if device.type == "cpu":
+        return model.to(device)  # loaded on the CPU already: returns the model itself
+    try:
+        return model.to(device)
+    except torch.OutOfMemoryError as exc:
+        raise PerceptAlignError(
+            f"model {name!r} does not fit on {device} ({str(exc).splitlines()[0][:160]}); use `dtype` "
+            "bfloat16, `device_map` auto to spread it over several GPUs, or `device` cpu."
+        ) from exc
 
 
 def resolve_tokenizer_path(name: str) -> str:
@@ -590,12 +668,15 @@ def accepts_position_ids(module: nn.Module) -> bool:
 def forward_hidden_states(
     loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
 ) -> list[torch.Tensor]:
-    """Run the base model and return the selected hidden states (index 0 = embedding output).
+    """Run the base model and return the selected hidden states (index 0 = embedding output), each on the
+    device its layer ran on (ids and mask are moved to the model's input device first).
 
     Position ids are derived from the mask so that left-padded texts get the same positions as
     unpadded ones (otherwise the real tokens of a left-padded row would start at the pad count).
     """
     base = backbone(loaded.model)
+    device = loaded.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids, "attention_mask": attention_mask}
     if accepts_position_ids(base):
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -612,7 +693,10 @@ def iter_hidden_states(
     *,
     start_batch: int = 0,
 ) -> Iterator[tuple[int, HiddenBatch]]:
-    """Yield ``(batch_number, HiddenBatch)`` for each batch from ``start_batch`` on (used to resume)."""
+    """Yield ``(batch_number, HiddenBatch)`` for each batch from ``start_batch`` on (used to resume).
+
+    The hidden states stay on the device that made them (never copied to the host here); the attention
+    mask stays on the host (the accumulator moves it to each layer's device once per batch)."""
     pad_id = int(loaded.tokenizer.pad_token_id)
     for number in range(start_batch, len(batches)):
         indices = list(batches[number])

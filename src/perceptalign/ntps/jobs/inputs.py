@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
+
 from perceptalign.callbacks import StatusCallback
 from perceptalign.io import ensure_output_dir
 from perceptalign.ntps.datasets import TextDataset, load_text_dataset
@@ -70,20 +72,51 @@ def check_job_inputs(config: OutputSource) -> Path:
     return out
 
 
-def load_job_model(config: ModelSource, status: StatusCallback) -> LoadedModel:
-    """The causal LM of ``config`` (its dtype, revision and remote-code choice), announced on ``status``."""
+def load_job_model(
+    config: ModelSource,
+    status: StatusCallback,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: str | None = None,
+    device_map: str | None = None,
+) -> LoadedModel:
+    """The causal LM of ``config`` (its revision and remote-code choice), announced on ``status``.
+
+    ``device``, ``dtype`` and ``device_map`` are the resolved placement
+    (:func:`perceptalign.ntps.placement.resolve_device` / ``resolve_dtype``); ``dtype`` None takes
+    ``config.dtype`` as it is. The training jobs load on the CPU and move the model themselves."""
     from perceptalign.ntps.models import load_causal_lm
 
     tokenizer = getattr(config, "tokenizer", None)
-    status(f"loading model {config.model}" + (f" with the tokenizer {tokenizer}" if tokenizer else ""))
+    where = "" if torch.device(device).type == "cpu" and device_map is None else f" on {device}"
+    where += f" (device_map {device_map})" if device_map else ""
+    status(f"loading model {config.model}{where}" + (f" with the tokenizer {tokenizer}" if tokenizer else ""))
     return load_causal_lm(
         config.model,
-        dtype=config.dtype,
+        dtype=dtype or config.dtype,
         revision=config.revision,
         trust_remote_code=config.trust_remote_code,
         tokenizer=tokenizer,
         progress=status,
+        device=device,
+        device_map=device_map,
     )
+
+
+def check_placement(config: Any) -> None:
+    """Refuse a config's ``device``, ``dtype``, ``device_map`` and ``stats_memory`` (those it has) before any
+    data or model loads: an unknown spec, or a device this machine lacks."""
+    from perceptalign.ntps.placement import (
+        check_device_map,
+        check_stats_memory,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    device = resolve_device(getattr(config, "device", "cpu"))
+    resolve_dtype(config.dtype, device)
+    check_device_map(getattr(config, "device_map", None), device)
+    check_stats_memory(getattr(config, "stats_memory", None))
 
 
 def load_job_dataset(config: DataSource, status: StatusCallback) -> TextDataset:
@@ -113,6 +146,7 @@ __all__ = [
     "ModelSource",
     "OutputSource",
     "check_job_inputs",
+    "check_placement",
     "extraction_settings",
     "load_job_dataset",
     "load_job_model",

@@ -248,7 +248,8 @@ class LoraJobResult:
 
 
 def _cpu(model: nn.Module) -> nn.Module:
-    """The NTPS statistics code feeds CPU tensors, so its model must live on the CPU."""
+    """This job measures NTPS on the CPU (the statistics follow the model's device, so it is moved back
+    there after training; a GPU NTPS measurement here is left to `ntps score --device`)."""
     return model.to("cpu")
 
 

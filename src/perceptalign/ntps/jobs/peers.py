@@ -41,7 +41,7 @@ class PeersConfig:
     max_samples: int | None = None
     max_length: int | str = 512  # tokens, or "model": the model's own maximum
     token_budget: int = 2048
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
     top_k: int | None = DEFAULT_TOP_K
     text_column: str | None = None
     label_column: str | None = None
@@ -50,10 +50,14 @@ class PeersConfig:
     seed: int = 0
     overwrite: bool = False  # recompute the feature and next-token caches in ``out``
     tokenizer: str | None = None  # another tokenizer for the model (hub id or folder)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    device_map: str | None = None  # auto: spread the model over every visible GPU
 
     def __post_init__(self) -> None:
+        from perceptalign.ntps.jobs.inputs import check_placement
         from perceptalign.ntps.models import check_max_length
 
+        check_placement(self)
         object.__setattr__(self, "max_length", check_max_length(self.max_length))
         resolve_metrics(self.metrics)  # unknown metric names are refused before any work
 
@@ -88,12 +92,15 @@ def run_peers(
     from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.measure import resolve_layers
     from perceptalign.ntps.models import resolve_max_length
+    from perceptalign.ntps.placement import resolve_device, resolve_dtype
 
     status = on_status or (lambda _msg: None)
     metrics = resolve_metrics(config.metrics)
     out = check_job_inputs(config)
     dataset = load_job_dataset(config, status)
-    loaded = load_job_model(config, status)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    loaded = load_job_model(config, status, device=device, dtype=dtype, device_map=config.device_map)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     max_length = resolve_max_length(config.max_length, loaded)
     cache = FeatureCache(out)
@@ -176,6 +183,9 @@ def run_peers(
         "n_texts": len(dataset),
         "n_classes": dataset.n_classes,
         "data_sha256": features.metadata.get("data_sha256"),
+        "dtype": dtype,
+        "device": str(device),
+        "device_map": config.device_map,
         "layers": [int(x) for x in layers],
         "last_layer": last,
         "metrics": metrics,

@@ -63,7 +63,7 @@ class ProbeConfig:
     max_samples: int | None = None
     max_length: int | str | None = None  # None: the recipe's; "model": the model's own maximum
     token_budget: int = 2048
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
     cv: int | None = None
     C: float | None = None
     max_iter: int | None = None
@@ -78,13 +78,17 @@ class ProbeConfig:
     tol: float | None = None
     solver: str | None = None
     tokenizer: str | None = None  # another tokenizer for the model (hub id or folder)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    device_map: str | None = None  # auto: spread the model over every visible GPU
 
     def __post_init__(self) -> None:
         """Settings that cannot work are refused at construction, before any data or model loads; settings
         left as None are filled from the recipe."""
+        from perceptalign.ntps.jobs.inputs import check_placement
         from perceptalign.ntps.models import check_max_length
         from perceptalign.ntps.recipes import get_recipe
 
+        check_placement(self)
         recipe = get_recipe(self.recipe)
         for name, value in (
             ("max_length", recipe.max_length),
@@ -255,13 +259,16 @@ def run_probe(
     from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
     from perceptalign.ntps.measure import resolve_layers
     from perceptalign.ntps.models import resolve_max_length
+    from perceptalign.ntps.placement import resolve_device, resolve_dtype
 
     status = on_status or (lambda _msg: None)
     out = check_job_inputs(config)
     train = load_job_dataset(config, status)
     evaluation = _resolve_evaluation(config, train, status)
     check_cv(config.cv, train.labels[evaluation.train_rows])
-    loaded = load_job_model(config, status)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    loaded = load_job_model(config, status, device=device, dtype=dtype, device_map=config.device_map)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     max_length = resolve_max_length(config.max_length, loaded)
     if max_length != config.max_length:
@@ -343,7 +350,9 @@ def run_probe(
         "test_class_counts": np.bincount(y_test, minlength=train.n_classes).tolist(),
         "majority_class_accuracy": float(np.mean(y_test == majority)),
         "max_length": max_length,
-        "dtype": config.dtype,
+        "dtype": dtype,
+        "device": str(device),
+        "device_map": config.device_map,
         "layers": [int(x) for x in table["layer"]],
         "cv": config.cv,
         "seed": config.seed,

@@ -2,7 +2,9 @@
 
 The statistics are the only expensive part (one forward pass over the data); they are cached beside the
 results with metadata that identifies model, data and tokenisation, and checkpointed while they are
-accumulated so that an interrupted run resumes where it stopped.
+accumulated so that an interrupted run resumes where it stopped. The model and the statistics run on the
+``device`` the config names (``auto``: a GPU when there is one); where they ran, in which dtype, and how
+the layers were split into passes is recorded in ``ntps.json``, not in the cache's identity.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from perceptalign.callbacks import BatchCallback
 from perceptalign.io import PerceptAlignError, read_json, write_json_atomic
 from perceptalign.ntps.distributed import (
@@ -19,9 +23,15 @@ from perceptalign.ntps.distributed import (
     init_distributed,
     main_process_first,
     rank_checkpoint_path,
+    rank_device,
 )
 from perceptalign.ntps.identity import check_identity, data_identity
-from perceptalign.ntps.jobs.inputs import check_job_inputs, load_job_dataset, load_job_model
+from perceptalign.ntps.jobs.inputs import (
+    check_job_inputs,
+    check_placement,
+    load_job_dataset,
+    load_job_model,
+)
 from perceptalign.ntps.measure import (
     cached_or_computed_statistics,
     resolve_layers,
@@ -33,10 +43,12 @@ from perceptalign.ntps.models import (
     resolve_max_length,
     resolve_model_path,
 )
+from perceptalign.ntps.placement import LayerGroupPlan, resolve_device, resolve_dtype
 from perceptalign.ntps.statistics import (
     LayerStatistics,
     save_statistics,
 )
+from perceptalign.ntps.statistics.precision import precision_policy
 from perceptalign.ntps.subspace import DEFAULT_FRACTIONS, ntps_all_layers
 
 STATISTICS_FILE = "statistics.safetensors"
@@ -47,7 +59,13 @@ HEATMAP_FILE = "ntps_heatmap.png"
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Everything that defines one `ntps score` run (the CLI fills it from its options)."""
+    """Everything that defines one `ntps score` run (the CLI fills it from its options).
+
+    ``device``: auto, cpu, cuda, cuda:N or mps (:func:`~perceptalign.ntps.placement.resolve_device`);
+    ``dtype`` auto: bfloat16 on CUDA, float32 elsewhere. ``device_map`` auto spreads a model too large for
+    one GPU over every visible GPU. ``stats_memory``: GB the float64 statistics may use (default: what the
+    statistics device has free); layers beyond it are measured in further passes over the data.
+    """
 
     model: str
     dataset: str
@@ -57,7 +75,7 @@ class ScoreConfig:
     max_samples: int | None = None
     max_length: int | str = 512  # tokens, or "model": the model's own maximum
     token_budget: int = 2048
-    dtype: str = "float32"
+    dtype: str = "auto"
     fractions: list[float] | None = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     ks: list[int] | None = None
     text_column: str | None = None
@@ -69,9 +87,13 @@ class ScoreConfig:
     ridge: float = 0.0
     overwrite: bool = False
     tokenizer: str | None = None  # another tokenizer for the model (hub id or folder), e.g. OpenELM's Llama-2
+    device: str = "auto"
+    device_map: str | None = None
+    stats_memory: float | None = None  # GB
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work before any model or data is loaded."""
+        check_placement(self)
         object.__setattr__(self, "max_length", check_max_length(self.max_length))
         validate_extraction_settings(max_length=self.max_length, token_budget=self.token_budget)
         validate_solver_settings(fractions=self.fractions, ks=self.ks, ridge=self.ridge)
@@ -117,11 +139,19 @@ def run_score(
 
     Under torchrun (RANK/WORLD_SIZE/… in the environment, see :mod:`perceptalign.ntps.distributed`) the
     batches are shared by the processes and their sums all-reduced; only rank 0 reports through the
-    callbacks and writes files, the other ranks return ``written=False`` once rank 0 is done.
+    callbacks and writes files, the other ranks return ``written=False`` once rank 0 is done. With a CUDA
+    ``device`` each rank takes ``cuda:LOCAL_RANK`` and the sums are all-reduced by NCCL; on the CPU by
+    gloo. The layer-group plan is reported on ``on_status`` before the first batch.
     """
-    context = init_distributed()
+    device = resolve_device(config.device)
+    context = init_distributed(device=device)
     try:
-        return _run_score(config, context, on_status, on_start, on_batch)
+        if context is not None and config.device_map is not None:
+            raise PerceptAlignError(
+                "`device_map` auto spreads one model over all GPUs, but under torchrun every process loads "
+                "its own copy: use either torchrun (one GPU per process) or `device_map` auto (one process)."
+            )
+        return _run_score(config, context, rank_device(device, context), on_status, on_start, on_batch)
     finally:
         if context is not None:
             context.close()
@@ -130,6 +160,7 @@ def run_score(
 def _run_score(
     config: ScoreConfig,
     context: DistributedContext | None,
+    device: torch.device,
     on_status: Callable[[str], None] | None,
     on_start: Callable[[int, int], None] | None,
     on_batch: BatchCallback | None,
@@ -138,10 +169,14 @@ def _run_score(
     if not main:
         on_status = on_start = on_batch = None
     status = on_status or (lambda _msg: None)
+    dtype = resolve_dtype(config.dtype, device)
     out = check_job_inputs(config)
     cache = out / STATISTICS_FILE
     if context is not None:
-        status(f"distributed run: {context.world_size} processes ({context.backend}), batches round-robin")
+        status(
+            f"distributed run: {context.world_size} processes ({context.backend}), batches round-robin"
+            + (f", one GPU per process (this one {device})" if device.type == "cuda" else "")
+        )
     # Rank 0 fills the dataset and embedded-model caches before the others read them; the weights are
     # then loaded by all ranks at once.
     with main_process_first(context):
@@ -150,12 +185,20 @@ def _run_score(
             refuse_other_data(cache, data_identity(dataset, config.max_samples))
         if context is not None:
             resolve_model_path(config.model, status, needs_tokenizer=config.tokenizer is None)
-    loaded = load_job_model(config, status)
+    loaded = load_job_model(config, status, device=device, dtype=dtype, device_map=config.device_map)
     layers = resolve_layers(config.layers, loaded.n_hidden_states)
     check_ks_fit(config.ks, loaded.hidden_size)
     max_length = resolve_max_length(config.max_length, loaded)
     if max_length != config.max_length:
         status(f"max_length 'model': {max_length} tokens (the model's own maximum)")
+    passes = [1]  # layer-group passes: the progress bar counts every text once per pass
+
+    def on_plan(plan: LayerGroupPlan) -> None:
+        passes[0] = len(plan.groups)
+        status(plan.describe())
+        if on_start and context is None:
+            on_start(len(dataset) * passes[0], 0)
+
     measured = cached_or_computed_statistics(
         loaded,
         dataset,
@@ -165,7 +208,6 @@ def _run_score(
         token_budget=config.token_budget,
         cache=cache,
         reuse=not config.overwrite,
-        on_compute=(lambda: on_start(len(dataset), 0)) if on_start and context is None else None,
         checkpoint_path=out / CHECKPOINT_FILE,
         checkpoint_seconds=config.checkpoint_seconds,
         on_batch=on_batch,
@@ -173,8 +215,10 @@ def _run_score(
         distributed=context,
         on_shard=lambda n_shard, n_total: (
             status(f"rank 0 streams {n_shard} of {n_total} texts; progress shows rank 0's share"),
-            on_start(n_shard, 0) if on_start else None,
+            on_start(n_shard * passes[0], 0) if on_start else None,
         ),
+        stats_memory=config.stats_memory,
+        on_plan=on_plan,
     )
     statistics, metadata, reused = measured.statistics, measured.metadata, measured.reused
     if reused:
@@ -209,7 +253,12 @@ def _run_score(
         "n_classes": dataset.n_classes,
         "class_names": list(dataset.class_names),
         "max_length": max_length,
-        "dtype": config.dtype,
+        "dtype": dtype,
+        # Where and how the statistics were made: provenance, not identity (see statistics_metadata).
+        "device": str(device),
+        "device_map": config.device_map,
+        "statistics_precision": precision_policy(loaded.statistics_device).as_dict(),
+        "layer_groups": measured.layer_plan.as_dict() if measured.layer_plan is not None else None,
         **scores,
         "definitions": {
             "ntps": "‖P_Vk U‖²/‖U‖², U = top rank(M_xy) generalized eigenvectors of (M_xy M_xyᵀ, M_xx) "

@@ -50,6 +50,11 @@ class StudyConfig:
     ``recipe`` (``default`` or ``paper``, :mod:`perceptalign.ntps.recipes`) sets the probe's solver, the
     LoRA run's optimizer, precision and head dropout, its linear baseline, and ``max_length`` when that is
     left as None (512 / the model's own maximum). A study keeps one recipe: it is part of its settings.
+
+    ``device`` (auto, cpu, cuda, cuda:N, mps) is where every cell runs: the NTPS statistics, the probes'
+    and peers' features and the LoRA training. ``dtype`` auto is resolved here (bfloat16 on CUDA, float32
+    elsewhere), so the study's settings record the dtype its numbers were made in; the device,
+    ``device_map`` and ``stats_memory`` are not settings (they do not change the numbers beyond 1e-5).
     """
 
     models: list[str]
@@ -61,7 +66,7 @@ class StudyConfig:
     max_samples: int | None = None
     max_length: int | str | None = None  # None: the recipe's; "model": each model's own maximum
     token_budget: int = 2048
-    dtype: str = "float32"
+    dtype: str = "auto"
     seed: int = 0
     peer_metrics: list[str] | None = None
     top_k: int | None = DEFAULT_TOP_K
@@ -71,15 +76,21 @@ class StudyConfig:
     lora_r: int = 32
     lora_alpha: float = 32.0
     lora_max_eval_samples: int | None = None
-    device: str = "cpu"
+    device: str = "auto"
     trust_remote_code: bool = False
     keep_going: bool = True
     recipe: str = "default"
+    device_map: str | None = None
+    stats_memory: float | None = None  # GB for the NTPS statistics (default: the device's free memory)
 
     def __post_init__(self) -> None:
+        from perceptalign.ntps.jobs.inputs import check_placement
         from perceptalign.ntps.models import check_max_length
+        from perceptalign.ntps.placement import resolve_device, resolve_dtype
         from perceptalign.ntps.recipes import get_recipe
 
+        check_placement(self)
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, resolve_device(self.device)))
         recipe = get_recipe(self.recipe)
         if self.max_length is None:
             object.__setattr__(self, "max_length", recipe.max_length)
@@ -106,7 +117,16 @@ class StudyConfig:
     def settings(self) -> dict[str, Any]:
         """What makes two studies' numbers comparable (everything but the grid, device and behaviour)."""
         data = asdict(self)
-        for key in ("models", "datasets", "out", "measures", "device", "keep_going"):
+        for key in (
+            "models",
+            "datasets",
+            "out",
+            "measures",
+            "device",
+            "keep_going",
+            "device_map",
+            "stats_memory",
+        ):
             data.pop(key)
         if data["recipe"] == "default":
             data.pop("recipe")  # studies made before recipes existed keep their settings digest
@@ -320,6 +340,9 @@ def _run_ntps(
             dataset=dataset,
             out=out,
             fractions=list(config.fractions),
+            device=config.device,
+            device_map=config.device_map,
+            stats_memory=config.stats_memory,
             **extraction_settings(config),
         ),
         on_status=status,
@@ -340,7 +363,13 @@ def _run_probe(
     out = cell_dir(config.out, model, dataset)
     result = run_probe(
         ProbeConfig(
-            model=model, dataset=dataset, out=out, recipe=config.recipe, **extraction_settings(config)
+            model=model,
+            dataset=dataset,
+            out=out,
+            recipe=config.recipe,
+            device=config.device,
+            device_map=config.device_map,
+            **extraction_settings(config),
         ),
         on_status=status,
         on_batch=on_batch,
@@ -380,6 +409,8 @@ def _run_peers(
             out=out,
             metrics=config.peer_metrics,
             top_k=config.top_k,
+            device=config.device,
+            device_map=config.device_map,
             **extraction_settings(config),
         ),
         on_status=status,
@@ -408,6 +439,7 @@ def _run_lora(
     from perceptalign.ntps.finetune import NTPSSettings
     from perceptalign.ntps.jobs.lora import LoraJobConfig, LoraSettings, run_lora
     from perceptalign.ntps.jobs.score import STATISTICS_FILE
+    from perceptalign.ntps.placement import resolve_device
     from perceptalign.ntps.recipes import get_recipe
 
     recipe = get_recipe(config.recipe)
@@ -422,7 +454,7 @@ def _run_lora(
         # The recipe's LoRA weights (paper: bfloat16); the default recipe keeps the study's dtype.
         dtype=recipe.lora.weights_dtype or config.dtype,
         trust_remote_code=config.trust_remote_code,
-        device=config.device,
+        device=str(resolve_device(config.device)),  # the training job takes no `auto`
         recipe=config.recipe,
         train=recipe.train_config(
             "lora",

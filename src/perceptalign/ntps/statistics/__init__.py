@@ -17,7 +17,9 @@ sums with integer counts. M_xx (one row per text, not per token) is a float64 pr
 means, buffered over batches so that it is one GEMM with a useful inner dimension. The sums are additive
 over batches, shards and processes, so merging is addition and the division by N happens once, in
 :meth:`StatisticsAccumulator.finalize`.
-``compute_dtype=torch.float64`` forces float64 products.
+``compute_dtype=torch.float64`` forces float64 products. The sums live on the device they are given and the
+products run where the hidden states are; what each kind of device does (TF32 off on CUDA, every float64
+part on the CPU for MPS) is the policy of :mod:`~perceptalign.ntps.statistics.precision`.
 
 Pairs: for each text, the prefix sum at each real token is paired with the NEXT REAL token, whatever the
 padding side; a mask with holes is read as "these positions are not part of the text", i.e. the real rows
@@ -25,8 +27,9 @@ are compacted first, exactly as the per-text definition with L_n real rows. (For
 is the same as the weight w_t = m_t·m_{t+1} of the masked-sum formula.)
 
 Modules: ``common`` (keys, :class:`LayerStatistics`), ``kernels`` (scan, pair products, block-upper
-Gram), ``accumulator`` (:class:`StatisticsAccumulator`, checkpoints), ``cache`` (save/load with identity
-checks), ``reference`` (the dense per-text formula the engine is tested against).
+Gram), ``accumulator`` (:class:`StatisticsAccumulator`, checkpoints), ``precision`` (the per-device
+precision policy), ``cache`` (save/load with identity checks), ``reference`` (the dense per-text formula
+the engine is tested against).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ batches, merging, raw sums for all-reduce, and atomic checkpoints that resume bi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from perceptalign.ntps.statistics.kernels import (
     _upper_spans,
     _Workspace,
 )
+from perceptalign.ntps.statistics.precision import tf32_disabled
 
 _BLOCK_KEYS = ("C0", "C1")  # the token-pair products, kept in compute-dtype blocks between flushes
 
@@ -58,6 +60,11 @@ class StatisticsAccumulator:
     ``compute_dtype`` forces the dtype of the batch products (e.g. ``torch.float64`` for maximal precision
     on float32 models at about twice the cost); by default the input dtype is used (float16/bfloat16 →
     float32). Sums live on ``device`` (CPU by default); products run on the device of the hidden states.
+    ``wide_device``: where the float64 work of an update happens (prefix-sum carries, text totals and
+    means, M_xx); None (default) = the device of the hidden states. The CPU for MPS hidden states, as MPS
+    has no float64 (:func:`~perceptalign.ntps.statistics.precision.precision_policy`).
+    ``allow_tf32`` False (default): :meth:`update` runs with TF32 switched off for CUDA matmuls (a 10-bit
+    mantissa, ~5e-4 relative error per product) and restores the previous setting afterwards.
 
     ``block_pairs``: the C0/C1 products of consecutive batches accumulate (``addmm``) in one compute-dtype
     block per layer until the block holds at least this many token pairs, and only then are added into
@@ -70,7 +77,8 @@ class StatisticsAccumulator:
     inner dimension instead of a B-row product per batch (which measured ~8 % of the update).
     Block boundaries depend only on the data (never on checkpoints or timing), so results are
     reproducible bit for bit; ``sums()``, ``finalize()``, ``merge()`` and checkpoints add a partial
-    block first. ``block_pairs=0`` adds every batch at once (2·d² values per layer less memory).
+    block first. ``block_pairs=0`` adds every batch at once, each layer's products through one block
+    shared by all layers (2·d² values per layer less memory).
     """
 
     def __init__(
@@ -82,6 +90,8 @@ class StatisticsAccumulator:
         compute_dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         block_pairs: int = DEFAULT_BLOCK_PAIRS,
+        wide_device: torch.device | str | None = None,
+        allow_tf32: bool = False,
     ) -> None:
         self.layers = _validate_layers(layers)
         if isinstance(block_pairs, bool) or not isinstance(block_pairs, int) or block_pairs < 0:
@@ -104,14 +114,18 @@ class StatisticsAccumulator:
         self.n_classes = n_classes
         self.compute_dtype = compute_dtype
         self.device = torch.device(device)
+        self.wide_device = torch.device(wide_device) if wide_device is not None else None
+        self.allow_tf32 = bool(allow_tf32)
         self.block_pairs = block_pairs
         self.n_texts = 0
         self.n_tokens = 0
         self._broken: str | None = None
         self._workspace = _Workspace()
         # Per-layer C0/C1 product blocks not yet added into the float64 sums (compute dtype, on the device
-        # of the hidden states); ``_live`` holds the layers whose block has data.
+        # of the hidden states); ``_live`` holds the layers whose block has data. With block_pairs=0 every
+        # layer uses the one block of ``_shared`` for its dtype and device, added as soon as it is made.
         self._blocks: dict[int, dict[str, Tensor]] = {}
+        self._shared: dict[tuple[torch.dtype, torch.device], dict[str, Tensor]] = {}
         self._live: set[int] = set()
         self._block_pairs_seen = 0
         # Per-layer float64 text means not yet multiplied into M_xx; rows [0, _means_rows) are filled
@@ -159,26 +173,31 @@ class StatisticsAccumulator:
         if self._means_rows and self._means_rows + mask.shape[0] > _MEANS_ROWS:
             self._fold_means()
         plans: dict[torch.device, _BatchPlan] = {}  # one per device (layers may sit on several devices)
-        for position, (layer, hidden) in enumerate(zip(self.layers, hidden_states, strict=True)):
-            if hidden.device not in plans:
-                plans[hidden.device] = _BatchPlan(
-                    mask.to(hidden.device), labels.to(hidden.device), self.n_classes
-                )
-            try:
-                self._add_layer(layer, hidden, plans[hidden.device])
-            except PerceptAlignError as exc:
-                if position > 0:
-                    self._broken = (
-                        f"a previous update() failed at layer {layer} after layers {self.layers[:position]} "
-                        f"had been added ({exc})"
+        with self._precision():
+            for position, (layer, hidden) in enumerate(zip(self.layers, hidden_states, strict=True)):
+                if hidden.device not in plans:
+                    plans[hidden.device] = _BatchPlan(
+                        mask.to(hidden.device), labels.to(hidden.device), self.n_classes, self.wide_device
                     )
-                raise
+                try:
+                    self._add_layer(layer, hidden, plans[hidden.device])
+                except PerceptAlignError as exc:
+                    if position > 0:
+                        self._broken = (
+                            f"a previous update() failed at layer {layer} after layers "
+                            f"{self.layers[:position]} had been added ({exc})"
+                        )
+                    raise
         self.n_texts += int(mask.shape[0])
         self.n_tokens += int(mask.sum())
         self._means_rows += int(mask.shape[0])
         self._block_pairs_seen += next(iter(plans.values())).n_pairs
         if self._block_pairs_seen >= self.block_pairs:
             self.flush()
+
+    def _precision(self) -> contextlib.AbstractContextManager[None]:
+        """The float32 products of an update run without TF32 unless ``allow_tf32`` (see the class)."""
+        return contextlib.nullcontext() if self.allow_tf32 else tf32_disabled()
 
     @property
     def at_block_boundary(self) -> bool:
@@ -231,6 +250,8 @@ class StatisticsAccumulator:
             for lo, hi in _upper_spans(d) if key in _SYMMETRIC else ((0, d),):
                 part, target = block[key][lo:hi, lo:], acc[key][lo:hi, lo:]
                 if part.device != self.device:
+                    if part.device.type not in ("cpu", "cuda"):  # MPS: to the host before widening
+                        part = part.to(self.device)
                     # Move through a kept buffer: a fresh 8·d² allocation per add page-faults, which
                     # measured 4× slower than the addition itself.
                     part = self._workspace.get("up", part.shape, torch.float64, self.device).copy_(part)
@@ -250,6 +271,7 @@ class StatisticsAccumulator:
         self.flush()
         self._workspace.clear()
         self._blocks.clear()
+        self._shared.clear()
         self._means.clear()
 
     def _check_batch(
@@ -343,12 +365,15 @@ class StatisticsAccumulator:
         elif not accumulate:
             block["C0"].zero_()
             block["C1"].zero_()
-        # Text means from the float64 totals, kept in float64 for M_xx (see the class docstring).
+        # Text means from the float64 totals (on the wide device), kept in float64 for M_xx (see the class
+        # docstring).
         first, batch_size = self._means_rows, totals.shape[0]
-        means = self._means_buffer(layer, batch_size, device)[first : first + batch_size]
+        means = self._means_buffer(layer, batch_size, totals.device)[first : first + batch_size]
         torch.div(totals, plan.lengths_column(totals.dtype), out=means)
         self._sums[layer]["M_xy"].addmm_(means.T.to(self.device), plan.one_hot.to(self.device))
         self._live.add(layer)
+        if self.block_pairs == 0:
+            self._flush_layer(layer)  # the shared block is reused by the next layer
 
     def _means_buffer(self, layer: int, batch_size: int, device: torch.device) -> Tensor:
         """The layer's float64 text-mean buffer on ``device``, with room for ``batch_size`` more rows."""
@@ -364,6 +389,15 @@ class StatisticsAccumulator:
 
     def _block(self, layer: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
         """The layer's pending block in ``dtype`` on ``device`` (a block of another kind is added first)."""
+        if self.block_pairs == 0:
+            # Every layer is flushed right after its products, so one block per dtype and device serves
+            # them all; C0's lower blocks are never written, so the once-zeroed buffer keeps them zero.
+            key = (dtype, device)
+            if key not in self._shared:
+                d = self.hidden_size
+                self._shared[key] = {k: torch.zeros(d, d, dtype=dtype, device=device) for k in _BLOCK_KEYS}
+            self._blocks[layer] = self._shared[key]
+            return self._shared[key]
         block = self._blocks.get(layer)
         if block is not None and (block["C1"].dtype, block["C1"].device) != (dtype, device):
             if layer in self._live:
@@ -414,6 +448,24 @@ class StatisticsAccumulator:
             compute_dtype=self.compute_dtype,
             device=self.device,
             block_pairs=self.block_pairs,
+            wide_device=self.wide_device,
+            allow_tf32=self.allow_tf32,
+        )
+
+    def to(self, device: torch.device | str) -> StatisticsAccumulator:
+        """This accumulator's sums on ``device`` (itself when they are there already): e.g. statistics made
+        on a GPU, moved to the host to be solved and saved."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return type(self).from_sums(
+            self.sums(),
+            layers=self.layers,
+            compute_dtype=self.compute_dtype,
+            device=device,
+            block_pairs=self.block_pairs,
+            wide_device=None if device.type == "cpu" else self.wide_device,
+            allow_tf32=self.allow_tf32,
         )
 
     # ---- raw sums (all-reduce, checkpoints) --------------------------------------------------------
@@ -443,6 +495,8 @@ class StatisticsAccumulator:
         compute_dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         block_pairs: int = DEFAULT_BLOCK_PAIRS,
+        wide_device: torch.device | str | None = None,
+        allow_tf32: bool = False,
     ) -> StatisticsAccumulator:
         """Rebuild an accumulator from :meth:`sums` output (d and C are read from the tensors).
 
@@ -466,7 +520,16 @@ class StatisticsAccumulator:
                 f"layer{layers[0]}.M_xy must be 2-D (d×C), got shape {tuple(first.shape)}."
             )
         d, C = first.shape
-        acc = cls(layers, int(d), int(C), compute_dtype=compute_dtype, device=device, block_pairs=block_pairs)
+        acc = cls(
+            layers,
+            int(d),
+            int(C),
+            compute_dtype=compute_dtype,
+            device=device,
+            block_pairs=block_pairs,
+            wide_device=wide_device,
+            allow_tf32=allow_tf32,
+        )
         for layer in layers:
             for key in STAT_KEYS:
                 value = sums[f"layer{layer}.{key}"]
@@ -479,6 +542,47 @@ class StatisticsAccumulator:
         acc.n_texts = int(sums["n_texts"])
         acc.n_tokens = int(sums["n_tokens"])
         return acc
+
+    @classmethod
+    def join_layers(cls, parts: Sequence[StatisticsAccumulator]) -> StatisticsAccumulator:
+        """One accumulator over the layers of ``parts``: accumulators of disjoint layer sets over the same
+        texts (layer groups measured in separate passes), in the order of ``parts``.
+
+        The parts' float64 sums are taken over, not copied (a 7B model's sums are ~13 GB; a copy would
+        double that), so the parts must not be used afterwards. All must be on the same device.
+        """
+        if not parts:
+            raise PerceptAlignError("no accumulators to join; pass at least one.")
+        first = parts[0]
+        layers = [layer for part in parts for layer in part.layers]
+        mismatch = [
+            f"{name}: {getattr(part, name)!r} vs {getattr(first, name)!r}"
+            for part in parts[1:]
+            for name in ("hidden_size", "n_classes", "n_texts", "n_tokens", "device")
+            if getattr(part, name) != getattr(first, name)
+        ]
+        if mismatch or len(set(layers)) != len(layers):
+            raise PerceptAlignError(
+                "cannot join accumulators of different texts, models or devices, or of shared layers ("
+                + ("; ".join(mismatch) or f"layers {layers}")
+                + "); join only layer groups of one pass plan, moved to one device."
+            )
+        for part in parts:
+            part.flush()
+        joined = cls(
+            first.layers,
+            first.hidden_size,
+            first.n_classes,
+            compute_dtype=first.compute_dtype,
+            device=first.device,
+            block_pairs=first.block_pairs,
+            wide_device=first.wide_device,
+            allow_tf32=first.allow_tf32,
+        )
+        joined.layers = layers
+        joined._sums = {layer: part._sums[layer] for part in parts for layer in part.layers}
+        joined.n_texts, joined.n_tokens = first.n_texts, first.n_tokens
+        return joined
 
     def finalize(self) -> dict[int, LayerStatistics]:
         """Moments divided by N = number of texts (docs/ntps.md, "Definitions" divides C0/C1 by N too)."""
@@ -515,9 +619,15 @@ class StatisticsAccumulator:
 
     @classmethod
     def load_checkpoint(
-        cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: torch.device | str = "cpu",
+        wide_device: torch.device | str | None = None,
+        allow_tf32: bool = False,
     ) -> tuple[StatisticsAccumulator, dict[str, Any]]:
-        """Inverse of :meth:`save_checkpoint`: returns the accumulator and the ``extra`` dict."""
+        """Inverse of :meth:`save_checkpoint`: returns the accumulator (its sums on ``device``) and the
+        ``extra`` dict."""
         path = Path(path)
         if not path.is_file():
             raise PerceptAlignError(f"no statistics checkpoint at {path}; start without resuming.")
@@ -538,6 +648,8 @@ class StatisticsAccumulator:
             layers=header["layers"],
             device=device,
             block_pairs=int(header.get("block_pairs", DEFAULT_BLOCK_PAIRS)),
+            wide_device=wide_device,
+            allow_tf32=allow_tf32,
         )
         if (
             acc.layers != header["layers"]

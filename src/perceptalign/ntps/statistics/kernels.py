@@ -23,11 +23,18 @@ _FLAT_MIN_FILL = 0.9
 
 
 class _BatchPlan:
-    """Indices shared by all layers of one batch (computed once, not per layer)."""
+    """Indices shared by all layers of one batch (computed once, not per layer).
 
-    def __init__(self, mask: Tensor, labels: Tensor, n_classes: int) -> None:
+    ``wide_device``: where the float64 parts of the batch live (one-hot labels, text lengths, chunk
+    carries); default the mask's device. MPS has no float64, so there they live on the CPU.
+    """
+
+    def __init__(
+        self, mask: Tensor, labels: Tensor, n_classes: int, wide_device: torch.device | None = None
+    ) -> None:
         B, T = mask.shape
         device = mask.device
+        self.wide = torch.device(wide_device) if wide_device is not None else device
         self.mask = mask
         self.T = T
         self.lengths = mask.sum(dim=1)
@@ -52,23 +59,26 @@ class _BatchPlan:
             # so the j-th prefix row pairs with the j-th next-token row (the NEXT REAL token).
             self.pair_index = _flat_rows(pair_mask, Tp)
             self.next_index = _flat_rows(next_mask, Tp)
-        self.one_hot = torch.zeros(B, n_classes, dtype=torch.float64, device=device)
-        self.one_hot[torch.arange(B, device=device), labels] = 1.0
+        self.one_hot = torch.zeros(B, n_classes, dtype=torch.float64, device=self.wide)
+        self.one_hot[torch.arange(B, device=self.wide), labels.to(self.wide)] = 1.0
         self._cache: dict[object, Tensor] = {}
 
-    def tril(self, dtype: torch.dtype, n: int | None = None) -> Tensor:
-        """n×n lower-triangular ones (n = the chunk by default): prefix sums as one small matmul."""
+    def tril(self, dtype: torch.dtype, n: int | None = None, device: torch.device | None = None) -> Tensor:
+        """n×n lower-triangular ones (n = the chunk by default) on ``device`` (the mask's by default):
+        prefix sums as one small matmul."""
         n = self.chunk if n is None else n
-        if (dtype, n) not in self._cache:
-            ones = torch.ones(n, n, dtype=dtype, device=self.mask.device)
-            self._cache[dtype, n] = torch.tril(ones)
-        return self._cache[dtype, n]
+        device = self.mask.device if device is None else device
+        if (dtype, n, device) not in self._cache:
+            ones = torch.ones(n, n, dtype=dtype, device=device)
+            self._cache[dtype, n, device] = torch.tril(ones)
+        return self._cache[dtype, n, device]
 
     def lengths_column(self, dtype: torch.dtype) -> Tensor:
-        """B×1 text lengths in ``dtype`` (the divisor of the text means, shared by all layers)."""
+        """B×1 text lengths in ``dtype`` on the wide device (the divisor of the text means, shared by all
+        layers)."""
         key = ("lengths", dtype)
         if key not in self._cache:
-            self._cache[key] = self.lengths.to(dtype)[:, None]
+            self._cache[key] = self.lengths.to(device=self.wide, dtype=dtype)[:, None]
         return self._cache[key]
 
     def masked_tril(self, dtype: torch.dtype) -> Tensor:
@@ -190,9 +200,10 @@ def _prefix_sums(
 
     Returns S (B×T_pad×d in ``dtype``, a workspace view valid until the next call), the rows it was
     computed from (the masked copy, or ``hidden`` itself when ``copy=False``) and the per-text totals
-    (B×d, float64). Within a chunk of ≤ 32 positions the prefix is a small triangular matmul; the chunk
-    carries are summed in float64, so float32 prefix sums keep a relative error of a few ulps even for
-    long texts, unlike a float32 ``cumsum`` (which is also 3-10× slower on CPU).
+    (B×d, float64, on ``plan.wide``). Within a chunk of ≤ 32 positions the prefix is a small triangular
+    matmul; the chunk carries are summed in float64 (on ``plan.wide``: the CPU for MPS, which has no
+    float64), so float32 prefix sums keep a relative error of a few ulps even for long texts, unlike a
+    float32 ``cumsum`` (which is also 3-10× slower on CPU).
     """
     B, T, d = hidden.shape
     Tp, c = plan.padded_T, plan.chunk
@@ -215,11 +226,13 @@ def _prefix_sums(
         X = hidden
         torch.matmul(plan.masked_tril(dtype), hidden.view(B, Tp // c, c, d), out=S)
     # Chunk totals in float64, copied: S is overwritten later (the pair products zero its non-pair rows).
-    ends = S[:, :, -1].to(torch.float64, copy=True)
+    # On MPS (no float64) the float32 ends move to the wide device first and are widened there.
+    ends = S[:, :, -1] if plan.wide == device else S[:, :, -1].to(plan.wide)
+    ends = ends.to(torch.float64, copy=True)
     if Tp == c:  # one chunk: nothing to carry
         return S.view(B, Tp, d), X, ends[:, 0]
     carry = _running_sum(ends, plan)  # totals at chunk ends
-    S[:, 1:] += carry[:, :-1, None].to(dtype)
+    S[:, 1:] += carry[:, :-1, None].to(dtype).to(device)  # narrowed where float64 exists, then moved
     return S.view(B, Tp, d), X, carry[:, -1]
 
 
@@ -229,7 +242,7 @@ def _running_sum(x: Tensor, plan: _BatchPlan) -> Tensor:
     n = x.shape[1]
     if n > 64:
         return x.cumsum(dim=1)
-    return torch.matmul(plan.tril(x.dtype, n), x)
+    return torch.matmul(plan.tril(x.dtype, n, x.device), x)
 
 
 def _gram_blocks(d: int) -> int:
