@@ -24,5 +24,10 @@ for name in constant_sv collapsing collapsing_sv; do
     dir="$runs/cosine${variant:+-$variant}-$name"
     [ -f "$dir/fit.json" ] || perceptalign rtify fit "${flags[@]}" --data "$runs/$name.csv" --out "$dir"
   done
+  # amendment 4: the stimulus gain fitted with the head, without and with urgency
+  [ -f "$runs/gain-$name/fit.json" ] ||
+    perceptalign rtify fit --fit-gain --no-baselines --data "$runs/$name.csv" --out "$runs/gain-$name"
+  [ -f "$runs/gain-urgency-$name/fit.json" ] || perceptalign rtify fit --fit-gain --urgency --no-baselines \
+    --data "$runs/$name.csv" --out "$runs/gain-urgency-$name"
 done
 python "$here/summarise.py" "$runs" "$here"

@@ -23,6 +23,8 @@ METHODS = {  # label: (fit directory prefix, path to the method's entry in fit.j
     "RTify head + urgency, cosine lr": ("cosine-urgency", ("rtify",)),
     "RTify head + drift variability, cosine lr": ("cosine-variability", ("rtify",)),
     "RTify head + urgency + drift variability, cosine lr": ("cosine-both", ("rtify",)),
+    "RTify head + fitted gain": ("gain", ("rtify",)),  # amendment 4
+    "RTify head + urgency + fitted gain": ("gain-urgency", ("rtify",)),
     "Wong–Wang": ("ww", ("rtify",)),
     "DDM (BIC-selected)": ("fit", ("baselines", "ddm")),
 }

@@ -288,3 +288,19 @@ def test_urgency_and_drift_variability_add_one_fitted_parameter_each(
     assert variable["rtify"]["params"]["drift_sd_per_s"] > 0
     assert plain["rtify"]["params"]["urgency_rate_per_s"] is None
     assert urgent["rtify"]["params"]["drift_sd_per_s"] is None
+
+
+def test_fit_gain_is_one_more_parameter_and_is_simulated(
+    csv: Path, fits: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = _fit(
+        csv, tmp_path / "gain", tmp_path / "cache", "--no-baselines", "--loss", "quantile", "--fit-gain"
+    )
+    assert result.exit_code == 0, result.output
+    gained, plain = read_json(tmp_path / "gain" / "fit.json"), read_json(fits[0] / "fit.json")
+    assert gained["settings"]["fit"]["fit_gain"] is True and plain["settings"]["fit"]["fit_gain"] is False
+    assert gained["rtify"]["n_params"] == plain["rtify"]["n_params"] + 1
+    scale = gained["rtify"]["params"]["stimulus_gain_scale"]
+    assert scale > 0 and scale != 1.0  # fitted, and recorded with the fit
+    assert gained["history"][0]["gain_scale"] == 1.0
+    assert plain["rtify"]["params"]["stimulus_gain_scale"] is None

@@ -173,6 +173,15 @@ def fit(
             "last step).",
         ),
     ] = "constant",
+    fit_gain: Annotated[
+        bool,
+        typer.Option(
+            "--fit-gain/--no-fit-gain",
+            help="Fit the stimulus gain with the head (the GRU re-run on the same noise with its signal "
+            "scaled by a fitted factor): the counterpart of the DDM's fitted drift per coherence (one "
+            "parameter).",
+        ),
+    ] = False,
     drift_variability: Annotated[
         bool,
         typer.Option(
@@ -221,6 +230,7 @@ def fit(
             evidence=evidence,  # type: ignore[arg-type]
             urgency=urgency,
             drift_variability=drift_variability,
+            fit_gain=fit_gain,
             lr_schedule=lr_schedule,  # type: ignore[arg-type]
             head_steps=steps,
             n_train=trials,

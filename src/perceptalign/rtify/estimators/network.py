@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from perceptalign.rtify.baselines import EntropyThresholdRT, EvidentialRT
     from perceptalign.rtify.experiments.rdm.config import FitConfig
     from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
+    from perceptalign.rtify.experiments.rdm.stimulus_gain import StimulusGain
     from perceptalign.rtify.heads import RTifyHead
 
 __all__ = [
@@ -115,6 +116,7 @@ class RTifyHeadConfig:
     temperature: float = 0.1
     urgency: bool = False
     drift_variability: bool = False
+    fit_gain: bool = False
     head_steps: int = 200
     lr: float = 0.03
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -197,6 +199,8 @@ class RTifyHeadEstimator(RTEstimator):
 
         cfg: RTifyHeadConfig = self.config
         settings = cfg.fit_config()
+        if cfg.fit_gain:
+            self._check_gain_network()
         human = validate_trials(trials, name="human training trials")
         conds = table_conditions(human)
         self.t0_max_ = cfg.t0_max if cfg.t0_max is not None else default_t0_max(human)
@@ -207,7 +211,11 @@ class RTifyHeadEstimator(RTEstimator):
             )
             sim = self.network(conds, cfg.n_train, seed=cfg.seed + TRAIN_SEED_OFFSET, pool="fit")
             self.head_ = self.network.build_head(settings, t0_max=self.t0_max_)
-            self.history_ = fit_head_to_human(self.head_, sim, targets, settings, progress=self.progress)
+            gain = self._stimulus_gain(sim) if cfg.fit_gain else None
+            self.history_ = fit_head_to_human(
+                self.head_, sim, targets, settings, progress=self.progress, gain=gain
+            )
+            self.gain_scale_ = None if gain is None else float(gain.scale.detach())
         else:
             batch = cfg.self_penalty_batch
             warm = self.network(conds, batch, seed=cfg.seed + 7919, pool="fit")
@@ -220,18 +228,50 @@ class RTifyHeadEstimator(RTEstimator):
                 settings,
                 progress=self.progress,
             )
+        if cfg.objective != "human":
+            self.gain_scale_ = None
         self._mark_fitted()
         return self
+
+    def _check_gain_network(self) -> None:
+        """``fit_gain`` needs a network that simulates its stimulus (refused before any simulation)."""
+        from perceptalign.rtify.experiments.rdm.simulated_trials import GRUTrials
+
+        if not isinstance(self.network, GRUTrials):
+            raise PerceptAlignError(
+                f"RTifyHeadEstimator: `fit_gain` re-runs the network at another stimulus gain, which "
+                f"{type(self.network).__name__} cannot do (a cache of network outputs has no stimulus); use "
+                "the abstract RDM network (GRUTrials) or fit without `fit_gain`."
+            )
+
+    def _stimulus_gain(self, sim: SimulatedTrials) -> StimulusGain:
+        """The fitted stimulus gain of ``fit_gain`` on the fit trials ``sim``."""
+        from perceptalign.rtify.experiments.rdm.stimulus_gain import StimulusGain
+
+        self._check_gain_network()
+        return StimulusGain(self.network.backbone, sim)  # type: ignore[attr-defined]
+
+    @property
+    def simulation_network(self) -> NetworkTrials:
+        """The network ``simulate`` runs: at the fitted stimulus gain with ``fit_gain``, else the one
+        given."""
+        self._check_fitted("simulation_network")
+        if self.gain_scale_ is None:
+            return self.network
+        return self.network.with_gain_scale(self.gain_scale_)  # type: ignore[attr-defined]
 
     def _simulate(self, conditions: list[Any], n_per_condition: int, seed: int) -> pd.DataFrame:
         from perceptalign.rtify.experiments.rdm.human_fit import predict_table
 
-        return predict_table(self.head_, self.network(conditions, n_per_condition, seed=seed, pool="eval"))
+        sim = self.simulation_network(conditions, n_per_condition, seed=seed, pool="eval")
+        return predict_table(self.head_, sim)
 
     @property
     def n_parameters(self) -> int:
         self._check_fitted("n_parameters")
-        return self.head_.n_fitted_parameters() if self.config.objective == "human" else 0
+        if self.config.objective != "human":
+            return 0
+        return self.head_.n_fitted_parameters() + int(self.gain_scale_ is not None)
 
     def params(self) -> dict[str, Any]:
         self._check_fitted("params()")
@@ -245,6 +285,7 @@ class RTifyHeadEstimator(RTEstimator):
             "estimator": self.config.estimator,
             "urgency_rate_per_s": _scalar_or_none(self.head_.urgency_rate),
             "drift_sd_per_s": _scalar_or_none(self.head_.drift_sd),
+            "stimulus_gain_scale": self.gain_scale_,
         }
 
 

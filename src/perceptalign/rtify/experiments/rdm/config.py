@@ -40,6 +40,7 @@ class FitConfig:
     temperature: float = 0.1
     urgency: bool = False
     drift_variability: bool = False
+    fit_gain: bool = False
     head_steps: int = 200
     lr: float = 0.03
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -83,9 +84,14 @@ class FitConfig:
             raise PerceptAlignError("t0_init and t0_fixed (non-decision times, s) must be positive.")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise PerceptAlignError(f"`temperature` must be a positive number, got {self.temperature!r}.")
-        for name in ("urgency", "drift_variability"):
+        for name in ("urgency", "drift_variability", "fit_gain"):
             if not isinstance(getattr(self, name), bool):
                 raise PerceptAlignError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if self.fit_gain and self.objective != "human":
+            raise PerceptAlignError(
+                "`fit_gain` fits the stimulus gain to human RTs; the self-penalised objective has no human "
+                "data to fit it to: drop `fit_gain` or use objective 'human'."
+            )
         self.rt_loss  # noqa: B018 — validates the objective's settings now, not at the first fit step
 
     @property

@@ -15,6 +15,7 @@ from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.experiments.rdm.config import FitConfig
 from perceptalign.rtify.experiments.rdm.decision_head import init_threshold
 from perceptalign.rtify.experiments.rdm.simulated_trials import SimulatedTrials
+from perceptalign.rtify.experiments.rdm.stimulus_gain import StimulusGain
 from perceptalign.rtify.heads import RTifyHead, RTifyOutput
 from perceptalign.rtify.losses import soft_histogram
 from perceptalign.rtify.objective import RTSample, RTTargets, weighted_quantiles
@@ -166,8 +167,12 @@ def fit_head_to_human(
     config: FitConfig,
     *,
     progress: PhaseStatusCallback | None = None,
+    gain: StimulusGain | None = None,
 ) -> list[dict[str, float]]:
     """Adam on the human-fit objective over a fixed pool of simulated trials (the head has ~100 weights).
+
+    With ``gain`` (:class:`StimulusGain` on the same trials), the stream's gain is fitted with the head:
+    each step re-runs the frozen network at the current gain (same noise), and the history records it.
 
     Returns the loss history (with each step's learning rate). θ starts where the median decision time
     matches the humans'. ``config.lr_schedule="cosine"`` anneals the learning rate from ``lr`` to 0 over
@@ -179,7 +184,8 @@ def fit_head_to_human(
             f"simulated conditions {sim.conditions} differ from the human conditions {targets.conditions}."
         )
     init_threshold(head, sim.hidden, (targets.median_rt - config.t0_init) / head.dt)
-    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=config.lr)
+    fitted = [p for p in head.parameters() if p.requires_grad] + ([gain.log_scale] if gain else [])
+    opt = torch.optim.Adam(fitted, lr=config.lr)
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.head_steps)
         if config.lr_schedule == "cosine"
@@ -188,17 +194,19 @@ def fit_head_to_human(
     history: list[dict[str, float]] = []
     loss_fn = config.rt_loss
     for step in range(config.head_steps):
-        out = head(sim.hidden)
+        out = head(sim.hidden if gain is None else gain())
         loss, parts = loss_fn(head_sample(out, head, sim), targets)
         opt.zero_grad()
         loss.backward()
         lr = float(opt.param_groups[0]["lr"])
+        used = {"gain_scale": float(gain.scale.detach())} if gain is not None else {}  # this step's gain
         opt.step()
         if schedule is not None:
             schedule.step()
         record = {
             "loss": float(loss.detach()),
             "lr": lr,
+            **used,
             **parts,
             "no_decision_rate": out.decision.no_decision_rate,
             "n_clamped": out.decision.n_clamped,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceptalign.io import PerceptAlignError
 from perceptalign.rtify.experiments.rdm.task import (
     GRUBackbone,
     RDMTaskConfig,
@@ -33,6 +34,10 @@ class SimulatedTrials:
     labels: Tensor
     cond_idx: Tensor
     conditions: list[float]
+    # The stimulus as signal (N, 1, 2, at the task's gain) and noise (N, T, 2), so that the network can be
+    # re-run at another gain on the same noise (``fit_gain``); None for outputs without a stimulus.
+    signal: Tensor | None = None
+    noise: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -44,13 +49,23 @@ class SimulatedTrials:
 
 
 def simulate(
-    backbone: GRUBackbone, task: RDMTaskConfig, n_per_condition: int, *, seed: int
+    backbone: GRUBackbone,
+    task: RDMTaskConfig,
+    n_per_condition: int,
+    *,
+    seed: int,
+    gain_scale: float = 1.0,
 ) -> SimulatedTrials:
-    """Run ``n_per_condition`` fresh trials per coherence through the frozen backbone."""
+    """Run ``n_per_condition`` fresh trials per coherence through the frozen backbone; ``gain_scale``
+    multiplies the stimulus signal (not its noise), i.e. a task gain of ``gain_scale·task.gain``."""
     trials = make_trials(task, n_per_condition, seed=seed)
-    hidden, logits = backbone.encode(trials.x)
+    assert trials.signal is not None and trials.noise is not None
+    x = trials.x if gain_scale == 1.0 else trials.noise + gain_scale * trials.signal
+    hidden, logits = backbone.encode(x)
     cond_idx = torch.arange(len(task.coherences)).repeat_interleave(n_per_condition)
-    return SimulatedTrials(hidden, logits, trials.labels, cond_idx, list(task.coherences))
+    return SimulatedTrials(
+        hidden, logits, trials.labels, cond_idx, list(task.coherences), trials.signal, trials.noise
+    )
 
 
 class GRUTrials:
@@ -63,8 +78,13 @@ class GRUTrials:
     running the GRU again.
     """
 
-    def __init__(self, backbone: GRUBackbone, task: RDMTaskConfig, *, keep: int = 4) -> None:
+    def __init__(
+        self, backbone: GRUBackbone, task: RDMTaskConfig, *, keep: int = 4, gain_scale: float = 1.0
+    ) -> None:
+        if not (isinstance(gain_scale, (int, float)) and 0 < gain_scale < float("inf")):
+            raise PerceptAlignError(f"`gain_scale` must be a positive number, got {gain_scale!r}.")
         self.backbone, self.task, self.keep = backbone, task, keep
+        self.gain_scale = float(gain_scale)
         self._cache: OrderedDict[tuple[tuple[float, ...], int, int], SimulatedTrials] = OrderedDict()
 
     @property
@@ -84,11 +104,16 @@ class GRUTrials:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        sim = simulate(self.backbone, replace(self.task, coherences=key[0]), key[1], seed=key[2])
+        task = replace(self.task, coherences=key[0])
+        sim = simulate(self.backbone, task, key[1], seed=key[2], gain_scale=self.gain_scale)
         self._cache[key] = sim
         while len(self._cache) > self.keep:
             self._cache.popitem(last=False)
         return sim
+
+    def with_gain_scale(self, gain_scale: float) -> GRUTrials:
+        """The same network and task seeing the stimulus signal scaled by ``gain_scale`` (same noise)."""
+        return GRUTrials(self.backbone, self.task, keep=self.keep, gain_scale=gain_scale)
 
     def build_head(self, config: FitConfig, *, t0_max: float | None = None) -> RTifyHead:
         """A two-bound head started from the GRU's own read-out (:func:`decision_head.build_head`)."""

@@ -97,6 +97,8 @@ class RDMTrials:
     x: Tensor
     labels: Tensor
     coherence: Tensor
+    signal: Tensor | None = None  # (N, 1, 2) the mean part of x at the task's gain
+    noise: Tensor | None = None  # (N, T, 2) the noise part: x = signal + noise
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -106,6 +108,15 @@ def motion_energy(
     coherence: Tensor, labels: Tensor, config: RDMTaskConfig, generator: torch.Generator
 ) -> Tensor:
     """Two-channel evidence streams (N, T, 2) for given coherences (%) and directions (1 = right)."""
+    mean, noise = motion_energy_parts(coherence, labels, config, generator)
+    return mean + noise
+
+
+def motion_energy_parts(
+    coherence: Tensor, labels: Tensor, config: RDMTaskConfig, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The signal (N, 1, 2) and noise (N, T, 2) of :func:`motion_energy` (same draws): a stream at another
+    gain is noise + (gain'/gain)·signal with the very same noise."""
     if coherence.shape != labels.shape or coherence.dim() != 1:
         raise PerceptAlignError(
             f"coherence {tuple(coherence.shape)} and labels {tuple(labels.shape)} must be matching 1-D "
@@ -115,7 +126,7 @@ def motion_energy(
     signal = config.gain * coherence.to(torch.float32) / 100.0 * direction / 2.0
     mean = torch.stack([signal, -signal], dim=-1).unsqueeze(1)  # (N, 1, 2)
     noise = torch.randn((labels.shape[0], config.n_steps, 2), generator=generator) * config.noise
-    return mean + noise
+    return mean, noise
 
 
 def make_trials(
@@ -138,7 +149,8 @@ def make_trials(
             for _ in coh_values
         ]
     )
-    return RDMTrials(x=motion_energy(coh, labels, config, gen), labels=labels, coherence=coh)
+    signal, noise = motion_energy_parts(coh, labels, config, gen)
+    return RDMTrials(x=signal + noise, labels=labels, coherence=coh, signal=signal, noise=noise)
 
 
 class GRUBackbone(nn.Module):
