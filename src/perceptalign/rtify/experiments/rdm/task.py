@@ -86,6 +86,13 @@ class RDMTaskConfig:
         """Length of the evidence stream in seconds."""
         return self.dt * self.n_steps
 
+    @property
+    def information_rate(self) -> float:
+        """The stream's drift per % coherence per second in unit-noise diffusion units: the channel
+        difference drifts g·(c/100) per step under noise √2·σ per step, i.e. g/(100·√2·σ·√dt)·c per √s.
+        An ideal observer of the stream is a DDM with this k (:mod:`perceptalign.rtify.ideal_observer`)."""
+        return self.gain / (100.0 * math.sqrt(2.0) * self.noise * math.sqrt(self.dt))
+
     def to_dict(self) -> dict:
         return {**asdict(self), "coherences": list(self.coherences)}
 
