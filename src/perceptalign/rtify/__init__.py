@@ -47,6 +47,7 @@ from perceptalign.rtify.figures import (
     signed_rt_histograms,
 )
 from perceptalign.rtify.heads import RTifyHead, RTifyOutput
+from perceptalign.rtify.ideal_observer import information_bound, sprt_min_mean_decision_time
 from perceptalign.rtify.losses import neg_pearson, self_penalty_loss, soft_histogram
 from perceptalign.rtify.metrics import fit_quality, rt_quantiles, summarize_fit
 from perceptalign.rtify.objective import RTLoss, RTSample, RTTargets
@@ -105,6 +106,7 @@ __all__ = [
     "first_passage",
     "fit_ddm_variants",
     "fit_quality",
+    "information_bound",
     "load_rt_dataset",
     "load_trials_csv",
     "neg_pearson",
@@ -118,6 +120,7 @@ __all__ = [
     "signed_rt_histograms",
     "soft_histogram",
     "split_trials",
+    "sprt_min_mean_decision_time",
     "summarize_fit",
     "trials_from_signed_rt",
     "validate_trials",
