@@ -7,11 +7,12 @@ duration). With direction d = ±1 (label 1 = right) and coherence c (in %):
     x_t = [ +g·(c/100)·d/2 + ε_R,  −g·(c/100)·d/2 + ε_L ],   ε ~ N(0, σ²) i.i.d. per step and channel,
 
 so the channel difference carries a drift g·(c/100)·d per step under N(0, 2σ²) noise, as a drift-diffusion
-model would assume. The default gain g = 1.2 makes this per-step signal-to-noise ratio human-scaled: a DDM
-with unit noise and drift ≈ 0.057 s⁻¹ per % coherence (the order of magnitude of DDM fits to the RDM
-training data) has per-20-ms drift-to-noise ratio 0.057·c·0.02/√0.02 ≈ 0.0081·c, and so does this stream
-(g/100·c/√2 ≈ 0.0085·c). The network therefore receives about as much information per second as an ideal
-observer of the human experiment, and differences between humans and models come from the decision stage.
+model would assume. The default gain g = 1.2 gives the stream an information rate of 0.060 per % coherence
+in unit-noise DDM units (:attr:`RDMTaskConfig.information_rate`), the order of magnitude of a *simple* DDM
+fitted to the RDM training data. A DDM with drift variability fits a larger mean drift (k ≈ 0.097 with
+sv ≈ 1.2), and by Wald's bound (:mod:`perceptalign.rtify.ideal_observer`) the humans' accuracy at 25.6 % on
+this stream would leave them at most 0.24 s of mean non-decision time. A model that must match them there
+needs a higher gain: ``FitConfig(fit_gain=True)`` fits it.
 
 The GRU is trained with cross-entropy at EVERY step (averaged over time), on fresh noise each batch:
 RTify reads the choice at an arbitrary decision time τ, and the entropy / evidential baselines read the
