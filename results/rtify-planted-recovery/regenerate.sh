@@ -29,5 +29,8 @@ for name in constant_sv collapsing collapsing_sv; do
     perceptalign rtify fit --fit-gain --no-baselines --data "$runs/$name.csv" --out "$runs/gain-$name"
   [ -f "$runs/gain-urgency-$name/fit.json" ] || perceptalign rtify fit --fit-gain --urgency --no-baselines \
     --data "$runs/$name.csv" --out "$runs/gain-urgency-$name"
+  # amendment 5: the constant head fitted on 1,000 simulated trials per coherence (default 250)
+  [ -f "$runs/trials1000-$name/fit.json" ] ||
+    perceptalign rtify fit --trials 1000 --no-baselines --data "$runs/$name.csv" --out "$runs/trials1000-$name"
 done
 python "$here/summarise.py" "$runs" "$here"

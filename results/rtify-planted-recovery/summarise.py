@@ -25,6 +25,7 @@ METHODS = {  # label: (fit directory prefix, path to the method's entry in fit.j
     "RTify head + urgency + drift variability, cosine lr": ("cosine-both", ("rtify",)),
     "RTify head + fitted gain": ("gain", ("rtify",)),  # amendment 4
     "RTify head + urgency + fitted gain": ("gain-urgency", ("rtify",)),
+    "RTify head, 1000 training trials": ("trials1000", ("rtify",)),  # amendment 5
     "Wong–Wang": ("ww", ("rtify",)),
     "DDM (BIC-selected)": ("fit", ("baselines", "ddm")),
 }
