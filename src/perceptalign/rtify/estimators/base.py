@@ -31,10 +31,16 @@ Pool = Literal["fit", "eval"]
 POOLS: tuple[Pool, ...] = ("fit", "eval")
 
 
+def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    """Refuse anything but an integer ≥ ``minimum`` (bools included), naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise PerceptAlignError(f"{owner}: `{name}` must be {wanted}, got {value!r}.")
+
+
 def check_positive_int(owner: str, name: str, value: Any) -> None:
     """Refuse anything but an integer ≥ 1 (bools included), naming the parameter."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise PerceptAlignError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+    check_int(owner, name, value, 1)
 
 
 def check_pool(owner: str, pool: Any) -> None:

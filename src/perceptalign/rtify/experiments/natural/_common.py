@@ -29,12 +29,6 @@ def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) ->
         raise PerceptAlignError(f"{owner}: `{name}` must be {options}, got {value!r}.")
 
 
-def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
-    """Refuse anything but an integer ≥ ``minimum`` (bools included), naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise PerceptAlignError(f"{owner}: `{name}` must be an integer ≥ {minimum}, got {value!r}.")
-
-
 def check_number(
     owner: str,
     name: str,

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.estimators.base import check_int
 from perceptalign.rtify.experiments.natural._common import (
     Decider,
     ItemEstimatorBase,
     Progress,
     check_bool,
     check_choice,
-    check_int,
     check_number,
     report_progress,
 )

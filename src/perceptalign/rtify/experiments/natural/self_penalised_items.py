@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 
 from perceptalign.io import PerceptAlignError
+from perceptalign.rtify.estimators.base import check_int
 from perceptalign.rtify.experiments.natural._common import (
     ItemEstimatorBase,
     PenaltyKind,
     Progress,
     check_bool,
     check_choice,
-    check_int,
     check_number,
     report_progress,
 )
