@@ -31,7 +31,7 @@ from perceptalign.rtify.estimators.base import (
     check_optional_t0_max,
     check_positive_int,
 )
-from perceptalign.rtify.objective import RTLoss
+from perceptalign.rtify.objective import RTLoss, RTTargets
 from perceptalign.rtify.trials import conditions as table_conditions
 from perceptalign.rtify.trials import default_t0_max, validate_trials
 
@@ -265,6 +265,21 @@ class RTifyHeadEstimator(RTEstimator):
 
         sim = self.simulation_network(conditions, n_per_condition, seed=seed, pool="eval")
         return predict_table(self.head_, sim)
+
+    @torch.no_grad()
+    def expected_loss(
+        self, targets: RTTargets, conditions: list[Any], n_per_condition: int, *, seed: int
+    ) -> tuple[float, int]:
+        """The objective's expected (soft first-passage) value on the eval trials that ``simulate`` with the
+        same seed decides (the head's own stream: at the fitted gain with ``fit_gain``), and the number of
+        trials whose crossing slope was clamped."""
+        from perceptalign.rtify.experiments.rdm.human_fit import head_sample
+
+        self._check_fitted("expected_loss()")
+        sim = self.simulation_network(list(conditions), n_per_condition, seed=seed, pool="eval")
+        out = self.head_(sim.hidden)
+        value, _ = self.loss(head_sample(out, self.head_, sim), targets)
+        return float(value), int(out.decision.n_clamped)
 
     @property
     def n_parameters(self) -> int:

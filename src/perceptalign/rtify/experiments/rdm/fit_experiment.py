@@ -20,7 +20,7 @@ from perceptalign.rtify.estimators import (
 )
 from perceptalign.rtify.experiments.rdm.baseline_fits import evaluate_method, fit_baselines, json_records
 from perceptalign.rtify.experiments.rdm.config import METHOD_LABELS, FitConfig
-from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, head_sample, rt_window_s
+from perceptalign.rtify.experiments.rdm.human_fit import HumanTargets, rt_window_s
 from perceptalign.rtify.experiments.rdm.simulated_trials import GRUTrials
 from perceptalign.rtify.experiments.rdm.task import (
     GRUTrainConfig,
@@ -211,11 +211,9 @@ def run_fit(
     start = time.perf_counter()
     table = rtify.simulate(test_conds, config.n_eval, seed=config.seed + EVAL_SEED_OFFSET)
     model_eval = evaluate_method(table, human_test, targets_test, config)
-    with torch.no_grad():
-        sim_eval = network(test_conds, config.n_eval, seed=config.seed + EVAL_SEED_OFFSET)
-        out = head(sim_eval.hidden)
-        expected, _ = config.rt_loss(head_sample(out, head, sim_eval), targets_test)
-        n_clamped = out.decision.n_clamped
+    expected, n_clamped = rtify.expected_loss(
+        targets_test, test_conds, config.n_eval, seed=config.seed + EVAL_SEED_OFFSET
+    )
     model_eval["test_objective_expected"] = float(expected)
     model_eval["n_params"] = rtify.n_parameters
     model_eval["params"] = {**rtify.params(), "n_clamped_slopes_eval": int(n_clamped)}
