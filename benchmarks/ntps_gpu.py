@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib.util
 import json
 import math
@@ -204,59 +205,14 @@ def make_texts(n: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int
 # the published per-text formula on a device
 
 
-def dense_statistics_on(device: torch.device) -> Callable[..., LayerStatistics]:
-    """``dense_reference_statistics`` with its sums and triangular/shift matrices on ``device``.
-
-    A thin wrapper is needed because the reference allocates them on the CPU (so it cannot take device
-    hidden states) and ntps_stats.py may not be edited. Same operations in the same order (on the CPU
-    the result is bitwise the reference's; tested). Not ``with torch.device(device)``: that dispatches
-    every operation through a Python mode, which would slow the published loop by itself.
-    """
-
-    def dense(
-        hidden_per_text: Sequence[Tensor],
-        labels: Sequence[int] | Tensor,
-        n_classes: int,
-        *,
-        dtype: torch.dtype = torch.float64,
-    ) -> LayerStatistics:
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-        if len(hidden_per_text) == 0 or labels.shape != (len(hidden_per_text),):
-            raise PerceptAlignError("need one label per text and at least one text.")
-        d = hidden_per_text[0].shape[1]
-        kw = {"dtype": dtype, "device": device}
-        M_xx, C0, C1 = (torch.zeros(d, d, **kw) for _ in range(3))
-        M_xy = torch.zeros(d, n_classes, **kw)
-        for H, y in zip(hidden_per_text, labels.tolist(), strict=True):
-            H = H.to(**kw)
-            L = H.shape[0]
-            if L == 0:
-                raise PerceptAlignError("a text with zero tokens has no mean; drop it.")
-            x = H.mean(dim=0)
-            M_xx += torch.outer(x, x)
-            M_xy[:, y] += x
-            if L > 1:
-                prefix = torch.triu(torch.ones(L, L - 1, **kw))
-                shift = torch.eye(L, **kw)[:, 1:]
-                S = prefix.T @ H
-                H_next = shift.T @ H
-                C0 += S.T @ S
-                C1 += S.T @ H_next
-        n = float(len(hidden_per_text))
-        f64 = torch.float64
-        return LayerStatistics(
-            M_xx=(M_xx / n).to(f64), M_xy=(M_xy / n).to(f64), C0=(C0 / n).to(f64), C1=(C1 / n).to(f64)
-        )
-
-    return dense
-
-
 def published_pipeline(
     loaded: LoadedModel, texts: list[int], labels: Tensor, max_length: int, device: torch.device
 ) -> int:
     """ntps_stats._published_pipeline on ``device``: its loop unchanged, its per-text formula replaced by
-    :func:`dense_statistics_on` (``texts`` are indices the loaded model's IdTokenizer has prepared)."""
-    with mock.patch.object(NTPS_STATS, "dense_reference_statistics", dense_statistics_on(device)):
+    the library's ``dense_reference_statistics`` on ``device`` (``texts`` are indices the loaded model's
+    IdTokenizer has prepared)."""
+    on_device = functools.partial(dense_reference_statistics, device=device)
+    with mock.patch.object(NTPS_STATS, "dense_reference_statistics", on_device):
         return NTPS_STATS._published_pipeline(loaded, texts, labels, loaded.layers, max_length)
 
 
