@@ -441,16 +441,20 @@ class StatisticsAccumulator:
     def __add__(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
         return self.copy().merge(other)
 
+    def _settings(self, **overrides: Any) -> dict[str, Any]:
+        """This accumulator's construction settings (all but layers, sizes and sums), with ``overrides``:
+        what a copy, a move or a join keeps."""
+        settings = {
+            "compute_dtype": self.compute_dtype,
+            "device": self.device,
+            "block_pairs": self.block_pairs,
+            "wide_device": self.wide_device,
+            "allow_tf32": self.allow_tf32,
+        }
+        return {**settings, **overrides}
+
     def copy(self) -> StatisticsAccumulator:
-        return type(self).from_sums(
-            self.sums(),
-            layers=self.layers,
-            compute_dtype=self.compute_dtype,
-            device=self.device,
-            block_pairs=self.block_pairs,
-            wide_device=self.wide_device,
-            allow_tf32=self.allow_tf32,
-        )
+        return type(self).from_sums(self.sums(), layers=self.layers, **self._settings())
 
     def to(self, device: torch.device | str) -> StatisticsAccumulator:
         """This accumulator's sums on ``device`` (itself when they are there already): e.g. statistics made
@@ -458,14 +462,9 @@ class StatisticsAccumulator:
         device = torch.device(device)
         if device == self.device:
             return self
+        wide_device = None if device.type == "cpu" else self.wide_device
         return type(self).from_sums(
-            self.sums(),
-            layers=self.layers,
-            compute_dtype=self.compute_dtype,
-            device=device,
-            block_pairs=self.block_pairs,
-            wide_device=None if device.type == "cpu" else self.wide_device,
-            allow_tf32=self.allow_tf32,
+            self.sums(), layers=self.layers, **self._settings(device=device, wide_device=wide_device)
         )
 
     # ---- raw sums (all-reduce, checkpoints) --------------------------------------------------------
@@ -569,16 +568,7 @@ class StatisticsAccumulator:
             )
         for part in parts:
             part.flush()
-        joined = cls(
-            first.layers,
-            first.hidden_size,
-            first.n_classes,
-            compute_dtype=first.compute_dtype,
-            device=first.device,
-            block_pairs=first.block_pairs,
-            wide_device=first.wide_device,
-            allow_tf32=first.allow_tf32,
-        )
+        joined = cls(first.layers, first.hidden_size, first.n_classes, **first._settings())
         joined.layers = layers
         joined._sums = {layer: part._sums[layer] for part in parts for layer in part.layers}
         joined.n_texts, joined.n_tokens = first.n_texts, first.n_tokens
