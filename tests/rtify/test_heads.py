@@ -230,13 +230,19 @@ def test_bad_evidence_module_and_predict_args_raise() -> None:
 # ---------------------------------------------------------------- urgency (collapsing bound)
 
 
-def _identity_two_bound(urgency: bool, rate: float = 0.5) -> RTifyHead:
-    """A two-bound head whose evidence is the (1-d) hidden state itself, θ = 1.5, dt = 0.05 s."""
-    head = RTifyHead(1, 2, mode="two_bound", dt=0.05, threshold_init=1.5, urgency=urgency, urgency_init=rate)
+def _identity_head(dt: float = 0.05, **options: object) -> RTifyHead:
+    """A two-bound head whose evidence is the (1-d) hidden state itself, θ = 1.5, with RTifyHead
+    ``options`` (urgency, drift variability)."""
+    head = RTifyHead(1, 2, mode="two_bound", dt=dt, threshold_init=1.5, **options)  # type: ignore[arg-type]
     with torch.no_grad():
         head.evidence.weight.fill_(1.0)
         head.evidence.bias.zero_()
     return head
+
+
+def _identity_two_bound(urgency: bool, rate: float = 0.5) -> RTifyHead:
+    """:func:`_identity_head` at dt = 0.05 s, with urgency at collapse rate ``rate`` when asked."""
+    return _identity_head(urgency=urgency, urgency_init=rate)
 
 
 def test_urgency_is_the_crossing_of_the_gain_weighted_accumulator() -> None:
@@ -286,21 +292,10 @@ def test_urgency_counts_one_parameter_and_is_validated() -> None:
 
 
 def _identity_variable(drift_sd: float | None, dt: float = 0.05) -> RTifyHead:
-    """Like :func:`_identity_two_bound`, with drift variability s_v = ``drift_sd`` when given."""
-    head = RTifyHead(
-        1,
-        2,
-        mode="two_bound",
-        dt=dt,
-        threshold_init=1.5,
-        drift_variability=drift_sd is not None,
-        drift_sd_init=drift_sd or 0.5,
-        noise_seed=7,
+    """:func:`_identity_head` with drift variability s_v = ``drift_sd`` when given (noise seed 7)."""
+    return _identity_head(
+        dt, drift_variability=drift_sd is not None, drift_sd_init=drift_sd or 0.5, noise_seed=7
     )
-    with torch.no_grad():
-        head.evidence.weight.fill_(1.0)
-        head.evidence.bias.zero_()
-    return head
 
 
 def test_drift_variability_is_a_per_trial_constant_offset_of_the_evidence() -> None:

@@ -245,10 +245,10 @@ class RTifyHeadEstimator(RTEstimator):
             )
 
     def _stimulus_gain(self, sim: SimulatedTrials) -> StimulusGain:
-        """The fitted stimulus gain of ``fit_gain`` on the fit trials ``sim``."""
+        """The fitted stimulus gain of ``fit_gain`` on the fit trials ``sim`` (the network was checked by
+        :meth:`_check_gain_network` before any simulation)."""
         from perceptalign.rtify.experiments.rdm.stimulus_gain import StimulusGain
 
-        self._check_gain_network()
         return StimulusGain(self.network.backbone, sim)  # type: ignore[attr-defined]
 
     @property
